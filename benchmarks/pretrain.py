@@ -1,0 +1,141 @@
+"""I-JEPA training throughput in float32 and bf16, and its share of this device's measured matmul peak.
+
+    python benchmarks/pretrain.py                 # the `small` preset at 64 px, as issue 2 asks
+    python benchmarks/pretrain.py --quick         # a short check
+
+Prints JSON lines {"bench", "metric", "value", "unit"}. The peak is measured in the same run (large square
+matmuls), so the share is a ratio of two figures taken on the same, possibly busy, machine. FLOPs are
+counted by torch's FlopCounterMode over one real training step (forward, backward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from experiments.config import load_config
+from experiments.pretrain import apply_schedules, build_model, build_optimizer, train_step
+from experiments.runtime import cpu_supports_bf16, resolve_device
+from worldmodel.masks import MultiBlockMaskSampler
+
+
+def emit(metric: str, value: float, unit: str, **extra) -> None:
+    print(
+        json.dumps({"bench": "pretrain", "metric": metric, "value": round(value, 4), "unit": unit, **extra}), flush=True
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
+    """Best-of-`repeats` FLOP/s of an n x n matmul."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up: the first call picks kernels
+    best = 0.0
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def training_throughput(cfg, device: torch.device, precision: str, steps: int) -> tuple[float, float]:
+    """(images/s, FLOP per step) of the real training step for `cfg.pretrain`."""
+    torch.manual_seed(0)
+    pcfg = cfg.pretrain
+    model = build_model(pcfg).to(device)
+    optimizer = build_optimizer(model)
+    sampler = MultiBlockMaskSampler(
+        model.encoder.grid,
+        **{
+            k: getattr(pcfg.mask, k)
+            for k in ("num_targets", "target_scale", "target_aspect", "context_scale", "min_keep")
+        },
+    )
+    batch = pcfg.optim.batch_size
+    size = pcfg.encoder.image_size
+    images = torch.randn(batch, 3, size, size, device=device)
+    rng = np.random.default_rng(0)
+    masks = [type(m)(*(t.to(device) for t in m)) for m in (sampler(batch, rng) for _ in range(4))]
+
+    def step(i: int) -> None:
+        scheduled = apply_schedules(optimizer, pcfg, i)
+        train_step(model, optimizer, None, images, masks[i % len(masks)], scheduled["ema"], pcfg, device, precision)
+
+    with FlopCounterMode(display=False) as counter:
+        step(0)
+    flops = counter.get_total_flops()
+    for i in range(2):  # warm-up
+        step(i)
+    times = []
+    for i in range(steps):
+        synchronize(device)
+        start = time.perf_counter()
+        step(i)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times), flops
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="small", help="ViT size preset (default: small)")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--patch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per precision (median reported)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true", help="mini preset, 3 steps: a check that it runs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.steps, args.batch_size = "mini", 3, 16
+    device = resolve_device(args.device)
+    cfg = load_config(
+        [],
+        [
+            f"pretrain.encoder.size={args.size}",
+            f"pretrain.encoder.image_size={args.image_size}",
+            f"pretrain.encoder.patch_size={args.patch_size}",
+            f"pretrain.optim.batch_size={args.batch_size}",
+        ],
+    )
+    setting = {
+        "device": str(device),
+        "preset": args.size,
+        "image_size": args.image_size,
+        "patch_size": args.patch_size,
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cpu":
+        setting["cpu_bf16_units"] = cpu_supports_bf16()
+    n = 1024 if args.quick else 2048
+    peaks = {}
+    for precision, dtype in (("float32", torch.float32), ("bf16", torch.bfloat16)):
+        peaks[precision] = matmul_peak(device, dtype, n, repeats=3 if args.quick else 10)
+        emit(f"matmul_peak_{precision}", peaks[precision] / 1e9, "GFLOP/s", n=n, **setting)
+    rates = {}
+    for precision in ("float32", "bf16"):
+        images_per_s, flops = training_throughput(cfg, device, precision, args.steps)
+        rates[precision] = images_per_s
+        achieved = images_per_s / args.batch_size * flops
+        emit(f"train_images_per_s_{precision}", images_per_s, "images/s", **setting)
+        emit(f"train_flops_{precision}", achieved / 1e9, "GFLOP/s", flop_per_step=flops, **setting)
+        emit(f"train_share_of_peak_{precision}", achieved / peaks[precision], "fraction", **setting)
+    emit("bf16_speedup", rates["bf16"] / rates["float32"], "ratio", **setting)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,392 @@
+"""make_env / make_vector_env: any gymnasium id as pixels or state, with true state, checks and seeding."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.vector.async_vector_env import AsyncState
+
+from envs.spec import EnvSpec
+from envs.wrappers import (
+    ActionRepeat,
+    ImageFn,
+    PixelObservation,
+    SeedOnce,
+    StateFn,
+    StateObservation,
+    StrictCheck,
+    TrueState,
+)
+
+OBS_MODES = ("pixels", "state")
+MIN_SIZE, MAX_SIZE = 8, 1024
+PARKING_ID = "Parking-v0"
+
+
+def register_envs() -> None:
+    """Register our own envs (Parking-v0) with gymnasium. Idempotent; `make_env` calls it."""
+    if PARKING_ID not in gym.registry:
+        from envs.parking import MAX_STEPS
+
+        gym.register(id=PARKING_ID, entry_point="envs.parking:ParkingEnv", max_episode_steps=MAX_STEPS)
+
+
+# ---------------------------------------------------------------------------- per-env knowledge
+
+
+def _cartpole_state(env: gym.Env, obs: Any) -> np.ndarray:
+    return np.asarray(env.state, dtype=np.float32)  # x, x_dot, theta, theta_dot
+
+
+def _pendulum_state(env: gym.Env, obs: Any) -> np.ndarray:
+    theta, theta_dot = env.state
+    # cos/sin rather than the angle: no jump at +-pi.
+    return np.array([math.cos(theta), math.sin(theta), theta_dot], dtype=np.float32)
+
+
+def _acrobot_state(env: gym.Env, obs: Any) -> np.ndarray:
+    theta1, theta2, dtheta1, dtheta2 = env.state
+    return np.array(
+        [math.cos(theta1), math.sin(theta1), math.cos(theta2), math.sin(theta2), dtheta1, dtheta2], dtype=np.float32
+    )
+
+
+def _mountain_car_state(env: gym.Env, obs: Any) -> np.ndarray:
+    return np.asarray(env.state, dtype=np.float32).reshape(-1)  # position, velocity
+
+
+def _observation_state(env: gym.Env, obs: Any) -> np.ndarray:
+    # LunarLander keeps no state attribute; its 8-dim observation is the state
+    # (position, velocity, angle, angular velocity, leg contacts).
+    return np.asarray(obs, dtype=np.float32).reshape(-1)
+
+
+def _car_racing_state(env: gym.Env, obs: Any) -> np.ndarray:
+    # The car's body: position, heading as cos/sin, velocity, yaw rate, front-wheel steering angle. The track is
+    # not in it, so it is a probe target, not a usable observation.
+    hull = env.car.hull
+    angle = float(hull.angle)
+    return np.array(
+        [
+            hull.position[0],
+            hull.position[1],
+            math.cos(angle),
+            math.sin(angle),
+            hull.linearVelocity[0],
+            hull.linearVelocity[1],
+            hull.angularVelocity,
+            env.car.wheels[0].joint.angle,
+        ],
+        dtype=np.float32,
+    )
+
+
+def _parking_state(env: gym.Env, obs: Any) -> np.ndarray:
+    return env.state_vector()
+
+
+def _render_image(env: gym.Env, obs: Any) -> np.ndarray:
+    return env.render()
+
+
+def _own_image(env: gym.Env, obs: Any) -> np.ndarray:
+    return obs
+
+
+@dataclass(frozen=True)
+class _Adapter:
+    """What we know about one env family (keyed by gymnasium's name without version)."""
+
+    state_fn: StateFn | None = None
+    state_dim: int | None = None
+    state_is_observation: bool = True  # the true state alone is enough to act on (usable as obs="state")
+
+
+_ADAPTERS: dict[str, _Adapter] = {
+    "CartPole": _Adapter(_cartpole_state, 4),
+    "Pendulum": _Adapter(_pendulum_state, 3),
+    "Acrobot": _Adapter(_acrobot_state, 6),
+    "MountainCar": _Adapter(_mountain_car_state, 2),
+    "MountainCarContinuous": _Adapter(_mountain_car_state, 2),
+    "LunarLander": _Adapter(_observation_state, 8),
+    "LunarLanderContinuous": _Adapter(_observation_state, 8),
+    "CarRacing": _Adapter(_car_racing_state, 8, state_is_observation=False),
+    "Parking": _Adapter(_parking_state, 10),
+}
+
+
+def _parking_image(env: gym.Env, obs: Any, size: int) -> np.ndarray:
+    from envs.parking import parking_pixels
+
+    return parking_pixels(obs["cameras"], obs["vector"], size)
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
+    register_envs()
+    if not isinstance(env_id, str) or env_id not in gym.registry:
+        known = sorted(gym.registry)
+        close = difflib.get_close_matches(str(env_id), known, n=5, cutoff=0.5)
+        hint = f"did you mean: {', '.join(close)}?" if close else f"{len(known)} ids are registered, e.g. CartPole-v1"
+        raise ValueError(f"unknown env id {env_id!r}; {hint}")
+    return gym.spec(env_id)
+
+
+def _check_args(obs: str, size: int, action_repeat: int, seed: int | None) -> None:
+    if obs not in OBS_MODES:
+        raise ValueError(f"obs must be one of {OBS_MODES}, got {obs!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"size must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {size!r}")
+    if isinstance(action_repeat, bool) or not isinstance(action_repeat, (int, np.integer)) or action_repeat < 1:
+        raise ValueError(f"action_repeat must be an integer >= 1, got {action_repeat!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"seed must be None or an integer >= 0, got {seed!r}")
+
+
+def _is_image_space(space: spaces.Space) -> bool:
+    return (
+        isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3 and space.shape[2] in (3, 4)
+    )
+
+
+def _is_low_dim(space: spaces.Space) -> bool:
+    return (isinstance(space, spaces.Box) and len(space.shape) <= 1) or isinstance(space, spaces.Discrete)
+
+
+# ---------------------------------------------------------------------------- make_env
+
+
+def make_env(
+    env_id: str, obs: str = "pixels", size: int = 64, action_repeat: int = 1, seed: int | None = None
+) -> tuple[gym.Env, EnvSpec]:
+    """Make a gymnasium env whose observations are images or state vectors.
+
+    Args:
+        env_id: any registered gymnasium id, or "Parking-v0".
+        obs: "pixels": uint8 (size, size, 3) images, from `render()` (or the env's own image observation when it
+            already is one, e.g. CarRacing, which saves a second render); Parking-v0 gives its tiled cameras with
+            speed and steering gauges. "state": the env's own low-dimensional observation as float32 (S,)
+            (Parking-v0: its true state).
+        size: image side in pixels (pixels mode only; the image is squashed to a square, aspect not kept).
+        action_repeat: env steps per agent step; rewards are summed.
+        seed: applied at the first reset only; later resets continue the env's RNG.
+
+    Returns:
+        (env, spec). `info["state"]`, float32 (spec.state_dim,), is present at reset and every step when
+        spec.state_dim is not None.
+    """
+    gym_spec = _check_env_id(env_id)
+    _check_args(obs, size, action_repeat, seed)
+    adapter = _ADAPTERS.get(gym_spec.name, _Adapter())
+    is_parking = gym_spec.name == "Parking"
+
+    make_kwargs: dict[str, Any] = {}
+    if is_parking and obs == "state":
+        make_kwargs["observation"] = "state"  # no cameras rendered at all
+    env = _make_rendering(env_id, gym_spec, require_images=(obs == "pixels" and not is_parking), **make_kwargs)
+    own_space = env.observation_space
+
+    state_fn, state_dim = adapter.state_fn, adapter.state_dim
+    if state_fn is None and _is_low_dim(own_space) and not isinstance(own_space, spaces.Discrete):
+        state_fn, state_dim = _observation_state, int(np.prod(own_space.shape))  # fully observed: obs is the state
+    if state_fn is not None:
+        env = TrueState(env, state_fn, state_dim)
+    if action_repeat > 1:
+        env = ActionRepeat(env, action_repeat)
+
+    if obs == "pixels":
+        if is_parking:
+            image_fn: ImageFn = functools.partial(_parking_image, size=size)
+        elif _is_image_space(own_space):
+            image_fn = _own_image
+        else:
+            image_fn = _render_image
+        env = PixelObservation(env, size, image_fn, env_id)
+    elif not _is_low_dim(own_space):
+        env.close()
+        raise ValueError(
+            f"{env_id} observes {own_space}, not a low-dimensional vector, so obs: state is not available; "
+            "use obs: pixels"
+        )
+    elif not adapter.state_is_observation:
+        env.close()
+        raise ValueError(f"{env_id}: its state does not describe the task; use obs: pixels")
+    else:
+        env = StateObservation(env)
+
+    env = StrictCheck(env, env_id)
+    env = SeedOnce(env, None if seed is None else int(seed))
+    return env, _spec_of(env, env_id, obs, state_dim, action_repeat, gym_spec.max_episode_steps)
+
+
+def _make_rendering(env_id: str, gym_spec: Any, require_images: bool, **kwargs: Any) -> gym.Env:
+    """gym.make with render_mode="rgb_array" where the env supports it (for pixels, and for videos in state mode)."""
+    entry = gym_spec.entry_point
+    env_class = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+    modes = list(getattr(env_class, "metadata", {}).get("render_modes", []))
+    if "rgb_array" in modes:
+        return gym.make(env_id, render_mode="rgb_array", **kwargs)
+    if require_images:
+        raise ValueError(f"{env_id} cannot render images (its render modes are {modes}); use obs: state")
+    return gym.make(env_id, **kwargs)
+
+
+def _spec_of(
+    env: gym.Env, env_id: str, obs: str, state_dim: int | None, action_repeat: int, max_steps: int | None
+) -> EnvSpec:
+    action_space = env.action_space
+    if isinstance(action_space, spaces.Discrete):
+        discrete, action_dim, low, high = True, int(action_space.n), None, None
+    elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
+        discrete, action_dim = False, int(action_space.shape[0])
+        low = tuple(float(v) for v in action_space.low)
+        high = tuple(float(v) for v in action_space.high)
+    else:
+        env.close()
+        raise ValueError(f"{env_id}: only Discrete and 1-D Box action spaces are supported, got {action_space}")
+    return EnvSpec(
+        env_id=env_id,
+        obs_mode=obs,
+        obs_shape=tuple(int(v) for v in env.observation_space.shape),
+        obs_dtype="uint8" if obs == "pixels" else "float32",
+        discrete=discrete,
+        action_dim=action_dim,
+        action_low=low,
+        action_high=high,
+        max_episode_steps=None if max_steps is None else math.ceil(max_steps / action_repeat),
+        state_dim=state_dim,
+        action_repeat=int(action_repeat),
+    )
+
+
+# ---------------------------------------------------------------------------- vector envs
+
+
+def _make_env_only(env_id: str, obs: str, size: int, action_repeat: int, seed: int | None) -> gym.Env:
+    return make_env(env_id, obs=obs, size=size, action_repeat=action_repeat, seed=seed)[0]
+
+
+def make_vector_env(
+    env_id: str,
+    num_envs: int,
+    obs: str = "pixels",
+    size: int = 64,
+    action_repeat: int = 1,
+    seed: int | None = None,
+    asynchronous: bool = False,
+    timeout_s: float = 60.0,
+    context: str | None = None,
+) -> tuple[VectorEnv, EnvSpec]:
+    """`num_envs` copies of `make_env(...)` in a gymnasium vector env, sub-env i seeded `seed + i`.
+
+    Autoreset is gymnasium's NEXT_STEP mode: the step after a sub-env's episode ended returns its reset
+    observation, and the action sent for it is ignored (`envs.collect` handles this).
+
+    Args:
+        asynchronous: one worker process per sub-env (`BoundedAsyncVectorEnv`), else all in this process.
+        timeout_s: async only: the longest wait for any worker's reply before it is declared hung.
+        context: async only: multiprocessing start method (None: the platform's default).
+
+    Returns:
+        (vector env, spec of one sub-env).
+    """
+    if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+        raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+    probe, spec = make_env(env_id, obs=obs, size=size, action_repeat=action_repeat, seed=seed)
+    probe.close()
+    fns = [
+        functools.partial(_make_env_only, env_id, obs, size, action_repeat, None if seed is None else seed + i)
+        for i in range(num_envs)
+    ]
+    if asynchronous:
+        envs: VectorEnv = BoundedAsyncVectorEnv(
+            fns, env_id=env_id, timeout_s=timeout_s, context=context, autoreset_mode=AutoresetMode.NEXT_STEP
+        )
+    else:
+        envs = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
+    return envs, spec
+
+
+class WorkerTimeoutError(TimeoutError):
+    """An async vector env worker did not answer in time (hung) or died."""
+
+
+class BoundedAsyncVectorEnv(AsyncVectorEnv):
+    """AsyncVectorEnv whose every wait is bounded: a hung or dead worker raises `WorkerTimeoutError` naming it.
+
+    gymnasium's `step()`/`reset()` wait forever by default and its timeout message does not say which worker
+    hung. On a timeout the workers are terminated and the env closed, since the hung call cannot be cancelled.
+    """
+
+    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], *, env_id: str, timeout_s: float, **kwargs: Any):
+        self.env_id = env_id
+        self.timeout_s = float(timeout_s)
+        super().__init__(env_fns, **kwargs)
+
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        self.reset_async(seed=seed, options=options)
+        return self._collect("reset", self.reset_wait)
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        self.step_async(actions)
+        return self._collect("step", self.step_wait)
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        self.call_async(name, *args, **kwargs)
+        return self._collect(f"call {name!r}", self.call_wait)
+
+    def _collect(self, what: str, wait: Callable[[], Any]) -> Any:
+        self._await(what)
+        try:
+            return wait()
+        except (EOFError, BrokenPipeError, ConnectionResetError) as error:  # a worker died as it answered
+            dead = {i: p.exitcode for i, p in enumerate(self.processes) if not p.is_alive()}
+            self._terminate()
+            raise WorkerTimeoutError(
+                f"{self.env_id}: worker(s) {sorted(dead)} died during {what} ({error!r})"
+            ) from error
+
+    def _terminate(self) -> None:
+        """Kill the workers: the pending call cannot be waited for, so do not (the default close would warn)."""
+        self._state = AsyncState.DEFAULT
+        self.close(terminate=True)
+
+    def _await(self, what: str) -> None:
+        """Wait until every worker has answered, at most `timeout_s` in all; else name the silent ones."""
+        deadline = time.monotonic() + self.timeout_s
+        silent = []
+        for index, pipe in enumerate(self.parent_pipes):
+            if pipe is None or pipe.closed:
+                silent.append(index)
+                continue
+            if not pipe.poll(max(deadline - time.monotonic(), 0.0)):
+                silent.append(index)
+        dead = {i: p.exitcode for i, p in enumerate(self.processes) if p.exitcode is not None}
+        if not silent:
+            if dead:  # answered (the pipe is readable) but gone: the answer is an EOF
+                self._terminate()
+                raise WorkerTimeoutError(
+                    f"{self.env_id}: worker(s) {sorted(dead)} died during {what} (exit codes {dead})"
+                )
+            return
+        names = [self.processes[i].name for i in silent]
+        detail = f"; dead with exit codes {dead}" if dead else ""
+        self._terminate()
+        raise WorkerTimeoutError(
+            f"{self.env_id}: worker(s) {silent} ({', '.join(names)}) gave no answer to {what} within "
+            f"{self.timeout_s:g} s{detail}; the vector env was closed"
+        )

@@ -1,0 +1,78 @@
+"""Checkpoints: atomic, checksummed, verified before loading, never silently skipped.
+
+`save_checkpoint` serialises in memory, rotates the current `latest.pt` to `previous.pt`, then writes the
+new file and its SHA-256 sidecar atomically. `load_checkpoint` checks the checksum before unpickling (a
+flipped byte otherwise loads silently with wrong values) and always passes `weights_only=True`. A damaged
+newest checkpoint is reported and the previous one used; when none is valid, it raises.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from envs.atomic import atomic_write_bytes, atomic_write_text, sha256_bytes
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, damaged or belongs to another configuration."""
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = True) -> None:
+    """Write `state` to `path` atomically with a checksum; the file it replaces becomes `previous.pt`."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, **state}, buffer)
+    data = buffer.getvalue()
+    if keep_previous and path.exists() and _sidecar(path).exists():
+        previous = path.with_name("previous.pt")
+        os.replace(_sidecar(path), _sidecar(previous))
+        os.replace(path, previous)
+    atomic_write_bytes(path, data)
+    atomic_write_text(_sidecar(path), sha256_bytes(data) + "\n")
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load one checkpoint after verifying its checksum; raises CheckpointError saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not _sidecar(path).is_file():
+        raise CheckpointError(f"checkpoint {path} has no checksum file {_sidecar(path).name}; it may be incomplete")
+    data = path.read_bytes()
+    expected = _sidecar(path).read_text().strip()
+    if sha256_bytes(data) != expected:
+        raise CheckpointError(f"checkpoint {path} is damaged: its SHA-256 does not match {_sidecar(path).name}")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means the file is unusable
+        raise CheckpointError(f"checkpoint {path} could not be read: {error}") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is not a format-{FORMAT_VERSION} checkpoint of this toolkit")
+    return state
+
+
+def load_latest(directory: str | os.PathLike) -> tuple[dict, Path]:
+    """The newest valid checkpoint in `directory` (latest.pt, else previous.pt with a warning)."""
+    directory = Path(directory)
+    errors = []
+    for name in ("latest.pt", "previous.pt"):
+        try:
+            state = read_checkpoint(directory / name)
+        except CheckpointError as error:
+            errors.append(str(error))
+            continue
+        if errors:
+            warnings.warn(f"{errors[0]}; resuming from {name} instead", RuntimeWarning, stacklevel=2)
+        return state, directory / name
+    raise CheckpointError("no valid checkpoint to resume from:\n  " + "\n  ".join(errors))

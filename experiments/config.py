@@ -1,0 +1,437 @@
+"""Configuration: a tree of frozen dataclasses filled from stacked YAML presets and dotted overrides.
+
+    cfg = load_config(["configs/debug.yaml"], ["pretrain.optim.steps=50"])
+
+Defaults live in the dataclasses below. Each preset is applied in order, then each `--set key=value`.
+An unknown key, a value of the wrong type or an impossible value raises `ConfigError` before any work,
+with the full key path and what is allowed. The config is never mutated after loading; facts found at
+run time (observation and action spaces) travel separately as an `EnvSpec`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type or an impossible value."""
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    """Raise a ConfigError for `key` (relative to the section) unless `condition` holds."""
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _range(value: tuple[float, float], key: str, low: float, high: float) -> None:
+    """A (min, max) pair inside [low, high] with min <= max."""
+    _require(len(value) == 2, key, f"expected [min, max], got {list(value)}")
+    _require(low <= value[0] <= value[1] <= high, key, f"expected {low} <= min <= max <= {high}, got {list(value)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    """Seed for every random number generator of the run."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N', 'mps'."""
+    precision: Literal["auto", "bf16", "fp16", "float32"] = "auto"
+    """Training precision; 'auto' takes bf16 where the device has it (CUDA, CPUs with bf16 units), fp16 with
+    loss scaling on older GPUs, else float32."""
+    threads: int = 0
+    """CPU threads for torch; 0 keeps torch's default (one per core)."""
+    log_every: int = 10
+    """Steps between metric log lines."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints (one is always written at the end and on interruption)."""
+    progress: bool = True
+    """Draw a progress bar on stderr."""
+
+    def __post_init__(self):
+        _require(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
+        _require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        _require(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        device_ok = self.device in ("auto", "cpu", "cuda", "mps") or (
+            self.device.startswith("cuda:") and self.device[5:].isdigit()
+        )
+        _require(device_ok, "device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    size: Literal["micro", "mini", "tiny", "small", "base"] = "mini"
+    """ViT size preset (width, depth, heads) from worldmodel.vit.VIT_SIZES."""
+    image_size: int = 32
+    """Side of the square input image in pixels."""
+    patch_size: int = 4
+    """Side of a square patch in pixels; must divide image_size."""
+
+    def __post_init__(self):
+        _require(self.image_size >= 8, "image_size", f"must be >= 8, got {self.image_size}")
+        _require(self.patch_size >= 1, "patch_size", f"must be >= 1, got {self.patch_size}")
+        _require(
+            self.image_size % self.patch_size == 0,
+            "patch_size",
+            f"must divide image_size ({self.image_size}), got {self.patch_size}",
+        )
+        grid = self.image_size // self.patch_size
+        _require(grid >= 4, "patch_size", f"leaves a {grid}x{grid} patch grid; at least 4x4 is needed for masking")
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    width: int = 96
+    """Embedding width of the narrow predictor ViT."""
+    depth: int = 3
+    """Number of transformer blocks in the predictor."""
+    heads: int = 4
+    """Attention heads in the predictor; must divide width."""
+
+    def __post_init__(self):
+        _require(self.width >= 8, "width", f"must be >= 8, got {self.width}")
+        _require(self.depth >= 1, "depth", f"must be >= 1, got {self.depth}")
+        _require(self.heads >= 1 and self.width % self.heads == 0, "heads", f"must divide width ({self.width})")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    num_targets: int = 4
+    """Target blocks per image (I-JEPA: 4)."""
+    target_scale: tuple[float, float] = (0.15, 0.2)
+    """Range of a target block's area as a fraction of the image."""
+    target_aspect: tuple[float, float] = (0.75, 1.5)
+    """Range of a target block's aspect ratio (height / width)."""
+    context_scale: tuple[float, float] = (0.85, 1.0)
+    """Range of the context block's area before the targets are removed from it."""
+    min_keep: int = 4
+    """Fewest patches a context or target block may keep."""
+
+    def __post_init__(self):
+        _require(self.num_targets >= 1, "num_targets", f"must be >= 1, got {self.num_targets}")
+        _range(self.target_scale, "target_scale", 0.0, 1.0)
+        _require(self.target_scale[0] > 0, "target_scale", "min must be > 0")
+        _range(self.target_aspect, "target_aspect", 0.05, 20.0)
+        _range(self.context_scale, "context_scale", 0.0, 1.0)
+        _require(self.context_scale[0] > 0, "context_scale", "min must be > 0")
+        _require(self.min_keep >= 1, "min_keep", f"must be >= 1, got {self.min_keep}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    steps: int = 300
+    """Optimizer steps in total."""
+    batch_size: int = 64
+    """Images per step."""
+    lr: float = 1.5e-3
+    """Peak learning rate, reached at the end of warmup."""
+    start_lr: float = 2e-4
+    """Learning rate at step 0 (warmup rises linearly from here)."""
+    final_lr: float = 1e-5
+    """Learning rate at the last step (cosine decay from the peak)."""
+    warmup_steps: int = 30
+    """Steps of linear warmup."""
+    weight_decay: float = 0.04
+    """AdamW weight decay at step 0."""
+    final_weight_decay: float = 0.4
+    """Weight decay at the last step (cosine schedule, as in I-JEPA)."""
+    ema: float = 0.996
+    """EMA momentum of the target encoder at step 0."""
+    final_ema: float = 1.0
+    """EMA momentum at the last step (linear rise)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 turns clipping off."""
+    max_nonfinite: int = 5
+    """Stop the run after this many non-finite losses in a row (each one skips its step)."""
+
+    def __post_init__(self):
+        _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        _require(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
+        for key in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay", "grad_clip"):
+            _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _require(0 <= self.warmup_steps < self.steps, "warmup_steps", f"must be in [0, steps={self.steps})")
+        _require(0 <= self.ema <= self.final_ema <= 1, "ema", "expected 0 <= ema <= final_ema <= 1")
+        _require(self.max_nonfinite >= 1, "max_nonfinite", f"must be >= 1, got {self.max_nonfinite}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "synthetic"
+    """'synthetic' (fractal images, no download), 'folder:<path>' (an image folder, class subfolders become
+    labels) or 'env:<gymnasium id>' (frames of that env under a random policy, with its true state)."""
+    num_images: int = 3000
+    """Images to generate (synthetic) or frames to collect (env); a cap on the folder's images otherwise."""
+    num_classes: int = 30
+    """Fractal classes (synthetic only)."""
+    stored_size: int = 40
+    """Side of the stored images before augmentation (synthetic and folder); env frames use the encoder size."""
+    augment: Literal["crop_flip", "none"] = "crop_flip"
+    """Random resized crop and horizontal flip, or none (env frames keep their geometry for state probes)."""
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    """Area range of the random resized crop."""
+    workers: int = 2
+    """DataLoader worker processes decoding an image folder (0 decodes in the main process)."""
+    max_bad_images: int = 100
+    """Unreadable images skipped before the run stops."""
+
+    def __post_init__(self):
+        kind = self.source.split(":", 1)[0]
+        _require(
+            self.source == "synthetic" or (kind in ("folder", "env") and len(self.source) > len(kind) + 1),
+            "source",
+            f"must be 'synthetic', 'folder:<path>' or 'env:<gymnasium id>', got {self.source!r}",
+        )
+        _require(self.num_images >= 8, "num_images", f"must be >= 8, got {self.num_images}")
+        _require(self.num_classes >= 2, "num_classes", f"must be >= 2, got {self.num_classes}")
+        _require(self.stored_size >= 8, "stored_size", f"must be >= 8, got {self.stored_size}")
+        _range(self.crop_scale, "crop_scale", 0.0, 1.0)
+        _require(self.crop_scale[0] > 0, "crop_scale", "min must be > 0")
+        _require(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+        _require(self.max_bad_images >= 0, "max_bad_images", f"must be >= 0, got {self.max_bad_images}")
+
+    @property
+    def kind(self) -> str:
+        """'synthetic', 'folder' or 'env'."""
+        return self.source.split(":", 1)[0]
+
+    @property
+    def target(self) -> str:
+        """The folder path or env id after the colon ('' for synthetic)."""
+        return self.source.split(":", 1)[1] if ":" in self.source else ""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 0
+    """Steps between probe evaluations during training; 0 evaluates only at the end."""
+    test_fraction: float = 0.25
+    """Share of the probe images held out for testing."""
+    max_images: int = 2000
+    """Images used by the probes (a fixed seeded subset)."""
+    knn_k: int = 20
+    """Neighbours in the k-NN probe."""
+    mask_images: int = 6
+    """Images drawn with their context and target blocks in masks.png."""
+
+    def __post_init__(self):
+        _require(self.every >= 0, "every", f"must be >= 0, got {self.every}")
+        _require(0 < self.test_fraction < 1, "test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        _require(self.max_images >= 8, "max_images", f"must be >= 8, got {self.max_images}")
+        _require(self.knn_k >= 1, "knn_k", f"must be >= 1, got {self.knn_k}")
+        _require(self.mask_images >= 0, "mask_images", f"must be >= 0, got {self.mask_images}")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    """The ViT context encoder (and its EMA target)."""
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    """The narrow predictor ViT."""
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    """Multi-block masking."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedules."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Where the images come from."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Frozen-feature probes."""
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    """Seed, device, precision, logging."""
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    """`wm pretrain`: the I-JEPA vision encoder."""
+
+
+def validate(cfg: Config) -> None:
+    """Checks that span fields of several sections (each section checks its own fields when built)."""
+    encoder, mask = cfg.pretrain.encoder, cfg.pretrain.mask
+    grid = encoder.image_size // encoder.patch_size
+    num_patches = grid * grid
+    # The smallest target block must hold at least one patch, or the sampler could never place it.
+    if int(round(mask.target_scale[0] * num_patches)) < 1:
+        raise ConfigError(
+            f"pretrain.mask.target_scale: on a {grid}x{grid} patch grid the smallest target block is empty; "
+            "raise target_scale or use smaller patches"
+        )
+    if mask.min_keep > num_patches // 2:
+        raise ConfigError(
+            f"pretrain.mask.min_keep: must be at most half the {num_patches} patches, got {mask.min_keep}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the tree from plain data
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(tp))} numbers"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check (and where lossless, convert) a plain value to the field type `tp`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: must be {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, key)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML reads "1e-3" (no dot) as a string.
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {tp} at {key}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    """Build dataclass `cls` from a mapping, checking every key and type."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{path}: unknown key{hint}; valid keys here: {', '.join(names)}")
+        kwargs[key] = _convert(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        raise ConfigError(f"{prefix}.{error}" if prefix else str(error)) from None
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """Deep-merge `update` into a copy of `base` (mappings merge, everything else replaces)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain nested dicts (tuples become lists), as written to config.yaml."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        else:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def from_dict(data: dict) -> Config:
+    """Build a validated Config from nested dicts (e.g. a run's config.yaml or a checkpoint)."""
+    cfg = _build(Config, data, "")
+    validate(cfg)
+    return cfg
+
+
+def _read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> dict:
+    """'a.b.c=value' -> {'a': {'b': {'c': value}}}, the value read as YAML ('3' -> 3, '[1, 2]' -> list)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {text!r}: the key {key!r} has an empty part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def load_config(paths: list[str | Path] = (), overrides: list[str] = (), base: dict | None = None) -> Config:
+    """Defaults, then `base` (e.g. a saved run's config), then each YAML file, then each `key=value` override."""
+    data = dict(base or {})
+    for path in paths:
+        data = _merge(data, _read_yaml(path))
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    return from_dict(data)
+
+
+def diff(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ between two configs, with both values."""
+
+    def flatten(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            path = f"{prefix}{key}"
+            out.update(flatten(value, path + ".") if isinstance(value, dict) else {path: value})
+        return out
+
+    fa, fb = flatten(to_dict(a)), flatten(to_dict(b))
+    return [f"{k}: {fa.get(k)!r} != {fb.get(k)!r}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]

@@ -1,0 +1,481 @@
+"""`wm pretrain`: train an I-JEPA vision encoder on images, standalone.
+
+Every random draw of a training step (batch order, crops, masks) comes from generators seeded by
+(seed, step), so a resumed run repeats exactly what an uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from typing import NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from experiments import config as config_lib
+from experiments.checkpoint import CheckpointError, load_latest, save_checkpoint
+from experiments.config import Config, DataConfig, PretrainConfig
+from experiments.pictures import save_mask_picture
+from experiments.progress import Progress
+from experiments.rundir import (
+    RESUMABLE_CHANGES,
+    GracefulStop,
+    Interrupted,
+    Run,
+    RunFailure,
+    add_run_arguments,
+    execute,
+    open_run,
+)
+from experiments.runtime import (
+    autocast,
+    resolve_device,
+    resolve_precision,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    step_generator,
+    step_rng,
+)
+from worldmodel import augment, probe, schedules
+from worldmodel.data import (
+    BadImageBudget,
+    FractalDataset,
+    ImageFolderDataset,
+    StepBatchSampler,
+    TensorImageDataset,
+    collate_images,
+)
+from worldmodel.ijepa import IJEPA
+from worldmodel.masks import MultiBlockMaskSampler
+from worldmodel.vit import VisionTransformer
+
+# Streams of per-step randomness (see runtime.step_seed): one each, so that adding one never shifts another.
+STREAM_CROPS, STREAM_MASKS, STREAM_PROBE = 1, 2, 3
+RANDOM_INIT_SEED_OFFSET = 10_007
+
+
+class NonFiniteLossError(RunFailure):
+    """Too many non-finite losses or gradients in a row."""
+
+
+# ------------------------------------------------------------------------------------------------------
+# Data
+
+
+def build_dataset(cfg: DataConfig, image_size: int, seed: int, show_progress: bool = True) -> Dataset:
+    """The image source named by `data.source`."""
+    if cfg.kind == "synthetic":
+        per_class = math.ceil(cfg.num_images / cfg.num_classes)
+        return FractalDataset(cfg.num_classes, per_class, cfg.stored_size, seed)
+    if cfg.kind == "folder":
+        return ImageFolderDataset(cfg.target, cfg.stored_size, max_images=cfg.num_images, seed=seed)
+    from experiments.frames import collect_env_frames  # only env sources need gymnasium
+
+    frames, states = collect_env_frames(cfg.target, cfg.num_images, image_size, seed, show_progress)
+    return TensorImageDataset(frames, states=states, name=cfg.target)
+
+
+def make_loader(dataset: Dataset, cfg: PretrainConfig, seed: int, start_step: int) -> DataLoader:
+    """Batches for steps start_step .. steps-1, in an order fixed by (seed, step)."""
+    sampler = StepBatchSampler(len(dataset), cfg.optim.batch_size, seed, start_step, cfg.optim.steps)
+    # In-memory sources gain nothing from worker processes; decoding an image folder does.
+    workers = cfg.data.workers if isinstance(dataset, ImageFolderDataset) else 0
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_images,
+        timeout=300 if workers else 0,
+        persistent_workers=False,
+    )
+
+
+def prepare_images(images: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """uint8 (B, C, h, w) -> normalised float (B, C, S, S), S the encoder's image size."""
+    size = cfg.encoder.image_size
+    if cfg.data.augment == "crop_flip":
+        x = augment.random_resized_crop(images, size, scale=cfg.data.crop_scale, generator=generator)
+    else:
+        x = augment.resize(images, size)
+    return augment.normalize(x)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Model and optimizer
+
+
+def build_model(cfg: PretrainConfig, in_channels: int = 3) -> IJEPA:
+    return IJEPA(
+        cfg.encoder.image_size,
+        cfg.encoder.patch_size,
+        in_channels,
+        cfg.encoder.size,
+        cfg.predictor.width,
+        cfg.predictor.depth,
+        cfg.predictor.heads,
+    )
+
+
+def build_optimizer(model: IJEPA) -> torch.optim.AdamW:
+    """AdamW over encoder and predictor; biases, norms and the mask token get no weight decay (as I-JEPA)."""
+    decay, no_decay = [], []
+    for module in (model.encoder, model.predictor):
+        for name, param in module.named_parameters():
+            (no_decay if param.ndim <= 1 or name == "mask_token" else decay).append(param)
+    return torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+
+
+class StepResult(NamedTuple):
+    loss: float
+    grad_norm: float
+    skipped: bool
+
+
+def apply_schedules(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, step: int) -> dict[str, float]:
+    o = cfg.optim
+    lr = schedules.warmup_cosine(step, o.steps, o.warmup_steps, o.start_lr, o.lr, o.final_lr)
+    weight_decay = schedules.cosine(step, o.steps, o.weight_decay, o.final_weight_decay)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.param_groups[0]["weight_decay"] = weight_decay
+    return {"lr": lr, "weight_decay": weight_decay, "ema": schedules.linear(step, o.steps, o.ema, o.final_ema)}
+
+
+def train_step(
+    model: IJEPA,
+    optimizer: torch.optim.Optimizer,
+    scaler,
+    images: torch.Tensor,
+    masks,
+    momentum: float,
+    cfg: PretrainConfig,
+    device: torch.device,
+    precision: str,
+) -> StepResult:
+    """One optimizer step and one EMA update, both skipped when the loss or gradient is not finite."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, precision):
+        loss = model.loss(images, masks)["jepa"]
+    if not torch.isfinite(loss):
+        return StepResult(loss.item(), float("nan"), skipped=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if not torch.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.update()  # lowers the loss scale, which is what fp16 overflow needs
+        return StepResult(loss.item(), grad_norm.item(), skipped=True)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    model.update_target(momentum)
+    return StepResult(loss.item(), grad_norm.item(), skipped=False)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def encode_all(
+    encoder: VisionTransformer,
+    images: torch.Tensor,
+    cfg: PretrainConfig,
+    device: torch.device,
+    precision: str,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Mean-pooled features of uint8 images (N, C, h, w) -> float32 (N, D)."""
+    encoder.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = augment.normalize(augment.resize(images[start : start + batch_size], cfg.encoder.image_size))
+        with autocast(device, precision):
+            out.append(encoder.pooled(x.to(device)).float().cpu())
+    encoder.train()
+    return torch.cat(out)
+
+
+class ProbeSet(NamedTuple):
+    """A fixed, seeded subset of the data for the frozen-feature probes."""
+
+    images: torch.Tensor  # (N, C, h, w) uint8
+    labels: torch.Tensor | None  # (N,)
+    states: torch.Tensor | None  # (N, S)
+    train: torch.Tensor  # indices into the subset
+    test: torch.Tensor
+
+
+def build_probe_set(dataset: Dataset, cfg: PretrainConfig, seed: int) -> ProbeSet | None:
+    labels, states = getattr(dataset, "labels", None), getattr(dataset, "states", None)
+    if labels is None and states is None:
+        return None
+    count = min(len(dataset), cfg.eval.max_images)
+    index = torch.from_numpy(step_rng(seed, 0, STREAM_PROBE).permutation(len(dataset))[:count])
+    items = [dataset[int(i)] for i in index]
+    kept = [k for k, item in enumerate(items) if item.ok]
+    images = torch.stack([items[k].image for k in kept])
+    index = index[kept]
+    train, test = probe.split_train_test(len(index), cfg.eval.test_fraction, seed)
+    return ProbeSet(
+        images,
+        None if labels is None else labels[index],
+        None if states is None else states[index],
+        torch.as_tensor(train),
+        torch.as_tensor(test),
+    )
+
+
+def run_probes(features: torch.Tensor, probes: ProbeSet, cfg: PretrainConfig) -> dict:
+    """Probe scores of one encoder's features (N, D) on the probe set."""
+    tr, te = probes.train, probes.test
+    out = {}
+    if probes.labels is not None:
+        y = probes.labels
+        out["knn_top1"] = probe.knn_top1(features[tr], y[tr], features[te], y[te], k=cfg.eval.knn_k)
+        num_classes = int(y.max()) + 1
+        out["linear_top1"] = probe.linear_probe_accuracy(features[tr], y[tr], features[te], y[te], num_classes)
+    if probes.states is not None:
+        r2 = probe.linear_probe_r2(features[tr], probes.states[tr], features[te], probes.states[te])
+        out["state_r2"] = r2.mean
+        out["state_r2_per_dim"] = [round(float(v), 4) for v in r2.per_dim]
+    return out
+
+
+def random_init_encoder(cfg: PretrainConfig, seed: int, in_channels: int = 3) -> VisionTransformer:
+    """An untrained encoder of the same shape: the baseline that gives probe figures their meaning."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + RANDOM_INIT_SEED_OFFSET)
+        return VisionTransformer(cfg.encoder.image_size, cfg.encoder.patch_size, in_channels, cfg.encoder.size)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The command
+
+
+@dataclasses.dataclass
+class Pretrainer:
+    """Trains `model` on `dataset` and logs to `run`. Parts are injected so tests can swap any of them."""
+
+    model: IJEPA
+    dataset: Dataset
+    cfg: Config
+    run: Run
+    device: torch.device
+    precision: str
+
+    def __post_init__(self):
+        pcfg = self.cfg.pretrain
+        self.optimizer = build_optimizer(self.model)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.masks = MultiBlockMaskSampler(self.model.encoder.grid, **dataclasses.asdict(pcfg.mask))
+        self.step = 0
+        self.nonfinite_total = self.nonfinite_streak = 0
+        self.bad_images = BadImageBudget(self.dataset, pcfg.data.max_bad_images)
+        self.probes = build_probe_set(self.dataset, pcfg, self.cfg.run.seed)
+        self.random_scores: dict | None = None
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "command": "pretrain",
+            "step": self.step,
+            "config": config_lib.to_dict(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": rng_state(),
+            "counters": {
+                "nonfinite_total": self.nonfinite_total,
+                "nonfinite_streak": self.nonfinite_streak,
+                "bad_images": self.bad_images.num_bad,
+            },
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.run.checkpoint_dir / "latest.pt", self.state_dict())
+
+    def resume(self) -> None:
+        state, path = load_latest(self.run.checkpoint_dir)
+        if state.get("command") != "pretrain":
+            raise CheckpointError(f"{path} is a checkpoint of '{state.get('command')}', not of 'pretrain'")
+        differences = [
+            d
+            for d in config_lib.diff(config_lib.from_dict(state["config"]), self.cfg)
+            if not d.startswith(RESUMABLE_CHANGES)
+        ]
+        if differences:
+            raise CheckpointError(f"{path} was written under another config:\n  " + "\n  ".join(differences))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        counters = state["counters"]
+        self.nonfinite_total, self.nonfinite_streak = counters["nonfinite_total"], counters["nonfinite_streak"]
+        self.bad_images.num_bad = counters["bad_images"]
+        self.step = state["step"]
+        print(f"resumed from {path} at step {self.step}", file=sys.stderr)
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Probe scores of the EMA target encoder beside a random-init encoder of the same shape."""
+        if self.probes is None:
+            return {}
+        pcfg = self.cfg.pretrain
+        if self.random_scores is None:
+            baseline = random_init_encoder(pcfg, self.cfg.run.seed).to(self.device)
+            features = encode_all(baseline, self.probes.images, pcfg, self.device, self.precision)
+            self.random_scores = run_probes(features, self.probes, pcfg)
+        features = encode_all(self.model.target_encoder, self.probes.images, pcfg, self.device, self.precision)
+        scores = run_probes(features, self.probes, pcfg)
+        scores.update({f"{key}_random": value for key, value in self.random_scores.items()})
+        scores["step"] = self.step
+        numbers = {f"eval/{k}": v for k, v in scores.items() if isinstance(v, float)}
+        self.run.log(self.step, numbers)
+        return scores
+
+    # -- training --------------------------------------------------------------------------------------
+    def train(self, stop: GracefulStop) -> dict:
+        pcfg, seed = self.cfg.pretrain, self.cfg.run.seed
+        total = pcfg.optim.steps
+        self.run.start_at(self.step)
+        loader = make_loader(self.dataset, pcfg, seed, self.step)
+        bar = Progress(total, "pretrain", initial=self.step, unit="step", enabled=self.cfg.run.progress)
+        window_start, window_images = time.monotonic(), 0
+        for batch in loader:
+            step = self.step
+            self.count_bad_images(batch)
+            if len(batch.images) < 2:  # every image of this batch was unreadable: nothing to learn from
+                self.step = step + 1
+                bar.update(1)
+                continue
+            images = prepare_images(batch.images, pcfg, step_generator(seed, step, STREAM_CROPS)).to(self.device)
+            masks = self.masks(images.shape[0], step_rng(seed, step, STREAM_MASKS))
+            masks = type(masks)(*(m.to(self.device) for m in masks))
+            scheduled = apply_schedules(self.optimizer, pcfg, step)
+            result = train_step(
+                self.model,
+                self.optimizer,
+                self.scaler,
+                images,
+                masks,
+                scheduled["ema"],
+                pcfg,
+                self.device,
+                self.precision,
+            )
+            self.count_nonfinite(result)
+            self.step = step + 1
+            window_images += images.shape[0]
+            bar.update(1, loss=result.loss)
+            if self.step % self.cfg.run.log_every == 0 or self.step == total:
+                elapsed = time.monotonic() - window_start
+                self.run.log(
+                    self.step,
+                    {
+                        "loss/jepa": result.loss,
+                        "train/grad_norm": result.grad_norm,
+                        "train/lr": scheduled["lr"],
+                        "train/weight_decay": scheduled["weight_decay"],
+                        "train/ema": scheduled["ema"],
+                        "train/skipped_steps": self.nonfinite_total,
+                        "data/bad_images": self.bad_images.num_bad,
+                        "perf/images_per_s": window_images / max(elapsed, 1e-9),
+                    },
+                )
+                window_start, window_images = time.monotonic(), 0
+            if pcfg.eval.every and self.step % pcfg.eval.every == 0 and self.step < total:
+                self.evaluate()
+            if stop.requested:
+                self.save()
+                self.run.write_summary(step=self.step)
+                bar.close()
+                raise Interrupted
+            if self.step % self.cfg.run.checkpoint_every == 0 and self.step < total:
+                self.save()
+                self.run.write_summary(step=self.step)
+        bar.close()
+        self.save()
+        return {
+            "step": self.step,
+            "results": {"skipped_steps": self.nonfinite_total, "bad_images": self.bad_images.num_bad},
+            "probe": self.evaluate(),
+        }
+
+    def count_bad_images(self, batch) -> None:
+        """Skip unreadable images with a note; too many stop the run (the budget names the files)."""
+        if not batch.num_bad:
+            return
+        for index, error in zip(batch.bad_indices, batch.bad_errors, strict=True):
+            print(f"skipped unreadable image {self.dataset.describe(index)}: {error}", file=sys.stderr)
+        try:
+            self.bad_images.update(batch)
+        except RuntimeError as error:
+            raise RunFailure(f"{error}\n(raise pretrain.data.max_bad_images to allow more)") from None
+
+    def count_nonfinite(self, result: StepResult) -> None:
+        if not result.skipped:
+            self.nonfinite_streak = 0
+            return
+        self.nonfinite_total += 1
+        self.nonfinite_streak += 1
+        print(f"step {self.step}: non-finite loss or gradient ({result.loss}); step skipped", file=sys.stderr)
+        if self.nonfinite_streak >= self.cfg.pretrain.optim.max_nonfinite:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_streak} non-finite losses in a row at step {self.step}; stopping. The last good "
+                "checkpoint is kept; lower pretrain.optim.lr or check the data"
+            )
+
+
+def pretrain(run: Run, stop: GracefulStop) -> dict:
+    """Build the parts from the run's config and train."""
+    cfg = run.cfg
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    seed_everything(cfg.run.seed)
+    device = resolve_device(cfg.run.device)
+    precision = resolve_precision(cfg.run.precision, device)
+    print(f"run {run.path}: device {device}, precision {precision}", file=sys.stderr)
+    dataset = build_dataset(cfg.pretrain.data, cfg.pretrain.encoder.image_size, cfg.run.seed, cfg.run.progress)
+    model = build_model(cfg.pretrain).to(device)
+    trainer = Pretrainer(model, dataset, cfg, run, device, precision)
+    if run.resumed:
+        trainer.resume()
+    else:
+        save_mask_picture(run.path / "masks.png", dataset, trainer.masks, cfg.pretrain, cfg.run.seed)
+    run.write_summary(
+        device=str(device), precision=precision, dataset={"source": cfg.pretrain.data.source, "images": len(dataset)}
+    )
+    results = trainer.train(stop)
+    print_probe(results["probe"])
+    return results
+
+
+def print_probe(scores: dict) -> None:
+    for key in ("knn_top1", "linear_top1", "state_r2"):
+        if key in scores:
+            print(
+                f"probe {key}: {scores[key]:.3f} (random-init encoder: {scores[key + '_random']:.3f})", file=sys.stderr
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wm pretrain", description="Pretrain an I-JEPA vision encoder.")
+    add_run_arguments(parser)
+    args = parser.parse_args(argv)
+    run = open_run(args, "pretrain")
+    return execute(run, pretrain)

@@ -1,0 +1,231 @@
+"""The run directory and the life of a command in it.
+
+    runs/<name>/
+      config.yaml      the resolved config, as run
+      metrics.jsonl    one JSON object per logged event
+      tb/              tensorboard events
+      checkpoints/     latest.pt (+ previous.pt), each with a .sha256 beside it
+      summary.json     status, command, step, wall_seconds and the command's results
+
+A new run refuses a directory that already holds one; `--resume` refuses a directory without one and a
+config that differs from the saved one. Nothing starts over or continues silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from envs.atomic import atomic_write_text
+from experiments import config as config_lib
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Keys that may change when a run is resumed: they change how it reports, not what it computes.
+RESUMABLE_CHANGES = ("run.device", "run.threads", "run.progress", "run.log_every")
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class RunError(RuntimeError):
+    """The run directory cannot be used as asked."""
+
+
+class RunFailure(RuntimeError):
+    """A run stopped for a reason it can name (diverged, too much bad data): reported without a traceback."""
+
+
+class Interrupted(Exception):
+    """Raised by a command's loop after it saved, when SIGINT or SIGTERM asked it to stop."""
+
+
+class GracefulStop:
+    """Turns SIGINT and SIGTERM into a flag that loops check at step boundaries.
+
+    A second signal of the same kind while stopping falls through to the default handler, so a stuck run
+    can still be killed with another Ctrl-C.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> GracefulStop:
+        for signum in EXIT_CODES:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: stopping at the next step boundary", file=sys.stderr)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signum, 1)
+
+
+class Run:
+    """Writes one run directory. Created by `open_run`; commands log through it."""
+
+    def __init__(self, path: Path, command: str, cfg: config_lib.Config, resumed: bool):
+        self.path, self.command, self.cfg, self.resumed = path, command, cfg, resumed
+        self.checkpoint_dir = path / "checkpoints"
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self.session_start = time.monotonic()
+        summary_path = path / "summary.json"
+        self.summary = json.loads(summary_path.read_text()) if resumed and summary_path.exists() else {}
+        self.previous_wall = float(self.summary.get("wall_seconds", 0.0))
+        self.summary.update(command=command, status="running", name=path.name)
+        self.summary.setdefault("step", 0)
+        self.summary.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        if not resumed:
+            atomic_write_text(path / "config.yaml", yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
+        self._metrics = open(path / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        self._tb = None
+        self._tb_start = 0
+        self.write_summary()
+
+    # -- logging ------------------------------------------------------------------------------------
+    def start_at(self, step: int) -> None:
+        """Tell the run its first step (after a resume), so tensorboard drops events past it."""
+        self._tb_start = step
+
+    @property
+    def tb(self):
+        """The tensorboard writer, opened on first use with `purge_step` so resumed steps never repeat."""
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+
+            self._tb = SummaryWriter(log_dir=str(self.path / "tb"), purge_step=self._tb_start or None)
+        return self._tb
+
+    def log(self, step: int, metrics: dict[str, float], tensorboard: bool = True) -> None:
+        """One JSON line in metrics.jsonl, and each number as a tensorboard scalar."""
+        record = {"step": step, "time": round(self.wall_seconds, 3), **metrics}
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        if tensorboard:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(key, value, step)
+
+    @property
+    def wall_seconds(self) -> float:
+        """Seconds this run has been working, summed over every session that resumed it."""
+        return self.previous_wall + time.monotonic() - self.session_start
+
+    def write_summary(self, **fields) -> None:
+        self.summary.update(fields)
+        self.summary["wall_seconds"] = round(self.wall_seconds, 2)
+        self.summary["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        atomic_write_text(self.path / "summary.json", json.dumps(self.summary, indent=2) + "\n")
+
+    def close(self) -> None:
+        self._metrics.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Command-line plumbing shared by every command
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="YAML", help="a preset to apply (repeatable, applied in order)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one config value, e.g. --set pretrain.optim.steps=500 (repeatable)",
+    )
+    parser.add_argument("--name", help="run name under --runs (default: <command>-<timestamp>)")
+    parser.add_argument("--run-dir", help="explicit run directory (instead of --runs/--name)")
+    parser.add_argument("--runs", default="runs", help="the directory holding runs (default: runs)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --name/--run-dir")
+
+
+def run_path(args: argparse.Namespace, command: str) -> Path:
+    """The run directory named on the command line, checked to stay a plain name inside --runs."""
+    if args.run_dir:
+        return Path(args.run_dir)
+    if args.name is None:
+        if args.resume:
+            raise RunError("--resume needs --name or --run-dir to say which run to continue")
+        return Path(args.runs) / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if not RUN_NAME.match(args.name) or ".." in args.name:
+        raise RunError(f"--name {args.name!r}: use letters, digits, '.', '_' and '-' only (no '/', no '..')")
+    return Path(args.runs) / args.name
+
+
+def open_run(args: argparse.Namespace, command: str) -> Run:
+    """Resolve the config (with the resume rules) and open the run directory."""
+    path = run_path(args, command)
+    if args.resume:
+        saved = path / "config.yaml"
+        if not saved.is_file():
+            raise RunError(f"--resume: {path} holds no run (no config.yaml); start it without --resume")
+        base = yaml.safe_load(saved.read_text())
+        original = config_lib.from_dict(base)
+        cfg = config_lib.load_config(args.config, args.overrides, base=base)
+        changed = [d for d in config_lib.diff(original, cfg) if not d.startswith(RESUMABLE_CHANGES)]
+        if changed:
+            raise RunError(
+                "--resume: the config differs from the run's saved config.yaml:\n  "
+                + "\n  ".join(changed)
+                + f"\nOnly {', '.join(RESUMABLE_CHANGES)} may change on resume."
+            )
+        summary = path / "summary.json"
+        if summary.is_file() and json.loads(summary.read_text()).get("command") != command:
+            raise RunError(f"--resume: {path} is a run of another command, not '{command}'")
+    else:
+        cfg = config_lib.load_config(args.config, args.overrides)
+        if (path / "config.yaml").exists() or (path / "summary.json").exists():
+            raise RunError(f"{path} already holds a run; pass --resume to continue it, or choose another --name")
+    path.mkdir(parents=True, exist_ok=True)
+    return Run(path, command, cfg, resumed=args.resume)
+
+
+def execute(run: Run, body: Callable[[Run, GracefulStop], dict]) -> int:
+    """Run a command's body, keep summary.json's status true to what happened, return the exit code."""
+    with GracefulStop() as stop:
+        try:
+            results = body(run, stop)
+        except Interrupted:
+            run.write_summary(status="interrupted")
+            print(f"interrupted; resume with --resume --run-dir {run.path}", file=sys.stderr)
+            return stop.exit_code
+        except RunFailure as error:
+            run.write_summary(status="failed", error=f"{type(error).__name__}: {error}")
+            print(f"wm {run.command}: failed: {error}", file=sys.stderr)
+            return 1
+        except BaseException as error:
+            run.write_summary(
+                status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(limit=8)
+            )
+            raise
+        finally:
+            run.close()
+    run.write_summary(status="done", **results)
+    return 0

@@ -1,0 +1,93 @@
+"""Device, precision and seeding: chosen in one place for every command."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; anything else must be available or it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"run.device={name!r} but CUDA is not available here; use 'auto' or 'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"run.device={name!r} but MPS is not available here; use 'auto' or 'cpu'")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX), where bf16 matmuls beat float32.
+    Without those units torch emulates bf16 and it is slower than float32, so 'auto' must not pick it."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' where the device computes in bf16 natively, 'fp16' on older GPUs, else 'float32'."""
+    if name != "auto":
+        if name == "fp16" and device.type == "cpu":
+            raise RuntimeError("run.precision='fp16' needs a GPU; on CPU use 'bf16' or 'float32'")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu":
+        return "bf16" if cpu_supports_bf16() else "float32"
+    return "float32"
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for the forward pass; parameters and optimizer state stay float32."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy's global generator and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int, stream: int = 0) -> int:
+    """A 63-bit seed that depends only on (seed, step, stream): randomness tied to the step number makes
+    a resumed run draw exactly what an uninterrupted one would."""
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
+    """A numpy Generator for one step of one stream of randomness."""
+    return np.random.default_rng(step_seed(seed, step, stream))
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU torch Generator for one step of one stream of randomness."""
+    return torch.Generator().manual_seed(step_seed(seed, step, stream))
+
+
+def rng_state() -> dict:
+    """Global RNG states in a form `torch.load(weights_only=True)` accepts."""
+    version, internal, gauss = random.getstate()
+    state = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

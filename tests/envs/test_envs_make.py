@@ -1,0 +1,243 @@
+"""make_env: spaces, dtypes, true state, seeding, action repeat, strict checks and argument errors."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from envs import EnvSpec, make_env, register_envs
+
+# (env id, state_dim, discrete, action_dim)
+ENVS = [
+    ("CartPole-v1", 4, True, 2),
+    ("Pendulum-v1", 3, False, 1),
+    ("Acrobot-v1", 6, True, 3),
+    ("MountainCarContinuous-v0", 2, False, 1),
+    ("LunarLander-v3", 8, True, 4),
+    ("Parking-v0", 10, True, 9),
+]
+CASES = [(env_id, obs, *rest) for env_id, *rest in ENVS for obs in ("pixels", "state")]
+CASES.append(("CarRacing-v3", "pixels", 8, False, 3))
+
+
+class NoImageEnv(gym.Env):
+    """A real env that can only render text, to check the pixels error."""
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.render_mode = render_mode
+        self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+class NanAtStepEnv(gym.Env):
+    """A real env whose observation turns NaN at its third step."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        value = np.nan if self.t == 3 else 0.0
+        return np.full(2, value, np.float32), 0.0, False, False, {}
+
+
+for _id, _cls in (("EnvsTest/NoImage-v0", NoImageEnv), ("EnvsTest/NanAtStep-v0", NanAtStepEnv)):
+    if _id not in gym.registry:
+        gym.register(id=_id, entry_point=_cls)
+
+
+@pytest.mark.parametrize(("env_id", "obs", "state_dim", "discrete", "action_dim"), CASES)
+def test_make_env_walks(env_id: str, obs: str, state_dim: int, discrete: bool, action_dim: int) -> None:
+    env, spec = make_env(env_id, obs=obs, size=48, seed=0)
+    try:
+        assert spec.env_id == env_id and spec.obs_mode == obs
+        assert spec.discrete is discrete and spec.action_dim == action_dim and spec.state_dim == state_dim
+        assert (spec.action_low is None) is discrete
+        if obs == "pixels":
+            assert spec.obs_shape == (48, 48, 3) and spec.obs_dtype == "uint8"
+        else:
+            assert len(spec.obs_shape) == 1 and spec.obs_dtype == "float32"
+        assert env.observation_space.shape == spec.obs_shape
+        assert env.observation_space.dtype == np.dtype(spec.obs_dtype)
+        observation, info = env.reset()
+        for _ in range(4):
+            assert observation.shape == spec.obs_shape and observation.dtype == np.dtype(spec.obs_dtype)
+            assert env.observation_space.contains(observation)
+            state = info["state"]
+            assert state.dtype == np.float32 and state.shape == (state_dim,) and np.all(np.isfinite(state))
+            if obs == "state" and env_id != "Parking-v0":
+                np.testing.assert_array_equal(observation, state)  # these envs observe their true state
+            observation, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            assert isinstance(reward, float) and not truncated
+        if obs == "pixels":
+            assert observation.std() > 0  # an image, not a blank frame
+    finally:
+        env.close()
+
+
+def test_parking_state_obs_is_its_true_state() -> None:
+    env, spec = make_env("Parking-v0", obs="state", seed=1)
+    observation, info = env.reset()
+    np.testing.assert_array_equal(observation, info["state"])
+    assert spec.obs_shape == (10,)
+    env.close()
+
+
+def test_pendulum_state_is_cos_sin_velocity() -> None:
+    env, _ = make_env("Pendulum-v1", obs="pixels", size=16, seed=3)
+    env.reset()
+    _, _, _, _, info = env.step(np.array([0.5], np.float32))
+    theta, theta_dot = env.unwrapped.state
+    np.testing.assert_allclose(info["state"], [math.cos(theta), math.sin(theta), theta_dot], rtol=1e-6)
+    env.close()
+
+
+def test_car_racing_has_no_state_observation() -> None:
+    with pytest.raises(ValueError, match="use obs: pixels"):
+        make_env("CarRacing-v3", obs="state")
+
+
+def test_unknown_id_names_close_matches() -> None:
+    with pytest.raises(ValueError, match=r"unknown env id 'CartPol-v1'.*CartPole-v1"):
+        make_env("CartPol-v1")
+    with pytest.raises(ValueError, match="Parking-v0"):
+        make_env("Parkng-v0")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"obs": "rgb"}, "obs must be one of"),
+        ({"size": 0}, "size must be an integer"),
+        ({"size": 64.0}, "size must be an integer"),
+        ({"size": 4096}, "size must be an integer"),
+        ({"action_repeat": 0}, "action_repeat must be an integer >= 1"),
+        ({"seed": -1}, "seed must be None or an integer >= 0"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_env("CartPole-v1", **kwargs)
+
+
+def test_env_without_images_says_use_state() -> None:
+    with pytest.raises(ValueError, match="use obs: state"):
+        make_env("EnvsTest/NoImage-v0", obs="pixels")
+    env, spec = make_env("EnvsTest/NoImage-v0", obs="state")  # and state works
+    assert spec.state_dim == 2  # a fully observed low-dim env: its observation is its state
+    env.close()
+
+
+def test_seed_applies_at_first_reset_only() -> None:
+    first = [make_env("CartPole-v1", obs="state", seed=7)[0].reset()[0] for _ in range(2)]
+    np.testing.assert_array_equal(first[0], first[1])  # same seed, same start
+    reference = gym.make("CartPole-v1")
+    np.testing.assert_array_equal(first[0], reference.reset(seed=7)[0])  # the seed reached the env
+    env, _ = make_env("CartPole-v1", obs="state", seed=7)
+    starts = [env.reset()[0] for _ in range(3)]
+    assert not np.array_equal(starts[0], starts[1])  # later resets continue the RNG ...
+    np.testing.assert_array_equal(starts[1], reference.reset()[0])  # ... exactly like an env seeded once
+    other = make_env("CartPole-v1", obs="state", seed=8)[0].reset()[0]
+    assert not np.array_equal(first[0], other)
+
+
+def test_action_repeat_sums_rewards_and_shortens_the_limit() -> None:
+    env, spec = make_env("CartPole-v1", obs="state", action_repeat=3, seed=0)
+    assert spec.max_episode_steps == math.ceil(500 / 3) and spec.action_repeat == 3
+    env.reset()
+    _, reward, terminated, _, _ = env.step(0)
+    assert reward == 3.0 and not terminated  # three env steps, +1 each
+    steps = 1
+    while not terminated:
+        _, reward, terminated, _, _ = env.step(0)
+        steps += 1
+    assert 1.0 <= reward <= 3.0  # the last repeat may stop early
+    assert steps < 20  # pushing left only: it falls within a few dozen env steps
+
+
+def test_strict_check_refuses_bad_actions_with_env_and_step() -> None:
+    env, _ = make_env("Pendulum-v1", obs="state", seed=0)
+    env.reset()
+    env.step(np.array([1.0], np.float32))
+    with pytest.raises(ValueError, match=r"Pendulum-v1 \(episode 0, step 1\).*outside the bounds"):
+        env.step(np.array([2.5], np.float32))
+    with pytest.raises(ValueError, match="not finite"):
+        env.step(np.array([np.nan], np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        env.step(np.zeros(2, np.float32))
+    discrete, _ = make_env("CartPole-v1", obs="state", seed=0)
+    discrete.reset()
+    with pytest.raises(ValueError, match=r"CartPole-v1 \(episode 0, step 0\).*must be an integer"):
+        discrete.step(0.5)
+    with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
+        discrete.step(2)
+    discrete.step(np.int64(1))  # numpy integers are fine
+
+
+def test_strict_check_refuses_non_finite_observations() -> None:
+    env, _ = make_env("EnvsTest/NanAtStep-v0", obs="state", seed=0)
+    env.reset()
+    env.step(0)
+    env.step(1)
+    with pytest.raises(ValueError, match=r"EnvsTest/NanAtStep-v0 \(episode 0, step 3\).*non-finite"):
+        env.step(0)
+
+
+def test_spec_round_trips_through_plain_types() -> None:
+    import json
+
+    for env_id in ("CartPole-v1", "Pendulum-v1"):
+        env, spec = make_env(env_id, obs="pixels", size=32)
+        env.close()
+        data = json.loads(json.dumps(spec.to_dict()))
+        assert EnvSpec.from_dict(data) == spec
+        assert all(not isinstance(v, tuple) for v in data.values())
+    other = EnvSpec.from_dict({**spec.to_dict(), "obs_shape": [16, 16, 3]})
+    assert spec.differences(other) == ["obs_shape: (32, 32, 3) != (16, 16, 3)"]
+    with pytest.raises(ValueError, match="unknown keys"):
+        EnvSpec.from_dict({**spec.to_dict(), "colour": 1})
+
+
+def test_import_registers_nothing_and_register_envs_is_idempotent() -> None:
+    code = "import envs, gymnasium; print('Parking-v0' in gymnasium.registry)"
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert fresh.stdout.strip() == "False"  # importing envs has no side effects
+    register_envs()
+    register_envs()
+    assert "Parking-v0" in gym.registry
+
+
+def test_spec_validates_its_fields() -> None:
+    good = dict(env_id="X-v0", obs_mode="pixels", obs_shape=(8, 8, 3), obs_dtype="uint8", discrete=False,
+                action_dim=2, action_low=(-1.0, -1.0), action_high=(1.0, 1.0), max_episode_steps=None)  # fmt: skip
+    assert EnvSpec(**good).action_shape == (2,)
+    with pytest.raises(ValueError, match="obs_mode must be"):
+        EnvSpec(**{**good, "obs_mode": "rgb"})
+    with pytest.raises(ValueError, match="need action_dim=2 entries"):
+        EnvSpec(**{**good, "action_low": (-1.0,)})
+    with pytest.raises(ValueError, match="None exactly when the actions are discrete"):
+        EnvSpec(**{**good, "discrete": True})

@@ -1,0 +1,161 @@
+"""Parking-v0: API conformance, solvability by a scripted controller, random failure, cameras and gauges."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from envs import EpisodeStore, collect, make_env, make_vector_env, register_envs
+from envs.parking import MAX_FORWARD_SPEED, ParkingEnv, ScriptedParker, ScriptedParkers, parking_pixels
+
+
+def run_episode(env: gym.Env, policy) -> dict:
+    """One episode; returns the last info with the episode's length and return."""
+    observation, info = env.reset()
+    total, steps = 0.0, 0
+    while True:
+        observation, reward, terminated, truncated, info = env.step(policy(observation))
+        total += reward
+        steps += 1
+        if terminated or truncated:
+            return {**info, "length": steps, "return": total, "terminated": terminated}
+
+
+def test_check_env_passes_with_warnings_as_errors() -> None:
+    register_envs()
+    for kwargs in ({}, {"observation": "state"}):
+        env = gym.make("Parking-v0", render_mode="rgb_array", **kwargs).unwrapped
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            check_env(env)
+        env.close()
+
+
+def test_scripted_controller_parks_at_least_90_percent() -> None:
+    env, _ = make_env("Parking-v0", obs="state", seed=2024)
+    parker = ScriptedParker()
+
+    def policy(state: np.ndarray) -> int:
+        return parker(state)
+
+    results = []
+    for _ in range(50):
+        parker.reset()
+        results.append(run_episode(env, policy))
+    success = np.mean([r["success"] for r in results])
+    assert success >= 0.9, f"scripted success {success:.2f}"
+    for r in results:
+        if r["success"]:  # success ends the episode by termination, stopped inside the space
+            assert r["terminated"] and r["inside"] and abs(r["state"][4]) < 0.05 and r["return"] > 5
+
+
+def test_scripted_parkers_collect_successful_episodes(tmp_path) -> None:
+    envs, spec = make_vector_env("Parking-v0", 2, obs="state", seed=7)
+    store = EpisodeStore(tmp_path, spec=spec)
+    stats = collect(envs, ScriptedParkers(2), 1200, store=store, cut_partial=False)
+    envs.close()
+    assert stats.episodes >= 6
+    assert stats.terminated / stats.episodes >= 0.8 and np.mean(np.array(stats.returns) > 5) >= 0.8
+    for episode in store:  # each stored episode starts at rest and, when parked, ends stopped in the space
+        assert episode.state[0, 4] == 0.0
+        if episode.terminated:
+            assert abs(episode.state[-1, 4]) < 0.05
+
+
+def test_random_actions_almost_never_park() -> None:
+    env, spec = make_env("Parking-v0", obs="state", seed=99)
+    rng = np.random.default_rng(0)
+    results = [run_episode(env, lambda _: int(rng.integers(spec.action_dim))) for _ in range(50)]
+    assert np.mean([r["success"] for r in results]) <= 0.05
+    assert all(r["length"] <= 300 for r in results)
+    assert any(not r["terminated"] for r in results)  # some run into the 300-step limit (truncation)
+
+
+def test_leaving_the_lot_terminates_with_a_penalty() -> None:
+    env = ParkingEnv(observation="state")
+    env.reset(seed=5)
+    for _ in range(400):
+        _, reward, terminated, truncated, info = env.step(3)  # full throttle, straight on
+        if terminated:
+            break
+    assert terminated and not info["success"] and reward < -4
+
+
+def test_observation_spaces_and_true_state() -> None:
+    env = ParkingEnv(render_mode="rgb_array")
+    observation, info = env.reset(seed=3)
+    assert observation["cameras"].shape == (4, 80, 80, 3) and observation["cameras"].dtype == np.uint8
+    assert env.observation_space.contains(observation)
+    state = info["state"]
+    # Oracle: the space's pose relative to the car, from the env's world-frame attributes.
+    heading = math.atan2(state[3], state[2])
+    offset = env.space_center - state[:2]
+    local = [math.cos(heading) * offset[0] + math.sin(heading) * offset[1],
+             -math.sin(heading) * offset[0] + math.cos(heading) * offset[1]]  # fmt: skip
+    np.testing.assert_allclose(state[6:8], local, atol=1e-4)
+    np.testing.assert_allclose(math.atan2(state[9], state[8]) % (2 * math.pi),
+                               (env.space_heading - heading) % (2 * math.pi), atol=1e-5)  # fmt: skip
+    top = env.render()
+    assert top.shape == (400, 400, 3) and top.dtype == np.uint8
+    # The cameras move with the car: driving changes what they see.
+    before = observation["cameras"].copy()
+    for _ in range(5):
+        observation, *_ = env.step(3)
+    assert np.abs(observation["cameras"].astype(int) - before).mean() > 1
+
+
+def test_camera_pixels_match_the_texture() -> None:
+    """Equivalence: the vectorised camera gather equals a per-pixel lookup for a few pixels."""
+    env = ParkingEnv()
+    observation, _ = env.reset(seed=11)
+    from envs.parking import CAMERA_PIXELS, _camera_points
+
+    points, ego = _camera_points()
+    rng = np.random.default_rng(0)
+    for flat in rng.choice(np.flatnonzero(~ego), size=50, replace=False):
+        x, y = points[:, flat]
+        world_x = env.x + math.cos(env.heading) * x - math.sin(env.heading) * y
+        world_y = env.y + math.sin(env.heading) * x + math.cos(env.heading) * y
+        col = int((world_x - env._origin_x) / 0.1)
+        row = int((env._origin_y - world_y) / 0.1)
+        camera, rest = divmod(int(flat), CAMERA_PIXELS * CAMERA_PIXELS)
+        pixel = observation["cameras"][camera].reshape(-1, 3)[rest]
+        # float32 rounding may move a point across a texel edge: accept the texel or a neighbour
+        window = env._texture[row - 1 : row + 2, col - 1 : col + 2].reshape(-1, 3)
+        assert (window == pixel).all(axis=1).any()
+
+
+def test_pixels_tile_cameras_and_draw_gauges() -> None:
+    cameras = np.zeros((4, 80, 80, 3), np.uint8)
+    image = parking_pixels(cameras, np.array([MAX_FORWARD_SPEED, -0.6], np.float32), 64)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    speed_row, steer_row = image[-4], image[-2]
+    green = (speed_row[:, 1] > 200) & (speed_row[:, 0] < 100)
+    orange = (steer_row[:, 0] > 200) & (steer_row[:, 1] < 200) & (steer_row[:, 1] > 100)
+    assert green[40:].all() and not green[:30].any()  # full forward speed: the bar fills the right half
+    assert orange[1:30].all() and not orange[34:].any()  # full right lock (negative): the left half
+    stopped = parking_pixels(cameras, np.zeros(2, np.float32), 64)
+    assert not ((stopped[-4][:, 1] > 200) & (stopped[-4][:, 0] < 100)).sum() > 2
+
+
+def test_pixel_mode_episode_through_make_env() -> None:
+    env, spec = make_env("Parking-v0", obs="pixels", size=64, seed=1)
+    observation, info = env.reset()
+    assert spec.obs_shape == (64, 64, 3) and observation.shape == (64, 64, 3)
+    assert spec.max_episode_steps == 300
+    for _ in range(10):
+        observation, _, terminated, truncated, info = env.step(4)
+    assert "success" in info and info["state"].shape == (10,)
+
+
+@pytest.mark.parametrize("bad", [9, -1, 2.0, "3"])
+def test_parking_rejects_bad_actions(bad) -> None:
+    env = ParkingEnv(observation="state")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"Parking-v0: action must be an integer in \[0, 9\)"):
+        env.step(bad)

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+
+from worldmodel.ijepa import IJEPA
+from worldmodel.masks import MultiBlockMaskSampler
+from worldmodel.vit import VIT_SIZES, VisionTransformer, sincos_pos_embed_2d
+
+
+def test_ema_update_matches_hand_computation():
+    model = IJEPA(16, 4, size="micro", predictor_width=16, predictor_depth=1, predictor_heads=2)
+    with torch.no_grad():
+        for p in model.target_encoder.parameters():
+            p.fill_(1.0)
+        for p in model.encoder.parameters():
+            p.fill_(3.0)
+    model.update_target(0.75)  # 0.75 * 1 + 0.25 * 3 = 1.5
+    for p in model.target_encoder.parameters():
+        assert torch.all(p == 1.5)
+    model.update_target(1.0)  # momentum 1 freezes the target
+    assert all(torch.all(p == 1.5) for p in model.target_encoder.parameters())
+
+
+def test_target_encoder_gets_no_gradient():
+    model = IJEPA(16, 4, size="micro", predictor_width=16, predictor_depth=1, predictor_heads=2)
+    masks = MultiBlockMaskSampler(4, min_keep=1)(2, np.random.default_rng(0))
+    model.loss(torch.randn(2, 3, 16, 16), masks)["jepa"].backward()
+    assert all(p.grad is None for p in model.target_encoder.parameters())
+    assert all(p.grad is not None for p in model.encoder.parameters())
+
+
+@pytest.mark.parametrize("size", list(VIT_SIZES))
+def test_shapes_for_every_size_preset(size):
+    width = VIT_SIZES[size][0]
+    encoder = VisionTransformer(32, 8, 3, size)
+    images = torch.randn(2, 3, 32, 32)
+    assert encoder(images).shape == (2, 16, width)
+    keep = torch.tensor([[0, 5, 9], [1, 2, 15]])
+    assert encoder(images, keep).shape == (2, 3, width)
+    assert encoder.pooled(images).shape == (2, width)
+
+
+def test_keep_selects_the_same_tokens_as_full_sequence_at_the_embedding():
+    # With zero blocks, the encoder is patch embedding + positions + norm, so selecting patches before the
+    # blocks must equal selecting them from the full output.
+    encoder = VisionTransformer(16, 4, 3, "micro")
+    encoder.blocks = torch.nn.ModuleList()
+    images = torch.randn(2, 3, 16, 16)
+    keep = torch.tensor([[3, 0, 7], [15, 4, 4]])
+    full = encoder(images)
+    picked = torch.stack([full[b, keep[b]] for b in range(2)])
+    torch.testing.assert_close(encoder(images, keep), picked)
+
+
+def test_sincos_positions_are_distinct_and_bounded():
+    pos = sincos_pos_embed_2d(16, 4)
+    assert pos.shape == (16, 16)
+    assert pos.abs().max() <= 1.0
+    assert torch.cdist(pos, pos).add(torch.eye(16) * 10).min() > 0.1  # every patch has its own code
+
+
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    model = IJEPA(16, 4, size="micro", predictor_width=32, predictor_depth=1, predictor_heads=2)
+    images = torch.randn(4, 3, 16, 16)
+    masks = MultiBlockMaskSampler(4, min_keep=2)(4, np.random.default_rng(0))
+    optimizer = torch.optim.Adam([*model.encoder.parameters(), *model.predictor.parameters()], lr=2e-3)
+    first = None
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss = model.loss(images, masks)["jepa"]  # the target stays fixed: no EMA update here
+        loss.backward()
+        optimizer.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.2 * first

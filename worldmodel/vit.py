@@ -1,0 +1,150 @@
+"""Vision Transformer for I-JEPA: patch embedding, fixed 2-D sin-cos positions, pre-norm blocks.
+
+Shapes: images (B, C, H, W); patch tokens (B, N, D) with N = (H / patch)^2; a `keep` index tensor (B, K)
+selects the patches an encoder sees (the context), after positions are added, as in I-JEPA.
+Attention runs through `F.scaled_dot_product_attention`, which picks a fused kernel where one exists.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# width, depth, heads. tiny/small/base follow DeiT and I-JEPA; micro and mini are for CPU work and tests.
+VIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "micro": (64, 2, 2),
+    "mini": (128, 6, 4),
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+}
+
+
+def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos positional embedding (MAE, I-JEPA). Returns (grid*grid, dim), row-major patches."""
+    if dim % 4:
+        raise ValueError(f"sin-cos positions need a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (D/4,)
+    rows, cols = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
+    )
+    out = []
+    for coord in (cols.flatten(), rows.flatten()):  # (N,) each
+        angles = coord[:, None] * omega[None, :]  # (N, D/4)
+        out += [angles.sin(), angles.cos()]
+    return torch.cat(out, dim=1).float()  # (N, D)
+
+
+def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Pick tokens by patch index: tokens (B, N, D), index (B, K) -> (B, K, D)."""
+    return torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, h, N, D/h)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, h, N, D/h)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def init_transformer_weights(module: nn.Module, blocks: nn.ModuleList) -> None:
+    """Truncated-normal linear weights, then each block's output projections scaled down by its depth
+    (I-JEPA's `fix_init_weight`), which keeps the residual stream's variance from growing with depth."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for layer, block in enumerate(blocks, start=1):
+        block.attn.proj.weight.data.div_(math.sqrt(2.0 * layer))
+        block.mlp[2].weight.data.div_(math.sqrt(2.0 * layer))
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder. `forward(images, keep)` -> patch features (B, K, D), K = N when `keep` is None."""
+
+    def __init__(self, image_size: int, patch_size: int, in_channels: int = 3, size: str = "mini"):
+        super().__init__()
+        if size not in VIT_SIZES:
+            raise ValueError(f"unknown ViT size {size!r}; choose from {', '.join(VIT_SIZES)}")
+        if image_size % patch_size:
+            raise ValueError(f"patch_size {patch_size} must divide image_size {image_size}")
+        self.width, depth, heads = VIT_SIZES[size]
+        self.grid = image_size // patch_size
+        self.num_patches = self.grid**2
+        self.patch_embed = nn.Conv2d(in_channels, self.width, kernel_size=patch_size, stride=patch_size)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(self.width, self.grid), persistent=False)
+        self.blocks = nn.ModuleList(Block(self.width, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(self.width)
+        init_transformer_weights(self, self.blocks)
+        # The patch embedding is a linear map of the flattened patch (MAE initialises it so). At std 0.02 a
+        # small patch (4x4x3 values) would give content features far weaker than the unit-size positions,
+        # and targets that encode mostly position are trivial to predict: the encoder then learns nothing.
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.width, -1))
+
+    def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, D, g, g) -> (B, N, D)
+        x = x + self.pos_embed.to(x.dtype)
+        if keep is not None:
+            x = gather_tokens(x, keep)  # (B, N, D) -> (B, K, D)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """Mean of all patch features: images (B, C, H, W) -> (B, D), the frozen-feature probes' input."""
+        return self.forward(images).mean(dim=1)
+
+
+class Predictor(nn.Module):
+    """I-JEPA predictor: a narrow ViT that reads context tokens and fills mask tokens placed at the target
+    positions. `forward(context (B, Nc, D), context_index (B, Nc), target_index (B, Nt))` -> (B, Nt, D)."""
+
+    def __init__(self, grid: int, encoder_width: int, width: int, depth: int, heads: int):
+        super().__init__()
+        self.embed = nn.Linear(encoder_width, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(width, grid), persistent=False)
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, encoder_width)
+        init_transformer_weights(self, self.blocks)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(self, context: torch.Tensor, context_index: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
+        B, Nc, _ = context.shape
+        pos = self.pos_embed.to(context.dtype).expand(B, -1, -1)  # (B, N, W)
+        x = self.embed(context) + gather_tokens(pos, context_index)  # (B, Nc, W)
+        queries = self.mask_token.to(x.dtype) + gather_tokens(pos, target_index)  # (B, Nt, W)
+        x = torch.cat([x, queries], dim=1)  # (B, Nc + Nt, W)
+        for block in self.blocks:
+            x = block(x)
+        return self.proj(self.norm(x[:, Nc:]))  # (B, Nt, D)
