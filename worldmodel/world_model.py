@@ -1,0 +1,604 @@
+"""The JEPA world model: encoder -> latent z, action-conditioned recurrent dynamics, reward / continue heads,
+an ensemble of next-latent heads for disagreement, and the multi-step training loss.
+
+Time convention (the episode store's): step t has obs[t]; action[t] led to obs[t] (zeros at is_first);
+reward[t] was received on arriving at obs[t]; cont[t] = 0 only when obs[t] is terminal (a truncated end has
+is_last but cont = 1). The dynamics follow it:
+
+    h_t = f(h_{t-1}, z_{t-1}, a_t)      (a GRU cell; h and z are reset to zeros at is_first)
+    ẑ_t = g(h_t)                        (the predicted latent of obs[t])
+    r̂_t = reward(h_t, z_t), ĉ_t = cont(h_t, z_t)
+
+so h_t holds the history up to z_{t-1} and the action that led to obs[t], and [z_t, h_t] is what a
+controller sees. Letters: B batch, T time, S open-loop start points, H horizon, K ensemble members,
+D latent, F encoder features, A action dims.
+
+Two collapse guards (`collapse_guard`): "ema" keeps an exponential-moving-average copy of the encoder and
+projection whose latents are the stop-gradient targets (BYOL, https://arxiv.org/abs/2006.07733; I-JEPA,
+https://arxiv.org/abs/2301.08243); "sigreg" keeps no target network, uses the online latents detached as
+targets and adds SIGReg, which pulls the batch of latents towards N(0, I) (LeJEPA,
+https://arxiv.org/abs/2511.08544; LeWorldModel trains a JEPA world model end-to-end from pixels this way).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worldmodel.augment import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
+from worldmodel.sigreg import sigreg
+from worldmodel.vit import VisionTransformer
+
+COLLAPSE_GUARDS: tuple[str, ...] = ("ema", "sigreg")
+
+
+class WorldModelBatch(NamedTuple):
+    """A batch of windows as the world model takes it, batch-major, as torch tensors on the model's device.
+
+    Give `obs`, or (with a frozen encoder) `features` precomputed by `WorldModel.encode_features`; when both
+    are given `features` is used.
+    """
+
+    obs: torch.Tensor | None
+    """(B, T, H, W, C) uint8 pixels, channels-last, or (B, T, S) float32 state observations."""
+    action: torch.Tensor
+    """(B, T, A) float32, the action that led to obs[t] (zeros at is_first; discrete actions one-hot)."""
+    reward: torch.Tensor
+    """(B, T) float32, received on arriving at obs[t]."""
+    cont: torch.Tensor
+    """(B, T) float32, 1 - is_terminal (1 at a truncated end)."""
+    is_first: torch.Tensor
+    """(B, T) bool, True at the first step of an episode."""
+    features: torch.Tensor | None = None
+    """(B, T, F) float, frozen-encoder features (the episode store's cached latents), or None."""
+
+
+def batch_from_windows(windows: Any, device: torch.device | str = "cpu", use_features: bool = False) -> WorldModelBatch:
+    """Convert a batch of windows with numpy fields (e.g. `envs.store.Windows`) to a WorldModelBatch.
+
+    Args:
+        windows: anything with `obs`, `action`, `reward`, `cont`, `is_first` arrays (B, T, ...) and, for
+            `use_features`, a `latent` array (B, T, F) of cached frozen-encoder features.
+        device: where the tensors go; uint8 pixels travel as uint8 (4x fewer bytes than float).
+        use_features: pass the cached features instead of the observations.
+    """
+
+    def tensor(array: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.as_tensor(array).to(device=device, dtype=dtype)
+
+    if use_features:
+        if getattr(windows, "latent", None) is None:
+            raise ValueError("use_features=True but the windows carry no cached latents (sample with a latent_key)")
+        obs, features = None, tensor(windows.latent, torch.float32)
+    else:
+        obs, features = tensor(windows.obs), None
+    return WorldModelBatch(
+        obs=obs,
+        action=tensor(windows.action, torch.float32),
+        reward=tensor(windows.reward, torch.float32),
+        cont=tensor(windows.cont, torch.float32),
+        is_first=tensor(windows.is_first, torch.bool),
+        features=features,
+    )
+
+
+class Imagination(NamedTuple):
+    """An open-loop rollout from `WorldModel.imagine`; step i is the state after actions[:, i]."""
+
+    latent: torch.Tensor
+    """(B, H, D) predicted latents ẑ."""
+    hidden: torch.Tensor
+    """(B, H, hidden_dim) recurrent states h."""
+    reward: torch.Tensor
+    """(B, H) predicted rewards."""
+    cont: torch.Tensor
+    """(B, H) predicted probabilities of not having terminated."""
+    disagreement: torch.Tensor
+    """(B, H) variance across ensemble members, averaged over D."""
+
+
+class OpenLoop(NamedTuple):
+    """Open-loop unrolls from many start points of a window at once (see `WorldModel.open_loop`)."""
+
+    latent: torch.Tensor
+    """(B, S, H, D) predicted latents; [:, i, k - 1] predicts step starts[i] + k."""
+    hidden: torch.Tensor
+    """(B, S, H, hidden_dim) recurrent states at the same steps."""
+    target_index: torch.Tensor
+    """(S, H) int64 time index each prediction is compared with, clamped to T - 1."""
+    valid: torch.Tensor
+    """(B, S, H) bool: the target step is inside the window and in the start's episode."""
+
+
+def open_loop_valid(is_first: torch.Tensor, starts: torch.Tensor, horizon: int) -> torch.Tensor:
+    """Which (start, k) pairs of a window compare a prediction with a real step of the same episode.
+
+    Pair (s, k), k = 1..horizon, is valid when s + k <= T - 1 and no is_first lies in (s, s + k].
+
+    Args:
+        is_first: (B, T) bool.
+        starts: (S,) int64 start steps in [0, T).
+        horizon: H >= 1.
+    Returns:
+        (B, S, H) bool.
+    """
+    T = is_first.shape[1]
+    target = starts[:, None] + torch.arange(1, horizon + 1, device=starts.device)  # (S, H)
+    episode = is_first.long().cumsum(dim=1)  # (B, T) episode number within the window
+    same_episode = episode[:, target.clamp(max=T - 1)] == episode[:, starts, None]  # (B, S, H)
+    return same_episode & (target <= T - 1)
+
+
+def warm_mask(is_first: torch.Tensor, burn_in: int) -> torch.Tensor:
+    """Steps whose recurrent state has a usable history: at least `burn_in` steps into the window, or at or
+    after an is_first (then h is exact, built from the episode's start).
+
+    Args:
+        is_first: (B, T) bool.
+    Returns:
+        (B, T) bool.
+    """
+    T = is_first.shape[1]
+    after_first = is_first.long().cumsum(dim=1) > 0  # (B, T)
+    return after_first | (torch.arange(T, device=is_first.device) >= burn_in)
+
+
+def combine_losses(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """Weighted sum of a loss dict; the keys must match exactly.
+
+    Raises:
+        ValueError naming the losses without a weight and the weights without a loss.
+    """
+    missing, extra = sorted(set(losses) - set(weights)), sorted(set(weights) - set(losses))
+    if missing or extra:
+        raise ValueError(
+            f"loss weights must match the losses key for key: losses without a weight {missing}, "
+            f"weights without a loss {extra} (losses are {sorted(losses)})"
+        )
+    return sum(weights[name] * value for name, value in losses.items())
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `mask`; 0 (still in the graph) when the mask is empty."""
+    return torch.where(mask, values, torch.zeros_like(values)).sum() / mask.sum().clamp(min=1)
+
+
+def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, out_dim)
+    )
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) log(1 + |x|): squashes large state values while keeping small ones (DreamerV3,
+    https://arxiv.org/abs/2301.04104), so one network fits envs with very different observation scales."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+class Ensemble(nn.Module):
+    """K independent two-layer MLPs evaluated as batched matmuls: x (N, in) -> (K, N, out).
+
+    Each member has its own initialisation (as nn.Linear's), so members disagree where training data did not
+    pull them together (Plan2Explore, https://arxiv.org/abs/2005.05960).
+    """
+
+    def __init__(self, members: int, in_dim: int, hidden_dim: int, out_dim: int):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(members, in_dim, hidden_dim))
+        self.b1 = nn.Parameter(torch.empty(members, 1, hidden_dim))
+        self.w2 = nn.Parameter(torch.empty(members, hidden_dim, out_dim))
+        self.b2 = nn.Parameter(torch.empty(members, 1, out_dim))
+        for weight, bias, fan_in in ((self.w1, self.b1, in_dim), (self.w2, self.b2, hidden_dim)):
+            bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default initialisation range
+            nn.init.uniform_(weight, -bound, bound)
+            nn.init.uniform_(bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.einsum("ni,kih->knh", x, self.w1) + self.b1  # (N, in) -> (K, N, hidden)
+        hidden = F.silu(F.layer_norm(hidden, hidden.shape[-1:]))
+        return torch.einsum("knh,kho->kno", hidden, self.w2) + self.b2  # (K, N, out)
+
+
+class WorldModel(nn.Module):
+    """JEPA world model. Verbs: `encode`, `targets`, `step`, `reward`, `cont`, `ensemble`, `imagine`, `loss`.
+
+    Args:
+        obs_shape: one observation: (H, W, C) uint8 pixels (channels-last) or (S,) float state.
+        action_dim: A, length of the action vector (discrete actions one-hot).
+        latent_dim: D, size of the latent z.
+        hidden_dim: size of the recurrent history state h.
+        mlp_dim: hidden width of every MLP (state encoder, dynamics input, heads, ensemble members).
+        collapse_guard: "ema" (EMA target network, stop-gradient targets) or "sigreg" (no target network;
+            detached online targets plus a SIGReg loss).
+        ensemble_size: K >= 2 next-latent heads whose disagreement measures model uncertainty.
+        vit_size: ViT preset from worldmodel.vit.VIT_SIZES (pixels only).
+        image_size: the ViT's input side; frames of another size are resized (pixels only).
+        patch_size: the ViT's patch side, dividing image_size (pixels only).
+        freeze_encoder: keep the encoder backbone (ViT or state MLP) fixed; only the projection to z learns.
+            Then features can be precomputed once and passed in place of obs.
+        sigreg_directions: random 1-D projections per SIGReg call ("sigreg" only).
+        sigreg_points: grid points of SIGReg's Epps-Pulley integral ("sigreg" only).
+    """
+
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...],
+        action_dim: int,
+        *,
+        latent_dim: int = 128,
+        hidden_dim: int = 256,
+        mlp_dim: int = 256,
+        collapse_guard: str = "ema",
+        ensemble_size: int = 5,
+        vit_size: str = "mini",
+        image_size: int = 64,
+        patch_size: int = 8,
+        freeze_encoder: bool = False,
+        sigreg_directions: int = 256,
+        sigreg_points: int = 17,
+    ):
+        super().__init__()
+        obs_shape = tuple(int(v) for v in obs_shape)
+        if len(obs_shape) not in (1, 3):
+            raise ValueError(f"obs_shape must be (H, W, C) for pixels or (S,) for state, got {obs_shape}")
+        if collapse_guard not in COLLAPSE_GUARDS:
+            raise ValueError(f"collapse_guard must be one of {COLLAPSE_GUARDS}, got {collapse_guard!r}")
+        if min(action_dim, latent_dim, hidden_dim, mlp_dim, sigreg_directions) < 1 or ensemble_size < 2:
+            raise ValueError(
+                "action_dim, latent_dim, hidden_dim, mlp_dim, sigreg_directions must be >= 1 and ensemble_size >= 2, "
+                f"got {action_dim}, {latent_dim}, {hidden_dim}, {mlp_dim}, {sigreg_directions} and {ensemble_size}"
+            )
+        self.obs_shape = obs_shape
+        self.action_dim = action_dim
+        self.latent_dim = latent_dim
+        self.hidden_dim = hidden_dim
+        self.collapse_guard = collapse_guard
+        self.freeze_encoder = freeze_encoder
+        self.sigreg_directions = sigreg_directions
+        self.sigreg_points = sigreg_points
+        self.is_pixels = len(obs_shape) == 3
+
+        self.backbone: nn.Module
+        if self.is_pixels:
+            channels = obs_shape[2]
+            if channels % 3:
+                raise ValueError(f"pixel observations need RGB channels (a multiple of 3), got {channels}")
+            # Frame stacks of RGB frames reuse the ImageNet statistics per frame.
+            self._pixel_mean, self._pixel_std = IMAGENET_MEAN * (channels // 3), IMAGENET_STD * (channels // 3)
+            self.image_size = image_size
+            self.backbone = VisionTransformer(image_size, patch_size, channels, vit_size)
+            self.feature_dim = self.backbone.width
+        else:
+            self.backbone = nn.Sequential(_mlp(obs_shape[0], mlp_dim, mlp_dim), nn.LayerNorm(mlp_dim), nn.SiLU())
+            self.feature_dim = mlp_dim
+        if freeze_encoder:
+            self.backbone.requires_grad_(False)
+        self.projection = nn.Linear(self.feature_dim, latent_dim)
+
+        # The EMA target: a frozen backbone is its own target (its EMA would equal it), so it is shared and
+        # precomputed features serve online and target latents alike.
+        self.target_backbone: nn.Module | None = None
+        self.target_projection: nn.Module | None = None
+        if collapse_guard == "ema":
+            if not freeze_encoder:
+                self.target_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
+            self.target_projection = copy.deepcopy(self.projection).requires_grad_(False)
+
+        self.dynamics_input = nn.Sequential(
+            nn.Linear(latent_dim + action_dim, mlp_dim), nn.LayerNorm(mlp_dim), nn.SiLU()
+        )
+        self.gru = nn.GRUCell(mlp_dim, hidden_dim)
+        self.latent_head = _mlp(hidden_dim, mlp_dim, latent_dim)
+        self.reward_head = _mlp(hidden_dim + latent_dim, mlp_dim, 1)
+        self.cont_head = _mlp(hidden_dim + latent_dim, mlp_dim, 1)
+        self.ensemble_heads = Ensemble(ensemble_size, hidden_dim, mlp_dim, latent_dim)
+
+    # ------------------------------------------------------------------ encoder
+
+    @property
+    def loss_keys(self) -> tuple[str, ...]:
+        """The keys `loss` returns, hence the keys a weights dict must have."""
+        keys = ("latent", "reward", "cont", "ensemble")
+        return keys + ("sigreg",) if self.collapse_guard == "sigreg" else keys
+
+    def _check_obs(self, obs: torch.Tensor) -> tuple[int, ...]:
+        """Validate obs (*lead, *obs_shape) and return the leading shape."""
+        n = len(self.obs_shape)
+        if obs.ndim <= n or tuple(obs.shape[-n:]) != self.obs_shape:
+            raise ValueError(
+                f"obs must have shape (..., {', '.join(map(str, self.obs_shape))}), got {tuple(obs.shape)}"
+            )
+        if self.is_pixels and obs.dtype != torch.uint8:
+            raise ValueError(f"pixel observations must be uint8, got {obs.dtype}")
+        return tuple(obs.shape[:-n])
+
+    def _backbone_features(self, backbone: nn.Module, obs: torch.Tensor) -> torch.Tensor:
+        lead = self._check_obs(obs)
+        if self.is_pixels:
+            H, W, C = self.obs_shape
+            frames = obs.reshape(-1, H, W, C).permute(0, 3, 1, 2)  # (*lead, H, W, C) -> (N, C, H, W)
+            # uint8 -> [0, 1] (resized when the frame size differs from the ViT's) -> ImageNet statistics,
+            # exactly as the I-JEPA pretraining evaluates frames.
+            images = normalize(resize(frames, self.image_size), self._pixel_mean, self._pixel_std)
+            features = backbone.pooled(images.to(self.projection.weight.dtype))  # (N, F)
+        else:
+            states = obs.reshape(-1, self.obs_shape[0]).to(self.projection.weight.dtype)  # (*lead, S) -> (N, S)
+            features = backbone(symlog(states))  # (N, F)
+        return features.reshape(*lead, self.feature_dim)  # (N, F) -> (*lead, F)
+
+    def encode_features(self, obs: torch.Tensor) -> torch.Tensor:
+        """Backbone features before the projection: obs (*lead, *obs_shape) -> (*lead, F).
+
+        With a frozen encoder these can be computed once and cached (WorldModelBatch.features).
+        """
+        if self.freeze_encoder:
+            with torch.no_grad():
+                return self._backbone_features(self.backbone, obs)
+        return self._backbone_features(self.backbone, obs)
+
+    def _check_features(self, features: torch.Tensor) -> None:
+        if not self.freeze_encoder:
+            raise ValueError(
+                "precomputed features need freeze_encoder=True: a fine-tuned encoder must see the observations"
+            )
+        if features.shape[-1] != self.feature_dim:
+            raise ValueError(f"features must have {self.feature_dim} channels, got shape {tuple(features.shape)}")
+
+    def encode(self, obs: torch.Tensor | None = None, *, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Online latents: obs (*lead, *obs_shape) or frozen-encoder features (*lead, F) -> z (*lead, D)."""
+        if features is None:
+            if obs is None:
+                raise ValueError("encode needs obs or features")
+            features = self.encode_features(obs)
+        else:
+            self._check_features(features)
+        return self.projection(features.to(self.projection.weight.dtype))
+
+    @torch.no_grad()
+    def targets(self, obs: torch.Tensor | None = None, *, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Stop-gradient target latents (*lead, D): the EMA network's under "ema", the online ones under "sigreg"."""
+        if self.collapse_guard == "sigreg":
+            return self.encode(obs, features=features)
+        if features is None:
+            if obs is None:
+                raise ValueError("targets needs obs or features")
+            backbone = self.target_backbone if self.target_backbone is not None else self.backbone
+            features = self._backbone_features(backbone, obs)
+        else:
+            self._check_features(features)
+        return self.target_projection(features.to(self.target_projection.weight.dtype))
+
+    def latents(self, batch: WorldModelBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Online and target latents of a batch: (B, T, D) each; the target is detached."""
+        if batch.features is not None:
+            online = self.encode(features=batch.features)
+            target = online.detach() if self.collapse_guard == "sigreg" else self.targets(features=batch.features)
+        else:
+            online = self.encode(batch.obs)
+            target = online.detach() if self.collapse_guard == "sigreg" else self.targets(batch.obs)
+        return online, target
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """target <- momentum * target + (1 - momentum) * online, for the backbone (unless frozen) and the
+        projection. Does nothing under "sigreg", which has no target network."""
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        pairs = [(self.target_projection, self.projection), (self.target_backbone, self.backbone)]
+        target = [p for t, o in pairs if t is not None for p in t.parameters()]
+        online = [p.detach() for t, o in pairs if t is not None for p in o.parameters()]
+        if target:
+            torch._foreach_mul_(target, momentum)
+            torch._foreach_add_(target, online, alpha=1.0 - momentum)
+
+    def load_pretrained_encoder(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load backbone weights (e.g. an I-JEPA target encoder's `state_dict()`) into the online backbone and,
+        under "ema" with a trainable backbone, into its target copy too."""
+        self.backbone.load_state_dict(state_dict)
+        if self.target_backbone is not None:
+            self.target_backbone.load_state_dict(state_dict)
+
+    # ------------------------------------------------------------------ dynamics and heads
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        """The history state at an episode's start: zeros (batch, hidden_dim)."""
+        weight = self.gru.weight_hh
+        return torch.zeros(batch, self.hidden_dim, device=weight.device, dtype=weight.dtype)
+
+    def step(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of the dynamics: h_t = f(h_{t-1}, z_{t-1}, a_t), ẑ_t = g(h_t).
+
+        Args:
+            h: (B, hidden_dim) h_{t-1}; z: (B, D) z_{t-1} (real or predicted); action: (B, A) a_t.
+        Returns:
+            h_next (B, hidden_dim) and z_pred (B, D).
+        """
+        h_next = self.gru(self.dynamics_input(torch.cat([z, action], dim=-1)), h)
+        return h_next, self.latent_head(h_next)
+
+    def reward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Predicted reward of arriving at the step with state h (..., hidden_dim) and latent z (..., D) -> (...)."""
+        return self.reward_head(torch.cat([h, z], dim=-1)).squeeze(-1)
+
+    def cont(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Logit of "not terminal" at h (..., hidden_dim), z (..., D) -> (...)."""
+        return self.cont_head(torch.cat([h, z], dim=-1)).squeeze(-1)
+
+    def ensemble(self, h: torch.Tensor) -> torch.Tensor:
+        """Each member's prediction of the latent at the step of h: (B, hidden_dim) -> (K, B, D)."""
+        return self.ensemble_heads(h)
+
+    def disagreement(self, h: torch.Tensor) -> torch.Tensor:
+        """Variance across ensemble members (population variance), averaged over D: (B, hidden_dim) -> (B,)."""
+        return self.ensemble(h).var(dim=0, unbiased=False).mean(dim=-1)
+
+    def observe(
+        self,
+        latents: torch.Tensor,
+        action: torch.Tensor,
+        is_first: torch.Tensor,
+        initial: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced pass over a window: feed the real z_{t-1}; reset h and z to zeros at is_first.
+
+        Args:
+            latents: (B, T, D) real latents; action: (B, T, A); is_first: (B, T) bool.
+            initial: (h, z) of the step before step 0, (B, hidden_dim) and (B, D), e.g. the last step of the
+                previous window; default the episode-start state (zeros), which is exact when is_first[:, 0].
+        Returns:
+            hidden (B, T, hidden_dim), h_t for every t; predicted (B, T, D), ẑ_t = g(h_t).
+        """
+        B, T, _ = latents.shape
+        start = self.initial_state(B)
+        h, z_prev = (start, torch.zeros_like(latents[:, 0])) if initial is None else initial  # (B, hd), (B, D)
+        hidden, predicted = [], []
+        for t in range(T):
+            first = is_first[:, t, None]  # (B, 1)
+            h = torch.where(first, start, h)
+            z_prev = torch.where(first, torch.zeros_like(z_prev), z_prev)
+            a = torch.where(first, torch.zeros_like(action[:, t]), action[:, t])
+            h, z_pred = self.step(h, z_prev, a)
+            hidden.append(h)
+            predicted.append(z_pred)
+            z_prev = latents[:, t]
+        return torch.stack(hidden, dim=1), torch.stack(predicted, dim=1)  # (B, T, hidden_dim), (B, T, D)
+
+    def open_loop(
+        self,
+        hidden: torch.Tensor,
+        latents: torch.Tensor,
+        action: torch.Tensor,
+        is_first: torch.Tensor,
+        starts: torch.Tensor,
+        horizon: int,
+    ) -> OpenLoop:
+        """Unroll open-loop from every start point at once, feeding the model's own ẑ back in.
+
+        From start s the state is (hidden[:, s], latents[:, s]); step k applies action[:, s + k] and predicts
+        step s + k. All starts run as one batch of B*S rows. Actions past the window are clamped to its last
+        step; those predictions are marked invalid.
+
+        Args:
+            hidden: (B, T, hidden_dim) from `observe`; latents: (B, T, D) real latents; action: (B, T, A);
+            is_first: (B, T) bool; starts: (S,) int64 in [0, T); horizon: H >= 1.
+        """
+        B, T, _ = latents.shape
+        S = len(starts)
+        target_index = (starts[:, None] + torch.arange(1, horizon + 1, device=starts.device)).clamp(max=T - 1)
+        h = hidden[:, starts].reshape(B * S, -1)  # (B, S, hidden_dim) -> (B*S, hidden_dim)
+        z = latents[:, starts].reshape(B * S, -1)  # (B, S, D) -> (B*S, D)
+        hs, zs = [], []
+        for k in range(horizon):
+            a = action[:, target_index[:, k]].reshape(B * S, -1)  # (B, S, A) -> (B*S, A)
+            h, z = self.step(h, z, a)
+            hs.append(h)
+            zs.append(z)
+        return OpenLoop(
+            latent=torch.stack(zs, dim=1).reshape(B, S, horizon, -1),  # (B*S, H, D) -> (B, S, H, D)
+            hidden=torch.stack(hs, dim=1).reshape(B, S, horizon, -1),  # (B*S, H, hd) -> (B, S, H, hd)
+            target_index=target_index,
+            valid=open_loop_valid(is_first, starts, horizon),
+        )
+
+    def imagine(self, h: torch.Tensor, z: torch.Tensor, actions: torch.Tensor) -> Imagination:
+        """Roll the model open-loop under a given action sequence.
+
+        Args:
+            h: (B, hidden_dim) and z: (B, D), the state to start from (e.g. the last step of `observe`).
+            actions: (B, H, A); actions[:, i] leads to imagined step i.
+        Returns:
+            Imagination with (B, H, ...) tensors.
+        """
+        latents, hidden, rewards, conts, disagreements = [], [], [], [], []
+        for i in range(actions.shape[1]):
+            h, z = self.step(h, z, actions[:, i])
+            latents.append(z)
+            hidden.append(h)
+            rewards.append(self.reward(h, z))
+            conts.append(torch.sigmoid(self.cont(h, z)))
+            disagreements.append(self.disagreement(h))
+        return Imagination(
+            latent=torch.stack(latents, dim=1),
+            hidden=torch.stack(hidden, dim=1),
+            reward=torch.stack(rewards, dim=1),
+            cont=torch.stack(conts, dim=1),
+            disagreement=torch.stack(disagreements, dim=1),
+        )
+
+    # ------------------------------------------------------------------ training
+
+    def loss(
+        self,
+        batch: WorldModelBatch,
+        horizon: int,
+        burn_in: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Multi-step training losses of one batch of windows.
+
+        1. Encode every step: online z and stop-gradient targets.
+        2. Teacher-forced pass (`observe`) for h_t at every step. A step is "warm" when its h has a history:
+           t >= burn_in, or at/after an is_first in the window.
+        3. From every warm step s with a successor, unroll open-loop `horizon` steps (`open_loop`), feeding the
+           model's own ẑ back in, and compare ẑ_{s+k} with the target latent of step s + k; pairs that leave
+           the window or cross an is_first are masked out. Every k counts equally.
+        4. Reward (MSE) and continue (BCE on batch.cont, so a truncated end trains towards 1) at the warm
+           teacher-forced states (h_t, real z_t) and at every valid open-loop state (h, ẑ).
+        5. Ensemble: each member regresses the target latent from the detached open-loop h (so the ensemble
+           does not shape the dynamics).
+        6. Under "sigreg": SIGReg of all online latents of the batch.
+
+        Args:
+            batch: windows of T >= 2 steps.
+            horizon: open-loop steps H >= 1 per start point.
+            burn_in: teacher-forced steps at the window's start whose h is too young to train on.
+            generator: CPU generator for SIGReg's random directions; required under "sigreg".
+        Returns:
+            {"latent", "reward", "cont", "ensemble"} plus "sigreg" under "sigreg" (see `loss_keys`), scalars.
+        """
+        if horizon < 1 or burn_in < 0:
+            raise ValueError(f"need horizon >= 1 and burn_in >= 0, got {horizon} and {burn_in}")
+        if self.collapse_guard == "sigreg" and generator is None:
+            raise ValueError("collapse_guard='sigreg' needs a generator for SIGReg's random directions")
+        B, T = batch.is_first.shape
+        if T < 2:
+            raise ValueError(f"windows need at least 2 steps to predict anything, got T={T}")
+        z, z_target = self.latents(batch)  # (B, T, D) each
+        hidden, _ = self.observe(z, batch.action, batch.is_first)  # (B, T, hidden_dim)
+        warm = warm_mask(batch.is_first, burn_in)  # (B, T)
+        starts = torch.arange(T - 1, device=z.device)  # (S,) every step with a successor
+        roll = self.open_loop(hidden, z, batch.action, batch.is_first, starts, horizon)
+        valid = roll.valid & warm[:, :-1, None]  # (B, S, H)
+        target = z_target[:, roll.target_index]  # (B, S, H, D)
+        losses = {"latent": _masked_mean((roll.latent - target).pow(2).mean(dim=-1), valid)}
+
+        # Reward and continue: teacher-forced states and open-loop states pooled into one mean.
+        reward_target = batch.reward[:, roll.target_index]  # (B, S, H)
+        cont_target = batch.cont[:, roll.target_index]  # (B, S, H)
+        reward_error = [
+            (self.reward(hidden, z) - batch.reward).pow(2),  # (B, T)
+            (self.reward(roll.hidden, roll.latent) - reward_target).pow(2),  # (B, S, H)
+        ]
+        cont_error = [
+            F.binary_cross_entropy_with_logits(self.cont(hidden, z), batch.cont, reduction="none"),
+            F.binary_cross_entropy_with_logits(self.cont(roll.hidden, roll.latent), cont_target, reduction="none"),
+        ]
+        mask = torch.cat([warm.flatten(), valid.flatten()])  # (B*T + B*S*H,)
+        losses["reward"] = _masked_mean(torch.cat([e.flatten() for e in reward_error]), mask)
+        losses["cont"] = _masked_mean(torch.cat([e.flatten() for e in cont_error]), mask)
+
+        rows = B * (T - 1) * horizon
+        members = self.ensemble(roll.hidden.detach().reshape(rows, -1))  # (B, S, H, hd) -> (B*S*H, hd) -> (K, B*S*H, D)
+        ensemble_target = target.reshape(1, rows, -1)  # (B, S, H, D) -> (1, B*S*H, D)
+        ensemble_error = (members - ensemble_target).pow(2).mean(dim=(0, 2))  # (B*S*H,)
+        losses["ensemble"] = _masked_mean(ensemble_error, valid.flatten())
+
+        if self.collapse_guard == "sigreg":
+            flat = z.reshape(B * T, -1)  # (B, T, D) -> (B*T, D): every frame of the batch is one sample
+            losses["sigreg"] = sigreg(flat, generator, self.sigreg_directions, self.sigreg_points)
+        return losses
