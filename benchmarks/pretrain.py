@@ -13,16 +13,24 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+_REPO = Path(__file__).resolve().parents[1]
+# Run as a file, this script's folder is sys.path[0], where "envs" and "worldmodel" would name the benchmark
+# scripts of the same names instead of the packages.
+if sys.path and Path(sys.path[0]).resolve() == _REPO / "benchmarks":
+    sys.path[0] = str(_REPO)
 
-from experiments.config import load_config
-from experiments.pretrain import apply_schedules, build_model, build_optimizer, train_step
-from experiments.runtime import cpu_supports_bf16, resolve_device
-from worldmodel.masks import MultiBlockMaskSampler
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from experiments.config import load_config  # noqa: E402
+from experiments.pretrain import apply_schedules, build_model, build_optimizer, train_step  # noqa: E402
+from experiments.runtime import cpu_supports_bf16, resolve_device  # noqa: E402
+from worldmodel.masks import MultiBlockMaskSampler  # noqa: E402
 
 
 def emit(metric: str, value: float, unit: str, **extra) -> None:
@@ -97,10 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per precision (median reported)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="mini preset, 3 steps: a check that it runs")
+    parser.add_argument("--quick", action="store_true", help="a tiny model for 2 steps: checks that it runs")
     args = parser.parse_args(argv)
     if args.quick:
-        args.size, args.steps, args.batch_size = "mini", 3, 16
+        args.size, args.image_size, args.patch_size, args.steps, args.batch_size = "micro", 32, 4, 2, 8
     device = resolve_device(args.device)
     cfg = load_config(
         [],
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if device.type == "cpu":
         setting["cpu_bf16_units"] = cpu_supports_bf16()
-    n = 1024 if args.quick else 2048
+    n = 512 if args.quick else 2048
     peaks = {}
     for precision, dtype in (("float32", torch.float32), ("bf16", torch.bfloat16)):
         peaks[precision] = matmul_peak(device, dtype, n, repeats=3 if args.quick else 10)

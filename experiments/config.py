@@ -73,9 +73,9 @@ class RunConfig:
 class EncoderConfig:
     size: Literal["micro", "mini", "tiny", "small", "base"] = "mini"
     """ViT size preset (width, depth, heads) from worldmodel.vit.VIT_SIZES."""
-    image_size: int = 32
+    image_size: int = 64
     """Side of the square input image in pixels."""
-    patch_size: int = 4
+    patch_size: int = 8
     """Side of a square patch in pixels; must divide image_size."""
 
     def __post_init__(self):
@@ -146,8 +146,9 @@ class OptimConfig:
     """AdamW weight decay at step 0."""
     final_weight_decay: float = 0.4
     """Weight decay at the last step (cosine schedule, as in I-JEPA)."""
-    ema: float = 0.996
-    """EMA momentum of the target encoder at step 0."""
+    ema: float = 0.99
+    """EMA momentum of the target encoder at step 0 (I-JEPA uses 0.996 over ~10^5 steps; a run of hundreds of
+    steps needs a target that keeps up)."""
     final_ema: float = 1.0
     """EMA momentum at the last step (linear rise)."""
     grad_clip: float = 1.0
@@ -172,10 +173,10 @@ class DataConfig:
     """'synthetic' (fractal images, no download), 'folder:<path>' (an image folder, class subfolders become
     labels) or 'env:<gymnasium id>' (frames of that env under a random policy, with its true state)."""
     num_images: int = 3000
-    """Images to generate (synthetic) or frames to collect (env); a cap on the folder's images otherwise."""
-    num_classes: int = 30
+    """Images to generate (synthetic) or frames to collect (env); an image folder is used whole."""
+    num_classes: int = 10
     """Fractal classes (synthetic only)."""
-    stored_size: int = 40
+    stored_size: int = 72
     """Side of the stored images before augmentation (synthetic and folder); env frames use the encoder size."""
     augment: Literal["crop_flip", "none"] = "crop_flip"
     """Random resized crop and horizontal flip, or none (env frames keep their geometry for state probes)."""
@@ -250,11 +251,205 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class EnvConfig:
+    id: str = "CartPole-v1"
+    """The gymnasium id (any registered one, or Parking-v0)."""
+    obs: Literal["pixels", "state"] = "pixels"
+    """Observe uint8 images ('pixels') or the env's low-dimensional vector ('state')."""
+    size: int = 64
+    """Side of the square frames in pixels (pixels only)."""
+    action_repeat: int = 1
+    """Env steps per agent step; rewards are summed."""
+
+    def __post_init__(self):
+        _require(bool(self.id.strip()), "id", "must name a gymnasium env, e.g. CartPole-v1")
+        _require(8 <= self.size <= 1024, "size", f"must be in [8, 1024], got {self.size}")
+        _require(self.action_repeat >= 1, "action_repeat", f"must be >= 1, got {self.action_repeat}")
+
+
+@dataclass(frozen=True)
+class LossWeightsConfig:
+    latent: float = 1.0
+    """Weight of the multi-step open-loop latent prediction loss."""
+    reward: float = 1.0
+    """Weight of the reward regression loss."""
+    cont: float = 1.0
+    """Weight of the continue (not terminal) classification loss."""
+    ensemble: float = 1.0
+    """Weight of the ensemble heads' loss (it trains only the heads: they read a detached h)."""
+    sigreg: float = 10.0
+    """Weight of SIGReg (collapse_guard 'sigreg' only); the loss is a per-sample mean, LeJEPA's is N times it."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            _require(getattr(self, f.name) >= 0, f.name, f"must be >= 0, got {getattr(self, f.name)}")
+
+
+# The fields of WorldModelConfig that are WorldModel's constructor keywords, one to one.
+WORLD_MODEL_KEYWORDS = (
+    "latent_dim",
+    "hidden_dim",
+    "mlp_dim",
+    "collapse_guard",
+    "ensemble_size",
+    "vit_size",
+    "image_size",
+    "patch_size",
+    "freeze_encoder",
+    "sigreg_directions",
+    "sigreg_points",
+)
+PREDICTION_DEPTHS = (1, 5, 15)  # open-loop depths k of the pred_error_k* metrics
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    # -- the model: WorldModel's keywords (see WORLD_MODEL_KEYWORDS)
+    latent_dim: int = 128
+    """Size D of the latent z."""
+    hidden_dim: int = 256
+    """Size of the recurrent history state h."""
+    mlp_dim: int = 256
+    """Hidden width of every MLP (state encoder, dynamics input, heads, ensemble members)."""
+    collapse_guard: Literal["ema", "sigreg"] = "ema"
+    """Keep latents from collapsing with an EMA target network ('ema') or with the SIGReg loss ('sigreg')."""
+    ensemble_size: int = 5
+    """Next-latent heads K whose disagreement measures model uncertainty (>= 2)."""
+    vit_size: Literal["micro", "mini", "tiny", "small", "base"] = "mini"
+    """ViT size preset of the pixel encoder (worldmodel.vit.VIT_SIZES)."""
+    image_size: int = 64
+    """The ViT's input side in pixels; frames of another size are resized."""
+    patch_size: int = 8
+    """The ViT's patch side in pixels; must divide image_size."""
+    freeze_encoder: bool = False
+    """Keep the encoder backbone fixed (its features are computed once per frame and cached); else fine-tune it."""
+    sigreg_directions: int = 256
+    """Random 1-D projections per SIGReg call ('sigreg' only)."""
+    sigreg_points: int = 17
+    """Grid points of SIGReg's Epps-Pulley integral ('sigreg' only)."""
+    # -- collection
+    collect_steps: int = 20000
+    """Random-policy transitions to collect before training (summed over envs; ignored with --episodes)."""
+    num_envs: int = 4
+    """Envs stepped side by side while collecting."""
+    # -- training
+    steps: int = 2000
+    """Optimizer steps in total."""
+    batch_size: int = 16
+    """Windows per step."""
+    sequence_length: int = 32
+    """Steps T per training window (windows may span episodes; is_first marks the seams)."""
+    horizon: int = 15
+    """Open-loop steps unrolled from every start point of a window."""
+    burn_in: int = 5
+    """Teacher-forced steps at a window's start whose history state is too young to train on."""
+    lr: float = 3e-4
+    """Peak learning rate, reached at the end of warmup."""
+    final_lr: float = 3e-5
+    """Learning rate at the last step (cosine decay from the peak)."""
+    warmup_steps: int = 100
+    """Steps of linear warmup from 0."""
+    weight_decay: float = 0.0
+    """AdamW weight decay of matrices (biases and norms get none)."""
+    grad_clip: float = 10.0
+    """Clip the global gradient norm to this; 0 turns clipping off."""
+    ema: float = 0.99
+    """EMA momentum of the target encoder and projection at step 0 ('ema' only)."""
+    final_ema: float = 0.999
+    """EMA momentum at the last step (linear rise)."""
+    loss_weights: LossWeightsConfig = field(default_factory=LossWeightsConfig)
+    """Weight of each loss, matched key for key against the model's losses."""
+    max_nonfinite: int = 5
+    """Stop the run after this many non-finite losses in a row (each one skips its step)."""
+    # -- evaluation
+    eval_every: int = 500
+    """Steps between held-out evaluations during training; 0 evaluates only at the end."""
+    eval_fraction: float = 0.2
+    """Share of the episodes (the last ones stored) held out for evaluation, never trained on."""
+    eval_batch_size: int = 32
+    """Held-out windows per evaluation (non-overlapping, fixed)."""
+    eval_sequence_length: int = 48
+    """Steps per held-out window; at least burn_in + 16 so that 15-step predictions can be scored."""
+    collapse_rank: float = 2.0
+    """Effective rank of the latents below which the run is reported as collapsed."""
+    # -- decoder and video
+    decoder_width: int = 16
+    """Channels of the decoder's last (full-resolution) layer; each halving of resolution doubles them."""
+    decoder_lr: float = 1e-3
+    """Learning rate of the decoder (its own Adam, on detached latents)."""
+    decoder_batch: int = 32
+    """Frames the decoder trains on per step."""
+    decoder_steps: int = 200
+    """Decoder-only steps after the world model has finished, on its final latents."""
+    video_steps: int = 64
+    """Frames in videos/dream_vs_real.mp4; 0 writes no video."""
+    video_context: int = 5
+    """Real steps the model observes before it dreams open-loop in the video."""
+
+    def __post_init__(self):
+        positive = (
+            "latent_dim hidden_dim mlp_dim sigreg_directions collect_steps num_envs steps batch_size horizon "
+            "eval_batch_size decoder_width decoder_batch max_nonfinite"
+        )
+        for key in positive.split():
+            _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        _require(self.ensemble_size >= 2, "ensemble_size", f"must be >= 2, got {self.ensemble_size}")
+        _require(self.sigreg_points >= 2, "sigreg_points", f"must be >= 2, got {self.sigreg_points}")
+        _require(self.image_size >= 8, "image_size", f"must be >= 8, got {self.image_size}")
+        _require(
+            self.patch_size >= 1 and self.image_size % self.patch_size == 0,
+            "patch_size",
+            f"must divide image_size ({self.image_size}), got {self.patch_size}",
+        )
+        _require(self.burn_in >= 0, "burn_in", f"must be >= 0, got {self.burn_in}")
+        _require(
+            self.sequence_length >= self.burn_in + 2,
+            "sequence_length",
+            f"must be >= burn_in + 2 = {self.burn_in + 2} so that a warm step has a successor, got "
+            f"{self.sequence_length}",
+        )
+        for key in ("lr", "final_lr", "weight_decay", "grad_clip", "decoder_lr", "collapse_rank"):
+            _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _require(self.decoder_lr > 0, "decoder_lr", f"must be > 0, got {self.decoder_lr}")
+        _require(0 <= self.warmup_steps < self.steps, "warmup_steps", f"must be in [0, steps={self.steps})")
+        _require(0 <= self.ema <= self.final_ema <= 1, "ema", "expected 0 <= ema <= final_ema <= 1")
+        _require(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
+        _require(0 < self.eval_fraction < 1, "eval_fraction", f"must be in (0, 1), got {self.eval_fraction}")
+        deepest = self.burn_in + max(PREDICTION_DEPTHS) + 1
+        _require(
+            self.eval_sequence_length >= deepest,
+            "eval_sequence_length",
+            f"must be >= burn_in + {max(PREDICTION_DEPTHS) + 1} = {deepest} to score "
+            f"{max(PREDICTION_DEPTHS)}-step predictions, got {self.eval_sequence_length}",
+        )
+        _require(self.decoder_steps >= 0, "decoder_steps", f"must be >= 0, got {self.decoder_steps}")
+        _require(self.video_steps >= 0, "video_steps", f"must be >= 0, got {self.video_steps}")
+        _require(
+            self.video_steps == 0 or 1 <= self.video_context < self.video_steps,
+            "video_context",
+            f"must be in [1, video_steps={self.video_steps}), got {self.video_context}",
+        )
+
+    def model_keywords(self) -> dict[str, Any]:
+        """The keyword arguments of `WorldModel(obs_shape, action_dim, **keywords)`."""
+        return {key: getattr(self, key) for key in WORLD_MODEL_KEYWORDS}
+
+    def loss_weight_dict(self, keys: tuple[str, ...]) -> dict[str, float]:
+        """Weights for the losses named `keys` (a model's `loss_keys`), for `combine_losses`."""
+        return {key: getattr(self.loss_weights, key) for key in keys}
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     """Seed, device, precision, logging."""
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     """`wm pretrain`: the I-JEPA vision encoder."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """The gymnasium env the world model learns (`wm train`)."""
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    """`wm train`: the JEPA world model, its data collection, training and evaluation."""
 
 
 def validate(cfg: Config) -> None:

@@ -52,6 +52,8 @@ def save_mask_picture(path: Path, dataset, sampler: MultiBlockMaskSampler, cfg, 
     count = min(cfg.eval.mask_images, len(dataset))
     if count == 0:
         return
-    images = torch.stack([dataset[i].image for i in range(count)])  # (B, C, h, w) uint8
+    # Spread over the dataset, which is often ordered by class, so the picture shows several classes.
+    picks = np.linspace(0, len(dataset) - 1, count).round().astype(int)
+    images = torch.stack([dataset[int(i)].image for i in picks])  # (B, C, h, w) uint8
     images = augment.resize(images, cfg.encoder.image_size)  # (B, C, S, S) float in [0, 1]
     mask_picture(images, sampler, step_rng(seed, 0, STREAM_PICTURE)).save(path)

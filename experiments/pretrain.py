@@ -73,7 +73,7 @@ def build_dataset(cfg: DataConfig, image_size: int, seed: int, show_progress: bo
         per_class = math.ceil(cfg.num_images / cfg.num_classes)
         return FractalDataset(cfg.num_classes, per_class, cfg.stored_size, seed)
     if cfg.kind == "folder":
-        return ImageFolderDataset(cfg.target, cfg.stored_size, max_images=cfg.num_images, seed=seed)
+        return ImageFolderDataset(cfg.target, cfg.stored_size, seed=seed)  # every image in the folder
     from experiments.frames import collect_env_frames  # only env sources need gymnasium
 
     frames, states = collect_env_frames(cfg.target, cfg.num_images, image_size, seed, show_progress)
@@ -137,6 +137,7 @@ class StepResult(NamedTuple):
 
 
 def apply_schedules(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, step: int) -> dict[str, float]:
+    """Set this step's learning rate and weight decay; return them with the step's EMA momentum."""
     o = cfg.optim
     lr = schedules.warmup_cosine(step, o.steps, o.warmup_steps, o.start_lr, o.lr, o.final_lr)
     weight_decay = schedules.cosine(step, o.steps, o.weight_decay, o.final_weight_decay)

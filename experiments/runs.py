@@ -15,6 +15,10 @@ def headline(summary: dict) -> str:
     for key in ("knn_top1", "state_r2"):
         if key in probe:
             return f"{key} {probe[key]:.3f} (random {probe[key + '_random']:.3f})"
+    model = summary.get("model") or {}
+    if "pred_error_k5" in model:  # a world model: its 5-step dream error beside "nothing changes"
+        figure = f"pred_error_k5 {model['pred_error_k5']:.3f} (no-change {model['pred_error_k5_baseline']:.3f})"
+        return figure + (" COLLAPSED" if model.get("collapsed") else "")
     return ""
 
 

@@ -114,15 +114,15 @@ def test_sigkill_then_resume_ends_with_the_parameters_of_an_uninterrupted_run(tm
 
 def test_sigterm_saves_marks_interrupted_and_resumes(tmp_path):
     run = tmp_path / "run"
-    process = start("pretrain", *DEBUG, "--set", "pretrain.optim.steps=400", "--run-dir", str(run))
+    process = start("pretrain", *DEBUG, "--set", "pretrain.optim.steps=100", "--run-dir", str(run))
     wait_for_step(run, 5, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr
     stopped = summary(run)
-    assert stopped["status"] == "interrupted" and 5 <= stopped["step"] < 400
+    assert stopped["status"] == "interrupted" and 5 <= stopped["step"] < 100
     assert read_checkpoint(run / "checkpoints/latest.pt")["step"] == stopped["step"]
-    resumed = wm("pretrain", "--resume", "--run-dir", str(run), "--set", "pretrain.optim.steps=400")
+    resumed = wm("pretrain", "--resume", "--run-dir", str(run), "--set", "pretrain.optim.steps=100")
     assert resumed.returncode == 0 and summary(run)["status"] == "done"
 
 

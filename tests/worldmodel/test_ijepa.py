@@ -66,10 +66,10 @@ def test_tiny_model_overfits_one_batch():
     masks = MultiBlockMaskSampler(4, min_keep=2)(4, np.random.default_rng(0))
     optimizer = torch.optim.Adam([*model.encoder.parameters(), *model.predictor.parameters()], lr=2e-3)
     first = None
-    for _ in range(150):
+    for _ in range(300):
         optimizer.zero_grad()
         loss = model.loss(images, masks)["jepa"]  # the target stays fixed: no EMA update here
         loss.backward()
         optimizer.step()
         first = first if first is not None else loss.item()
-    assert loss.item() < 0.2 * first
+    assert loss.item() < 0.1 * first

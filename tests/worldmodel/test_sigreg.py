@@ -8,15 +8,6 @@ import torch
 from worldmodel.sigreg import epps_pulley, random_directions, sigreg
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: a second thread only adds contention on the shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_point_mass_at_origin_matches_the_closed_form():
     # ecf = 1 everywhere, so EP = integral (1 - phi)^2 phi dt with phi = exp(-t^2 / 2), which is
     # sqrt(2 pi) (1 - 2 / sqrt(2) + 1 / sqrt(3)) over the whole line.

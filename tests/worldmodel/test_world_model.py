@@ -22,15 +22,6 @@ TINY = dict(latent_dim=8, hidden_dim=16, mlp_dim=16, ensemble_size=3)
 PIXELS_MICRO = dict(TINY, vit_size="micro", image_size=16, patch_size=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: a second thread only adds contention on the shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_batch(
     obs_shape: tuple[int, ...],
     action_dim: int = 2,

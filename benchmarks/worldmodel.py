@@ -1,0 +1,166 @@
+"""World-model training throughput: a frozen encoder trained from cached features versus a fine-tuned one,
+and each one's share of this device's measured matmul peak.
+
+    python benchmarks/worldmodel.py                  # the configs/cartpole.yaml world model (64 px, mini ViT)
+    python benchmarks/worldmodel.py --quick          # the debug preset, a few steps: a check that it runs
+
+Prints JSON lines {"bench": "worldmodel", "metric", "value", "unit"}. One timed step is what `wm train` does
+per step apart from reading windows from the episode store (benchmarks/envs.py measures that): the world
+model's optimizer step and EMA update, then the decoder's step. Frozen: the batch carries the encoder's cached
+features, computed once per frame beforehand (that encoding is reported as its own rate). Fine-tuned: the
+batch carries uint8 frames and the ViT runs forward and backward every step. FLOPs are counted by torch's
+FlopCounterMode over one real step; the matmul peak is measured in the same run (benchmarks/pretrain.py's
+helpers), so the share is a ratio of two figures taken on the same, possibly busy, machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+# Run as a file, this script's folder is sys.path[0], and there "worldmodel" would name this very file.
+if sys.path and Path(sys.path[0]).resolve() == _REPO / "benchmarks":
+    sys.path[0] = str(_REPO)
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from benchmarks.pretrain import matmul_peak, synchronize  # noqa: E402
+from experiments.config import Config, load_config  # noqa: E402
+from experiments.runtime import autocast, cpu_supports_bf16, resolve_device, resolve_precision  # noqa: E402
+from experiments.train import (  # noqa: E402
+    apply_schedules,
+    build_decoder,
+    build_model,
+    build_optimizer,
+    decoder_step,
+    env_spec,
+    train_step,
+)
+from worldmodel.world_model import WorldModelBatch  # noqa: E402
+
+PRECISION_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def emit(metric: str, value: float, unit: str, **extra) -> None:
+    record = {"bench": "worldmodel", "metric": metric, "value": round(value, 4), "unit": unit, **extra}
+    print(json.dumps(record), flush=True)
+
+
+def random_batch(cfg: Config, obs_shape: tuple[int, ...], action_dim: int, device: torch.device) -> WorldModelBatch:
+    """Windows of random frames and one-hot actions, one episode start per window (the data's values do not
+    change the work done)."""
+    wcfg = cfg.world_model
+    B, T = wcfg.batch_size, wcfg.sequence_length
+    generator = torch.Generator().manual_seed(0)
+    obs = torch.randint(0, 256, (B, T, *obs_shape), generator=generator, dtype=torch.uint8)
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = True
+    action = torch.eye(action_dim)[torch.randint(0, action_dim, (B, T), generator=generator)]  # (B, T, A)
+    return WorldModelBatch(
+        obs=obs.to(device),
+        action=action.masked_fill(is_first[..., None], 0.0).to(device),
+        reward=torch.ones(B, T, device=device),
+        cont=torch.ones(B, T, device=device),
+        is_first=is_first.to(device),
+    )
+
+
+def throughput(cfg: Config, device: torch.device, precision: str, steps: int) -> dict[str, float]:
+    """Sequences/s and FLOP per step of the real training step; for a frozen encoder also the caching rate."""
+    torch.manual_seed(0)
+    wcfg = cfg.world_model
+    spec = env_spec(cfg.env)
+    model = build_model(wcfg, spec).to(device)
+    decoder = build_decoder(wcfg, spec).to(device)
+    optimizer = build_optimizer(model, wcfg)
+    decoder_optimizer = torch.optim.Adam(decoder.parameters(), lr=wcfg.decoder_lr)
+    weights = wcfg.loss_weight_dict(model.loss_keys)
+    batch = random_batch(cfg, spec.obs_shape, spec.action_dim, device)
+    out = {}
+    if wcfg.freeze_encoder:
+        frames = batch.obs.reshape(-1, *spec.obs_shape)  # (B, T, H, W, C) -> (B*T, H, W, C)
+        synchronize(device)
+        start = time.perf_counter()
+        with torch.no_grad(), autocast(device, precision):
+            features = model.encode_features(frames).float()  # (B*T, F): what the latent cache holds
+        synchronize(device)
+        out["encode_frames_per_s"] = len(frames) / (time.perf_counter() - start)
+        batch = batch._replace(obs=None, features=features.reshape(*batch.is_first.shape, -1))  # (B, T, F)
+    pick = torch.arange(min(wcfg.decoder_batch, batch.is_first.numel()))
+    decoder_obs = random_batch(cfg, spec.obs_shape, spec.action_dim, device).obs.reshape(-1, *spec.obs_shape)[pick]
+    decoder_features = None if batch.features is None else batch.features.reshape(-1, batch.features.shape[-1])[pick]
+    generator = torch.Generator().manual_seed(0)
+
+    def step(i: int) -> None:
+        scheduled = apply_schedules(optimizer, wcfg, i)
+        train_step(model, optimizer, None, batch, weights, scheduled["ema"], wcfg, generator, device, precision)
+        decoder_step(decoder, decoder_optimizer, model, decoder_obs, decoder_features)
+
+    with FlopCounterMode(display=False) as counter:
+        step(0)
+    flops = counter.get_total_flops()
+    step(1)  # warm-up
+    times = []
+    for i in range(steps):
+        synchronize(device)
+        start = time.perf_counter()
+        step(i + 2)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    out["sequences_per_s"] = wcfg.batch_size / statistics.median(times)
+    out["flop_per_step"] = flops
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config", default=str(_REPO / "configs/cartpole.yaml"), help="preset whose world model to time"
+    )
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per mode (median reported)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", help="auto, float32, bf16 or fp16 (as run.precision)")
+    parser.add_argument("--quick", action="store_true", help="the debug preset, 3 steps: a check that it runs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.config, args.steps = str(_REPO / "configs/debug.yaml"), 3
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    base = load_config([args.config])
+    wcfg = base.world_model
+    setting = {
+        "config": Path(args.config).name,
+        "device": str(device),
+        "precision": precision,
+        "vit": f"{wcfg.vit_size}/{wcfg.image_size}px/patch{wcfg.patch_size}",
+        "batch": f"{wcfg.batch_size}x{wcfg.sequence_length}",
+        "horizon": wcfg.horizon,
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cpu":
+        setting["cpu_bf16_units"] = cpu_supports_bf16()
+    n = 1024 if args.quick else 2048
+    peak = matmul_peak(device, PRECISION_DTYPES[precision], n, repeats=3 if args.quick else 10)
+    emit(f"matmul_peak_{precision}", peak / 1e9, "GFLOP/s", n=n, **setting)
+    rates = {}
+    for mode, frozen in (("frozen_cached", True), ("fine_tuned", False)):
+        cfg = load_config([args.config], [f"world_model.freeze_encoder={str(frozen).lower()}"])
+        result = throughput(cfg, device, precision, args.steps)
+        rates[mode] = result["sequences_per_s"]
+        achieved = result["sequences_per_s"] / wcfg.batch_size * result["flop_per_step"]
+        emit(f"train_sequences_per_s_{mode}", result["sequences_per_s"], "sequences/s", **setting)
+        emit(f"train_flops_{mode}", achieved / 1e9, "GFLOP/s", flop_per_step=result["flop_per_step"], **setting)
+        emit(f"train_share_of_peak_{mode}", achieved / peak, "fraction", **setting)
+        if "encode_frames_per_s" in result:
+            emit("cache_encode_frames_per_s", result["encode_frames_per_s"], "frames/s", **setting)
+    emit("frozen_cached_speedup", rates["frozen_cached"] / rates["fine_tuned"], "ratio", **setting)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,776 @@
+"""`wm train`: learn a JEPA world model of a gymnasium env from random-policy rollouts.
+
+    wm train --config configs/cartpole.yaml
+    wm train --config configs/cartpole.yaml --encoder runs/<pretrain run>/checkpoints/latest.pt
+    wm train --config configs/cartpole.yaml --episodes runs/<earlier run>/episodes
+
+The life of a run: collect random-policy episodes into `<run>/episodes` (or reuse a store) -> split the store
+by episode, the last `eval_fraction` held out -> save a step-0 checkpoint -> with a frozen encoder, encode every
+frame once into the store's latent cache -> train, evaluating on the held-out episodes every `eval_every`
+steps -> train the decoder alone for `decoder_steps` more steps -> final evaluation into summary.json's `model`
+section -> videos/dream_vs_real.mp4.
+
+Every random draw of a training step (window starts, SIGReg directions, the decoder's frames) comes from
+generators seeded by (seed, step), so a resumed run repeats exactly what an uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import torch
+
+from envs import (
+    CollectStats,
+    EnvSpec,
+    Episode,
+    EpisodeStore,
+    RandomPolicy,
+    Windows,
+    collect,
+    make_env,
+    make_vector_env,
+)
+from experiments import config as config_lib
+from experiments.checkpoint import CheckpointError, load_latest, read_checkpoint, save_checkpoint
+from experiments.config import PREDICTION_DEPTHS, Config, ConfigError, EnvConfig, WorldModelConfig
+from experiments.pretrain import NonFiniteLossError
+from experiments.progress import Progress
+from experiments.rundir import (
+    RESUMABLE_CHANGES,
+    GracefulStop,
+    Interrupted,
+    Run,
+    RunError,
+    RunFailure,
+    add_run_arguments,
+    execute,
+    open_run,
+)
+from experiments.runtime import (
+    autocast,
+    resolve_device,
+    resolve_precision,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    step_generator,
+    step_rng,
+)
+from experiments.video import dream_clip, side_by_side, write_mp4
+from worldmodel import schedules
+from worldmodel.decoder import Decoder
+from worldmodel.model_metrics import evaluate_world_model
+from worldmodel.world_model import WorldModel, WorldModelBatch, batch_from_windows, combine_losses
+
+# Streams of per-step randomness (see runtime.step_seed): one each, so that adding one never shifts another.
+STREAM_WINDOWS, STREAM_SIGREG, STREAM_DECODER = 1, 2, 3
+ENCODE_BATCH = 256  # frames per encoder call when filling the latent cache
+VIDEO_FPS = 15
+VIDEO_PATH = "videos/dream_vs_real.mp4"
+
+
+# ------------------------------------------------------------------------------------------------------
+# The env and its episodes
+
+
+def env_spec(cfg: EnvConfig) -> EnvSpec:
+    """The spec of the env the config names; an unknown id or impossible setting is a ConfigError."""
+    try:
+        env, spec = make_env(cfg.id, obs=cfg.obs, size=cfg.size, action_repeat=cfg.action_repeat)
+    except ValueError as error:
+        raise ConfigError(f"env: {error}") from None
+    env.close()
+    return spec
+
+
+def collect_episodes(cfg: Config, store: EpisodeStore, stop: GracefulStop) -> CollectStats:
+    """Random-policy rollouts of `world_model.collect_steps` transitions into `store` (seeded by run.seed)."""
+    env_cfg, wcfg = cfg.env, cfg.world_model
+    envs, spec = make_vector_env(
+        env_cfg.id, wcfg.num_envs, obs=env_cfg.obs, size=env_cfg.size, action_repeat=env_cfg.action_repeat,
+        seed=cfg.run.seed,
+    )  # fmt: skip
+    bar = Progress(wcfg.collect_steps, f"collect {env_cfg.id}", unit="step", enabled=cfg.run.progress)
+
+    def on_step(new: int) -> None:
+        bar.update(new)
+        if stop.requested:
+            print(
+                f"stopped while collecting, before the first checkpoint: this run cannot be resumed; start a new one "
+                f"(the episodes stored so far stay in {store.path})",
+                file=sys.stderr,
+            )
+            raise Interrupted
+
+    try:
+        return collect(envs, RandomPolicy(spec, seed=cfg.run.seed), wcfg.collect_steps, store, on_step=on_step)
+    finally:
+        bar.close()
+        envs.close()
+
+
+def check_episode_store(path: Path, spec: EnvSpec) -> Path:
+    """A store given with --episodes, checked to exist, hold episodes and come from this run's env."""
+    if not (path / "store.json").is_file():
+        raise RunError(f"--episodes {path}: not an episode store (no store.json there)")
+    store = EpisodeStore(path, verify=False)  # only the metadata is read here; training verifies every shard
+    if store.spec is not None and store.spec != spec:
+        raise RunError(
+            f"--episodes {path} was recorded from another env than this run's env config: "
+            + "; ".join(store.spec.differences(spec))
+            + " (the store's value first)"
+        )
+    if len(store) < 2:
+        raise RunError(f"--episodes {path} holds {len(store)} episodes; at least 2 are needed (train and held out)")
+    return path.resolve()
+
+
+@dataclass(frozen=True)
+class EpisodeSplit:
+    """Episodes [0, first_held_out) of a store train; [first_held_out, num_episodes) are held out.
+
+    In the store's concatenation of episodes (its window offsets), training windows lie in [0, train_steps)
+    and held-out windows in [train_steps, total_steps), so even windows that span episodes never mix the two.
+    """
+
+    num_episodes: int
+    first_held_out: int
+    train_steps: int
+    total_steps: int
+
+
+def split_episodes(episode_steps: np.ndarray, eval_fraction: float) -> EpisodeSplit:
+    """Hold out the last round(E * eval_fraction) of E episodes (at least one each side).
+
+    Under a random policy the episodes are alike, so the last ones are as good a test set as any.
+
+    Args:
+        episode_steps: (E,) steps of each episode, in store order.
+    """
+    count = len(episode_steps)
+    if count < 2:
+        raise RunFailure(f"the episode store holds {count} episodes; at least 2 are needed (train and held out)")
+    held_out = min(max(round(count * eval_fraction), 1), count - 1)
+    first = count - held_out
+    return EpisodeSplit(count, first, int(episode_steps[:first].sum()), int(episode_steps.sum()))
+
+
+class WindowSource(Protocol):
+    """Where the trainer's data comes from."""
+
+    def train_windows(self, batch_size: int, length: int, rng: np.random.Generator) -> Windows: ...
+
+    def held_out_windows(self, count: int, length: int) -> Windows: ...
+
+    def held_out_episode(self) -> Episode: ...
+
+
+class StoreWindows:
+    """Windows of an episode store split by episode (see `EpisodeSplit`), with cached latents when keyed."""
+
+    def __init__(self, store: EpisodeStore, split: EpisodeSplit, latent_key: str | None = None):
+        self.store, self.split, self.latent_key = store, split, latent_key
+
+    def train_windows(self, batch_size: int, length: int, rng: np.random.Generator) -> Windows:
+        """`batch_size` windows of `length` steps from the training episodes, uniformly; they may span episodes."""
+        if self.split.train_steps < length:
+            raise RunFailure(
+                f"the training episodes hold {self.split.train_steps} steps, fewer than one window of {length}; "
+                "collect more steps or shorten world_model.sequence_length"
+            )
+        starts = rng.integers(0, self.split.train_steps - length + 1, size=batch_size)  # one draw: (B,)
+        return self.store.windows_at(starts, length, latent_key=self.latent_key)
+
+    def held_out_windows(self, count: int, length: int) -> Windows:
+        """Up to `count` non-overlapping windows tiling the held-out episodes from their start (fixed, no RNG)."""
+        available = (self.split.total_steps - self.split.train_steps) // length
+        if available < 2:
+            raise RunFailure(
+                f"the held-out episodes hold {self.split.total_steps - self.split.train_steps} steps, fewer than "
+                f"two evaluation windows of {length}; collect more steps or raise world_model.eval_fraction"
+            )
+        starts = self.split.train_steps + length * np.arange(min(count, available))
+        return self.store.windows_at(starts, length, latent_key=self.latent_key)
+
+    def held_out_episode(self) -> Episode:
+        """The longest held-out episode (the earliest of equals): the clip of the dream-vs-real video."""
+        steps = self.store.episode_steps[self.split.first_held_out : self.split.num_episodes]
+        return self.store.episode(self.split.first_held_out + int(np.argmax(steps)))
+
+
+# ------------------------------------------------------------------------------------------------------
+# The encoder: pretrained weights, fingerprint, latent cache
+
+
+def load_encoder_weights(path: Path, cfg: Config) -> dict[str, torch.Tensor]:
+    """The context encoder (`encoder.*`) of a `wm pretrain` checkpoint, checked to fit this run's world model.
+
+    Raises:
+        CheckpointError naming every setting that differs.
+    """
+    state = read_checkpoint(path)
+    if state.get("command") != "pretrain":
+        raise CheckpointError(f"--encoder {path} is a checkpoint of '{state.get('command')}', not of 'pretrain'")
+    differences = []
+    if cfg.env.obs != "pixels":
+        differences.append(f"env.obs is {cfg.env.obs!r} here, but a pretrained encoder reads pixels")
+    theirs = state["config"]["pretrain"]["encoder"]
+    for ours, key in (("vit_size", "size"), ("image_size", "image_size"), ("patch_size", "patch_size")):
+        if getattr(cfg.world_model, ours) != theirs[key]:
+            differences.append(
+                f"world_model.{ours} is {getattr(cfg.world_model, ours)!r} here but {theirs[key]!r} in the checkpoint "
+                f"(pretrain.encoder.{key})"
+            )
+    if differences:
+        raise CheckpointError(f"--encoder {path} does not fit this world model: " + "; ".join(differences))
+    weights = {key[len("encoder.") :]: value for key, value in state["model"].items() if key.startswith("encoder.")}
+    if not weights:
+        raise CheckpointError(f"--encoder {path} holds no encoder.* weights")
+    return weights
+
+
+def load_encoder(model: WorldModel, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Load pretrained encoder weights into the model's backbone (and its EMA copy); CheckpointError if they
+    do not fit."""
+    try:
+        model.load_pretrained_encoder(weights)
+    except RuntimeError as error:  # load_state_dict names the missing, unexpected and mis-shaped tensors
+        raise CheckpointError(f"--encoder {source} does not fit this world model's encoder: {error}") from None
+
+
+def encoder_fingerprint(model: WorldModel, precision: str) -> str:
+    """The latent-cache key of a frozen encoder: a hash of everything its features depend on.
+
+    That is the backbone's weights, the observation shape, the ViT's input size (frames are resized to it)
+    and the precision the features are computed in.
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps([list(model.obs_shape), getattr(model, "image_size", None), precision]).encode())
+    for name, tensor in sorted(model.backbone.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return f"encoder-{digest.hexdigest()[:16]}"
+
+
+@torch.no_grad()
+def fill_latent_cache(
+    model: WorldModel, store: EpisodeStore, key: str, device: torch.device, precision: str, stop: GracefulStop,
+    show_progress: bool = True,
+) -> int:  # fmt: skip
+    """Encode every frame of the episodes missing from the cache `key`, once. Returns how many were encoded."""
+    cache = store.latents(key)
+    missing = cache.missing()
+    if not missing:
+        return 0
+    bar = Progress(int(store.episode_steps[missing].sum()), "encode", unit="frame", enabled=show_progress)
+    for index in missing:
+        obs = torch.as_tensor(store.episode(index).obs)  # (L+1, *obs_shape)
+        features = []
+        for start in range(0, len(obs), ENCODE_BATCH):
+            with autocast(device, precision):
+                features.append(model.encode_features(obs[start : start + ENCODE_BATCH].to(device)).float().cpu())
+        cache.put(index, torch.cat(features).numpy())  # (L+1, F)
+        bar.update(len(obs))
+        if stop.requested:  # the step-0 checkpoint exists; a resume encodes only what is still missing
+            bar.close()
+            raise Interrupted
+    bar.close()
+    return len(missing)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Model, optimizer and one training step
+
+
+def build_model(cfg: WorldModelConfig, spec: EnvSpec) -> WorldModel:
+    """The world model for the env's observations and actions, its keywords straight from the config."""
+    return WorldModel(spec.obs_shape, spec.action_dim, **cfg.model_keywords())
+
+
+def build_decoder(cfg: WorldModelConfig, spec: EnvSpec) -> Decoder | None:
+    """A decoder of latents into frames of the env's size; None for state observations (nothing to draw)."""
+    if spec.obs_mode != "pixels":
+        return None
+    return Decoder(cfg.latent_dim, spec.obs_shape[0], spec.obs_shape[2], cfg.decoder_width)
+
+
+def build_optimizer(model: WorldModel, cfg: WorldModelConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay on weight matrices only.
+
+    Biases and norms are left undecayed as usual; the ensemble keeps its biases as 3-D tensors (b1, b2), so
+    parameters are told apart by name (weights start with "w") as well as by shape.
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            is_matrix = param.ndim >= 2 and name.rsplit(".", 1)[-1].startswith("w")
+            (decay if is_matrix else no_decay).append(param)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+
+
+def apply_schedules(optimizer: torch.optim.Optimizer, cfg: WorldModelConfig, step: int) -> dict[str, float]:
+    """Set this step's learning rate (warmup, then cosine); return it with the step's EMA momentum."""
+    lr = schedules.warmup_cosine(step, cfg.steps, cfg.warmup_steps, 0.0, cfg.lr, cfg.final_lr)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return {"lr": lr, "ema": schedules.linear(step, cfg.steps, cfg.ema, cfg.final_ema)}
+
+
+class StepResult(NamedTuple):
+    losses: dict[str, float]
+    """Each loss of the step, unweighted."""
+    total: float
+    """The weighted sum that was minimised."""
+    grad_norm: float
+    skipped: bool
+    """The loss or gradient was not finite: no optimizer step and no EMA update happened."""
+
+
+def train_step(
+    model: WorldModel,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    batch: WorldModelBatch,
+    weights: dict[str, float],
+    momentum: float,
+    cfg: WorldModelConfig,
+    generator: torch.Generator,
+    device: torch.device,
+    precision: str,
+) -> StepResult:
+    """One optimizer step and one EMA update, both skipped when the loss or gradient is not finite."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, precision):
+        losses = model.loss(batch, cfg.horizon, cfg.burn_in, generator=generator)
+        total = combine_losses(losses, weights)
+    values = {name: loss.item() for name, loss in losses.items()}
+    if not torch.isfinite(total):
+        return StepResult(values, total.item(), float("nan"), skipped=True)
+    if scaler is not None:
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+    else:
+        total.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if not torch.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.update()  # lowers the loss scale, which is what fp16 overflow needs
+        return StepResult(values, total.item(), grad_norm.item(), skipped=True)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    model.update_target(momentum)
+    return StepResult(values, total.item(), grad_norm.item(), skipped=False)
+
+
+def decoder_step(
+    decoder: Decoder,
+    optimizer: torch.optim.Optimizer,
+    model: WorldModel,
+    obs: torch.Tensor,
+    features: torch.Tensor | None = None,
+) -> float:
+    """One decoder update on the target latents of some frames; the world model is only read, never trained.
+
+    Args:
+        obs: (N, H, W, C) uint8 frames, the decoder's targets.
+        features: (N, F) their cached frozen-encoder features, used in place of obs to get the latents.
+    Returns:
+        the decoder's loss (NaN, and no update, when it is not finite).
+    """
+    with torch.no_grad():
+        z = model.targets(features=features) if features is not None else model.targets(obs)  # (N, D)
+    optimizer.zero_grad(set_to_none=True)
+    loss = decoder.loss(z, obs)
+    if not torch.isfinite(loss):
+        return float("nan")
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+# ------------------------------------------------------------------------------------------------------
+# The trainer
+
+
+@dataclass
+class WorldModelTrainer:
+    """Trains `model` (and `decoder`) on windows from `data` and logs to `run`. Parts are injected.
+
+    `provenance` says where the data and encoder came from (episodes path, episode count, encoder checkpoint,
+    latent-cache key, collection figures); it is saved in every checkpoint so a resume uses the same.
+    """
+
+    model: WorldModel
+    decoder: Decoder | None
+    data: WindowSource
+    cfg: Config
+    run: Run
+    spec: EnvSpec
+    device: torch.device
+    precision: str
+    provenance: dict[str, Any]
+
+    def __post_init__(self):
+        wcfg = self.cfg.world_model
+        self.optimizer = build_optimizer(self.model, wcfg)
+        self.decoder_optimizer = (
+            torch.optim.Adam(self.decoder.parameters(), lr=wcfg.decoder_lr) if self.decoder is not None else None
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.weights = wcfg.loss_weight_dict(self.model.loss_keys)
+        self.use_features = self.provenance.get("latent_key") is not None
+        self.step = 0
+        self.decoder_step = 0  # decoder-only steps done after the world model finished
+        self.nonfinite_total = self.nonfinite_streak = 0
+        self._eval_batch: tuple[WorldModelBatch, torch.Tensor | None] | None = None
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "command": "train",
+            "step": self.step,
+            "decoder_step": self.decoder_step,
+            "config": config_lib.to_dict(self.cfg),
+            "env_spec": self.spec.to_dict(),
+            "data": self.provenance,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "decoder": self.decoder.state_dict() if self.decoder is not None else None,
+            "decoder_optimizer": self.decoder_optimizer.state_dict() if self.decoder_optimizer is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": rng_state(),
+            "counters": {"nonfinite_total": self.nonfinite_total, "nonfinite_streak": self.nonfinite_streak},
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.run.checkpoint_dir / "latest.pt", self.state_dict())
+        self.run.write_summary(step=self.step)
+
+    def load_state(self, state: dict, path: Path) -> None:
+        """Continue from a checkpoint that `read_resume_state` checked."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.decoder is not None:
+            self.decoder.load_state_dict(state["decoder"])
+            self.decoder_optimizer.load_state_dict(state["decoder_optimizer"])
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        counters = state["counters"]
+        self.nonfinite_total, self.nonfinite_streak = counters["nonfinite_total"], counters["nonfinite_streak"]
+        self.step, self.decoder_step = state["step"], state["decoder_step"]
+        print(f"resumed from {path} at step {self.step}", file=sys.stderr)
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def eval_batch(self) -> tuple[WorldModelBatch, torch.Tensor | None]:
+        """The held-out windows (fixed for the run) and their true states, if the env has them."""
+        if self._eval_batch is None:
+            wcfg = self.cfg.world_model
+            windows = self.data.held_out_windows(wcfg.eval_batch_size, wcfg.eval_sequence_length)
+            state = None if windows.state is None else torch.as_tensor(windows.state, device=self.device)
+            self._eval_batch = batch_from_windows(windows, self.device, self.use_features), state
+        return self._eval_batch
+
+    def evaluate(self) -> dict[str, float]:
+        """Every world-model metric on the held-out episodes (model/ in the metrics), with a collapse warning."""
+        wcfg = self.cfg.world_model
+        batch, state = self.eval_batch()
+        metrics = evaluate_world_model(
+            self.model, batch, PREDICTION_DEPTHS, wcfg.burn_in, wcfg.collapse_rank, state=state
+        )
+        self.run.log(self.step, {f"model/{key}": value for key, value in metrics.items()})
+        if metrics["collapsed"]:
+            print(
+                f"step {self.step}: warning: the latents have collapsed: effective rank "
+                f"{metrics['effective_rank']:.2f} is below world_model.collapse_rank={wcfg.collapse_rank}",
+                file=sys.stderr,
+            )
+        return metrics
+
+    # -- training --------------------------------------------------------------------------------------
+    def train(self, stop: GracefulStop) -> dict:
+        wcfg, seed = self.cfg.world_model, self.cfg.run.seed
+        total = wcfg.steps
+        self.run.start_at(self.step)
+        bar = Progress(total, "train", initial=self.step, unit="step", enabled=self.cfg.run.progress)
+        window_start, window_sequences = time.monotonic(), 0
+        while self.step < total:
+            step = self.step
+            windows = self.data.train_windows(
+                wcfg.batch_size, wcfg.sequence_length, step_rng(seed, step, STREAM_WINDOWS)
+            )
+            batch = batch_from_windows(windows, self.device, use_features=self.use_features)
+            scheduled = apply_schedules(self.optimizer, wcfg, step)
+            result = train_step(
+                self.model,
+                self.optimizer,
+                self.scaler,
+                batch,
+                self.weights,
+                scheduled["ema"],
+                wcfg,
+                step_generator(seed, step, STREAM_SIGREG),
+                self.device,
+                self.precision,
+            )
+            self.count_nonfinite(result)
+            decoder_loss = self.train_decoder(windows, step_rng(seed, step, STREAM_DECODER))
+            self.step = step + 1
+            window_sequences += wcfg.batch_size
+            elapsed = time.monotonic() - window_start
+            bar.update(1, loss=result.total, seq_s=window_sequences / max(elapsed, 1e-9))
+            if self.step % self.cfg.run.log_every == 0 or self.step == total:
+                self.run.log(
+                    self.step,
+                    {
+                        **{f"loss/{name}": value for name, value in result.losses.items()},
+                        "loss/total": result.total,
+                        "loss/decoder": decoder_loss,
+                        "train/grad_norm": result.grad_norm,
+                        "train/lr": scheduled["lr"],
+                        "train/ema": scheduled["ema"],
+                        "train/skipped_steps": self.nonfinite_total,
+                        "perf/seq_per_s": window_sequences / max(elapsed, 1e-9),
+                        "perf/frames_per_s": window_sequences * wcfg.sequence_length / max(elapsed, 1e-9),
+                    },
+                )
+                window_start, window_sequences = time.monotonic(), 0
+            if wcfg.eval_every and self.step % wcfg.eval_every == 0 and self.step < total:
+                self.evaluate()
+            if stop.requested:
+                self.save()
+                bar.close()
+                raise Interrupted
+            if self.step % self.cfg.run.checkpoint_every == 0 and self.step < total:
+                self.save()
+        bar.close()
+        self.save()
+        self.finish_decoder(stop)
+        metrics = self.evaluate()
+        return {
+            "step": self.step,
+            "results": {"skipped_steps": self.nonfinite_total},
+            "model": {**metrics, "collapsed": bool(metrics["collapsed"])},
+        }
+
+    def train_decoder(self, windows: Windows, rng: np.random.Generator) -> float:
+        """One decoder step on `decoder_batch` frames drawn from a training batch's windows (B, T, ...)."""
+        if self.decoder is None:
+            return float("nan")
+        B, T = windows.is_first.shape
+        pick = rng.choice(B * T, size=min(self.cfg.world_model.decoder_batch, B * T), replace=False)  # (N,)
+        obs = torch.as_tensor(windows.obs.reshape(B * T, *windows.obs.shape[2:])[pick])  # (B*T, H, W, C) -> (N, ...)
+        features = None
+        if self.use_features:
+            features = torch.as_tensor(windows.latent.reshape(B * T, -1)[pick], device=self.device)  # (N, F)
+        return decoder_step(self.decoder, self.decoder_optimizer, self.model, obs.to(self.device), features)
+
+    def finish_decoder(self, stop: GracefulStop) -> None:
+        """Decoder-only steps on the final latents: during training it chased latents that kept moving."""
+        wcfg, seed = self.cfg.world_model, self.cfg.run.seed
+        if self.decoder is None or self.decoder_step >= wcfg.decoder_steps:
+            return
+        bar = Progress(
+            wcfg.decoder_steps, "decoder", initial=self.decoder_step, unit="step", enabled=self.cfg.run.progress
+        )
+        loss = float("nan")
+        while self.decoder_step < wcfg.decoder_steps:
+            # Single-step windows: one frame each. Seeds continue after the world model's steps.
+            rng = step_rng(seed, wcfg.steps + self.decoder_step, STREAM_DECODER)
+            windows = self.data.train_windows(wcfg.decoder_batch, 1, rng)
+            loss = self.train_decoder(windows, rng)
+            self.decoder_step += 1
+            bar.update(1, loss=loss)
+            if stop.requested:
+                self.save()
+                bar.close()
+                raise Interrupted
+        bar.close()
+        self.run.log(self.step, {"loss/decoder_final": loss})
+        self.save()
+
+    def write_video(self) -> dict | None:
+        """videos/dream_vs_real.mp4: a held-out episode beside the model's decoded open-loop dream of it."""
+        wcfg = self.cfg.world_model
+        if self.decoder is None or wcfg.video_steps == 0:
+            return None
+        episode = self.data.held_out_episode()
+        frames = min(wcfg.video_steps, episode.num_steps)
+        if frames <= wcfg.video_context:
+            print(f"no video: the longest held-out episode has only {episode.num_steps} steps", file=sys.stderr)
+            return None
+        obs = torch.tensor(episode.obs[:frames], device=self.device)  # (T, H, W, C), a copy: store arrays are read-only
+        action = torch.tensor(episode.action[:frames], device=self.device)  # (T, A)
+        real, dream = dream_clip(self.model, self.decoder, obs, action, wcfg.video_context)
+        write_mp4(self.run.path / VIDEO_PATH, side_by_side(real, dream, wcfg.video_context), fps=VIDEO_FPS)
+        return {"path": VIDEO_PATH, "frames": frames, "context": wcfg.video_context, "fps": VIDEO_FPS}
+
+    def count_nonfinite(self, result: StepResult) -> None:
+        if not result.skipped:
+            self.nonfinite_streak = 0
+            return
+        self.nonfinite_total += 1
+        self.nonfinite_streak += 1
+        print(f"step {self.step}: non-finite loss or gradient ({result.total}); step skipped", file=sys.stderr)
+        if self.nonfinite_streak >= self.cfg.world_model.max_nonfinite:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_streak} non-finite losses in a row at step {self.step}; stopping. The last good "
+                "checkpoint is kept; lower world_model.lr or check the data"
+            )
+
+
+# ------------------------------------------------------------------------------------------------------
+# The command
+
+
+def read_resume_state(run: Run, cfg: Config, spec: EnvSpec) -> tuple[dict, Path]:
+    """The run's newest valid checkpoint, refused when it belongs to another command, config or env."""
+    state, path = load_latest(run.checkpoint_dir)
+    if state.get("command") != "train":
+        raise CheckpointError(f"{path} is a checkpoint of '{state.get('command')}', not of 'train'")
+    differences = [
+        d for d in config_lib.diff(config_lib.from_dict(state["config"]), cfg) if not d.startswith(RESUMABLE_CHANGES)
+    ]
+    differences += EnvSpec.from_dict(state["env_spec"]).differences(spec)
+    if differences:
+        raise CheckpointError(f"{path} was written under another config or env:\n  " + "\n  ".join(differences))
+    return state, path
+
+
+def train(
+    run: Run, stop: GracefulStop, encoder: dict[str, torch.Tensor] | None = None, encoder_path: str | None = None,
+    episodes: Path | None = None,
+) -> dict:  # fmt: skip
+    """Build the parts from the run's config (collecting episodes first, unless given some) and train."""
+    cfg, wcfg = run.cfg, run.cfg.world_model
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    seed_everything(cfg.run.seed)
+    device = resolve_device(cfg.run.device)
+    precision = resolve_precision(cfg.run.precision, device)
+    print(f"run {run.path}: device {device}, precision {precision}", file=sys.stderr)
+    spec = env_spec(cfg.env)
+    resume = read_resume_state(run, cfg, spec) if run.resumed else None
+
+    model = build_model(wcfg, spec).to(device)
+    decoder = build_decoder(wcfg, spec)
+    decoder = decoder.to(device) if decoder is not None else None
+    if resume is not None:
+        provenance = resume[0]["data"]
+        store = EpisodeStore(provenance["episodes"], spec)
+    else:
+        if encoder is not None:
+            load_encoder(model, encoder, str(encoder_path))
+        store = EpisodeStore(episodes or run.path / "episodes", spec)
+        collected = None if episodes is not None else collect_episodes(cfg, store, stop)
+        provenance = {
+            "episodes": str(store.path.resolve()),
+            "num_episodes": len(store),
+            "encoder": encoder_path,
+            "latent_key": encoder_fingerprint(model, precision) if wcfg.freeze_encoder else None,
+            "collected": None if collected is None else collection_figures(collected),
+        }
+    if len(store) < provenance["num_episodes"]:
+        raise RunFailure(f"{store.path} holds {len(store)} episodes, fewer than the {provenance['num_episodes']} used")
+    split = split_episodes(store.episode_steps[: provenance["num_episodes"]], wcfg.eval_fraction)
+    data = StoreWindows(store, split, provenance["latent_key"])
+    trainer = WorldModelTrainer(model, decoder, data, cfg, run, spec, device, precision, provenance)
+    run.write_summary(
+        device=str(device),
+        precision=precision,
+        env=spec.to_dict(),
+        data={
+            **provenance,
+            "train_episodes": split.first_held_out,
+            "held_out_episodes": split.num_episodes - split.first_held_out,
+            "train_steps": split.train_steps,
+            "held_out_steps": split.total_steps - split.train_steps,
+        },
+    )
+    if resume is not None:
+        trainer.load_state(*resume)
+    else:
+        trainer.save()  # step 0: the episodes are collected, so a resume never collects again
+    if provenance["latent_key"] is not None:
+        encoded = fill_latent_cache(model, store, provenance["latent_key"], device, precision, stop, cfg.run.progress)
+        print(
+            f"frozen encoder: {encoded} episodes encoded into the latent cache {provenance['latent_key']}",
+            file=sys.stderr,
+        )
+    results = trainer.train(stop)
+    video = trainer.write_video()
+    if video is not None:
+        results["video"] = video
+    print_model_metrics(results["model"])
+    return results
+
+
+def collection_figures(stats: CollectStats) -> dict[str, float | int]:
+    """What the random-policy collection did, for summary.json (plain numbers, as a checkpoint can hold)."""
+    return {
+        "steps": stats.steps,
+        "episodes": stats.episodes,
+        "mean_return": stats.mean_return,
+        "mean_length": float(np.mean(stats.lengths)) if stats.lengths else math.nan,
+        "terminated": stats.terminated,
+        "cut": stats.cut,
+    }
+
+
+def print_model_metrics(metrics: dict) -> None:
+    """The headline figures of the final evaluation, each beside its baseline, on stderr."""
+    for k in PREDICTION_DEPTHS:
+        print(
+            f"pred_error_k{k}: {metrics[f'pred_error_k{k}']:.3f} (no-change baseline "
+            f"{metrics[f'pred_error_k{k}_baseline']:.3f})",
+            file=sys.stderr,
+        )
+    print(
+        f"reward_error: {metrics['reward_error']:.4f} (mean baseline {metrics['reward_error_baseline']:.4f}); "
+        f"cont_auc: {metrics['cont_auc']:.3f}; probe R2 z {metrics.get('probe_r2_z', math.nan):.3f}, "
+        f"[z, h] {metrics.get('probe_r2_zh', math.nan):.3f}; effective rank {metrics['effective_rank']:.2f}"
+        + (" (COLLAPSED)" if metrics["collapsed"] else ""),
+        file=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wm train", description="Train a JEPA world model of a gymnasium env.")
+    add_run_arguments(parser)
+    parser.add_argument("--encoder", metavar="CHECKPOINT", help="start the encoder from a `wm pretrain` checkpoint")
+    parser.add_argument("--episodes", metavar="DIR", help="train on this episode store instead of collecting")
+    args = parser.parse_args(argv)
+    encoder = episodes = None
+    if args.resume:
+        if args.encoder or args.episodes:
+            raise RunError("--resume continues with the run's own encoder and episodes; drop --encoder and --episodes")
+    else:
+        # Check what the command line names against the config before any work or run directory exists.
+        cfg = config_lib.load_config(args.config, args.overrides)
+        spec = env_spec(cfg.env)
+        if args.encoder:
+            encoder = load_encoder_weights(Path(args.encoder), cfg)
+        if args.episodes:
+            episodes = check_episode_store(Path(args.episodes), spec)
+    run = open_run(args, "train")
+    body = functools.partial(train, encoder=encoder, encoder_path=args.encoder, episodes=episodes)
+    return execute(run, body)

@@ -1,0 +1,64 @@
+"""The latent-to-frame decoder: shapes, that it learns, and that it never changes the encoder."""
+
+import pytest
+import torch
+
+from worldmodel.decoder import Decoder
+from worldmodel.world_model import WorldModel
+
+
+@pytest.mark.parametrize("side", [16, 32, 48, 64])
+def test_shapes_and_range(side):
+    torch.manual_seed(0)
+    decoder = Decoder(latent_dim=8, image_size=side, channels=3, width=4)
+    images = decoder(torch.randn(5, 8))
+    assert images.shape == (5, 3, side, side)
+    assert images.min() >= 0 and images.max() <= 1
+    frames = decoder.frames(torch.randn(2, 3, 8))  # any leading dims
+    assert frames.shape == (2, 3, side, side, 3) and frames.dtype == torch.uint8
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="image_size"):
+        Decoder(latent_dim=8, image_size=2)
+    with pytest.raises(ValueError, match="latent_dim"):
+        Decoder(latent_dim=0, image_size=16)
+
+
+def test_a_small_decoder_learns_to_draw_a_few_frames():
+    torch.manual_seed(0)
+    decoder = Decoder(latent_dim=4, image_size=16, width=8)
+    z = torch.randn(4, 4)
+    frames = torch.zeros(4, 16, 16, 3, dtype=torch.uint8)
+    for i in range(4):  # four distinct pictures: a bright square in a different quadrant each
+        row, col = divmod(i, 2)
+        frames[i, row * 8 : row * 8 + 8, col * 8 : col * 8 + 8] = 255
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
+    first = decoder.loss(z, frames).item()
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss = decoder.loss(z, frames)
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first / 10
+
+
+def test_decoder_training_never_changes_the_encoder():
+    """Even fed latents still attached to a trainable encoder's graph, the decoder sends no gradient back."""
+    torch.manual_seed(0)
+    model = WorldModel((16, 16, 3), 2, latent_dim=8, hidden_dim=8, mlp_dim=8, ensemble_size=2, vit_size="micro",
+                       image_size=16, patch_size=4)  # fmt: skip
+    decoder = Decoder(latent_dim=8, image_size=16, width=4)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    assert any(p.requires_grad for p in model.backbone.parameters())  # a fine-tuned encoder, not a frozen one
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
+    frames = torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8)
+    for _ in range(3):
+        optimizer.zero_grad()
+        z = model.encode(frames)  # (6, 8), in the encoder's graph
+        assert z.requires_grad
+        decoder.loss(z, frames).backward()
+        optimizer.step()
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    assert any(p.grad is not None for p in decoder.parameters())
