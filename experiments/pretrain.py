@@ -22,12 +22,13 @@ from experiments.config import Config, DataConfig, PretrainConfig
 from experiments.pictures import save_mask_picture
 from experiments.progress import Progress
 from experiments.rundir import (
-    RESUMABLE_CHANGES,
     GracefulStop,
     Interrupted,
+    NonFiniteGuard,
     Run,
     RunFailure,
     add_run_arguments,
+    checkpoint_differences,
     execute,
     open_run,
 )
@@ -57,10 +58,6 @@ from worldmodel.vit import VisionTransformer
 # Streams of per-step randomness (see runtime.step_seed): one each, so that adding one never shifts another.
 STREAM_CROPS, STREAM_MASKS, STREAM_PROBE = 1, 2, 3
 RANDOM_INIT_SEED_OFFSET = 10_007
-
-
-class NonFiniteLossError(RunFailure):
-    """Too many non-finite losses or gradients in a row."""
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -284,7 +281,7 @@ class Pretrainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.masks = MultiBlockMaskSampler(self.model.encoder.grid, **dataclasses.asdict(pcfg.mask))
         self.step = 0
-        self.nonfinite_total = self.nonfinite_streak = 0
+        self.nonfinite = NonFiniteGuard(pcfg.optim.max_nonfinite, "lower pretrain.optim.lr or check the data")
         self.bad_images = BadImageBudget(self.dataset, pcfg.data.max_bad_images)
         self.probes = build_probe_set(self.dataset, pcfg, self.cfg.run.seed)
         self.random_scores: dict | None = None
@@ -299,11 +296,7 @@ class Pretrainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": rng_state(),
-            "counters": {
-                "nonfinite_total": self.nonfinite_total,
-                "nonfinite_streak": self.nonfinite_streak,
-                "bad_images": self.bad_images.num_bad,
-            },
+            "counters": {**self.nonfinite.state_dict(), "bad_images": self.bad_images.num_bad},
         }
 
     def save(self) -> None:
@@ -311,13 +304,7 @@ class Pretrainer:
 
     def resume(self) -> None:
         state, path = load_latest(self.run.checkpoint_dir)
-        if state.get("command") != "pretrain":
-            raise CheckpointError(f"{path} is a checkpoint of '{state.get('command')}', not of 'pretrain'")
-        differences = [
-            d
-            for d in config_lib.diff(config_lib.from_dict(state["config"]), self.cfg)
-            if not d.startswith(RESUMABLE_CHANGES)
-        ]
+        differences = checkpoint_differences(state, path, "pretrain", self.cfg)
         if differences:
             raise CheckpointError(f"{path} was written under another config:\n  " + "\n  ".join(differences))
         self.model.load_state_dict(state["model"])
@@ -326,7 +313,7 @@ class Pretrainer:
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         counters = state["counters"]
-        self.nonfinite_total, self.nonfinite_streak = counters["nonfinite_total"], counters["nonfinite_streak"]
+        self.nonfinite.load_state_dict(counters)
         self.bad_images.num_bad = counters["bad_images"]
         self.step = state["step"]
         print(f"resumed from {path} at step {self.step}", file=sys.stderr)
@@ -379,7 +366,7 @@ class Pretrainer:
                 self.device,
                 self.precision,
             )
-            self.count_nonfinite(result)
+            self.nonfinite.record(result.skipped, step, result.loss)
             self.step = step + 1
             window_images += images.shape[0]
             bar.update(1, loss=result.loss)
@@ -393,7 +380,7 @@ class Pretrainer:
                         "train/lr": scheduled["lr"],
                         "train/weight_decay": scheduled["weight_decay"],
                         "train/ema": scheduled["ema"],
-                        "train/skipped_steps": self.nonfinite_total,
+                        "train/skipped_steps": self.nonfinite.total,
                         "data/bad_images": self.bad_images.num_bad,
                         "perf/images_per_s": window_images / max(elapsed, 1e-9),
                     },
@@ -413,7 +400,7 @@ class Pretrainer:
         self.save()
         return {
             "step": self.step,
-            "results": {"skipped_steps": self.nonfinite_total, "bad_images": self.bad_images.num_bad},
+            "results": {"skipped_steps": self.nonfinite.total, "bad_images": self.bad_images.num_bad},
             "probe": self.evaluate(),
         }
 
@@ -427,19 +414,6 @@ class Pretrainer:
             self.bad_images.update(batch)
         except RuntimeError as error:
             raise RunFailure(f"{error}\n(raise pretrain.data.max_bad_images to allow more)") from None
-
-    def count_nonfinite(self, result: StepResult) -> None:
-        if not result.skipped:
-            self.nonfinite_streak = 0
-            return
-        self.nonfinite_total += 1
-        self.nonfinite_streak += 1
-        print(f"step {self.step}: non-finite loss or gradient ({result.loss}); step skipped", file=sys.stderr)
-        if self.nonfinite_streak >= self.cfg.pretrain.optim.max_nonfinite:
-            raise NonFiniteLossError(
-                f"{self.nonfinite_streak} non-finite losses in a row at step {self.step}; stopping. The last good "
-                "checkpoint is kept; lower pretrain.optim.lr or check the data"
-            )
 
 
 def pretrain(run: Run, stop: GracefulStop) -> dict:

@@ -43,6 +43,49 @@ class RunFailure(RuntimeError):
     """A run stopped for a reason it can name (diverged, too much bad data): reported without a traceback."""
 
 
+class NonFiniteLossError(RunFailure):
+    """Too many non-finite losses or gradients in a row."""
+
+
+class NonFiniteGuard:
+    """Counts training steps skipped for a non-finite loss or gradient (each skips its optimizer step and EMA
+    update) and stops the run after `limit` of them in a row, keeping the last good checkpoint."""
+
+    def __init__(self, limit: int, advice: str):
+        self.limit, self.advice = limit, advice
+        self.total = self.streak = 0
+
+    def record(self, skipped: bool, step: int, loss: float) -> None:
+        if not skipped:
+            self.streak = 0
+            return
+        self.total += 1
+        self.streak += 1
+        print(f"step {step}: non-finite loss or gradient ({loss}); step skipped", file=sys.stderr)
+        if self.streak >= self.limit:
+            raise NonFiniteLossError(
+                f"{self.streak} non-finite losses in a row at step {step}; stopping. The last good checkpoint is "
+                f"kept; {self.advice}"
+            )
+
+    def state_dict(self) -> dict[str, int]:
+        return {"nonfinite_total": self.total, "nonfinite_streak": self.streak}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.total, self.streak = state["nonfinite_total"], state["nonfinite_streak"]
+
+
+def checkpoint_differences(state: dict, path: Path, command: str, cfg: config_lib.Config) -> list[str]:
+    """The config differences between a checkpoint and this run that forbid resuming from it (empty when it fits);
+    a checkpoint of another command is refused outright."""
+    from experiments.checkpoint import CheckpointError
+
+    if state.get("command") != command:
+        raise CheckpointError(f"{path} is a checkpoint of '{state.get('command')}', not of '{command}'")
+    differences = config_lib.diff(config_lib.from_dict(state["config"]), cfg)
+    return [d for d in differences if not d.startswith(RESUMABLE_CHANGES)]
+
+
 class Interrupted(Exception):
     """Raised by a command's loop after it saved, when SIGINT or SIGTERM asked it to stop."""
 

@@ -44,16 +44,16 @@ from envs import (
 from experiments import config as config_lib
 from experiments.checkpoint import CheckpointError, load_latest, read_checkpoint, save_checkpoint
 from experiments.config import PREDICTION_DEPTHS, Config, ConfigError, EnvConfig, WorldModelConfig
-from experiments.pretrain import NonFiniteLossError
 from experiments.progress import Progress
 from experiments.rundir import (
-    RESUMABLE_CHANGES,
     GracefulStop,
     Interrupted,
+    NonFiniteGuard,
     Run,
     RunError,
     RunFailure,
     add_run_arguments,
+    checkpoint_differences,
     execute,
     open_run,
 )
@@ -74,8 +74,9 @@ from worldmodel.model_metrics import evaluate_world_model
 from worldmodel.world_model import WorldModel, WorldModelBatch, batch_from_windows, combine_losses
 
 # Streams of per-step randomness (see runtime.step_seed): one each, so that adding one never shifts another.
-STREAM_WINDOWS, STREAM_SIGREG, STREAM_DECODER = 1, 2, 3
+STREAM_WINDOWS, STREAM_SIGREG, STREAM_DECODER, STREAM_FEATURE_STATISTICS = 1, 2, 3, 4
 ENCODE_BATCH = 256  # frames per encoder call when filling the latent cache
+FEATURE_STATISTICS_WINDOWS = 64  # training windows whose features set the model's feature standardisation
 VIDEO_FPS = 15
 VIDEO_PATH = "videos/dream_vs_real.mp4"
 
@@ -289,6 +290,24 @@ def fill_latent_cache(
     return len(missing)
 
 
+@torch.no_grad()
+def standardize_features(model: WorldModel, data: StoreWindows, cfg: Config, device: torch.device,
+                         precision: str) -> None:  # fmt: skip
+    """Set the model's per-dimension feature statistics from training windows. Done once, on a fresh run: the
+    statistics are buffers of the model and travel in its checkpoints."""
+    rng = step_rng(cfg.run.seed, 0, STREAM_FEATURE_STATISTICS)
+    windows = data.train_windows(FEATURE_STATISTICS_WINDOWS, cfg.world_model.sequence_length, rng)
+    batch = batch_from_windows(windows, device, use_features=data.latent_key is not None)
+    if batch.features is not None:
+        features = batch.features  # (B, T, F) from the latent cache
+    else:
+        frames = batch.obs.flatten(0, 1)  # (B, T, *obs_shape) -> (B*T, *obs_shape)
+        with autocast(device, precision):
+            features = torch.cat([model.encode_features(frames[i : i + ENCODE_BATCH]).float()
+                                  for i in range(0, len(frames), ENCODE_BATCH)])  # fmt: skip
+    model.set_feature_statistics(features)
+
+
 # ------------------------------------------------------------------------------------------------------
 # Model, optimizer and one training step
 
@@ -440,7 +459,7 @@ class WorldModelTrainer:
         self.use_features = self.provenance.get("latent_key") is not None
         self.step = 0
         self.decoder_step = 0  # decoder-only steps done after the world model finished
-        self.nonfinite_total = self.nonfinite_streak = 0
+        self.nonfinite = NonFiniteGuard(self.cfg.world_model.max_nonfinite, "lower world_model.lr or check the data")
         self._eval_batch: tuple[WorldModelBatch, torch.Tensor | None] | None = None
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -458,7 +477,7 @@ class WorldModelTrainer:
             "decoder_optimizer": self.decoder_optimizer.state_dict() if self.decoder_optimizer is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": rng_state(),
-            "counters": {"nonfinite_total": self.nonfinite_total, "nonfinite_streak": self.nonfinite_streak},
+            "counters": self.nonfinite.state_dict(),
         }
 
     def save(self) -> None:
@@ -476,7 +495,7 @@ class WorldModelTrainer:
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         counters = state["counters"]
-        self.nonfinite_total, self.nonfinite_streak = counters["nonfinite_total"], counters["nonfinite_streak"]
+        self.nonfinite.load_state_dict(counters)
         self.step, self.decoder_step = state["step"], state["decoder_step"]
         print(f"resumed from {path} at step {self.step}", file=sys.stderr)
 
@@ -532,7 +551,7 @@ class WorldModelTrainer:
                 self.device,
                 self.precision,
             )
-            self.count_nonfinite(result)
+            self.nonfinite.record(result.skipped, self.step, result.total)
             decoder_loss = self.train_decoder(windows, step_rng(seed, step, STREAM_DECODER))
             self.step = step + 1
             window_sequences += wcfg.batch_size
@@ -548,7 +567,7 @@ class WorldModelTrainer:
                         "train/grad_norm": result.grad_norm,
                         "train/lr": scheduled["lr"],
                         "train/ema": scheduled["ema"],
-                        "train/skipped_steps": self.nonfinite_total,
+                        "train/skipped_steps": self.nonfinite.total,
                         "perf/seq_per_s": window_sequences / max(elapsed, 1e-9),
                         "perf/frames_per_s": window_sequences * wcfg.sequence_length / max(elapsed, 1e-9),
                     },
@@ -568,7 +587,7 @@ class WorldModelTrainer:
         metrics = self.evaluate()
         return {
             "step": self.step,
-            "results": {"skipped_steps": self.nonfinite_total},
+            "results": {"skipped_steps": self.nonfinite.total},
             "model": {**metrics, "collapsed": bool(metrics["collapsed"])},
         }
 
@@ -624,19 +643,6 @@ class WorldModelTrainer:
         write_mp4(self.run.path / VIDEO_PATH, side_by_side(real, dream, wcfg.video_context), fps=VIDEO_FPS)
         return {"path": VIDEO_PATH, "frames": frames, "context": wcfg.video_context, "fps": VIDEO_FPS}
 
-    def count_nonfinite(self, result: StepResult) -> None:
-        if not result.skipped:
-            self.nonfinite_streak = 0
-            return
-        self.nonfinite_total += 1
-        self.nonfinite_streak += 1
-        print(f"step {self.step}: non-finite loss or gradient ({result.total}); step skipped", file=sys.stderr)
-        if self.nonfinite_streak >= self.cfg.world_model.max_nonfinite:
-            raise NonFiniteLossError(
-                f"{self.nonfinite_streak} non-finite losses in a row at step {self.step}; stopping. The last good "
-                "checkpoint is kept; lower world_model.lr or check the data"
-            )
-
 
 # ------------------------------------------------------------------------------------------------------
 # The command
@@ -645,11 +651,7 @@ class WorldModelTrainer:
 def read_resume_state(run: Run, cfg: Config, spec: EnvSpec) -> tuple[dict, Path]:
     """The run's newest valid checkpoint, refused when it belongs to another command, config or env."""
     state, path = load_latest(run.checkpoint_dir)
-    if state.get("command") != "train":
-        raise CheckpointError(f"{path} is a checkpoint of '{state.get('command')}', not of 'train'")
-    differences = [
-        d for d in config_lib.diff(config_lib.from_dict(state["config"]), cfg) if not d.startswith(RESUMABLE_CHANGES)
-    ]
+    differences = checkpoint_differences(state, path, "train", cfg)
     differences += EnvSpec.from_dict(state["env_spec"]).differences(spec)
     if differences:
         raise CheckpointError(f"{path} was written under another config or env:\n  " + "\n  ".join(differences))
@@ -716,6 +718,9 @@ def train(
             f"frozen encoder: {encoded} episodes encoded into the latent cache {provenance['latent_key']}",
             file=sys.stderr,
         )
+    if resume is None:
+        standardize_features(model, data, cfg, device, precision)
+        trainer.save()  # with the statistics, so a resume from here uses the same ones
     results = trainer.train(stop)
     video = trainer.write_video()
     if video is not None:

@@ -278,6 +278,12 @@ class WorldModel(nn.Module):
             self.feature_dim = mlp_dim
         if freeze_encoder:
             self.backbone.requires_grad_(False)
+        # Per-dimension statistics of the backbone's features, set from training data before training
+        # (`set_feature_statistics`; identity until then). A frozen ViT's mean-pooled features differ little
+        # between frames of one env (CartPole: a spread of about 0.004 on values of order 1), so without them
+        # z is a near-constant offset: its prediction loss vanishes and the collapse metrics see only the offset.
+        self.register_buffer("feature_mean", torch.zeros(self.feature_dim))
+        self.register_buffer("feature_std", torch.ones(self.feature_dim))
         self.projection = nn.Linear(self.feature_dim, latent_dim)
 
         # The EMA target: a frozen backbone is its own target (its EMA would equal it), so it is shared and
@@ -349,6 +355,18 @@ class WorldModel(nn.Module):
         if features.shape[-1] != self.feature_dim:
             raise ValueError(f"features must have {self.feature_dim} channels, got shape {tuple(features.shape)}")
 
+    @torch.no_grad()
+    def set_feature_statistics(self, features: torch.Tensor) -> None:
+        """From now on standardise features per dimension with the mean and std of `features` (*lead, F)."""
+        flat = features.reshape(-1, self.feature_dim).float()  # (*lead, F) -> (N, F)
+        self.feature_mean.copy_(flat.mean(dim=0))
+        self.feature_std.copy_(flat.std(dim=0).clamp_min(1e-6))
+
+    def _standardized(self, features: torch.Tensor) -> torch.Tensor:
+        """(*lead, F) -> (*lead, F) with the statistics of `set_feature_statistics`, in the projection's dtype."""
+        dtype = self.projection.weight.dtype
+        return (features.to(dtype) - self.feature_mean.to(dtype)) / self.feature_std.to(dtype)
+
     def encode(self, obs: torch.Tensor | None = None, *, features: torch.Tensor | None = None) -> torch.Tensor:
         """Online latents: obs (*lead, *obs_shape) or frozen-encoder features (*lead, F) -> z (*lead, D)."""
         if features is None:
@@ -357,7 +375,7 @@ class WorldModel(nn.Module):
             features = self.encode_features(obs)
         else:
             self._check_features(features)
-        return self.projection(features.to(self.projection.weight.dtype))
+        return self.projection(self._standardized(features))
 
     @torch.no_grad()
     def targets(self, obs: torch.Tensor | None = None, *, features: torch.Tensor | None = None) -> torch.Tensor:
@@ -371,7 +389,7 @@ class WorldModel(nn.Module):
             features = self._backbone_features(backbone, obs)
         else:
             self._check_features(features)
-        return self.target_projection(features.to(self.target_projection.weight.dtype))
+        return self.target_projection(self._standardized(features))
 
     def latents(self, batch: WorldModelBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Online and target latents of a batch: (B, T, D) each; the target is detached."""

@@ -426,3 +426,23 @@ def test_batch_from_windows_converts_numpy_fields():
     assert cached.obs is None and cached.features.dtype == torch.float32 and cached.features.shape == (2, 3, 64)
     with pytest.raises(ValueError, match="latent"):
         batch_from_windows(windows._replace(latent=None), use_features=True)
+
+
+def test_feature_standardisation_uses_the_given_statistics_and_is_saved():
+    torch.manual_seed(0)
+    model = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
+    # Features of one env barely differ between frames: a large shared offset and a small spread.
+    features = 5.0 + 0.01 * torch.randn(2, 6, model.feature_dim)
+    before = model.encode(features=features)
+    model.set_feature_statistics(features)
+    flat = features.reshape(-1, model.feature_dim)
+    expected = model.projection((features - flat.mean(0)) / flat.std(0))
+    torch.testing.assert_close(model.encode(features=features), expected)
+    torch.testing.assert_close(
+        model.targets(features=features), model.target_projection((features - flat.mean(0)) / flat.std(0))
+    )
+    # The latents now spread like the features do, not like their offset: standardised spread is O(1).
+    assert model.encode(features=features).std(dim=(0, 1)).mean() > 10 * before.std(dim=(0, 1)).mean()
+    copy = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
+    copy.load_state_dict(model.state_dict())
+    torch.testing.assert_close(copy.encode(features=features), model.encode(features=features))
