@@ -2,55 +2,18 @@
 
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
+from run_wm import DEBUG, start, summary, tensors_equal, wait_for_step, wm
 
 from experiments.checkpoint import read_checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
-DEBUG = ["--config", str(REPO / "configs/debug.yaml"), "--set", "run.threads=1"]
-
-
-def wm(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "experiments", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "experiments", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def summary(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
-
-
-def wait_for_step(run: Path, step: int, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (run / "summary.json").exists() and summary(run)["step"] >= step:
-            return
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.02)
-    raise AssertionError(f"run never reached step {step}")
-
 
 def same_parameters(a: Path, b: Path) -> bool:
-    model_a = read_checkpoint(a / "checkpoints/latest.pt")["model"]
-    model_b = read_checkpoint(b / "checkpoints/latest.pt")["model"]
-    return model_a.keys() == model_b.keys() and all(torch.equal(model_a[k], model_b[k]) for k in model_a)
+    return tensors_equal(read_checkpoint(a / "checkpoints/latest.pt")["model"],
+                         read_checkpoint(b / "checkpoints/latest.pt")["model"])  # fmt: skip
 
 
 def test_debug_run_leaves_a_complete_run_directory(tmp_path):

@@ -1,25 +1,19 @@
 """`wm train` end to end, in real subprocesses on the debug preset, and its episode split in process."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import imageio
 import numpy as np
 import pytest
-import torch
+from run_wm import DEBUG, start, summary, tensors_equal, wait_for_step, wm
 
 from envs import EnvSpec, Episode, EpisodeStore
 from experiments.checkpoint import read_checkpoint
 from experiments.train import StoreWindows, split_episodes
 
-REPO = Path(__file__).resolve().parents[2]
-DEBUG = ["--config", str(REPO / "configs/debug.yaml"), "--set", "run.threads=1"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the machine has 2 cores; tests must not fight over them
 MODEL_KEYS = [
     *(f"pred_error_k{k}{suffix}" for k in (1, 5, 15) for suffix in ("", "_baseline")),
     "reward_error",
@@ -30,39 +24,6 @@ MODEL_KEYS = [
     "effective_rank",
     "collapsed",
 ]
-
-
-def wm(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "experiments", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=ENV
-    )
-
-
-def summary(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
-
-
-def start_train(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "experiments", "train", *args],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-
-
-def wait_for_step(run: Path, step: int, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not ((run / "summary.json").exists() and summary(run)["step"] >= step):
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, f"the run never reached step {step}"
-        time.sleep(0.02)
-
-
-def tensors_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +78,7 @@ def test_debug_run_leaves_a_complete_run_directory(debug_run):
 def test_sigkill_then_resume_ends_with_the_parameters_of_an_uninterrupted_run(debug_run, tmp_path):
     whole, _ = debug_run
     broken = tmp_path / "broken"
-    process = start_train(*DEBUG, "--run-dir", str(broken))
+    process = start("train", *DEBUG, "--run-dir", str(broken))
     wait_for_step(broken, 5, process)  # the step-5 checkpoint
     process.send_signal(signal.SIGKILL)
     process.communicate()
@@ -135,7 +96,7 @@ def test_sigkill_then_resume_ends_with_the_parameters_of_an_uninterrupted_run(de
 
 def test_sigterm_saves_and_marks_the_run_interrupted(tmp_path):
     run = tmp_path / "run"
-    process = start_train(*DEBUG, "--set", "world_model.steps=400", "--run-dir", str(run))
+    process = start("train", *DEBUG, "--set", "world_model.steps=400", "--run-dir", str(run))
     wait_for_step(run, 5, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)

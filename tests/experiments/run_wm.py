@@ -1,0 +1,43 @@
+"""Running `wm` commands in real subprocesses, as a user would, for the end-to-end tests."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+DEBUG = ["--config", str(REPO / "configs/debug.yaml"), "--set", "run.threads=1"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the machine has 2 cores; tests must not fight over them
+
+
+def wm(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run `wm <args>` to completion."""
+    return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=ENV)  # fmt: skip
+
+
+def start(*args: str) -> subprocess.Popen:
+    """Start `wm <args>` in the background (its stderr is captured, for `communicate`)."""
+    return subprocess.Popen([sys.executable, "-m", "experiments", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def wait_for_step(run: Path, step: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll summary.json until the run has saved a checkpoint at `step` or later."""
+    deadline = time.monotonic() + timeout
+    while not ((run / "summary.json").exists() and summary(run)["step"] >= step):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"the run never reached step {step}"
+        time.sleep(0.02)
+
+
+def tensors_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
