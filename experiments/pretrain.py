@@ -34,6 +34,7 @@ from experiments.rundir import (
 )
 from experiments.runtime import (
     autocast,
+    optimizer_step,
     resolve_device,
     resolve_precision,
     rng_state,
@@ -159,28 +160,10 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, precision):
         loss = model.loss(images, masks)["jepa"]
-    if not torch.isfinite(loss):
-        return StepResult(loss.item(), float("nan"), skipped=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    if not torch.isfinite(grad_norm):
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.update()  # lowers the loss scale, which is what fp16 overflow needs
-        return StepResult(loss.item(), grad_norm.item(), skipped=True)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    model.update_target(momentum)
-    return StepResult(loss.item(), grad_norm.item(), skipped=False)
+    update = optimizer_step(loss, optimizer, scaler, cfg.optim.grad_clip)
+    if not update.skipped:
+        model.update_target(momentum)
+    return StepResult(loss.item(), update.grad_norm, update.skipped)
 
 
 # ------------------------------------------------------------------------------------------------------

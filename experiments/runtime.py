@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -51,6 +52,41 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class OptimizerStep(NamedTuple):
+    grad_norm: float
+    """Global gradient norm before clipping (NaN when the loss itself was not finite)."""
+    skipped: bool
+    """The loss or the gradient was not finite, so no step was taken; the caller skips its EMA update too."""
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler, grad_clip: float) -> OptimizerStep:
+    """Backward, clip and step, for an optimizer whose gradients were zeroed before the forward pass.
+
+    A non-finite loss or gradient norm takes no step (RELIABILITY.md: skip, count, stop after several). With
+    fp16, `scaler` (a GradScaler) scales the loss and, on overflow, lowers its scale; bf16 and float32 need none.
+    """
+    if not torch.isfinite(loss):
+        return OptimizerStep(float("nan"), skipped=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    if not torch.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.update()
+        return OptimizerStep(grad_norm.item(), skipped=True)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return OptimizerStep(grad_norm.item(), skipped=False)
 
 
 def seed_everything(seed: int) -> None:

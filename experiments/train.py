@@ -59,6 +59,7 @@ from experiments.rundir import (
 )
 from experiments.runtime import (
     autocast,
+    optimizer_step,
     resolve_device,
     resolve_precision,
     rng_state,
@@ -376,28 +377,10 @@ def train_step(
         losses = model.loss(batch, cfg.horizon, cfg.burn_in, generator=generator)
         total = combine_losses(losses, weights)
     values = {name: loss.item() for name, loss in losses.items()}
-    if not torch.isfinite(total):
-        return StepResult(values, total.item(), float("nan"), skipped=True)
-    if scaler is not None:
-        scaler.scale(total).backward()
-        scaler.unscale_(optimizer)
-    else:
-        total.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    if not torch.isfinite(grad_norm):
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.update()  # lowers the loss scale, which is what fp16 overflow needs
-        return StepResult(values, total.item(), grad_norm.item(), skipped=True)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    model.update_target(momentum)
-    return StepResult(values, total.item(), grad_norm.item(), skipped=False)
+    update = optimizer_step(total, optimizer, scaler, cfg.grad_clip)
+    if not update.skipped:
+        model.update_target(momentum)
+    return StepResult(values, total.item(), update.grad_norm, update.skipped)
 
 
 def decoder_step(
@@ -718,7 +701,7 @@ def train(
             f"frozen encoder: {encoded} episodes encoded into the latent cache {provenance['latent_key']}",
             file=sys.stderr,
         )
-    if resume is None:
+    if not model.feature_statistics_set:  # also after a resume from the step-0 checkpoint, saved before them
         standardize_features(model, data, cfg, device, precision)
         trainer.save()  # with the statistics, so a resume from here uses the same ones
     results = trainer.train(stop)

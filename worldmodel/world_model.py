@@ -284,6 +284,7 @@ class WorldModel(nn.Module):
         # z is a near-constant offset: its prediction loss vanishes and the collapse metrics see only the offset.
         self.register_buffer("feature_mean", torch.zeros(self.feature_dim))
         self.register_buffer("feature_std", torch.ones(self.feature_dim))
+        self.register_buffer("feature_statistics_set", torch.tensor(False))
         self.projection = nn.Linear(self.feature_dim, latent_dim)
 
         # The EMA target: a frozen backbone is its own target (its EMA would equal it), so it is shared and
@@ -361,6 +362,7 @@ class WorldModel(nn.Module):
         flat = features.reshape(-1, self.feature_dim).float()  # (*lead, F) -> (N, F)
         self.feature_mean.copy_(flat.mean(dim=0))
         self.feature_std.copy_(flat.std(dim=0).clamp_min(1e-6))
+        self.feature_statistics_set.fill_(True)
 
     def _standardized(self, features: torch.Tensor) -> torch.Tensor:
         """(*lead, F) -> (*lead, F) with the statistics of `set_feature_statistics`, in the projection's dtype."""

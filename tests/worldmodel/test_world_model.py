@@ -434,7 +434,9 @@ def test_feature_standardisation_uses_the_given_statistics_and_is_saved():
     # Features of one env barely differ between frames: a large shared offset and a small spread.
     features = 5.0 + 0.01 * torch.randn(2, 6, model.feature_dim)
     before = model.encode(features=features)
+    assert not model.feature_statistics_set
     model.set_feature_statistics(features)
+    assert model.feature_statistics_set
     flat = features.reshape(-1, model.feature_dim)
     expected = model.projection((features - flat.mean(0)) / flat.std(0))
     torch.testing.assert_close(model.encode(features=features), expected)
@@ -445,4 +447,5 @@ def test_feature_standardisation_uses_the_given_statistics_and_is_saved():
     assert model.encode(features=features).std(dim=(0, 1)).mean() > 10 * before.std(dim=(0, 1)).mean()
     copy = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
     copy.load_state_dict(model.state_dict())
+    assert copy.feature_statistics_set
     torch.testing.assert_close(copy.encode(features=features), model.encode(features=features))
