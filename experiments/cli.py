@@ -9,6 +9,7 @@ from experiments.config import ConfigError
 COMMANDS = {
     "pretrain": ("experiments.pretrain", "pretrain an I-JEPA vision encoder on images (standalone)"),
     "train": ("experiments.train", "train a JEPA world model of a gymnasium env from random-policy rollouts"),
+    "evolve": ("experiments.evolve", "evolve a controller with CMA-ES in a world model dream, score it in the env"),
     "runs": ("experiments.runs", "print a table of the runs in a directory"),
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -441,6 +442,78 @@ class WorldModelConfig:
 
 
 @dataclass(frozen=True)
+class DreamConfig:
+    horizon: int = 200
+    """Dream steps at most per rollout."""
+    burn_in: int = 5
+    """Real steps observed teacher-forced before a rollout starts, so that h carries real history."""
+    start_windows: int = 4096
+    """Real windows encoded once as the pool of start states; each generation draws its starts from it."""
+    cont_mode: Literal["threshold", "sample"] = "threshold"
+    """End a rollout when the continue probability falls below cont_threshold ('threshold'), or at random with
+    probability 1 - continue probability at each step ('sample')."""
+    cont_threshold: float = 0.5
+    """Continue probability below which a rollout ends ('threshold' only)."""
+    latent_noise: float = 0.0
+    """Std of Gaussian noise added to every predicted latent, in latent units (keeps a controller from relying on
+    the model's exact predictions)."""
+    disagreement_penalty: float = 0.0
+    """Subtracted from each dream step's reward per unit of ensemble disagreement."""
+    disagreement_limit: float = 0.0
+    """End a rollout once the ensemble disagreement exceeds this; 0 turns it off."""
+
+    def __post_init__(self):
+        for key in ("horizon", "start_windows"):
+            _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        _require(self.burn_in >= 0, "burn_in", f"must be >= 0, got {self.burn_in}")
+        _require(0 < self.cont_threshold < 1, "cont_threshold", f"must be in (0, 1), got {self.cont_threshold}")
+        for key in ("latent_noise", "disagreement_penalty", "disagreement_limit"):
+            _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class EvolveConfig:
+    controller: Literal["linear", "mlp"] = "linear"
+    """Controller over [z, h]: 'linear' (as in World Models) or 'mlp' (one tanh hidden layer)."""
+    controller_hidden: int = 32
+    """Hidden width of the 'mlp' controller."""
+    population: int = 64
+    """Candidates per CMA-ES generation (pycma's popsize)."""
+    episodes: int = 16
+    """Rollouts per candidate per generation; a candidate's fitness is their mean return."""
+    generations: int = 50
+    """CMA-ES generations."""
+    sigma: float = 0.1
+    """CMA-ES initial step size."""
+    diagonal: bool = False
+    """Separable CMA-ES (diagonal covariance): linear cost in the parameter count, for large controllers."""
+    max_nonfinite_fraction: float = 0.5
+    """Stop the run when more than this share of a generation's fitness values is non-finite."""
+    final_episodes: int = 256
+    """Dream rollouts (fresh starts) that score the final candidates: the ES mean and the best-ever candidate."""
+    eval_episodes: int = 20
+    """Real-env episodes that score the chosen controller."""
+    eval_envs: int = 4
+    """Sub-envs of the real-env vector env (evaluation and --in real)."""
+    checkpoint_every: int = 5
+    """Generations between checkpoints (one is always written at the end and on interruption)."""
+
+    def __post_init__(self):
+        for key in ("controller_hidden", "episodes", "generations", "final_episodes", "eval_episodes", "eval_envs",
+                    "checkpoint_every"):  # fmt: skip
+            _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        _require(self.population >= 2, "population", f"must be >= 2, got {self.population}")
+        _require(
+            math.isfinite(self.sigma) and self.sigma > 0, "sigma", f"must be a finite number > 0, got {self.sigma}"
+        )
+        _require(
+            0 <= self.max_nonfinite_fraction < 1,
+            "max_nonfinite_fraction",
+            f"must be in [0, 1), got {self.max_nonfinite_fraction}",
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     """Seed, device, precision, logging."""
@@ -450,6 +523,10 @@ class Config:
     """The gymnasium env the world model learns (`wm train`)."""
     world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
     """`wm train`: the JEPA world model, its data collection, training and evaluation."""
+    dream: DreamConfig = field(default_factory=DreamConfig)
+    """`wm evolve`: how rollouts in the learned model start, run and end."""
+    evolve: EvolveConfig = field(default_factory=EvolveConfig)
+    """`wm evolve`: the controller, CMA-ES and the real-env evaluation."""
 
 
 def validate(cfg: Config) -> None:

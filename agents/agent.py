@@ -1,0 +1,94 @@
+"""A controller acting in a real env through the world model: encode each frame, carry h, pick the action.
+
+The agent follows `WorldModel.observe` step by step, so in the real env a controller sees exactly what it saw in
+training windows and in the dream: at an episode's first observation h = f(0, 0, 0); after that
+h_t = f(h_{t-1}, z_{t-1}, a_t), z_t = encode(obs_t), and the controller maps [z_t, h_t] to a_{t+1}.
+
+It is a policy for `envs.collect` and for real-env scoring: `reset(is_first)` before each step with the mask of
+sub-envs whose observation starts an episode, then `agent(obs)` for their actions. Each sub-env can run its own
+candidate (`set_parameters`), so a population is scored in one vector env.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from agents.controllers import Controller
+from worldmodel.world_model import WorldModel
+
+
+class LatentAgent:
+    """A controller (one parameter vector per sub-env) acting through the world model in N real sub-envs.
+
+    Args:
+        model: the world model whose latents the controller was evolved on (eval mode).
+        controller: the controller's shape.
+        parameters: (n,) one controller for every sub-env, or (N, n) one per sub-env.
+        num_envs: N.
+        exploration: discrete: probability of a uniformly random action instead of the controller's; continuous:
+            std of Gaussian noise added to the action, as a fraction of the bounds' range (clipped to them).
+        seed: seed of the exploration noise.
+    """
+
+    def __init__(
+        self,
+        model: WorldModel,
+        controller: Controller,
+        parameters: np.ndarray | torch.Tensor,
+        num_envs: int,
+        exploration: float = 0.0,
+        seed: int = 0,
+    ):
+        if not 0.0 <= exploration <= 1.0:
+            raise ValueError(f"exploration must be in [0, 1], got {exploration}")
+        self.model, self.controller, self.num_envs, self.exploration = model, controller, num_envs, exploration
+        weight = model.gru.weight_hh
+        self.device, self.dtype = weight.device, weight.dtype
+        self.parameters = torch.zeros(num_envs, controller.num_params, device=self.device, dtype=self.dtype)
+        self.set_parameters(np.arange(num_envs), parameters)
+        self.rng = np.random.default_rng(seed)
+        self.hidden = model.initial_state(num_envs)  # (N, hidden_dim)
+        self.latent = torch.zeros(num_envs, model.latent_dim, device=self.device, dtype=self.dtype)  # (N, D)
+        self.action = torch.zeros(num_envs, model.action_dim, device=self.device, dtype=self.dtype)  # (N, A)
+        self.first = np.ones(num_envs, dtype=bool)
+
+    def set_parameters(self, envs: np.ndarray, parameters: np.ndarray | torch.Tensor) -> None:
+        """Sub-envs `envs` (M,) act with `parameters` (n,) or (M, n) from their next step on."""
+        values = torch.as_tensor(np.asarray(parameters), device=self.device, dtype=self.dtype)
+        if values.shape[-1] != self.controller.num_params:
+            raise ValueError(f"controller parameters must end in {self.controller.num_params}, got {values.shape}")
+        self.parameters[torch.as_tensor(envs, dtype=torch.long)] = values
+
+    def reset(self, is_first: np.ndarray) -> None:
+        """Mark the sub-envs (N,) bool whose next observation is the first of an episode."""
+        self.first = np.asarray(is_first, dtype=bool).copy()
+
+    @torch.no_grad()
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """obs (N, *obs_shape) -> env actions (N,) ints or (N, A) floats."""
+        first = torch.as_tensor(self.first, device=self.device)[:, None]  # (N, 1)
+        hidden = torch.where(first, self.model.initial_state(self.num_envs), self.hidden)
+        latent = torch.where(first, torch.zeros_like(self.latent), self.latent)
+        action = torch.where(first, torch.zeros_like(self.action), self.action)
+        self.hidden, _ = self.model.step(hidden, latent, action)
+        self.latent = self.model.encode(torch.as_tensor(obs, device=self.device)).to(self.dtype)  # (N, D)
+        features = torch.cat([self.latent, self.hidden], dim=-1)[:, None]  # (N, 1, F): N candidates, 1 episode
+        self.action = self.controller.act(self.parameters, features)[:, 0]  # (N, A)
+        self.action = self._explore(self.action)
+        self.first[:] = False
+        return self.controller.env_actions(self.action)
+
+    def _explore(self, action: torch.Tensor) -> torch.Tensor:
+        """Exploration noise on the action vectors (N, A), from the agent's own generator."""
+        if self.exploration == 0:
+            return action
+        n, dims = action.shape
+        if self.controller.discrete:
+            swap = torch.as_tensor(self.rng.random(n) < self.exploration, device=self.device)
+            random = torch.as_tensor(self.rng.integers(0, dims, size=n), device=self.device)
+            one_hot = torch.nn.functional.one_hot(random, dims).to(action.dtype)
+            return torch.where(swap[:, None], one_hot, action)
+        low, high = self.controller.low.to(action), self.controller.high.to(action)
+        noise = torch.as_tensor(self.rng.standard_normal((n, dims)), device=self.device, dtype=action.dtype)
+        return torch.clamp(action + noise * self.exploration * (high - low), low, high)

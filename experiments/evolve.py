@@ -1,0 +1,486 @@
+"""`wm evolve`: evolve a controller with CMA-ES inside a trained world model, then score it in the real env.
+
+    wm evolve --config configs/cartpole.yaml --world-model runs/<wm train run>
+    wm evolve --config configs/cartpole.yaml --world-model runs/<wm train run> --in real     # model-free baseline
+    wm evolve --config configs/cartpole.yaml --world-model runs/<run> --controller runs/<evolve run>  # warm start
+
+The life of a run: load the world model (its checkpoint must fit this config's env and model shape) -> encode
+`dream.start_windows` real windows of its episode store into a pool of start states -> for each generation: ask
+CMA-ES for `evolve.population` candidates, score each by its mean return over `evolve.episodes` rollouts (all of
+them at once, in one batched dream rollout; with `--in real` in the real env instead), tell -> choose between the
+search's mean and its best-ever candidate by their dream return on fresh starts -> score the choice in the real
+env over `evolve.eval_episodes` episodes -> summary.json: dream_return, eval_return_mean/std, the dream-real gap.
+
+Every candidate of a generation meets the same starts and the same noise (common random numbers: their ranking
+reflects the candidates, not their luck), drawn from generators seeded by (seed, generation), so a resumed search
+repeats exactly what an uninterrupted one would have done; the ES state (with its own RNG) is in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from agents.agent import LatentAgent
+from agents.controllers import Controller
+from agents.evolution import CMAES, Generation, NonFiniteFitnessError
+from envs import EnvSpec, EpisodeStore, make_vector_env
+from envs.atomic import sha256_file
+from experiments import config as config_lib
+from experiments.checkpoint import CheckpointError, load_latest, read_checkpoint, save_checkpoint
+from experiments.config import WORLD_MODEL_KEYWORDS, Config
+from experiments.progress import Progress
+from experiments.rundir import (
+    GracefulStop,
+    Interrupted,
+    Run,
+    RunError,
+    RunFailure,
+    add_run_arguments,
+    checkpoint_differences,
+    execute,
+    open_run,
+)
+from experiments.runtime import (
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    step_generator,
+    step_rng,
+    step_seed,
+)
+from experiments.scoring import run_episodes
+from experiments.train import build_model, env_spec
+from worldmodel.dream import DreamSettings, DreamState, Rollout, draw_noise, dream_starts, rollout
+from worldmodel.world_model import WorldModel, batch_from_windows
+
+# Streams of per-generation randomness (see runtime.step_seed).
+STREAM_POOL, STREAM_STARTS, STREAM_NOISE, STREAM_REAL, STREAM_FINAL, STREAM_EVAL = 1, 2, 3, 4, 5, 6
+STREAM_FINAL_NOISE = 7
+POOL_BATCH = 512  # start windows encoded per call
+SCORING_MODES = ("dream", "real")
+
+
+# ------------------------------------------------------------------------------------------------------
+# The world model and its start states
+
+
+@dataclass
+class LoadedWorldModel:
+    """A trained world model, frozen, with what it was trained on."""
+
+    model: WorldModel
+    spec: EnvSpec
+    checkpoint: Path
+    store: EpisodeStore
+    latent_key: str | None
+    sha256: str
+    """The checkpoint file's SHA-256: a resumed search must continue in the very same model."""
+
+
+def world_model_checkpoint(path: Path) -> Path:
+    """A `wm train` run directory (its checkpoints/latest.pt) or a checkpoint file."""
+    if path.is_dir():
+        return path / "checkpoints" / "latest.pt"
+    return path
+
+
+def load_world_model(path: Path, cfg: Config, device: torch.device | None = None) -> LoadedWorldModel:
+    """Load a `wm train` checkpoint (onto `device`, default the CPU) and refuse it when it does not fit this
+    config's env and model shape."""
+    checkpoint = world_model_checkpoint(path)
+    state = read_checkpoint(checkpoint)
+    if state.get("command") != "train":
+        raise CheckpointError(f"--world-model {checkpoint} is a checkpoint of '{state.get('command')}', not of 'train'")
+    theirs = config_lib.from_dict(state["config"])
+    spec = EnvSpec.from_dict(state["env_spec"])
+    differences = [f"env {d} (checkpoint != this config)" for d in spec.differences(env_spec(cfg.env))]
+    differences += [
+        f"world_model.{key}: {getattr(theirs.world_model, key)!r} in the checkpoint, "
+        f"{getattr(cfg.world_model, key)!r} here"
+        for key in WORLD_MODEL_KEYWORDS
+        if getattr(theirs.world_model, key) != getattr(cfg.world_model, key)
+    ]
+    if differences:
+        raise CheckpointError(
+            f"--world-model {checkpoint} does not fit this config (use the preset it was trained with):\n  "
+            + "\n  ".join(differences)
+        )
+    model = build_model(theirs.world_model, spec)
+    model.load_state_dict(state["model"])
+    model.requires_grad_(False).eval().to(device or torch.device("cpu"))
+    if not bool(model.feature_statistics_set):
+        raise CheckpointError(f"--world-model {checkpoint} was saved before training started (step {state['step']})")
+    data = state["data"]
+    store = EpisodeStore(data["episodes"], spec)
+    return LoadedWorldModel(model, spec, checkpoint, store, data["latent_key"], sha256_file(checkpoint))
+
+
+@torch.no_grad()
+def start_pool(world: LoadedWorldModel, cfg: Config, device: torch.device) -> DreamState:
+    """Real start states: `dream.start_windows` windows of burn_in + 1 steps, encoded and observed (see
+    `worldmodel.dream.dream_starts`). Windows may span episodes, so episode starts are among them."""
+    dcfg = cfg.dream
+    windows = world.store.sample(
+        dcfg.start_windows, dcfg.burn_in + 1, step_rng(cfg.run.seed, 0, STREAM_POOL), cross_episodes=True,
+        latent_key=world.latent_key,
+    )  # fmt: skip
+    batch = batch_from_windows(windows, device, use_features=world.latent_key is not None)
+    parts = []
+    for i in range(0, dcfg.start_windows, POOL_BATCH):
+        rows = slice(i, i + POOL_BATCH)
+        part = batch._replace(
+            **{key: getattr(batch, key)[rows] for key in batch._fields if getattr(batch, key) is not None}
+        )
+        try:
+            parts.append(dream_starts(world.model, part))
+        except ValueError:  # every window of this part ends in a terminal step
+            continue
+    if not parts:
+        raise RunFailure(f"every start window of {world.store.path} ends in a terminal step")
+    return DreamState(torch.cat([p.hidden for p in parts]), torch.cat([p.latent for p in parts]))
+
+
+def action_space(spec: EnvSpec) -> spaces.Space:
+    """The env's action space, rebuilt from its spec."""
+    if spec.discrete:
+        return spaces.Discrete(spec.action_dim)
+    return spaces.Box(np.array(spec.action_low, np.float32), np.array(spec.action_high, np.float32))
+
+
+def dream_settings(cfg: config_lib.DreamConfig) -> DreamSettings:
+    return DreamSettings(
+        horizon=cfg.horizon, cont_mode=cfg.cont_mode, cont_threshold=cfg.cont_threshold, latent_noise=cfg.latent_noise,
+        disagreement_penalty=cfg.disagreement_penalty, disagreement_limit=cfg.disagreement_limit,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------
+# Scoring a population
+
+
+class Scorer(Protocol):
+    """Fitness of a population: candidates (P, n) -> (P,), higher is better; `key` seeds its randomness."""
+
+    def __call__(self, candidates: np.ndarray, key: int, episodes: int) -> np.ndarray: ...
+
+    def figures(self) -> dict[str, float]: ...
+
+
+class DreamScorer:
+    """Each candidate's mean return over `episodes` dream rollouts, the whole population in one batched rollout."""
+
+    def __init__(self, model: WorldModel, controller: Controller, pool: DreamState, settings: DreamSettings,
+                 seed: int, stream: int = STREAM_STARTS, noise_stream: int = STREAM_NOISE):  # fmt: skip
+        self.model, self.controller, self.pool, self.settings = model, controller, pool, settings
+        self.seed, self.stream, self.noise_stream = seed, stream, noise_stream
+        self.last: Rollout | None = None
+
+    @torch.no_grad()
+    def __call__(self, candidates: np.ndarray, key: int, episodes: int) -> np.ndarray:
+        population = len(candidates)
+        device = self.pool.latent.device
+        params = torch.as_tensor(candidates, dtype=torch.float32, device=device)  # (P, n)
+        index = step_rng(self.seed, key, self.stream).integers(0, len(self.pool.latent), size=episodes)
+        rows = torch.as_tensor(np.tile(index, population), device=device)  # (P*E,) candidate-major
+        noise = draw_noise(
+            episodes, self.settings, self.model.latent_dim, step_generator(self.seed, key, self.noise_stream)
+        )
+        noise = noise._replace(**{k: None if v is None else v.repeat(population, *[1] * (v.ndim - 1)).to(device)
+                                  for k, v in noise._asdict().items()})  # fmt: skip  # (E, ...) -> (P*E, ...)
+        self.last = rollout(self.model, self.controller.policy(params, episodes), self.pool.select(rows), self.settings,
+                            noise)  # fmt: skip
+        return self.last.returns.reshape(population, episodes).mean(dim=1).double().cpu().numpy()  # (P*E,) -> (P,)
+
+    def figures(self) -> dict[str, float]:
+        if self.last is None:
+            return {}
+        return {
+            "dream/length_mean": self.last.lengths.float().mean().item(),
+            "dream/disagreement_mean": self.last.disagreement.mean().item(),
+            "dream/penalty_mean": self.last.penalty.mean().item(),
+        }
+
+
+class RealScorer:
+    """Each candidate's mean return over `episodes` real-env episodes of at most `max_steps` steps (`--in real`)."""
+
+    def __init__(self, envs, agent: LatentAgent, seed: int, max_steps: int | None):
+        self.envs, self.agent, self.seed, self.max_steps = envs, agent, seed, max_steps
+        self.env_steps = 0
+        self.last_lengths: np.ndarray | None = None
+
+    def __call__(self, candidates: np.ndarray, key: int, episodes: int) -> np.ndarray:
+        jobs = np.repeat(candidates, episodes, axis=0)  # (P, n) -> (P*E, n) candidate-major
+        result = run_episodes(self.envs, self.agent, jobs, step_seed(self.seed, key, STREAM_REAL) % 2**31,
+                              self.max_steps)  # fmt: skip
+        self.env_steps += int(result.lengths.sum())
+        self.last_lengths = result.lengths
+        return result.returns.reshape(len(candidates), episodes).mean(axis=1)
+
+    def figures(self) -> dict[str, float]:
+        figures = {"real/env_steps": float(self.env_steps)}
+        if self.last_lengths is not None:
+            figures["real/length_mean"] = float(self.last_lengths.mean())
+        return figures
+
+
+# ------------------------------------------------------------------------------------------------------
+# The search
+
+
+class Evolution:
+    """CMA-ES over a controller's parameters, scored by `scorer`, logged to `run`, checkpointed with its state."""
+
+    def __init__(self, es: CMAES, scorer: Scorer, controller: Controller, cfg: Config, run: Run, mode: str,
+                 provenance: dict):  # fmt: skip
+        self.es, self.scorer, self.controller, self.cfg, self.run = es, scorer, controller, cfg, run
+        self.mode, self.provenance = mode, provenance
+
+    def state_dict(self) -> dict:
+        return {
+            "command": "evolve",
+            "step": self.es.generation,
+            "mode": self.mode,
+            "config": config_lib.to_dict(self.cfg),
+            "data": self.provenance,
+            "controller": self.controller.describe(),
+            "es": self.es.state_dict(),
+            "env_steps": getattr(self.scorer, "env_steps", 0),
+            "rng": rng_state(),
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.run.checkpoint_dir / "latest.pt", self.state_dict())
+        self.run.write_summary(step=self.es.generation)
+
+    def load_state(self, state: dict, path: Path) -> None:
+        self.es = CMAES.from_state_dict(state["es"])
+        if hasattr(self.scorer, "env_steps"):
+            self.scorer.env_steps = int(state["env_steps"])
+        set_rng_state(state["rng"])
+        print(f"resumed from {path} at generation {self.es.generation}", file=sys.stderr)
+
+    def evolve(self, stop: GracefulStop) -> None:
+        ecfg = self.cfg.evolve
+        self.run.start_at(self.es.generation)
+        bar = Progress(
+            ecfg.generations, "evolve", initial=self.es.generation, unit="gen", enabled=self.cfg.run.progress
+        )
+        while self.es.generation < ecfg.generations:
+            key = self.es.generation
+            start = time.monotonic()
+            try:
+                generation: Generation = self.es.step(functools.partial(self.scorer, key=key, episodes=ecfg.episodes))
+            except NonFiniteFitnessError as error:
+                raise RunFailure(f"{error}; the world model may be diverging on these controllers") from None
+            metrics = {
+                f"{self.mode}/fitness_best": generation.best_fitness,
+                f"{self.mode}/fitness_mean": generation.mean_fitness,
+                f"{self.mode}/fitness_best_ever": self.es.best_fitness,
+                "es/sigma": self.es.sigma,
+                "es/nonfinite": generation.nonfinite,
+                "perf/generation_s": time.monotonic() - start,
+                "perf/ask_tell_s": generation.ask_tell_s,
+                "perf/score_s": generation.score_s,
+                **self.scorer.figures(),
+            }
+            if self.es.generation % self.cfg.run.log_every == 0 or self.es.generation == ecfg.generations:
+                self.run.log(self.es.generation, metrics)
+            bar.update(1, best=generation.best_fitness, mean=generation.mean_fitness)
+            done = self.es.generation == ecfg.generations
+            if done or self.es.generation % ecfg.checkpoint_every == 0 or stop.requested:
+                self.save()
+            if stop.requested and not done:
+                bar.close()
+                raise Interrupted
+        bar.close()
+
+
+# ------------------------------------------------------------------------------------------------------
+# The command
+
+
+# The config keys behind each fact of `Controller.describe()`, to say what to change when a warm start is refused.
+CONTROLLER_KEYS = {"kind": "evolve.controller", "hidden": "evolve.controller_hidden",
+                   "in_dim": "world_model.latent_dim + world_model.hidden_dim", "action_dim": "the env's actions",
+                   "discrete": "the env's actions", "num_params": "the controller's shape"}  # fmt: skip
+
+
+def build_controller(world: LoadedWorldModel, cfg: config_lib.EvolveConfig) -> Controller:
+    """The controller over the world model's [z, h] that acts in its env."""
+    model = world.model
+    return Controller(model.latent_dim + model.hidden_dim, action_space(world.spec), cfg.controller,
+                      cfg.controller_hidden)  # fmt: skip
+
+
+def read_warm_start(path: Path, controller: Controller) -> np.ndarray:
+    """The controller of an earlier `wm evolve` run (its checkpoints/best.pt) or of a checkpoint file, as x0."""
+    checkpoint = path / "checkpoints" / "best.pt" if path.is_dir() else path
+    state = read_checkpoint(checkpoint)
+    if state.get("command") != "evolve" or "parameters" not in state:
+        raise CheckpointError(f"--controller {checkpoint} holds no evolved controller (use an evolve run's best.pt)")
+    theirs, ours = state["controller"], controller.describe()
+    if theirs != ours:
+        differences = [
+            f"{key}: {theirs.get(key)!r} in the checkpoint, {ours.get(key)!r} here ({CONTROLLER_KEYS.get(key, key)})"
+            for key in sorted(theirs.keys() | ours.keys())
+            if theirs.get(key) != ours.get(key)
+        ]
+        raise CheckpointError(
+            f"--controller {checkpoint} is another controller than this config builds:\n  " + "\n  ".join(differences)
+        )
+    parameters = state["parameters"].double().numpy()
+    if parameters.shape != (controller.num_params,):
+        raise CheckpointError(
+            f"--controller {checkpoint} holds parameters of shape {parameters.shape}, "
+            f"expected ({controller.num_params},)"
+        )
+    return parameters
+
+
+def evolve(run: Run, stop: GracefulStop, world_model: Path, mode: str, warm_start: Path | None = None,
+           world: LoadedWorldModel | None = None) -> dict:  # fmt: skip
+    """Load the world model (unless `world` is the one already loaded from `world_model`), evolve (or resume),
+    choose the final controller and score it in the real env."""
+    cfg, ecfg = run.cfg, run.cfg.evolve
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    print(f"run {run.path}: device {device}, scoring in the {mode}", file=sys.stderr)
+    if world is None:
+        world = load_world_model(world_model, cfg)
+    world.model.to(device)
+    seed_everything(cfg.run.seed)  # after building the model, whose initialisation draws from the global RNG
+    resume = None
+    if run.resumed:
+        resume = load_latest(run.checkpoint_dir)
+        differences = checkpoint_differences(resume[0], resume[1], "evolve", cfg)
+        if resume[0]["mode"] != mode:
+            differences.append(f"scoring: the run scored in the {resume[0]['mode']}, not in the {mode}")
+        if resume[0]["data"].get("world_model_sha256") != world.sha256:
+            differences.append(
+                f"--world-model: {world.checkpoint} is not the world model the run evolved in "
+                f"({resume[0]['data'].get('world_model')}; their SHA-256 differ)"
+            )
+        if differences:
+            raise CheckpointError(f"{resume[1]} was written under another config:\n  " + "\n  ".join(differences))
+        warm_start = resume[0]["data"].get("warm_start")  # provenance only: the search itself comes from the ES state
+    model = world.model
+    controller = build_controller(world, ecfg)
+    if warm_start is None or resume is not None:
+        x0 = controller.initial_parameters(cfg.run.seed)
+    else:
+        x0 = read_warm_start(Path(warm_start), controller)
+    es = CMAES(x0, ecfg.sigma, ecfg.population, cfg.run.seed, diagonal=ecfg.diagonal,
+               max_nonfinite_fraction=ecfg.max_nonfinite_fraction)  # fmt: skip
+    settings = dream_settings(cfg.dream)
+    pool = start_pool(world, cfg, device)
+    dream = DreamScorer(model, controller, pool, settings, cfg.run.seed)
+    envs, _ = make_vector_env(cfg.env.id, ecfg.eval_envs, obs=cfg.env.obs, size=cfg.env.size,
+                              action_repeat=cfg.env.action_repeat, seed=cfg.run.seed)  # fmt: skip
+    agent = LatentAgent(model, controller, x0, ecfg.eval_envs)
+    scorer: Scorer = dream if mode == "dream" else RealScorer(envs, agent, cfg.run.seed, settings.horizon)
+    provenance = {"world_model": str(world.checkpoint.resolve()), "world_model_sha256": world.sha256,
+                  "warm_start": None if warm_start is None else str(Path(warm_start).resolve()),
+                  "start_states": len(pool.latent)}  # fmt: skip
+    evolution = Evolution(es, scorer, controller, cfg, run, mode, provenance)
+    run.write_summary(device=str(device), env=world.spec.to_dict(), data=provenance, scoring=mode,
+                      controller=controller.describe())  # fmt: skip
+    if resume is not None:
+        evolution.load_state(*resume)
+    try:
+        evolution.evolve(stop)
+        results = finish(evolution, dream, envs, agent, cfg, run)
+    finally:
+        envs.close()
+    return results
+
+
+def finish(evolution: Evolution, dream: DreamScorer, envs, agent: LatentAgent, cfg: Config, run: Run) -> dict:
+    """Choose between the search's mean and its best-ever candidate by dream return on fresh starts, score the
+    choice in the real env, save it as checkpoints/best.pt and return the summary's figures."""
+    ecfg, es = cfg.evolve, evolution.es
+    finalists = np.stack([es.mean, es.best])  # (2, n)
+    dream.stream, dream.noise_stream = STREAM_FINAL, STREAM_FINAL_NOISE  # fresh starts and fresh noise
+    final_returns = dream(finalists, 0, ecfg.final_episodes)
+    chosen = int(np.argmax(final_returns))
+    parameters = finalists[chosen]
+    bar = Progress(ecfg.eval_episodes, "evaluate", unit="episode", enabled=cfg.run.progress)
+    agent.exploration = 0.0
+    real = run_episodes(envs, agent, np.repeat(parameters[None], ecfg.eval_episodes, axis=0),
+                        step_seed(cfg.run.seed, 0, STREAM_EVAL) % 2**31, on_step=bar.update)  # fmt: skip
+    bar.close()
+    figures = {
+        "dream_return": float(final_returns[chosen]),
+        "eval_return_mean": float(real.returns.mean()),
+        "eval_return_std": float(real.returns.std()),
+        "eval_episodes": int(ecfg.eval_episodes),
+        "eval_length_mean": float(real.lengths.mean()),
+        "chosen": ("mean", "best")[chosen],
+        "dream_return_mean_candidate": float(final_returns[0]),
+        "dream_return_best_candidate": float(final_returns[1]),
+        "best_fitness": float(es.best_fitness),
+        "generations": int(es.generation),
+    }
+    figures["dream_real_gap"] = figures["dream_return"] - figures["eval_return_mean"]
+    if evolution.mode == "real":
+        figures["real_env_steps"] = int(evolution.scorer.env_steps)
+    numbers = {f"eval/{key.removeprefix('eval_')}": v for key, v in figures.items() if isinstance(v, (int, float))}
+    run.log(es.generation, numbers)
+    save_checkpoint(
+        run.checkpoint_dir / "best.pt",
+        {"command": "evolve", "controller": evolution.controller.describe(), "config": config_lib.to_dict(cfg),
+         "data": evolution.provenance, "parameters": torch.as_tensor(parameters), "figures": figures},
+        keep_previous=False,
+    )  # fmt: skip
+    print(
+        f"dream return {figures['dream_return']:.1f} ({figures['chosen']} candidate); real return "
+        f"{figures['eval_return_mean']:.1f} ± {figures['eval_return_std']:.1f} over {ecfg.eval_episodes} episodes; "
+        f"gap {figures['dream_real_gap']:.1f}",
+        file=sys.stderr,
+    )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wm evolve", description="Evolve a controller in a world model's dream.")
+    add_run_arguments(parser)
+    parser.add_argument("--world-model", required=True, metavar="RUN",
+                        help="a `wm train` run directory (or its checkpoint file)")  # fmt: skip
+    parser.add_argument(
+        "--in",
+        dest="mode",
+        choices=SCORING_MODES,
+        default="dream",
+        help="score candidates in the dream (default) or in the real env (the model-free baseline)",
+    )
+    parser.add_argument("--controller", metavar="RUN", help="warm start from an earlier `wm evolve` run's best.pt")
+    args = parser.parse_args(argv)
+    world_model = Path(args.world_model)
+    if not world_model_checkpoint(world_model).is_file():
+        raise RunError(f"--world-model {world_model}: no checkpoint there (expected a `wm train` run directory)")
+    if args.resume and args.controller:
+        raise RunError("--resume continues the run's own search; drop --controller")
+    warm_start = None if args.controller is None else Path(args.controller)
+    world = None
+    if not args.resume:
+        # A bad config, a world model that does not fit it or a warm start of another shape fails before a run
+        # directory exists.
+        cfg = config_lib.load_config(args.config, args.overrides)
+        world = load_world_model(world_model, cfg)
+        if warm_start is not None:
+            read_warm_start(warm_start, build_controller(world, cfg.evolve))
+    run = open_run(args, "evolve")
+    body = functools.partial(evolve, world_model=world_model, mode=args.mode, warm_start=warm_start, world=world)
+    return execute(run, body)

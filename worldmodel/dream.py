@@ -1,0 +1,232 @@
+"""The dream: the world model as a batched latent environment, for every candidate and episode at once.
+
+A dream state is the pair (h, z) of `WorldModel`'s time convention: at step t, h_t holds the history up to z_{t-1}
+and the action that led to step t, and [z_t, h_t] is what a controller sees. One dream step under action a:
+
+    h_{t+1}, ẑ_{t+1} = model.step(h_t, z_t, a)        (+ optional Gaussian noise on ẑ)
+    r_{t+1} = model.reward(h_{t+1}, ẑ_{t+1}),  c_{t+1} = sigmoid(model.cont(h_{t+1}, ẑ_{t+1}))
+    d_{t+1} = model.disagreement(h_{t+1})              (variance across the ensemble heads)
+
+Rollouts start from real states: windows of the episode store, encoded and observed teacher-forced for a burn-in
+so that h carries real history (`dream_starts`). A rollout ends when the continue head says the episode
+terminated (its probability below a threshold, or a Bernoulli draw), when the ensemble disagrees more than a
+limit, or at the horizon.
+
+Kept honest (World Models, https://arxiv.org/abs/1803.10122, section 4.5: a controller evolved in a model that is
+too sure of itself learns to exploit its errors): noise on the predicted latents, and the disagreement of the
+ensemble heads subtracted from the reward (scaled by `disagreement_penalty`) and used as a reason to stop.
+
+All randomness of a rollout is drawn up front per rollout row (`draw_noise`), so a batch of rollouts gives each
+row exactly what it would get alone: the batched rollout equals a loop over candidates.
+
+Letters: N rollouts (P candidates x E episodes, flattened), H horizon, D latent, A action dims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from worldmodel.world_model import WorldModel, WorldModelBatch
+
+CONT_MODES: tuple[str, ...] = ("threshold", "sample")
+
+Policy = Callable[[torch.Tensor], torch.Tensor]
+"""Observations [z, h] (N, D + hidden_dim) -> model action vectors (N, A) (one-hot when discrete)."""
+
+
+@dataclass(frozen=True)
+class DreamSettings:
+    """How a dream rollout runs and ends (plain numbers; `experiments.config.DreamConfig` fills them)."""
+
+    horizon: int = 200
+    """Dream steps H at most per rollout."""
+    cont_mode: str = "threshold"
+    """'threshold': the rollout ends when the continue probability falls below `cont_threshold`; 'sample': it
+    ends with probability 1 - continue probability at each step."""
+    cont_threshold: float = 0.5
+    """Continue probability below which a rollout ends ('threshold' only)."""
+    latent_noise: float = 0.0
+    """Std of Gaussian noise added to each predicted latent, in latent units."""
+    disagreement_penalty: float = 0.0
+    """Subtracted from each step's reward per unit of ensemble disagreement."""
+    disagreement_limit: float = 0.0
+    """End a rollout once the ensemble disagreement exceeds this; 0 turns it off."""
+
+    def __post_init__(self) -> None:
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+        if self.cont_mode not in CONT_MODES:
+            raise ValueError(f"cont_mode must be one of {CONT_MODES}, got {self.cont_mode!r}")
+        if not 0.0 < self.cont_threshold < 1.0:
+            raise ValueError(f"cont_threshold must be in (0, 1), got {self.cont_threshold}")
+        for name in ("latent_noise", "disagreement_penalty", "disagreement_limit"):
+            if not getattr(self, name) >= 0.0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+class DreamState(NamedTuple):
+    """A batch of dream states (rows are independent rollouts)."""
+
+    hidden: torch.Tensor
+    """(N, hidden_dim) h_t."""
+    latent: torch.Tensor
+    """(N, D) z_t (real at a start, predicted after)."""
+
+    def observation(self) -> torch.Tensor:
+        """What a controller sees: [z, h] (N, D + hidden_dim)."""
+        return torch.cat([self.latent, self.hidden], dim=-1)
+
+    def select(self, index: torch.Tensor) -> DreamState:
+        """Rows `index` (M,) of every field."""
+        return DreamState(self.hidden[index], self.latent[index])
+
+
+class DreamNoise(NamedTuple):
+    """Every random number a batch of rollouts uses, drawn up front per row (see `draw_noise`)."""
+
+    latent: torch.Tensor | None
+    """(N, H, D) standard normal noise for the predicted latents, or None without latent noise."""
+    uniform: torch.Tensor | None
+    """(N, H) uniforms in [0, 1) for sampled continuation, or None when continuation is thresholded."""
+
+    def rows(self, index: slice | torch.Tensor) -> DreamNoise:
+        """The noise of rows `index`."""
+        return DreamNoise(
+            None if self.latent is None else self.latent[index],
+            None if self.uniform is None else self.uniform[index],
+        )
+
+
+class StepResult(NamedTuple):
+    """One dream step for a batch of rows."""
+
+    state: DreamState
+    """The next state (h_{t+1}, ẑ_{t+1})."""
+    reward: torch.Tensor
+    """(N,) predicted reward of arriving there."""
+    cont: torch.Tensor
+    """(N,) predicted probability that the episode goes on (has not terminated)."""
+    disagreement: torch.Tensor
+    """(N,) ensemble variance at the next state, averaged over D."""
+
+
+class Rollout(NamedTuple):
+    """The outcome of a batch of dream rollouts."""
+
+    returns: torch.Tensor
+    """(N,) sum of the predicted rewards minus the disagreement penalty, up to and including the last step."""
+    lengths: torch.Tensor
+    """(N,) int64 steps taken before the rollout ended (at most H)."""
+    disagreement: torch.Tensor
+    """(N,) mean ensemble disagreement over the steps taken."""
+    penalty: torch.Tensor
+    """(N,) the disagreement penalty subtracted from the return (included in `returns`)."""
+
+
+@torch.no_grad()
+def dream_starts(model: WorldModel, batch: WorldModelBatch) -> DreamState:
+    """Real start states: encode windows, observe them teacher-forced, keep the state at each window's last step.
+
+    The window's earlier steps are the burn-in that gives h its real history (h restarts at an is_first inside
+    the window, as in training). Windows whose last step is terminal are dropped: nothing follows them.
+
+    Args:
+        batch: B windows of T >= 1 steps (obs or cached features).
+    Returns:
+        DreamState of M <= B rows.
+    """
+    latents = model.encode(batch.obs, features=batch.features)  # (B, T, D)
+    hidden, _ = model.observe(latents, batch.action, batch.is_first)  # (B, T, hidden_dim)
+    alive = batch.cont[:, -1] > 0.5  # (B,)
+    if not alive.any():
+        raise ValueError("every start window ends in a terminal step; sample windows that end inside an episode")
+    return DreamState(hidden[alive, -1], latents[alive, -1])
+
+
+def draw_noise(
+    rows: int, settings: DreamSettings, latent_dim: int, generator: torch.Generator | None = None
+) -> DreamNoise:
+    """All randomness for `rows` rollouts of `settings.horizon` steps, on the CPU (move it with the rollout)."""
+    latent = None
+    if settings.latent_noise > 0:
+        latent = torch.randn(rows, settings.horizon, latent_dim, generator=generator)  # (N, H, D)
+    uniform = torch.rand(rows, settings.horizon, generator=generator) if settings.cont_mode == "sample" else None
+    return DreamNoise(latent, uniform)
+
+
+def dream_step(
+    model: WorldModel, state: DreamState, action: torch.Tensor, latent_noise: torch.Tensor | None = None
+) -> StepResult:
+    """One batched dream step from `state` under `action` (N, A); `latent_noise` (N, D) is added to ẑ as is."""
+    hidden, latent = model.step(state.hidden, state.latent, action)
+    if latent_noise is not None:
+        latent = latent + latent_noise
+    return StepResult(
+        state=DreamState(hidden, latent),
+        reward=model.reward(hidden, latent),
+        cont=torch.sigmoid(model.cont(hidden, latent)),
+        disagreement=model.disagreement(hidden),
+    )
+
+
+def still_going(result: StepResult, settings: DreamSettings, uniform: torch.Tensor | None) -> torch.Tensor:
+    """(N,) bool: the rollout continues after this step (not terminated, the ensemble within its limit)."""
+    if settings.cont_mode == "threshold":
+        going = result.cont >= settings.cont_threshold
+    else:
+        going = uniform < result.cont  # P(going) = the continue probability
+    if settings.disagreement_limit > 0:
+        going = going & (result.disagreement <= settings.disagreement_limit)
+    return going
+
+
+@torch.no_grad()
+def rollout(
+    model: WorldModel, policy: Policy, start: DreamState, settings: DreamSettings, noise: DreamNoise
+) -> Rollout:
+    """Roll N dream episodes at once from `start` with `policy`, each until it ends or the horizon.
+
+    Every row keeps stepping until all have ended (a finished row's later steps are masked out), so the cost is
+    that of the longest rollout; the loop stops early once every row has ended.
+
+    Args:
+        start: N start states (e.g. `dream_starts` rows, repeated per candidate).
+        noise: `draw_noise(N, settings, D)`, moved to the model's device.
+    """
+    rows = start.latent.shape[0]
+    needed = {"latent": settings.latent_noise > 0, "uniform": settings.cont_mode == "sample"}
+    for name, drawn in noise._asdict().items():
+        if needed[name] and drawn is None:
+            raise ValueError(f"settings need noise.{name} but it is None; draw it with draw_noise(..., settings, ...)")
+        if drawn is not None and (drawn.shape[0] != rows or drawn.shape[1] < settings.horizon):
+            raise ValueError(
+                f"noise.{name} must have {rows} rows of >= {settings.horizon} steps (draw_noise for every rollout "
+                f"row), got shape {tuple(drawn.shape)}"
+            )
+    device, dtype = start.latent.device, start.latent.dtype
+    returns = torch.zeros(rows, device=device, dtype=dtype)
+    penalty = torch.zeros(rows, device=device, dtype=dtype)
+    disagreement = torch.zeros(rows, device=device, dtype=dtype)
+    lengths = torch.zeros(rows, dtype=torch.long, device=device)
+    alive = torch.ones(rows, dtype=torch.bool, device=device)
+    state = start
+    for t in range(settings.horizon):
+        action = policy(state.observation())  # (N, A)
+        # The drawn noise is standard normal: scale it to the settings' std here.
+        latent_noise = None if noise.latent is None else settings.latent_noise * noise.latent[:, t]  # (N, D)
+        result = dream_step(model, state, action, latent_noise)
+        live = alive.to(returns.dtype)
+        step_penalty = settings.disagreement_penalty * result.disagreement
+        returns += live * (result.reward - step_penalty)
+        penalty += live * step_penalty
+        disagreement += live * result.disagreement
+        lengths += alive.long()
+        alive = alive & still_going(result, settings, None if noise.uniform is None else noise.uniform[:, t])
+        state = result.state
+        if not alive.any():
+            break
+    return Rollout(returns, lengths, disagreement / lengths.clamp_min(1), penalty)
