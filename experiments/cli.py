@@ -10,6 +10,7 @@ COMMANDS = {
     "pretrain": ("experiments.pretrain", "pretrain an I-JEPA vision encoder on images (standalone)"),
     "train": ("experiments.train", "train a JEPA world model of a gymnasium env from random-policy rollouts"),
     "evolve": ("experiments.evolve", "evolve a controller with CMA-ES in a world model dream, score it in the env"),
+    "cycle": ("experiments.cycle", "collect -> train -> evolve -> evaluate, iterated: the toolkit's main job"),
     "runs": ("experiments.runs", "print a table of the runs in a directory"),
 }
 

@@ -514,6 +514,46 @@ class EvolveConfig:
 
 
 @dataclass(frozen=True)
+class CycleConfig:
+    iterations: int = 10
+    """Iterations at most; iteration 0 trains the world model on random-policy data (world_model.*) and evolves
+    (evolve.*), each later one collects with the best controller, fine-tunes and evolves warm-started."""
+    collect_steps: int = 5000
+    """Transitions collected per iteration after the first, with the best controller so far (summed over envs)."""
+    exploration: float = 0.1
+    """Collection noise: discrete, the probability of a random action; continuous, the noise std as a fraction of
+    the action range."""
+    train_steps: int = 500
+    """World-model fine-tuning steps per iteration after the first, on every training episode so far."""
+    lr: float = 1e-4
+    """Constant learning rate of fine-tuning (iteration 0's warmup-cosine schedule has ended at final_lr)."""
+    generations: int = 20
+    """CMA-ES generations per iteration after the first (iteration 0 runs evolve.generations)."""
+    sigma: float = 0.05
+    """CMA-ES initial step size around the best controller after the first iteration (iteration 0 uses
+    evolve.sigma)."""
+    target_return: float | None = None
+    """Stop once the real-env eval return mean reaches this; null: no target."""
+    max_env_steps: int = 100000
+    """Real env steps (collection and evaluation) the cycle may use; it stops before an iteration that would
+    exceed them."""
+
+    def __post_init__(self):
+        for key in ("iterations", "collect_steps", "train_steps", "generations", "max_env_steps"):
+            _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        _require(0 <= self.exploration <= 1, "exploration", f"must be in [0, 1], got {self.exploration}")
+        _require(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be a finite number > 0, got {self.lr}")
+        _require(
+            math.isfinite(self.sigma) and self.sigma > 0, "sigma", f"must be a finite number > 0, got {self.sigma}"
+        )
+        _require(
+            self.target_return is None or math.isfinite(self.target_return),
+            "target_return",
+            f"must be a finite number or null, got {self.target_return}",
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     """Seed, device, precision, logging."""
@@ -527,6 +567,8 @@ class Config:
     """`wm evolve`: how rollouts in the learned model start, run and end."""
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
     """`wm evolve`: the controller, CMA-ES and the real-env evaluation."""
+    cycle: CycleConfig = field(default_factory=CycleConfig)
+    """`wm cycle`: collect -> train -> evolve -> evaluate, iterated; what changes after the first iteration."""
 
 
 def validate(cfg: Config) -> None:

@@ -22,6 +22,7 @@ import argparse
 import functools
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -89,7 +90,7 @@ class LoadedWorldModel:
 
 
 def world_model_checkpoint(path: Path) -> Path:
-    """A `wm train` run directory (its checkpoints/latest.pt) or a checkpoint file."""
+    """A `wm train` (or `wm cycle`) run directory (its checkpoints/latest.pt) or a checkpoint file."""
     if path.is_dir():
         return path / "checkpoints" / "latest.pt"
     return path
@@ -100,6 +101,8 @@ def load_world_model(path: Path, cfg: Config, device: torch.device | None = None
     config's env and model shape."""
     checkpoint = world_model_checkpoint(path)
     state = read_checkpoint(checkpoint)
+    if state.get("command") == "cycle" and state.get("trainer") is not None:
+        state = state["trainer"]  # a `wm cycle` run's world model, held as a train checkpoint holds it
     if state.get("command") != "train":
         raise CheckpointError(f"--world-model {checkpoint} is a checkpoint of '{state.get('command')}', not of 'train'")
     theirs = config_lib.from_dict(state["config"])
@@ -126,28 +129,37 @@ def load_world_model(path: Path, cfg: Config, device: torch.device | None = None
     return LoadedWorldModel(model, spec, checkpoint, store, data["latent_key"], sha256_file(checkpoint))
 
 
-@torch.no_grad()
 def start_pool(world: LoadedWorldModel, cfg: Config, device: torch.device) -> DreamState:
-    """Real start states: `dream.start_windows` windows of burn_in + 1 steps, encoded and observed (see
-    `worldmodel.dream.dream_starts`). Windows may span episodes, so episode starts are among them."""
-    dcfg = cfg.dream
-    windows = world.store.sample(
-        dcfg.start_windows, dcfg.burn_in + 1, step_rng(cfg.run.seed, 0, STREAM_POOL), cross_episodes=True,
-        latent_key=world.latent_key,
-    )  # fmt: skip
-    batch = batch_from_windows(windows, device, use_features=world.latent_key is not None)
+    """`encode_start_pool` over every episode of the world model's store, seeded by run.seed."""
+    return encode_start_pool(world.model, world.store, world.latent_key, cfg.dream, device, cfg.run.seed)
+
+
+@torch.no_grad()
+def encode_start_pool(model: WorldModel, store: EpisodeStore, latent_key: str | None, cfg: config_lib.DreamConfig,
+                      device: torch.device, seed: int, episodes: int | None = None) -> DreamState:  # fmt: skip
+    """Real start states: `start_windows` windows of burn_in + 1 steps from the first `episodes` episodes of
+    `store` (default all), encoded and observed (see `worldmodel.dream.dream_starts`). Windows may span episodes,
+    so episode starts are among them."""
+    length = cfg.burn_in + 1
+    steps = int(store.episode_steps[:episodes].sum())
+    if steps < length:
+        raise RunFailure(f"{store.path} holds {steps} steps, fewer than one start window of {length}")
+    # One draw, as `store.sample(..., cross_episodes=True)` makes it over the whole store.
+    starts = step_rng(seed, 0, STREAM_POOL).integers(0, steps - length + 1, size=cfg.start_windows)  # (B,)
+    windows = store.windows_at(starts, length, latent_key=latent_key)
+    batch = batch_from_windows(windows, device, use_features=latent_key is not None)
     parts = []
-    for i in range(0, dcfg.start_windows, POOL_BATCH):
+    for i in range(0, cfg.start_windows, POOL_BATCH):
         rows = slice(i, i + POOL_BATCH)
         part = batch._replace(
             **{key: getattr(batch, key)[rows] for key in batch._fields if getattr(batch, key) is not None}
         )
         try:
-            parts.append(dream_starts(world.model, part))
+            parts.append(dream_starts(model, part))
         except ValueError:  # every window of this part ends in a terminal step
             continue
     if not parts:
-        raise RunFailure(f"every start window of {world.store.path} ends in a terminal step")
+        raise RunFailure(f"every start window of {store.path} ends in a terminal step")
     return DreamState(torch.cat([p.hidden for p in parts]), torch.cat([p.latent for p in parts]))
 
 
@@ -240,12 +252,17 @@ class RealScorer:
 
 
 class Evolution:
-    """CMA-ES over a controller's parameters, scored by `scorer`, logged to `run`, checkpointed with its state."""
+    """CMA-ES over a controller's parameters, scored by `scorer`, logged to `run`, checkpointed with its state.
+
+    `wm cycle` evolves once per iteration: it passes its own checkpoint (`checkpointer`, in place of `save`'s) and
+    shifts the step of every log line onto its own step axis (`log_offset`).
+    """
 
     def __init__(self, es: CMAES, scorer: Scorer, controller: Controller, cfg: Config, run: Run, mode: str,
-                 provenance: dict):  # fmt: skip
+                 provenance: dict, checkpointer: Callable[[], None] | None = None, log_offset: int = 0):  # fmt: skip
         self.es, self.scorer, self.controller, self.cfg, self.run = es, scorer, controller, cfg, run
         self.mode, self.provenance = mode, provenance
+        self.checkpointer, self.log_offset = checkpointer, log_offset
 
     def state_dict(self) -> dict:
         return {
@@ -261,6 +278,9 @@ class Evolution:
         }
 
     def save(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer()
+            return
         save_checkpoint(self.run.checkpoint_dir / "latest.pt", self.state_dict())
         self.run.write_summary(step=self.es.generation)
 
@@ -271,13 +291,13 @@ class Evolution:
         set_rng_state(state["rng"])
         print(f"resumed from {path} at generation {self.es.generation}", file=sys.stderr)
 
-    def evolve(self, stop: GracefulStop) -> None:
+    def evolve(self, stop: GracefulStop, generations: int | None = None) -> None:
+        """Run the search up to generation `generations` (default evolve.generations), saving on the way."""
         ecfg = self.cfg.evolve
-        self.run.start_at(self.es.generation)
-        bar = Progress(
-            ecfg.generations, "evolve", initial=self.es.generation, unit="gen", enabled=self.cfg.run.progress
-        )
-        while self.es.generation < ecfg.generations:
+        total = ecfg.generations if generations is None else generations
+        self.run.start_at(self.es.generation + self.log_offset)
+        bar = Progress(total, "evolve", initial=self.es.generation, unit="gen", enabled=self.cfg.run.progress)
+        while self.es.generation < total:
             key = self.es.generation
             start = time.monotonic()
             try:
@@ -295,10 +315,10 @@ class Evolution:
                 "perf/score_s": generation.score_s,
                 **self.scorer.figures(),
             }
-            if self.es.generation % self.cfg.run.log_every == 0 or self.es.generation == ecfg.generations:
-                self.run.log(self.es.generation, metrics)
+            # every generation: each is seconds of work, worth a line
+            self.run.log(self.es.generation + self.log_offset, metrics)
             bar.update(1, best=generation.best_fitness, mean=generation.mean_fitness)
-            done = self.es.generation == ecfg.generations
+            done = self.es.generation == total
             if done or self.es.generation % ecfg.checkpoint_every == 0 or stop.requested:
                 self.save()
             if stop.requested and not done:
@@ -317,19 +337,21 @@ CONTROLLER_KEYS = {"kind": "evolve.controller", "hidden": "evolve.controller_hid
                    "discrete": "the env's actions", "num_params": "the controller's shape"}  # fmt: skip
 
 
-def build_controller(world: LoadedWorldModel, cfg: config_lib.EvolveConfig) -> Controller:
-    """The controller over the world model's [z, h] that acts in its env."""
-    model = world.model
-    return Controller(model.latent_dim + model.hidden_dim, action_space(world.spec), cfg.controller,
+def build_controller(model: WorldModel, spec: EnvSpec, cfg: config_lib.EvolveConfig) -> Controller:
+    """The controller over the world model's [z, h] that acts in the env of `spec`."""
+    return Controller(model.latent_dim + model.hidden_dim, action_space(spec), cfg.controller,
                       cfg.controller_hidden)  # fmt: skip
 
 
 def read_warm_start(path: Path, controller: Controller) -> np.ndarray:
-    """The controller of an earlier `wm evolve` run (its checkpoints/best.pt) or of a checkpoint file, as x0."""
+    """The controller of an earlier `wm evolve` or `wm cycle` run (its checkpoints/best.pt) or of a checkpoint file,
+    as x0."""
     checkpoint = path / "checkpoints" / "best.pt" if path.is_dir() else path
     state = read_checkpoint(checkpoint)
-    if state.get("command") != "evolve" or "parameters" not in state:
-        raise CheckpointError(f"--controller {checkpoint} holds no evolved controller (use an evolve run's best.pt)")
+    if state.get("command") not in ("evolve", "cycle") or "parameters" not in state:
+        raise CheckpointError(
+            f"--controller {checkpoint} holds no evolved controller (use an evolve or cycle run's best.pt)"
+        )
     theirs, ours = state["controller"], controller.describe()
     if theirs != ours:
         differences = [
@@ -377,7 +399,7 @@ def evolve(run: Run, stop: GracefulStop, world_model: Path, mode: str, warm_star
             raise CheckpointError(f"{resume[1]} was written under another config:\n  " + "\n  ".join(differences))
         warm_start = resume[0]["data"].get("warm_start")  # provenance only: the search itself comes from the ES state
     model = world.model
-    controller = build_controller(world, ecfg)
+    controller = build_controller(world.model, world.spec, ecfg)
     if warm_start is None or resume is not None:
         x0 = controller.initial_parameters(cfg.run.seed)
     else:
@@ -408,42 +430,18 @@ def evolve(run: Run, stop: GracefulStop, world_model: Path, mode: str, warm_star
 
 
 def finish(evolution: Evolution, dream: DreamScorer, envs, agent: LatentAgent, cfg: Config, run: Run) -> dict:
-    """Choose between the search's mean and its best-ever candidate by dream return on fresh starts, score the
-    choice in the real env, save it as checkpoints/best.pt and return the summary's figures."""
+    """Choose the final controller, score it in the real env, save it as checkpoints/best.pt and return the
+    summary's figures."""
     ecfg, es = cfg.evolve, evolution.es
-    finalists = np.stack([es.mean, es.best])  # (2, n)
-    dream.stream, dream.noise_stream = STREAM_FINAL, STREAM_FINAL_NOISE  # fresh starts and fresh noise
-    final_returns = dream(finalists, 0, ecfg.final_episodes)
-    chosen = int(np.argmax(final_returns))
-    parameters = finalists[chosen]
-    bar = Progress(ecfg.eval_episodes, "evaluate", unit="episode", enabled=cfg.run.progress)
-    agent.exploration = 0.0
-    real = run_episodes(envs, agent, np.repeat(parameters[None], ecfg.eval_episodes, axis=0),
-                        step_seed(cfg.run.seed, 0, STREAM_EVAL) % 2**31, on_step=bar.update)  # fmt: skip
-    bar.close()
-    figures = {
-        "dream_return": float(final_returns[chosen]),
-        "eval_return_mean": float(real.returns.mean()),
-        "eval_return_std": float(real.returns.std()),
-        "eval_episodes": int(ecfg.eval_episodes),
-        "eval_length_mean": float(real.lengths.mean()),
-        "chosen": ("mean", "best")[chosen],
-        "dream_return_mean_candidate": float(final_returns[0]),
-        "dream_return_best_candidate": float(final_returns[1]),
-        "best_fitness": float(es.best_fitness),
-        "generations": int(es.generation),
-    }
-    figures["dream_real_gap"] = figures["dream_return"] - figures["eval_return_mean"]
+    parameters, choice = choose_controller(es, dream, ecfg.final_episodes)
+    real = score_in_env(envs, agent, parameters, ecfg.eval_episodes, cfg.run.seed, cfg.run.progress)
+    figures = {**choice, **real, "dream_real_gap": choice["dream_return"] - real["eval_return_mean"]}
     if evolution.mode == "real":
         figures["real_env_steps"] = int(evolution.scorer.env_steps)
     numbers = {f"eval/{key.removeprefix('eval_')}": v for key, v in figures.items() if isinstance(v, (int, float))}
     run.log(es.generation, numbers)
-    save_checkpoint(
-        run.checkpoint_dir / "best.pt",
-        {"command": "evolve", "controller": evolution.controller.describe(), "config": config_lib.to_dict(cfg),
-         "data": evolution.provenance, "parameters": torch.as_tensor(parameters), "figures": figures},
-        keep_previous=False,
-    )  # fmt: skip
+    save_controller(run.checkpoint_dir / "best.pt", "evolve", evolution.controller, parameters, cfg,
+                    evolution.provenance, figures)  # fmt: skip
     print(
         f"dream return {figures['dream_return']:.1f} ({figures['chosen']} candidate); real return "
         f"{figures['eval_return_mean']:.1f} ± {figures['eval_return_std']:.1f} over {ecfg.eval_episodes} episodes; "
@@ -451,6 +449,56 @@ def finish(evolution: Evolution, dream: DreamScorer, envs, agent: LatentAgent, c
         file=sys.stderr,
     )
     return figures
+
+
+def choose_controller(es: CMAES, dream: DreamScorer, episodes: int) -> tuple[np.ndarray, dict]:
+    """Choose between the search's mean and its best-ever candidate by their mean dream return over `episodes`
+    fresh starts with fresh noise (the best-ever candidate may owe its fitness to lucky starts).
+
+    Returns:
+        the chosen parameters (n,) and figures for summary.json.
+    """
+    finalists = np.stack([es.mean, es.best])  # (2, n)
+    dream.stream, dream.noise_stream = STREAM_FINAL, STREAM_FINAL_NOISE
+    final_returns = dream(finalists, 0, episodes)  # (2,)
+    chosen = int(np.argmax(final_returns))
+    return finalists[chosen], {
+        "dream_return": float(final_returns[chosen]),
+        "chosen": ("mean", "best")[chosen],
+        "dream_return_mean_candidate": float(final_returns[0]),
+        "dream_return_best_candidate": float(final_returns[1]),
+        "best_fitness": float(es.best_fitness),
+        "generations": int(es.generation),
+    }
+
+
+def score_in_env(envs, agent: LatentAgent, parameters: np.ndarray, episodes: int, seed: int,
+                 show_progress: bool = True) -> dict:  # fmt: skip
+    """The real return of controller `parameters` (n,) over `episodes` episodes without exploration noise, the
+    episodes seeded by `seed`; figures for summary.json (`eval_env_steps`: the env steps they took)."""
+    bar = Progress(episodes, "evaluate", unit="episode", enabled=show_progress)
+    agent.exploration = 0.0
+    real = run_episodes(envs, agent, np.repeat(parameters[None], episodes, axis=0),
+                        step_seed(seed, 0, STREAM_EVAL) % 2**31, on_step=bar.update)  # fmt: skip
+    bar.close()
+    return {
+        "eval_return_mean": float(real.returns.mean()),
+        "eval_return_std": float(real.returns.std()),
+        "eval_episodes": int(episodes),
+        "eval_length_mean": float(real.lengths.mean()),
+        "eval_env_steps": int(real.lengths.sum()),
+    }
+
+
+def save_controller(path: Path, command: str, controller: Controller, parameters: np.ndarray, cfg: Config,
+                    provenance: dict, figures: dict) -> None:  # fmt: skip
+    """A controller checkpoint (best.pt): what `--controller` warm-starts from."""
+    save_checkpoint(
+        path,
+        {"command": command, "controller": controller.describe(), "config": config_lib.to_dict(cfg),
+         "data": provenance, "parameters": torch.as_tensor(parameters), "figures": figures},
+        keep_previous=False,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -480,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_lib.load_config(args.config, args.overrides)
         world = load_world_model(world_model, cfg)
         if warm_start is not None:
-            read_warm_start(warm_start, build_controller(world, cfg.evolve))
+            read_warm_start(warm_start, build_controller(world.model, world.spec, cfg.evolve))
     run = open_run(args, "evolve")
     body = functools.partial(evolve, world_model=world_model, mode=args.mode, warm_start=warm_start, world=world)
     return execute(run, body)

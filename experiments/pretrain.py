@@ -35,10 +35,8 @@ from experiments.rundir import (
 from experiments.runtime import (
     autocast,
     optimizer_step,
-    resolve_device,
-    resolve_precision,
+    prepare_runtime,
     rng_state,
-    seed_everything,
     set_rng_state,
     step_generator,
     step_rng,
@@ -402,12 +400,7 @@ class Pretrainer:
 def pretrain(run: Run, stop: GracefulStop) -> dict:
     """Build the parts from the run's config and train."""
     cfg = run.cfg
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    seed_everything(cfg.run.seed)
-    device = resolve_device(cfg.run.device)
-    precision = resolve_precision(cfg.run.precision, device)
-    print(f"run {run.path}: device {device}, precision {precision}", file=sys.stderr)
+    device, precision = prepare_runtime(cfg.run, run.path)
     dataset = build_dataset(cfg.pretrain.data, cfg.pretrain.encoder.image_size, cfg.run.seed, cfg.run.progress)
     model = build_model(cfg.pretrain).to(device)
     trainer = Pretrainer(model, dataset, cfg, run, device, precision)

@@ -1,4 +1,4 @@
-"""`wm runs`: one line per run directory, read from its summary.json."""
+"""`wm runs`: one line per run directory, read from its summary.json, so an experiment table is one command."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-COLUMNS = ("name", "command", "status", "step", "wall_seconds", "result")
+COLUMNS = ("name", "command", "env", "status", "iterations", "env_steps", "best_return", "wall", "result")
 
 
 def headline(summary: dict) -> str:
@@ -15,11 +15,38 @@ def headline(summary: dict) -> str:
     for key in ("knn_top1", "state_r2"):
         if key in probe:
             return f"{key} {probe[key]:.3f} (random {probe[key + '_random']:.3f})"
+    if "eval_return_mean" in summary:  # a controller: its real return beside what the dream promised
+        text = f"real {summary['eval_return_mean']:.1f} ± {summary.get('eval_return_std', float('nan')):.1f}"
+        if "dream_return" in summary:
+            text += f", dream {summary['dream_return']:.1f}"
+        return text
     model = summary.get("model") or {}
     if "pred_error_k5" in model:  # a world model: its 5-step dream error beside "nothing changes"
         figure = f"pred_error_k5 {model['pred_error_k5']:.3f} (no-change {model['pred_error_k5_baseline']:.3f})"
         return figure + (" COLLAPSED" if model.get("collapsed") else "")
     return ""
+
+
+def env_steps(summary: dict) -> int | str:
+    """Real env steps the run used: the cycle's count, a model-free search's, or a world model's collection."""
+    if "env_steps" in summary:
+        return summary["env_steps"]
+    if "real_env_steps" in summary:
+        return summary["real_env_steps"]
+    collected = (summary.get("data") or {}).get("collected") or {}
+    return collected.get("steps", "")
+
+
+def best_return(summary: dict) -> str:
+    best = summary.get("best_eval_return", summary.get("eval_return_mean"))
+    return "" if best is None else f"{best:.1f}"
+
+
+def wall(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
 def read_runs(root: Path) -> list[dict]:
@@ -30,7 +57,16 @@ def read_runs(root: Path) -> list[dict]:
         except (OSError, json.JSONDecodeError) as error:
             rows.append({"name": path.parent.name, "status": f"unreadable summary: {error}"})
             continue
-        rows.append({**summary, "name": path.parent.name, "result": headline(summary)})
+        rows.append({
+            **summary,
+            "name": path.parent.name,
+            "env": (summary.get("env") or {}).get("env_id", ""),
+            "iterations": summary.get("iterations", summary.get("generations", "")),
+            "env_steps": env_steps(summary),
+            "best_return": best_return(summary),
+            "wall": wall(summary.get("wall_seconds")),
+            "result": headline(summary),
+        })  # fmt: skip
     return rows
 
 

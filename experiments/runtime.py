@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from experiments.config import RunConfig
 
 
 def resolve_device(name: str) -> torch.device:
@@ -127,3 +130,14 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def prepare_runtime(cfg: RunConfig, run_path: Path) -> tuple[torch.device, str]:
+    """Threads, seeds, device and precision from a run's `run:` section, said on stderr."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    print(f"run {run_path}: device {device}, precision {precision}", file=sys.stderr)
+    return device, precision

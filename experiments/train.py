@@ -23,6 +23,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -35,6 +36,7 @@ from envs import (
     EnvSpec,
     Episode,
     EpisodeStore,
+    Policy,
     RandomPolicy,
     Windows,
     collect,
@@ -60,10 +62,8 @@ from experiments.rundir import (
 from experiments.runtime import (
     autocast,
     optimizer_step,
-    resolve_device,
-    resolve_precision,
+    prepare_runtime,
     rng_state,
-    seed_everything,
     set_rng_state,
     step_generator,
     step_rng,
@@ -98,25 +98,37 @@ def env_spec(cfg: EnvConfig) -> EnvSpec:
 
 def collect_episodes(cfg: Config, store: EpisodeStore, stop: GracefulStop) -> CollectStats:
     """Random-policy rollouts of `world_model.collect_steps` transitions into `store` (seeded by run.seed)."""
-    env_cfg, wcfg = cfg.env, cfg.world_model
-    envs, spec = make_vector_env(
-        env_cfg.id, wcfg.num_envs, obs=env_cfg.obs, size=env_cfg.size, action_repeat=env_cfg.action_repeat,
-        seed=cfg.run.seed,
+    return collect_into(
+        store, cfg.env, RandomPolicy(store.spec, seed=cfg.run.seed), cfg.world_model.collect_steps,
+        cfg.world_model.num_envs, cfg.run.seed, stop, cfg.run.progress,
+        stopped=f"stopped while collecting, before the first checkpoint: this run cannot be resumed; start a new one "
+        f"(the episodes stored so far stay in {store.path})",
     )  # fmt: skip
-    bar = Progress(wcfg.collect_steps, f"collect {env_cfg.id}", unit="step", enabled=cfg.run.progress)
+
+
+def collect_into(
+    store: EpisodeStore, cfg: EnvConfig, policy: Policy, steps: int, num_envs: int, seed: int, stop: GracefulStop,
+    show_progress: bool = True, stopped: str = "stopped while collecting", all_at_once: bool = False,
+) -> CollectStats:  # fmt: skip
+    """Run `policy` for `steps` transitions in `num_envs` envs (sub-env i seeded `seed + i`), into `store`.
+
+    On SIGINT/SIGTERM prints `stopped` and raises Interrupted. With `all_at_once` every episode is buffered and
+    written by one `store.add_episodes` call at the end (one shard, one index line: all or nothing after a crash).
+    """
+    envs, _ = make_vector_env(cfg.id, num_envs, obs=cfg.obs, size=cfg.size, action_repeat=cfg.action_repeat, seed=seed)
+    bar = Progress(steps, f"collect {cfg.id}", unit="step", enabled=show_progress)
 
     def on_step(new: int) -> None:
         bar.update(new)
         if stop.requested:
-            print(
-                f"stopped while collecting, before the first checkpoint: this run cannot be resumed; start a new one "
-                f"(the episodes stored so far stay in {store.path})",
-                file=sys.stderr,
-            )
+            print(stopped, file=sys.stderr)
             raise Interrupted
 
+    # `collect` stops within one vector step of `steps`, so a buffer of more than steps + num_envs steps (each episode
+    # holds one more step than transitions, at most all of them) is only written at the end.
+    shard = {"shard_steps": 2 * (steps + num_envs)} if all_at_once else {}
     try:
-        return collect(envs, RandomPolicy(spec, seed=cfg.run.seed), wcfg.collect_steps, store, on_step=on_step)
+        return collect(envs, policy, steps, store, on_step=on_step, **shard)
     finally:
         bar.close()
         envs.close()
@@ -341,12 +353,21 @@ def build_optimizer(model: WorldModel, cfg: WorldModelConfig) -> torch.optim.Ada
     )
 
 
-def apply_schedules(optimizer: torch.optim.Optimizer, cfg: WorldModelConfig, step: int) -> dict[str, float]:
-    """Set this step's learning rate (warmup, then cosine); return it with the step's EMA momentum."""
-    lr = schedules.warmup_cosine(step, cfg.steps, cfg.warmup_steps, 0.0, cfg.lr, cfg.final_lr)
+def apply_schedules(
+    optimizer: torch.optim.Optimizer, cfg: WorldModelConfig, step: int, constant_lr: float | None = None
+) -> dict[str, float]:
+    """Set this step's learning rate (warmup, then cosine); return it with the step's EMA momentum.
+
+    With `constant_lr` (fine-tuning after the schedule has ended) the rate is that and the momentum final_ema.
+    """
+    if constant_lr is None:
+        lr = schedules.warmup_cosine(step, cfg.steps, cfg.warmup_steps, 0.0, cfg.lr, cfg.final_lr)
+        ema = schedules.linear(step, cfg.steps, cfg.ema, cfg.final_ema)
+    else:
+        lr, ema = constant_lr, cfg.final_ema
     for group in optimizer.param_groups:
         group["lr"] = lr
-    return {"lr": lr, "ema": schedules.linear(step, cfg.steps, cfg.ema, cfg.final_ema)}
+    return {"lr": lr, "ema": ema}
 
 
 class StepResult(NamedTuple):
@@ -419,6 +440,9 @@ class WorldModelTrainer:
 
     `provenance` says where the data and encoder came from (episodes path, episode count, encoder checkpoint,
     latent-cache key, collection figures); it is saved in every checkpoint so a resume uses the same.
+
+    `wm cycle` trains the same trainer in several stretches between evolutions: it replaces `save` with its own
+    checkpoint (`checkpointer`) and shifts the step of every log line onto its own step axis (`log_offset`).
     """
 
     model: WorldModel
@@ -430,6 +454,10 @@ class WorldModelTrainer:
     device: torch.device
     precision: str
     provenance: dict[str, Any]
+    checkpointer: Callable[[], None] | None = None
+    """Writes the checkpoint in place of `save`'s train checkpoint."""
+    log_offset: int = 0
+    """Added to the step of every log line."""
 
     def __post_init__(self):
         wcfg = self.cfg.world_model
@@ -464,8 +492,14 @@ class WorldModelTrainer:
         }
 
     def save(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer()
+            return
         save_checkpoint(self.run.checkpoint_dir / "latest.pt", self.state_dict())
         self.run.write_summary(step=self.step)
+
+    def log(self, metrics: dict[str, float]) -> None:
+        self.run.log(self.step + self.log_offset, metrics)
 
     def load_state(self, state: dict, path: Path) -> None:
         """Continue from a checkpoint that `read_resume_state` checked."""
@@ -499,7 +533,7 @@ class WorldModelTrainer:
         metrics = evaluate_world_model(
             self.model, batch, PREDICTION_DEPTHS, wcfg.burn_in, wcfg.collapse_rank, state=state
         )
-        self.run.log(self.step, {f"model/{key}": value for key, value in metrics.items()})
+        self.log({f"model/{key}": value for key, value in metrics.items()})
         if metrics["collapsed"]:
             print(
                 f"step {self.step}: warning: the latents have collapsed: effective rank "
@@ -509,11 +543,20 @@ class WorldModelTrainer:
         return metrics
 
     # -- training --------------------------------------------------------------------------------------
-    def train(self, stop: GracefulStop) -> dict:
+    def train(self, stop: GracefulStop, until: int | None = None, constant_lr: float | None = None,
+              begin: int = 0) -> dict:  # fmt: skip
+        """Train up to step `until` (default world_model.steps), finish the decoder and evaluate.
+
+        Args:
+            constant_lr: fine-tuning past the schedule: this learning rate and the final EMA momentum throughout.
+            begin: the step this stretch of training began at (where its progress bar starts).
+        Returns:
+            the step reached, results and the held-out model metrics (summary.json's `model`).
+        """
         wcfg, seed = self.cfg.world_model, self.cfg.run.seed
-        total = wcfg.steps
-        self.run.start_at(self.step)
-        bar = Progress(total, "train", initial=self.step, unit="step", enabled=self.cfg.run.progress)
+        total = wcfg.steps if until is None else until
+        self.run.start_at(self.step + self.log_offset)
+        bar = Progress(total - begin, "train", initial=self.step - begin, unit="step", enabled=self.cfg.run.progress)
         window_start, window_sequences = time.monotonic(), 0
         while self.step < total:
             step = self.step
@@ -521,7 +564,7 @@ class WorldModelTrainer:
                 wcfg.batch_size, wcfg.sequence_length, step_rng(seed, step, STREAM_WINDOWS)
             )
             batch = batch_from_windows(windows, self.device, use_features=self.use_features)
-            scheduled = apply_schedules(self.optimizer, wcfg, step)
+            scheduled = apply_schedules(self.optimizer, wcfg, step, constant_lr)
             result = train_step(
                 self.model,
                 self.optimizer,
@@ -541,8 +584,7 @@ class WorldModelTrainer:
             elapsed = time.monotonic() - window_start
             bar.update(1, loss=result.total, seq_s=window_sequences / max(elapsed, 1e-9))
             if self.step % self.cfg.run.log_every == 0 or self.step == total:
-                self.run.log(
-                    self.step,
+                self.log(
                     {
                         **{f"loss/{name}": value for name, value in result.losses.items()},
                         "loss/total": result.total,
@@ -607,7 +649,7 @@ class WorldModelTrainer:
                 bar.close()
                 raise Interrupted
         bar.close()
-        self.run.log(self.step, {"loss/decoder_final": loss})
+        self.log({"loss/decoder_final": loss})
         self.save()
 
     def write_video(self) -> dict | None:
@@ -631,10 +673,10 @@ class WorldModelTrainer:
 # The command
 
 
-def read_resume_state(run: Run, cfg: Config, spec: EnvSpec) -> tuple[dict, Path]:
+def read_resume_state(run: Run, cfg: Config, spec: EnvSpec, command: str = "train") -> tuple[dict, Path]:
     """The run's newest valid checkpoint, refused when it belongs to another command, config or env."""
     state, path = load_latest(run.checkpoint_dir)
-    differences = checkpoint_differences(state, path, "train", cfg)
+    differences = checkpoint_differences(state, path, command, cfg)
     differences += EnvSpec.from_dict(state["env_spec"]).differences(spec)
     if differences:
         raise CheckpointError(f"{path} was written under another config or env:\n  " + "\n  ".join(differences))
@@ -647,12 +689,7 @@ def train(
 ) -> dict:  # fmt: skip
     """Build the parts from the run's config (collecting episodes first, unless given some) and train."""
     cfg, wcfg = run.cfg, run.cfg.world_model
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    seed_everything(cfg.run.seed)
-    device = resolve_device(cfg.run.device)
-    precision = resolve_precision(cfg.run.precision, device)
-    print(f"run {run.path}: device {device}, precision {precision}", file=sys.stderr)
+    device, precision = prepare_runtime(run.cfg.run, run.path)
     spec = env_spec(cfg.env)
     resume = read_resume_state(run, cfg, spec) if run.resumed else None
 

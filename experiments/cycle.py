@@ -1,0 +1,625 @@
+"""`wm cycle`: the toolkit's main job: collect -> train -> evolve -> evaluate, iterated.
+
+    wm cycle --config configs/cartpole.yaml --name cartpole
+    wm cycle --config configs/cartpole.yaml --encoder runs/<pretrain run>/checkpoints/latest.pt
+    wm cycle --resume --name cartpole
+
+Iteration 0 is `wm train` followed by `wm evolve`, bit for bit under the same seed: world_model.collect_steps
+random-policy steps, the world model trained world_model.steps steps on them (the last episodes held out for its
+metrics), a controller evolved in its dream (evolve.*, dream.*) and scored in the real env over evolve.eval_episodes
+episodes. Each later iteration:
+
+    collect   cycle.collect_steps steps with the best controller so far plus cycle.exploration noise;
+    train     cycle.train_steps more steps of the same model and optimizer, at the constant rate cycle.lr, on the
+              training episodes of iteration 0 and every episode collected since (iteration 0's held-out episodes
+              stay held out, so every iteration's model metrics are measured on the same episodes);
+    evolve    cycle.generations generations of a new CMA-ES around the best controller (step size cycle.sigma),
+              its dream starts drawn from every episode so far, so they include the states the controller visits;
+    evaluate  the chosen controller in the real env; the best real return so far names the controller to beat.
+
+The feature standardisation of iteration 0 is never changed: the controller's inputs must keep their meaning. The
+cycle stops when an evaluation reaches cycle.target_return, before an iteration that would take the real env steps
+(collection and evaluation, nothing else) past cycle.max_env_steps, or after cycle.iterations iterations.
+
+Data: one episode store, <run>/episodes. A collection lands in it with one `add_episodes` call, one shard and one
+index line: after a crash it is there whole or not at all.
+
+Checkpoints: checkpoints/latest.pt at every phase boundary, every run.checkpoint_every training steps and every
+evolve.checkpoint_every generations. Randomness comes from streams seeded by (seed, iteration) and by (seed, step or
+generation), so a resumed run ends in the state an uninterrupted one reaches. Log lines share one step axis that
+counts training steps, generations and evaluations (so tensorboard's curves never step back); summary.json's
+`history` and learning_curve.png show each iteration against the env steps used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import math
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from agents.agent import LatentAgent
+from agents.evolution import CMAES
+from envs import EnvSpec, EpisodeStore, RandomPolicy, Windows, make_vector_env
+from envs.atomic import atomic_write_bytes
+from experiments import config as config_lib
+from experiments.checkpoint import save_checkpoint
+from experiments.config import Config, ConfigError
+from experiments.evolve import (
+    DreamScorer,
+    Evolution,
+    build_controller,
+    choose_controller,
+    dream_settings,
+    encode_start_pool,
+    save_controller,
+    score_in_env,
+)
+from experiments.progress import Progress
+from experiments.rundir import (
+    GracefulStop,
+    Interrupted,
+    Run,
+    RunError,
+    RunFailure,
+    add_run_arguments,
+    execute,
+    open_run,
+)
+from experiments.runtime import prepare_runtime, rng_state, set_rng_state, step_seed
+from experiments.train import (
+    EpisodeSplit,
+    StoreWindows,
+    WorldModelTrainer,
+    build_decoder,
+    build_model,
+    collect_into,
+    encoder_fingerprint,
+    env_spec,
+    fill_latent_cache,
+    load_encoder,
+    load_encoder_weights,
+    print_model_metrics,
+    read_resume_state,
+    split_episodes,
+    standardize_features,
+)
+from worldmodel.decoder import Decoder
+from worldmodel.world_model import WorldModel
+
+STREAM_ITERATION = 11  # seeds of iterations >= 1 (see `iteration_seed`)
+CURVE_PATH = "learning_curve.png"
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    """The seed of an iteration's collection, dream starts, search and evaluation: the run's own seed in iteration 0
+    (which is then `wm train` + `wm evolve`), one drawn from (seed, iteration) after it."""
+    return seed if iteration == 0 else step_seed(seed, iteration, STREAM_ITERATION) % 2**31
+
+
+class CycleWindows(StoreWindows):
+    """Training windows from iteration 0's training episodes and from every episode collected after iteration 0;
+    held-out windows from iteration 0's held-out episodes, which no training window ever touches.
+
+    In the store's concatenation of its first `episodes` episodes, [0, train_steps) trains, [train_steps,
+    total_steps) is held out (the split of iteration 0, see `EpisodeSplit`) and [total_steps, end) trains again.
+    """
+
+    def __init__(self, store: EpisodeStore, split: EpisodeSplit, episodes: int, latent_key: str | None = None):
+        super().__init__(store, split, latent_key)
+        self.end = int(store.episode_steps[:episodes].sum())
+
+    def train_windows(self, batch_size: int, length: int, rng: np.random.Generator) -> Windows:
+        """`batch_size` windows of `length` steps, uniformly over the starts in both training ranges."""
+        later = self.end - self.split.total_steps - length + 1  # window starts among the later episodes
+        if later < 1:  # iteration 0 (or too little data since): the draw of `StoreWindows` itself
+            return super().train_windows(batch_size, length, rng)
+        first = max(self.split.train_steps - length + 1, 0)  # window starts among iteration 0's training episodes
+        starts = rng.integers(0, first + later, size=batch_size)  # one draw: (B,)
+        starts = np.where(starts < first, starts, starts - first + self.split.total_steps)  # skip the held-out range
+        return self.store.windows_at(starts, length, latent_key=self.latent_key)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The loop
+
+
+class Cycle:
+    """The cycle's state and its four phases, over one run directory; every phase boundary is a checkpoint.
+
+    Parts are built by `cycle` and injected: the world model (and decoder) it trains throughout, the episode store,
+    the run it logs to.
+    """
+
+    def __init__(self, run: Run, spec: EnvSpec, store: EpisodeStore, model: WorldModel, decoder: Decoder | None,
+                 device: torch.device, precision: str, latent_key: str | None, encoder_path: str | None):  # fmt: skip
+        self.run, self.cfg, self.spec, self.store = run, run.cfg, spec, store
+        self.model, self.decoder, self.device, self.precision = model, decoder, device, precision
+        self.latent_key, self.encoder_path = latent_key, encoder_path  # the frozen encoder's cache key, its source
+        self.controller = build_controller(model, spec, self.cfg.evolve)
+        # What a checkpoint holds:
+        self.iteration, self.phase = 0, "collect"
+        self.env_steps = 0
+        self.episodes_at_start = 0  # episodes in the store when this iteration's collection began
+        self.episodes = 0  # episodes this iteration trains and evolves on (all, once it has collected)
+        self.split: EpisodeSplit | None = None  # iteration 0's training / held-out split
+        self.trainer: WorldModelTrainer | None = None  # built once iteration 0 has its episodes
+        self.es: CMAES | None = None  # the search, during "evolve"
+        self.chosen: np.ndarray | None = None  # the controller the search chose, to evaluate
+        self.best: np.ndarray | None = None  # the controller with the best real return so far
+        self.best_return, self.best_iteration = -math.inf, -1
+        self.record: dict = {}  # this iteration's figures so far
+        self.history: list[dict] = []  # one record per evaluated iteration
+        self.generations_done = 0  # generations of the searches finished so far
+        self.stopped: str | None = None  # why the cycle ended: "target", "budget" or "iterations"
+        self.resuming = False  # the next phase continues a checkpoint (and says how)
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def cycle_step(self) -> int:
+        """The step of log lines and summary.json: training steps, generations and evaluations done so far."""
+        searching = self.es.generation if self.phase == "evolve" and self.es is not None else 0
+        trained = self.trainer.step if self.trainer is not None else 0
+        return trained + self.generations_done + searching + len(self.history)
+
+    def state_dict(self) -> dict:
+        return {
+            "command": "cycle",
+            "config": config_lib.to_dict(self.cfg),
+            "env_spec": self.spec.to_dict(),
+            "iteration": self.iteration,
+            "phase": self.phase,
+            "env_steps": self.env_steps,
+            "episodes_at_start": self.episodes_at_start,
+            "episodes": self.episodes,
+            "split": None if self.split is None else asdict(self.split),
+            "latent_key": self.latent_key,
+            "encoder": self.encoder_path,
+            # Before the trainer exists the model is as initialised (a pretrained encoder included).
+            "trainer": None if self.trainer is None else self.trainer.state_dict(),
+            "model": self.model.state_dict() if self.trainer is None else None,
+            "es": None if self.es is None else self.es.state_dict(),
+            "chosen": None if self.chosen is None else torch.as_tensor(self.chosen),
+            "best": None if self.best is None else torch.as_tensor(self.best),
+            "best_return": self.best_return,
+            "best_iteration": self.best_iteration,
+            "record": self.record,
+            "history": self.history,
+            "generations_done": self.generations_done,
+            "stopped": self.stopped,
+            "rng": rng_state(),
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.run.checkpoint_dir / "latest.pt", self.state_dict())
+        self.run.write_summary(step=self.cycle_step(), iteration=self.iteration, phase=self.phase,
+                               env_steps=self.env_steps, history=self.history)  # fmt: skip
+
+    def load_state(self, state: dict, path: Path) -> None:
+        """Continue from a checkpoint that `read_resume_state` checked."""
+        self.iteration, self.phase, self.env_steps = state["iteration"], state["phase"], state["env_steps"]
+        self.episodes_at_start, self.episodes = state["episodes_at_start"], state["episodes"]
+        self.split = None if state["split"] is None else EpisodeSplit(**state["split"])
+        if state["trainer"] is not None:
+            self.trainer = self.build_trainer()
+            self.trainer.load_state(state["trainer"], path)
+        else:
+            self.model.load_state_dict(state["model"])
+        self.es = None if state["es"] is None else CMAES.from_state_dict(state["es"])
+        self.chosen = None if state["chosen"] is None else state["chosen"].numpy()
+        self.best = None if state["best"] is None else state["best"].numpy()
+        self.best_return, self.best_iteration = state["best_return"], state["best_iteration"]
+        self.record, self.history = state["record"], state["history"]
+        self.generations_done, self.stopped = state["generations_done"], state["stopped"]
+        set_rng_state(state["rng"])
+        self.resuming = True
+        print(f"resumed from {path} in iteration {self.iteration}, phase {self.phase}", file=sys.stderr)
+        # Open tensorboard now, purging what was logged after this checkpoint: the trainer and the search would
+        # otherwise open it at a step of their own count.
+        self.run.start_at(self.cycle_step() + 1)
+        _ = self.run.tb
+
+    def build_trainer(self) -> WorldModelTrainer:
+        """The world model's trainer (its data is set per iteration, see `windows`)."""
+        provenance = {"episodes": str(self.store.path.resolve()), "num_episodes": self.split.num_episodes,
+                      "encoder": self.encoder_path, "latent_key": self.latent_key, "collected": None}  # fmt: skip
+        return WorldModelTrainer(self.model, self.decoder, self.windows(), self.cfg, self.run, self.spec, self.device,
+                                 self.precision, provenance, checkpointer=self.save)  # fmt: skip
+
+    def windows(self) -> CycleWindows:
+        """This iteration's window source: every episode so far, but iteration 0's held-out ones."""
+        if len(self.store) < self.episodes:
+            raise RunFailure(f"{self.store.path} holds {len(self.store)} episodes, fewer than the {self.episodes} used")
+        return CycleWindows(self.store, self.split, self.episodes, self.latent_key)
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def run_all(self, stop: GracefulStop) -> dict:
+        """Run (or continue) iterations until a stopping rule holds; the figures of summary.json."""
+        ccfg = self.cfg.cycle
+        bar = Progress(ccfg.iterations, "cycle", initial=len(self.history), unit="iter", enabled=self.cfg.run.progress)
+        phases = {"collect": self.collect, "train": self.train, "evolve": self.evolve, "evaluate": self.evaluate}
+        while self.stopped is None:
+            phase = self.phase
+            phases[phase](stop)
+            self.resuming = False
+            if phase == "evaluate":
+                last = self.history[-1]
+                bar.update(1, real=last["eval_return_mean"], env_steps=self.env_steps)
+            if stop.requested and self.stopped is None:  # each phase ends in a checkpoint
+                bar.close()
+                raise Interrupted
+        bar.close()
+        return self.results()
+
+    def announce(self, text: str) -> None:
+        print(f"iteration {self.iteration}: {text}", file=sys.stderr)
+
+    def collect(self, stop: GracefulStop) -> None:
+        """Collect this iteration's episodes into the store in one add (random actions in iteration 0, else the
+        best controller with exploration noise), or accept those a killed run had already added."""
+        cfg, k = self.cfg, self.iteration
+        seed = iteration_seed(cfg.run.seed, k)
+        num_envs = cfg.world_model.num_envs
+        steps = cfg.world_model.collect_steps if k == 0 else cfg.cycle.collect_steps
+        held = len(self.store)
+        if held < self.episodes_at_start:
+            raise RunFailure(
+                f"{self.store.path} holds {held} episodes, fewer than the {self.episodes_at_start} it held before"
+            )
+        if held == self.episodes_at_start:
+            if self.resuming:
+                print(f"iteration {k}: the store holds no episode of this iteration's collection: collecting it "
+                      f"again (the same seeds, the same episodes)", file=sys.stderr)  # fmt: skip
+            if k == 0:
+                policy = RandomPolicy(self.spec, seed=seed)
+                self.announce(f"collect {steps} steps with random actions")
+            else:
+                policy = LatentAgent(self.model, self.controller, self.best, num_envs, cfg.cycle.exploration, seed)
+                self.announce(
+                    f"collect {steps} steps with the best controller (iteration {self.best_iteration}, real return "
+                    f"{self.best_return:.1f}) and exploration {cfg.cycle.exploration}"
+                )
+            collect_into(self.store, cfg.env, policy, steps, num_envs, seed, stop, cfg.run.progress,
+                         stopped="stopped while collecting: nothing of this collection was stored; --resume collects "
+                         "it again", all_at_once=True)  # fmt: skip
+        new = self.store.episode_steps[self.episodes_at_start :]  # (E_new,) steps of each new episode
+        transitions = int(new.sum() - len(new))
+        if held > self.episodes_at_start:
+            if not steps <= transitions < steps + num_envs:
+                raise RunFailure(
+                    f"{self.store.path} holds {len(new)} episodes more than at the start of iteration {k}, with "
+                    f"{transitions} transitions; its collection of {steps} steps in {num_envs} envs would hold "
+                    f"{steps} to {steps + num_envs - 1}: the store was changed by something else"
+                )
+            print(f"iteration {k}: the store already holds this iteration's collection ({len(new)} episodes, "
+                  f"{transitions} steps; stored before the run stopped): kept, not collected again",
+                  file=sys.stderr)  # fmt: skip
+        self.env_steps += transitions
+        self.episodes = len(self.store)
+        self.record = {"iteration": k, "collect_steps": transitions, "collect_episodes": len(new)}
+        if k == 0:
+            self.split = split_episodes(self.store.episode_steps, cfg.world_model.eval_fraction)
+            self.trainer = self.build_trainer()
+        self.phase = "train"
+        self.save()
+
+    def train(self, stop: GracefulStop) -> None:
+        """Iteration 0: train the world model as `wm train` does. Later: fine-tune the same model and optimizer
+        for cycle.train_steps steps at the constant rate cycle.lr, on every training episode so far."""
+        cfg, k, trainer = self.cfg, self.iteration, self.trainer
+        wcfg = cfg.world_model
+        trainer.data = self.windows()
+        trainer.log_offset = self.generations_done + len(self.history)
+        if self.latent_key is not None:  # the new episodes' frames, encoded once
+            fill_latent_cache(self.model, self.store, self.latent_key, self.device, self.precision, stop,
+                              cfg.run.progress)  # fmt: skip
+        if not self.model.feature_statistics_set:
+            if k > 0:  # the controller's input space must not move under it
+                raise RunFailure(f"iteration {k}: the world model lost its feature standardisation")
+            standardize_features(self.model, trainer.data, cfg, self.device, self.precision)
+            self.save()  # with the statistics, so a resume from here uses the same ones
+        if k == 0:
+            self.announce(f"train the world model {wcfg.steps} steps")
+            results = trainer.train(stop)
+        else:
+            begin = wcfg.steps + (k - 1) * cfg.cycle.train_steps
+            held_out = self.split.num_episodes - self.split.first_held_out
+            self.announce(f"fine-tune the world model {cfg.cycle.train_steps} steps on {self.episodes - held_out} "
+                          f"episodes ({held_out} more held out)")  # fmt: skip
+            results = trainer.train(stop, until=begin + cfg.cycle.train_steps, constant_lr=cfg.cycle.lr, begin=begin)
+        print_model_metrics(results["model"])
+        self.record.update(train_step=trainer.step, model=results["model"])
+        self.phase = "evolve"
+        self.save()
+
+    def evolve(self, stop: GracefulStop) -> None:
+        """Evolve a controller in the dream (iteration 0 from the controller's cold start, later warm-started from
+        the best controller), its starts drawn from every episode so far; choose the one to evaluate."""
+        cfg, k = self.cfg, self.iteration
+        ecfg, seed = cfg.evolve, iteration_seed(cfg.run.seed, k)
+        generations = ecfg.generations if k == 0 else cfg.cycle.generations
+        if self.latent_key is not None:
+            fill_latent_cache(self.model, self.store, self.latent_key, self.device, self.precision, stop, False)
+        pool = encode_start_pool(self.model, self.store, self.latent_key, cfg.dream, self.device, seed, self.episodes)
+        dream = DreamScorer(self.model, self.controller, pool, dream_settings(cfg.dream), seed)
+        if self.es is None:
+            if k == 0:
+                x0, sigma = self.controller.initial_parameters(seed), ecfg.sigma
+            else:
+                x0, sigma = self.best, cfg.cycle.sigma
+            self.es = CMAES(x0, sigma, ecfg.population, seed, diagonal=ecfg.diagonal,
+                            max_nonfinite_fraction=ecfg.max_nonfinite_fraction)  # fmt: skip
+        start = "the controller's cold start" if k == 0 else f"the best controller (iteration {self.best_iteration})"
+        self.announce(f"evolve {generations} generations from {start} in {len(pool.latent)} dream start states")
+        offset = self.trainer.step + self.generations_done + len(self.history)
+        evolution = Evolution(self.es, dream, self.controller, cfg, self.run, "dream", {}, checkpointer=self.save,
+                              log_offset=offset)  # fmt: skip
+        evolution.evolve(stop, generations)
+        self.chosen, figures = choose_controller(self.es, dream, ecfg.final_episodes)
+        self.record.update(figures, start_states=len(pool.latent))
+        self.generations_done += generations
+        self.es = None
+        self.phase = "evaluate"
+        self.save()
+
+    def evaluate(self, stop: GracefulStop) -> None:
+        """Score the chosen controller in the real env, keep it if it is the best so far, log the iteration, draw
+        the learning curve and decide whether to go on."""
+        cfg, k = self.cfg, self.iteration
+        ecfg, seed = cfg.evolve, iteration_seed(cfg.run.seed, k)
+        envs, _ = make_vector_env(cfg.env.id, ecfg.eval_envs, obs=cfg.env.obs, size=cfg.env.size,
+                                  action_repeat=cfg.env.action_repeat, seed=seed)  # fmt: skip
+        try:
+            agent = LatentAgent(self.model, self.controller, self.chosen, ecfg.eval_envs)
+            real = score_in_env(envs, agent, self.chosen, ecfg.eval_episodes, seed, cfg.run.progress)
+        finally:
+            envs.close()
+        self.env_steps += real["eval_env_steps"]
+        improved = real["eval_return_mean"] > self.best_return
+        record = {**self.record, **real, "dream_real_gap": self.record["dream_return"] - real["eval_return_mean"],
+                  "env_steps": self.env_steps, "best": improved}  # fmt: skip
+        if improved:
+            self.best, self.best_return, self.best_iteration = self.chosen, real["eval_return_mean"], k
+            save_controller(self.run.checkpoint_dir / "best.pt", "cycle", self.controller, self.best, cfg,
+                            {"iteration": k}, record)  # fmt: skip
+        self.history.append(record)
+        self.run.log(self.cycle_step(), iteration_metrics(record, self.best_return))
+        write_learning_curve(self.run.path / CURVE_PATH, self.history, cfg.env.id, cfg.cycle.target_return)
+        self.announce(
+            f"real return {record['eval_return_mean']:.1f} ± {record['eval_return_std']:.1f} (dream "
+            f"{record['dream_return']:.1f}); {self.env_steps} env steps so far; best {self.best_return:.1f} "
+            f"(iteration {self.best_iteration})"
+        )
+        self.stopped = self.stop_reason()
+        self.iteration += 1
+        self.phase = "collect"
+        self.episodes_at_start = len(self.store)
+        self.chosen, self.record = None, {}
+        self.save()
+
+    def stop_reason(self) -> str | None:
+        """Why the cycle ends after the iteration just evaluated, or None to go on."""
+        ccfg, last = self.cfg.cycle, self.history[-1]
+        if ccfg.target_return is not None and last["eval_return_mean"] >= ccfg.target_return:
+            return "target"
+        if len(self.history) >= ccfg.iterations:
+            return "iterations"
+        # The next iteration's env steps: its collection (which may end up to num_envs - 1 steps late) and an
+        # evaluation as long as the last one.
+        planned = ccfg.collect_steps + self.cfg.world_model.num_envs - 1 + last["eval_env_steps"]
+        if self.env_steps + planned > ccfg.max_env_steps:
+            return "budget"
+        return None
+
+    def results(self) -> dict:
+        """summary.json's figures of the finished cycle."""
+        last = self.history[-1]
+        return {
+            "stopped": self.stopped,
+            "iterations": len(self.history),
+            "env_steps": self.env_steps,
+            "eval_return_mean": last["eval_return_mean"],
+            "eval_return_std": last["eval_return_std"],
+            "dream_return": last["dream_return"],
+            "best_eval_return": self.best_return,
+            "best_iteration": self.best_iteration,
+            "history": self.history,
+            "model": last["model"],
+            "learning_curve": CURVE_PATH,
+            "phase": "done",
+            "step": self.cycle_step(),
+        }
+
+
+def iteration_metrics(record: dict, best_return: float) -> dict[str, float]:
+    """The cycle/ log line of an evaluated iteration."""
+    return {
+        "cycle/iteration": record["iteration"],
+        "cycle/env_steps": record["env_steps"],
+        "cycle/return_mean": record["eval_return_mean"],
+        "cycle/return_std": record["eval_return_std"],
+        "cycle/length_mean": record["eval_length_mean"],
+        "cycle/dream_return": record["dream_return"],
+        "cycle/dream_real_gap": record["dream_real_gap"],
+        "cycle/best_return": best_return,
+        "cycle/collect_steps": record["collect_steps"],
+        "cycle/eval_env_steps": record["eval_env_steps"],
+    }
+
+
+STOP_REASONS = {
+    "target": "the real return reached cycle.target_return",
+    "budget": "the next iteration would take the env steps past cycle.max_env_steps",
+    "iterations": "cycle.iterations iterations done",
+}
+
+
+def report(run: Run, results: dict) -> None:
+    """How the cycle ended and where to look, on stderr."""
+    runs = run.path.parent
+    print(
+        f"cycle done after {results['iterations']} iterations and {results['env_steps']} env steps: "
+        f"{STOP_REASONS[results['stopped']]}. Last real return {results['eval_return_mean']:.1f} ± "
+        f"{results['eval_return_std']:.1f}, best {results['best_eval_return']:.1f} (iteration "
+        f"{results['best_iteration']}).\n"
+        f"  run directory    {run.path}\n"
+        f"  summary          {run.path / 'summary.json'}\n"
+        f"  learning curve   {run.path / CURVE_PATH}\n"
+        f"  best controller  {run.checkpoint_dir / 'best.pt'}\n"
+        f"  tensorboard      tensorboard --logdir {runs}",
+        file=sys.stderr,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------
+# The learning curve
+
+CURVE_SIZE = (720, 440)
+CURVE_MARGIN = (70, 40, 30, 50)  # left, top, right, bottom
+REAL_COLOUR, DREAM_COLOUR, TARGET_COLOUR, AXIS_COLOUR = (31, 119, 180), (255, 127, 14), (150, 150, 150), (60, 60, 60)
+
+
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About `count` round tick values (steps of 1, 2 or 5 times a power of ten) covering [low, high]."""
+    span = max(high - low, 1e-9)
+    raw = span / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def learning_curve(history: list[dict], title: str, target: float | None = None) -> Image.Image:
+    """Real return (mean ± std over the evaluation episodes) and dream return against the env steps used, one
+    point per iteration."""
+    image = Image.new("RGB", CURVE_SIZE, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = CURVE_MARGIN
+    width, height = CURVE_SIZE[0] - left - right, CURVE_SIZE[1] - top - bottom
+    x = [r["env_steps"] for r in history]
+    real = [r["eval_return_mean"] for r in history]
+    spread = [r["eval_return_std"] for r in history]
+    dream = [r["dream_return"] for r in history]
+    values = [bound for m, s in zip(real, spread, strict=True) for bound in (m - s, m + s)] + dream
+    values += [target] if target is not None else []
+    y_low, y_high = min(values + [0.0]), max(values + [1.0])
+    y_pad = 0.05 * (y_high - y_low)
+    y_low, y_high = y_low - y_pad, y_high + y_pad
+    x_high = max(x) * 1.05 if x else 1.0
+
+    def point(steps: float, value: float) -> tuple[float, float]:
+        return left + width * steps / x_high, top + height * (y_high - value) / (y_high - y_low)
+
+    for tick in nice_ticks(y_low, y_high):
+        _, y = point(0, tick)
+        draw.line([(left, y), (left + width, y)], fill=(235, 235, 235))
+        draw.text((left - 8, y), f"{tick:g}", fill=AXIS_COLOUR, anchor="rm")
+    for tick in nice_ticks(0, x_high):
+        px, _ = point(tick, y_low)
+        draw.line([(px, top + height), (px, top + height + 4)], fill=AXIS_COLOUR)
+        draw.text((px, top + height + 8), f"{tick:g}", fill=AXIS_COLOUR, anchor="mt")
+    draw.rectangle([left, top, left + width, top + height], outline=AXIS_COLOUR)
+    draw.text((left + width / 2, CURVE_SIZE[1] - 14), "real env steps", fill=AXIS_COLOUR, anchor="mm")
+    draw.text((left + width / 2, 16), title, fill=(0, 0, 0), anchor="mm")
+    draw.text((12, top + height / 2), "return", fill=AXIS_COLOUR, anchor="lm")
+    if target is not None:
+        _, y = point(0, target)
+        for start in range(left, left + width, 12):  # dashed
+            draw.line([(start, y), (min(start + 6, left + width), y)], fill=TARGET_COLOUR, width=2)
+    for values_, colour in ((dream, DREAM_COLOUR), (real, REAL_COLOUR)):
+        points = [point(s, v) for s, v in zip(x, values_, strict=True)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for px, py in points:
+            draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
+    for s, m, sd in zip(x, real, spread, strict=True):  # error bars: ± one std over the evaluation episodes
+        (px, y_top), (_, y_bottom) = point(s, m + sd), point(s, m - sd)
+        draw.line([(px, y_top), (px, y_bottom)], fill=REAL_COLOUR, width=1)
+        draw.line([(px - 5, y_top), (px + 5, y_top)], fill=REAL_COLOUR)
+        draw.line([(px - 5, y_bottom), (px + 5, y_bottom)], fill=REAL_COLOUR)
+    legend = [("real return (mean ± std)", REAL_COLOUR), ("dream return", DREAM_COLOUR)]
+    legend += [("target", TARGET_COLOUR)] if target is not None else []
+    for row, (label, colour) in enumerate(legend):
+        y = top + 12 + 16 * row
+        draw.rectangle([left + 10, y - 4, left + 18, y + 4], fill=colour)
+        draw.text((left + 24, y), label, fill=(0, 0, 0), anchor="lm")
+    return image
+
+
+def write_learning_curve(path: Path, history: list[dict], env_id: str, target: float | None) -> None:
+    """learning_curve.png, replaced atomically (a reader never sees half a picture)."""
+    buffer = io.BytesIO()
+    learning_curve(history, f"wm cycle on {env_id}: return per iteration", target).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# ------------------------------------------------------------------------------------------------------
+# The command
+
+
+def check_budget(cfg: Config) -> None:
+    """Iteration 0 alone must fit the env-step budget."""
+    if cfg.world_model.collect_steps > cfg.cycle.max_env_steps:
+        raise ConfigError(
+            f"cycle.max_env_steps: {cfg.cycle.max_env_steps} is fewer than iteration 0's random-policy collection "
+            f"(world_model.collect_steps={cfg.world_model.collect_steps})"
+        )
+
+
+def cycle(run: Run, stop: GracefulStop, encoder: dict[str, torch.Tensor] | None = None,
+          encoder_path: str | None = None) -> dict:  # fmt: skip
+    """Build the parts from the run's config and run (or continue) the cycle."""
+    cfg = run.cfg
+    device, precision = prepare_runtime(run.cfg.run, run.path)
+    spec = env_spec(cfg.env)
+    resume = read_resume_state(run, cfg, spec, "cycle") if run.resumed else None
+    # The order of `wm train` (model, decoder, encoder, then the episodes), so iteration 0 draws what it draws.
+    model = build_model(cfg.world_model, spec).to(device)
+    decoder = build_decoder(cfg.world_model, spec)
+    decoder = decoder.to(device) if decoder is not None else None
+    if resume is not None:
+        latent_key, encoder_path = resume[0]["latent_key"], resume[0]["encoder"]
+    else:
+        if encoder is not None:
+            load_encoder(model, encoder, str(encoder_path))
+        latent_key = encoder_fingerprint(model, precision) if cfg.world_model.freeze_encoder else None
+    store = EpisodeStore(run.path / "episodes", spec)
+    loop = Cycle(run, spec, store, model, decoder, device, precision, latent_key, encoder_path)
+    run.write_summary(device=str(device), precision=precision, env=spec.to_dict(),
+                      data={"episodes": str(store.path.resolve()), "encoder": encoder_path,
+                            "latent_key": latent_key})  # fmt: skip
+    if resume is not None:
+        loop.load_state(*resume)
+    else:
+        loop.save()  # iteration 0 before its collection: a resume starts here
+    results = loop.run_all(stop)
+    report(run, results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="wm cycle", description="Collect, train a world model, evolve a controller in it, evaluate: iterated."
+    )
+    add_run_arguments(parser)
+    parser.add_argument("--encoder", metavar="CHECKPOINT", help="start the encoder from a `wm pretrain` checkpoint")
+    args = parser.parse_args(argv)
+    encoder = None
+    if args.resume:
+        if args.encoder:
+            raise RunError("--resume continues with the run's own encoder; drop --encoder")
+    else:
+        # A bad config or an encoder that does not fit fails before a run directory exists.
+        cfg = config_lib.load_config(args.config, args.overrides)
+        check_budget(cfg)
+        env_spec(cfg.env)
+        if args.encoder:
+            encoder = load_encoder_weights(Path(args.encoder), cfg)
+    run = open_run(args, "cycle")
+    return execute(run, functools.partial(cycle, encoder=encoder, encoder_path=args.encoder))

@@ -1,0 +1,79 @@
+"""`wm runs` reads every run's summary.json into one table: the columns each kind of run fills."""
+
+import json
+
+from experiments.runs import format_table, read_runs
+
+
+def write_summary(root, name, summary):
+    (root / name).mkdir()
+    (root / name / "summary.json").write_text(json.dumps(summary))
+
+
+def test_cycle_evolve_and_train_runs_fill_their_columns(tmp_path):
+    env = {"env_id": "CartPole-v1"}
+    write_summary(
+        tmp_path,
+        "cycle",
+        {
+            "command": "cycle",
+            "status": "done",
+            "env": env,
+            "iterations": 3,
+            "env_steps": 31234,
+            "best_eval_return": 480.5,
+            "eval_return_mean": 470.0,
+            "eval_return_std": 12.25,
+            "dream_return": 300.0,
+            "wall_seconds": 3725,
+        },
+    )
+    write_summary(
+        tmp_path,
+        "evolve",
+        {
+            "command": "evolve",
+            "status": "done",
+            "env": env,
+            "generations": 30,
+            "real_env_steps": 10547,
+            "eval_return_mean": 85.8,
+            "eval_return_std": 51.6,
+            "dream_return": 145.0,
+            "wall_seconds": 115,
+        },
+    )
+    write_summary(
+        tmp_path,
+        "train",
+        {
+            "command": "train",
+            "status": "interrupted",
+            "env": env,
+            "data": {"collected": {"steps": 20002}},
+            "model": {"pred_error_k5": 0.143, "pred_error_k5_baseline": 0.506},
+        },
+    )
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "summary.json").write_text("{not json")
+    rows = {row["name"]: row for row in read_runs(tmp_path)}
+
+    assert (rows["cycle"]["iterations"], rows["cycle"]["env_steps"], rows["cycle"]["best_return"]) == (
+        3,
+        31234,
+        "480.5",
+    )
+    assert rows["cycle"]["wall"] == "1h02m" and rows["cycle"]["result"] == "real 470.0 ± 12.2, dream 300.0"
+    assert (rows["evolve"]["env_steps"], rows["evolve"]["best_return"], rows["evolve"]["wall"]) == (
+        10547,
+        "85.8",
+        "1m55s",
+    )
+    assert rows["train"]["env_steps"] == 20002 and rows["train"]["result"].startswith("pred_error_k5 0.143")
+    assert rows["train"]["best_return"] == "" and rows["train"]["status"] == "interrupted"
+    assert rows["broken"]["status"].startswith("unreadable summary")
+
+    table = format_table(list(rows.values())).splitlines()
+    assert table[0].split() == ["name", "command", "env", "status", "iterations", "env_steps", "best_return", "wall",
+                                "result"]  # fmt: skip
+    assert len(table) == 5 and all("CartPole-v1" in line for line in table[2:])  # broken, cycle, evolve, train
