@@ -449,6 +449,10 @@ class DreamConfig:
     """Real steps observed teacher-forced before a rollout starts, so that h carries real history."""
     start_windows: int = 4096
     """Real windows encoded once as the pool of start states; each generation draws its starts from it."""
+    reset_starts: float = 0.5
+    """Share of the start states that are real first steps of episodes (h = its value at a reset), the rest drawn
+    from anywhere in the episodes: a real episode always begins at a reset, so the controller must meet that state
+    in the dream too (uniform windows hold few of them: one per episode)."""
     cont_mode: Literal["threshold", "sample"] = "threshold"
     """End a rollout when the continue probability falls below cont_threshold ('threshold'), or at random with
     probability 1 - continue probability at each step ('sample')."""
@@ -467,6 +471,7 @@ class DreamConfig:
             _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         _require(self.burn_in >= 0, "burn_in", f"must be >= 0, got {self.burn_in}")
         _require(0 < self.cont_threshold < 1, "cont_threshold", f"must be in (0, 1), got {self.cont_threshold}")
+        _require(0 <= self.reset_starts <= 1, "reset_starts", f"must be in [0, 1], got {self.reset_starts}")
         for key in ("latent_noise", "disagreement_penalty", "disagreement_limit"):
             _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
 

@@ -34,7 +34,7 @@ from gymnasium import spaces
 from agents.agent import LatentAgent
 from agents.controllers import Controller
 from agents.evolution import CMAES, Generation, NonFiniteFitnessError
-from envs import EnvSpec, EpisodeStore, make_vector_env
+from envs import EnvSpec, EpisodeStore, Windows, make_vector_env
 from envs.atomic import sha256_file
 from experiments import config as config_lib
 from experiments.checkpoint import CheckpointError, load_latest, read_checkpoint, save_checkpoint
@@ -67,6 +67,7 @@ from worldmodel.world_model import WorldModel, batch_from_windows
 
 # Streams of per-generation randomness (see runtime.step_seed).
 STREAM_POOL, STREAM_STARTS, STREAM_NOISE, STREAM_REAL, STREAM_FINAL, STREAM_EVAL = 1, 2, 3, 4, 5, 6
+STREAM_RESET_POOL = 8
 STREAM_FINAL_NOISE = 7
 POOL_BATCH = 512  # start windows encoded per call
 SCORING_MODES = ("dream", "real")
@@ -137,19 +138,36 @@ def start_pool(world: LoadedWorldModel, cfg: Config, device: torch.device) -> Dr
 @torch.no_grad()
 def encode_start_pool(model: WorldModel, store: EpisodeStore, latent_key: str | None, cfg: config_lib.DreamConfig,
                       device: torch.device, seed: int, episodes: int | None = None) -> DreamState:  # fmt: skip
-    """Real start states: `start_windows` windows of burn_in + 1 steps from the first `episodes` episodes of
-    `store` (default all), encoded and observed (see `worldmodel.dream.dream_starts`). Windows may span episodes,
-    so episode starts are among them."""
+    """Real start states from the first `episodes` episodes of `store` (default all), encoded and observed (see
+    `worldmodel.dream.dream_starts`): `reset_starts` of the `start_windows` are episodes' first steps, the others
+    windows of burn_in + 1 steps from anywhere (they may span episodes)."""
     length = cfg.burn_in + 1
-    steps = int(store.episode_steps[:episodes].sum())
+    episode_steps = store.episode_steps[:episodes]
+    steps = int(episode_steps.sum())
     if steps < length:
         raise RunFailure(f"{store.path} holds {steps} steps, fewer than one start window of {length}")
+    at_reset = int(round(cfg.reset_starts * cfg.start_windows))
     # One draw, as `store.sample(..., cross_episodes=True)` makes it over the whole store.
-    starts = step_rng(seed, 0, STREAM_POOL).integers(0, steps - length + 1, size=cfg.start_windows)  # (B,)
-    windows = store.windows_at(starts, length, latent_key=latent_key)
+    anywhere = step_rng(seed, 0, STREAM_POOL).integers(0, steps - length + 1, size=cfg.start_windows - at_reset)
+    first_steps = np.concatenate([[0], np.cumsum(episode_steps)[:-1]])  # (episodes,) offsets of step 0
+    resets = step_rng(seed, 0, STREAM_RESET_POOL).choice(first_steps, size=at_reset)  # (B_reset,)
+    pools = [
+        _observed_starts(model, store.windows_at(offsets, window, latent_key=latent_key), latent_key, device)
+        for offsets, window in ((anywhere, length), (resets, 1))
+        if len(offsets)
+    ]
+    pools = [pool for pool in pools if pool is not None]
+    if not pools:
+        raise RunFailure(f"every start window of {store.path} ends in a terminal step")
+    return DreamState(torch.cat([p.hidden for p in pools]), torch.cat([p.latent for p in pools]))
+
+
+def _observed_starts(model: WorldModel, windows: Windows, latent_key: str | None, device: torch.device
+                     ) -> DreamState | None:  # fmt: skip
+    """`dream_starts` of windows, POOL_BATCH at a time; None when every window ends in a terminal step."""
     batch = batch_from_windows(windows, device, use_features=latent_key is not None)
     parts = []
-    for i in range(0, cfg.start_windows, POOL_BATCH):
+    for i in range(0, len(windows.is_first), POOL_BATCH):
         rows = slice(i, i + POOL_BATCH)
         part = batch._replace(
             **{key: getattr(batch, key)[rows] for key in batch._fields if getattr(batch, key) is not None}
@@ -159,7 +177,7 @@ def encode_start_pool(model: WorldModel, store: EpisodeStore, latent_key: str | 
         except ValueError:  # every window of this part ends in a terminal step
             continue
     if not parts:
-        raise RunFailure(f"every start window of {store.path} ends in a terminal step")
+        return None
     return DreamState(torch.cat([p.hidden for p in parts]), torch.cat([p.latent for p in parts]))
 
 
