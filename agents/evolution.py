@@ -21,6 +21,7 @@ The state is a pickle; load it only from the run's own checkpoint (pickle can ru
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
 import time
@@ -46,6 +47,36 @@ STATE_KEYS: tuple[str, ...] = (
     "diagonal",
     "max_nonfinite_fraction",
 )
+
+
+# What a pickled search may name: pycma's own classes, the numpy types and generators it holds, our generator.
+# Anything else (os.system, builtins.eval, ...) is refused, so a tampered state cannot run code when loaded.
+_PICKLE_NUMPY = {
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.linalg", "eigh"),
+    ("numpy.random._pcg64", "PCG64"),
+    ("numpy.random._pickle", "__bit_generator_ctor"),
+    ("numpy.random._pickle", "__generator_ctor"),
+    ("numpy.random.bit_generator", "SeedSequence"),
+    ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+}
+
+
+class _PycmaUnpickler(pickle.Unpickler):
+    """Unpickles a pycma search and refuses every global that is not part of one."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (
+            module.startswith("cma.")
+            or (module, name) == (__name__, "StandardNormal")
+            or (module, name) in _PICKLE_NUMPY
+            or (module == "builtins" and name in ("range", "slice", "set", "frozenset", "complex"))
+            or (module in ("numpy._core.multiarray", "numpy.core.multiarray") and name in ("_reconstruct", "scalar"))
+        )
+        if not allowed:
+            raise pickle.UnpicklingError(f"CMA-ES state names {module}.{name}, which a pycma search never holds")
+        return super().find_class(module, name)
 
 
 class NonFiniteFitnessError(RuntimeError):
@@ -266,7 +297,7 @@ class CMAES:
         pycma = state["pycma"]
         if not isinstance(pycma, torch.Tensor) or pycma.dtype != torch.uint8 or pycma.dim() != 1:
             raise ValueError(f"CMA-ES state 'pycma' must be a 1-D torch.uint8 tensor, got {type(pycma).__name__}")
-        es = pickle.loads(pycma.numpy().tobytes())
+        es = _PycmaUnpickler(io.BytesIO(pycma.numpy().tobytes())).load()
         popsize, dimension = int(state["popsize"]), int(state["dimension"])
         if not isinstance(es, cma.CMAEvolutionStrategy) or es.popsize != popsize or es.N != dimension:
             raise ValueError(

