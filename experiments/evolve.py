@@ -477,8 +477,9 @@ def choose_controller(es: CMAES, dream: DreamScorer, episodes: int) -> tuple[np.
         the chosen parameters (n,) and figures for summary.json.
     """
     finalists = np.stack([es.mean, es.best])  # (2, n)
-    dream.stream, dream.noise_stream = STREAM_FINAL, STREAM_FINAL_NOISE
-    final_returns = dream(finalists, 0, episodes)  # (2,)
+    final = DreamScorer(dream.model, dream.controller, dream.pool, dream.settings, dream.seed, stream=STREAM_FINAL,
+                        noise_stream=STREAM_FINAL_NOISE)  # fmt: skip
+    final_returns = final(finalists, 0, episodes)  # (2,)
     chosen = int(np.argmax(final_returns))
     return finalists[chosen], {
         "dream_return": float(final_returns[chosen]),

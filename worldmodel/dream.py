@@ -173,6 +173,11 @@ def dream_step(
     )
 
 
+def penalty(result: StepResult, settings: DreamSettings) -> torch.Tensor:
+    """(N,) what the ensemble's disagreement costs this step: disagreement_penalty * disagreement."""
+    return settings.disagreement_penalty * result.disagreement
+
+
 def still_going(result: StepResult, settings: DreamSettings, uniform: torch.Tensor | None) -> torch.Tensor:
     """(N,) bool: the rollout continues after this step (not terminated, the ensemble within its limit)."""
     if settings.cont_mode == "threshold":
@@ -209,7 +214,7 @@ def rollout(
             )
     device, dtype = start.latent.device, start.latent.dtype
     returns = torch.zeros(rows, device=device, dtype=dtype)
-    penalty = torch.zeros(rows, device=device, dtype=dtype)
+    penalties = torch.zeros(rows, device=device, dtype=dtype)
     disagreement = torch.zeros(rows, device=device, dtype=dtype)
     lengths = torch.zeros(rows, dtype=torch.long, device=device)
     alive = torch.ones(rows, dtype=torch.bool, device=device)
@@ -220,13 +225,13 @@ def rollout(
         latent_noise = None if noise.latent is None else settings.latent_noise * noise.latent[:, t]  # (N, D)
         result = dream_step(model, state, action, latent_noise)
         live = alive.to(returns.dtype)
-        step_penalty = settings.disagreement_penalty * result.disagreement
+        step_penalty = penalty(result, settings)
         returns += live * (result.reward - step_penalty)
-        penalty += live * step_penalty
+        penalties += live * step_penalty
         disagreement += live * result.disagreement
         lengths += alive.long()
         alive = alive & still_going(result, settings, None if noise.uniform is None else noise.uniform[:, t])
         state = result.state
         if not alive.any():
             break
-    return Rollout(returns, lengths, disagreement / lengths.clamp_min(1), penalty)
+    return Rollout(returns, lengths, disagreement / lengths.clamp_min(1), penalties)

@@ -33,7 +33,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from worldmodel.dream import DreamSettings, DreamState, dream_step, still_going
+from worldmodel.dream import DreamSettings, DreamState, dream_step, penalty, still_going
 from worldmodel.world_model import WorldModel
 
 # The observation bounds: any finite float32. Not ±inf: gymnasium's `check_env` warns on infinite Box bounds
@@ -153,7 +153,7 @@ class DreamVectorEnv(VectorEnv):
             uniform = torch.rand(rows, generator=self.generator).to(device)  # (N,)
         result = dream_step(self.model, self.state, action, noise)
         going = still_going(result, settings, uniform)  # (N,)
-        reward = result.reward - settings.disagreement_penalty * result.disagreement  # (N,)
+        reward = result.reward - penalty(result, settings)  # (N,)
 
         self.episode_steps += 1
         terminated = ~going.cpu().numpy()  # (N,)

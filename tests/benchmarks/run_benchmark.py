@@ -1,0 +1,24 @@
+"""Running a benchmark script as a file, as the README shows, for the benchmark smoke tests."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def quick_run(script: str, *args: str) -> dict[str, dict]:
+    """Run `benchmarks/<script> --quick <args>` on one thread; its JSON lines keyed by metric."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--quick", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    return {record["metric"]: record for record in records}
