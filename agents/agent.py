@@ -6,7 +6,8 @@ h_t = f(h_{t-1}, z_{t-1}, a_t), z_t = encode(obs_t), and the controller maps [z_
 
 It is a policy for `envs.collect` and for real-env scoring: `reset(is_first)` before each step with the mask of
 sub-envs whose observation starts an episode, then `agent(obs)` for their actions. Each sub-env can run its own
-candidate (`set_parameters`), so a population is scored in one vector env.
+candidate (`set_parameters`), so a population is scored in one vector env. `record(limit)` keeps the frames and
+action vectors of sub-env 0's next episode, for videos of the controller at work.
 """
 
 from __future__ import annotations
@@ -16,6 +17,32 @@ import torch
 
 from agents.controllers import Controller
 from worldmodel.world_model import WorldModel
+
+
+class Recording:
+    """Sub-env 0's observations and the action vectors chosen on them, from its first episode after
+    `LatentAgent.record`, up to `limit` steps (the episode's last observation included)."""
+
+    def __init__(self, limit: int):
+        if limit < 1:
+            raise ValueError(f"a recording needs a limit of at least 1 step, got {limit}")
+        self.limit = limit
+        self.obs: list[np.ndarray] = []
+        self.actions: list[np.ndarray] = []
+        self.closed = False
+
+    def add(self, obs: np.ndarray, action: np.ndarray) -> None:
+        if not self.closed and len(self.obs) < self.limit:
+            self.obs.append(np.array(obs))
+            self.actions.append(np.array(action))
+
+    def episode(self) -> tuple[np.ndarray, np.ndarray]:
+        """(T, *obs_shape) observations and (T, A) actions in the episode store's order: action[t] led to
+        obs[t], so action[0] is zeros and the action chosen on the last observation is dropped."""
+        if not self.obs:
+            raise ValueError("nothing was recorded")
+        actions = np.stack(self.actions)
+        return np.stack(self.obs), np.concatenate([np.zeros_like(actions[:1]), actions[:-1]])
 
 
 class LatentAgent:
@@ -52,6 +79,13 @@ class LatentAgent:
         self.latent = torch.zeros(num_envs, model.latent_dim, device=self.device, dtype=self.dtype)  # (N, D)
         self.action = torch.zeros(num_envs, model.action_dim, device=self.device, dtype=self.dtype)  # (N, A)
         self.first = np.ones(num_envs, dtype=bool)
+        self.recording: Recording | None = None
+
+    def record(self, limit: int) -> Recording:
+        """Start keeping sub-env 0's observations and action vectors; the recording closes when its episode
+        ends (the next `reset` that marks sub-env 0 first) or after `limit` steps."""
+        self.recording = Recording(limit)
+        return self.recording
 
     def set_parameters(self, envs: np.ndarray, parameters: np.ndarray | torch.Tensor) -> None:
         """Sub-envs `envs` (M,) act with `parameters` (n,) or (M, n) from their next step on."""
@@ -63,6 +97,8 @@ class LatentAgent:
     def reset(self, is_first: np.ndarray) -> None:
         """Mark the sub-envs (N,) bool whose next observation is the first of an episode."""
         self.first = np.asarray(is_first, dtype=bool).copy()
+        if self.recording is not None and self.first[0] and self.recording.obs:
+            self.recording.closed = True
 
     @torch.no_grad()
     def __call__(self, obs: np.ndarray) -> np.ndarray:
@@ -76,6 +112,8 @@ class LatentAgent:
         features = torch.cat([self.latent, self.hidden], dim=-1)[:, None]  # (N, 1, F): N candidates, 1 episode
         self.action = self.controller.act(self.parameters, features)[:, 0]  # (N, A)
         self.action = self._explore(self.action)
+        if self.recording is not None:
+            self.recording.add(obs[0], self.action[0].float().cpu().numpy())
         self.first[:] = False
         return self.controller.env_actions(self.action)
 

@@ -14,7 +14,7 @@ is_terminal=False: the future exists, it was just not recorded) and counted in `
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -75,6 +75,29 @@ class CollectStats:
     def mean_return(self) -> float:
         return float(np.mean(self.returns)) if self.returns else float("nan")
 
+    @classmethod
+    def combine(cls, parts: Sequence[CollectStats]) -> CollectStats:
+        """The figures of one collection made of several (the shares of processes), in order."""
+        return cls(
+            steps=sum(p.steps for p in parts),
+            episodes=sum(p.episodes for p in parts),
+            returns=tuple(r for p in parts for r in p.returns),
+            lengths=tuple(n for p in parts for n in p.lengths),
+            terminated=sum(p.terminated for p in parts),
+            cut=sum(p.cut for p in parts),
+        )
+
+
+class EpisodeBuffer:
+    """Takes an episode store's place in `collect` and keeps each batch of episodes it would have written (one shard
+    each): a share of a collection that another process writes into the store."""
+
+    def __init__(self) -> None:
+        self.shards: list[list[Episode]] = []
+
+    def add_episodes(self, episodes: Sequence[Episode]) -> None:
+        self.shards.append(list(episodes))
+
 
 class _EpisodeBuilder:
     """Accumulates one sub-env's open episode."""
@@ -106,7 +129,7 @@ def collect(
     envs: VectorEnv,
     policy: Callable[[np.ndarray], np.ndarray],
     steps: int,
-    store: EpisodeStore | None = None,
+    store: EpisodeStore | EpisodeBuffer | None = None,
     on_step: Callable[[int], None] | None = None,
     cut_partial: bool = True,
     shard_steps: int = 4096,

@@ -18,7 +18,8 @@ Crash safety: a shard is written to a temp file, fsynced and renamed, then its i
 fsynced. A crash mid-write leaves only a temp file (reported, never loaded); a crash between the rename
 and the index append leaves a complete shard that the next open re-indexes after checking the sha256 that
 its name carries. Every shard's sha256 is checked when it is read (and, by default, for all shards at open),
-so a damaged shard is reported with a warning naming it and never loaded. One writer at a time.
+so a damaged shard is reported with a warning naming it and never loaded. One writer at a time; readers in other
+processes see what it added after `refresh` (how the processes of a torchrun job share a store).
 
 Memory: only the index (per-episode step counts) lives in memory; obs pieces and the small per-episode arrays
 are decoded on demand into a byte-bounded LRU cache (and compressed shards into a smaller one), so a store far
@@ -302,6 +303,18 @@ class EpisodeStore:
         self._episode_steps: list[int] = []  # L+1
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None  # (steps (E,), starts (E,)) for the lists above
         self._load_index(verify)
+
+    def refresh(self) -> None:
+        """Re-read the index, to see the episodes another process added since this one opened the store (the writer
+        of a torchrun job is rank 0). Shards are checked when read, as always."""
+        self._shards, self._episode_shard, self._episode_slot, self._episode_steps = [], [], [], []
+        self._arrays = None
+        self._cache.clear()
+        self._shard_cache.clear()
+        self._read_meta(None)
+        self._load_index(verify=False)
+        for cache in self._latent_caches.values():
+            cache.refresh()
 
     # ------------------------------------------------------------------ metadata
 
@@ -729,6 +742,12 @@ class LatentCache:
         self._cache = _LRU(int(cache_mb * 2**20))  # ("small", episode) and ("obs", episode, piece) -> arrays
         self._shard_cache = _LRU(int(cache_mb * 2**20 / 4))  # shard -> open NpzFile over its verified bytes
         self._files: dict[str, str] = {}  # episode key -> file name
+        self.dim: int | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """List the cache's files again: those other processes wrote since (a torchrun job encodes in parallel)."""
+        self._files.clear()
         for entry in os.scandir(self.path):
             match = re.match(r"^(\d{6}-\d{4})-([0-9a-f]{16})\.npy$", entry.name)
             temp = _TEMP_NAME.match(entry.name)
@@ -737,7 +756,7 @@ class LatentCache:
             elif temp and not _process_alive(int(temp.group(2))):
                 Path(entry.path).unlink(missing_ok=True)  # a put() that crashed: the latents are still missing
         meta = self.path / "meta.json"
-        self.dim: int | None = json.loads(meta.read_text())["dim"] if meta.exists() else None
+        self.dim = json.loads(meta.read_text())["dim"] if meta.exists() else None
 
     def __contains__(self, index: int) -> bool:
         return self.store.episode_key(index) in self._files

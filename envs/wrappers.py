@@ -9,6 +9,7 @@ env step; the strict check sits outside everything so it sees exactly what the a
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -133,7 +134,9 @@ class StrictCheck(gym.Wrapper):
 
     gymnasium's passive checker looks only at the first reset and step, only warns, and never checks actions.
     Here an action must be finite and inside the action space, an observation finite and inside the
-    observation space; anything else raises `ValueError` at once.
+    observation space; anything else raises `ValueError` at once. One exception: a finite observation of the
+    right shape and dtype outside its Box's declared bounds only warns, once per env: some envs overstep bounds
+    they declare themselves (LunarLander-v3's angle passes ±2π when the lander spins) and their data is sound.
     """
 
     def __init__(self, env: gym.Env, env_id: str) -> None:
@@ -141,6 +144,7 @@ class StrictCheck(gym.Wrapper):
         self.env_id = env_id
         self.episode_step = 0  # agent steps since the last reset
         self.episode_index = -1  # resets so far, minus one
+        self.warned_bounds = False
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict]:
         obs, info = self.env.reset(**kwargs)
@@ -200,14 +204,18 @@ class StrictCheck(gym.Wrapper):
         if isinstance(obs, np.ndarray) and obs.dtype.kind == "f" and not np.all(np.isfinite(obs)):
             bad = np.argwhere(~np.isfinite(obs))[:5].tolist()
             raise ValueError(f"{self._where()}: observation has non-finite values at indices {bad}")
-        if not space.contains(obs):
-            detail = ""
-            if isinstance(space, spaces.Box) and isinstance(obs, np.ndarray) and obs.shape == space.shape:
-                outside = np.argwhere((obs < space.low) | (obs > space.high))[:5].tolist()
-                detail = f" (out of bounds at indices {outside})"
-            elif isinstance(obs, np.ndarray):
-                detail = f" (shape {obs.shape}, dtype {obs.dtype})"
-            raise ValueError(f"{self._where()}: observation is outside the observation space {space}{detail}")
+        if space.contains(obs):
+            return
+        detail = f" (shape {obs.shape}, dtype {obs.dtype})" if isinstance(obs, np.ndarray) else ""
+        if isinstance(space, spaces.Box) and isinstance(obs, np.ndarray) and obs.shape == space.shape:
+            if obs.dtype == space.dtype:  # finite (checked above), well formed, only past the declared bounds
+                if not self.warned_bounds:
+                    self.warned_bounds = True
+                    outside = np.argwhere((obs < space.low) | (obs > space.high))[:5].tolist()
+                    warnings.warn(f"{self._where()}: observation outside the bounds its env declares, at indices "
+                                  f"{outside}; kept as it is (warned once per env)", stacklevel=2)  # fmt: skip
+                return
+        raise ValueError(f"{self._where()}: observation is outside the observation space {space}{detail}")
 
 
 class SeedOnce(gym.Wrapper):

@@ -4,6 +4,8 @@
 new file and its SHA-256 sidecar atomically. `load_checkpoint` checks the checksum before unpickling (a
 flipped byte otherwise loads silently with wrong values) and always passes `weights_only=True`. A damaged
 newest checkpoint is reported and the previous one used; when none is valid, it raises.
+
+Under torchrun rank 0 alone writes (every process holds the same state); every process reads.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 from envs.atomic import atomic_write_bytes, atomic_write_text, sha256_bytes
+from experiments import distributed
 
 FORMAT_VERSION = 1
 
@@ -29,7 +32,12 @@ def _sidecar(path: Path) -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = True) -> None:
-    """Write `state` to `path` atomically with a checksum; the file it replaces becomes `previous.pt`."""
+    """Write `state` to `path` atomically with a checksum; the file it replaces becomes `previous.pt`.
+
+    On ranks other than 0 of a torchrun job it does nothing: their state is rank 0's.
+    """
+    if not distributed.is_main():
+        return
     path = Path(path)
     buffer = io.BytesIO()
     torch.save({"format": FORMAT_VERSION, **state}, buffer)

@@ -11,6 +11,8 @@ COMMANDS = {
     "train": ("experiments.train", "train a JEPA world model of a gymnasium env from random-policy rollouts"),
     "evolve": ("experiments.evolve", "evolve a controller with CMA-ES in a world model dream, score it in the env"),
     "cycle": ("experiments.cycle", "collect -> train -> evolve -> evaluate, iterated: the toolkit's main job"),
+    "eval": ("experiments.evaluate", "score a run's controller in the real env again"),
+    "video": ("experiments.video_run", "a video of a run's controller in the real env beside its dream"),
     "runs": ("experiments.runs", "print a table of the runs in a directory"),
 }
 

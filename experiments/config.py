@@ -52,13 +52,17 @@ class RunConfig:
     """Training precision; 'auto' takes bf16 where the device has it (CUDA, CPUs with bf16 units), fp16 with
     loss scaling on older GPUs, else float32."""
     threads: int = 0
-    """CPU threads for torch; 0 keeps torch's default (one per core)."""
+    """CPU threads for torch; 0 keeps torch's default (one per core; under torchrun, the cores shared by the
+    machine's processes)."""
     log_every: int = 10
     """Steps between metric log lines."""
     checkpoint_every: int = 100
     """Steps between checkpoints (one is always written at the end and on interruption)."""
     progress: bool = True
     """Draw a progress bar on stderr."""
+    grad_compression: Literal["none", "bf16"] = "none"
+    """Under torchrun: gradients travel between processes as float32 ('none') or rounded to bf16 ('bf16', half the
+    bytes, through DDP's bf16 compression hook)."""
 
     def __post_init__(self):
         _require(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
@@ -453,9 +457,10 @@ class DreamConfig:
     """Share of the start states that are real first steps of episodes (h = its value at a reset), the rest drawn
     from anywhere in the episodes: a real episode always begins at a reset, so the controller must meet that state
     in the dream too (uniform windows hold few of them: one per episode)."""
-    cont_mode: Literal["threshold", "sample"] = "threshold"
+    cont_mode: Literal["threshold", "sample", "expected"] = "threshold"
     """End a rollout when the continue probability falls below cont_threshold ('threshold'), or at random with
-    probability 1 - continue probability at each step ('sample')."""
+    probability 1 - continue probability at each step ('sample'); or weight each reward by the probability that
+    the episode is still going ('expected': the mean of 'sample' without its noise)."""
     cont_threshold: float = 0.5
     """Continue probability below which a rollout ends ('threshold' only)."""
     latent_noise: float = 0.0
@@ -540,8 +545,9 @@ class CycleConfig:
     target_return: float | None = None
     """Stop once the real-env eval return mean reaches this; null: no target."""
     max_env_steps: int = 100000
-    """Real env steps (collection and evaluation) the cycle may use; it stops before an iteration that would
-    exceed them."""
+    """Real env steps the agent may learn from (every collected transition, iteration 0's random ones included);
+    the cycle stops before an iteration whose collection would exceed them. Evaluation episodes are not counted
+    (they never enter the store); summary.json reports them as eval_env_steps_total."""
 
     def __post_init__(self):
         for key in ("iterations", "collect_steps", "train_steps", "generations", "max_env_steps"):

@@ -18,8 +18,14 @@ episodes. Each later iteration:
     evaluate  the chosen controller in the real env; the best real return so far names the controller to beat.
 
 The feature standardisation of iteration 0 is never changed: the controller's inputs must keep their meaning. The
-cycle stops when an evaluation reaches cycle.target_return, before an iteration that would take the real env steps
-(collection and evaluation, nothing else) past cycle.max_env_steps, or after cycle.iterations iterations.
+cycle stops when an evaluation reaches cycle.target_return, before an iteration whose collection would take the
+env steps past cycle.max_env_steps, or after cycle.iterations iterations. The budget counts the env steps the agent
+learns from (every collected transition); evaluation episodes only measure, never enter the store, and are reported
+apart (`eval_env_steps_total`), as model-based RL papers count interaction.
+
+Pictures: learning_curve.png (real and dream return against the env steps), and per iteration
+videos/iteration-KK.mp4 (also in tensorboard): the first evaluation episode, the controller in the real env beside
+the model's open-loop dream of it under the same actions.
 
 Data: one episode store, <run>/episodes. A collection lands in it with one `add_episodes` call, one shard and one
 index line: after a crash it is there whole or not at all.
@@ -45,11 +51,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from agents.agent import LatentAgent
+from agents.agent import LatentAgent, Recording
 from agents.evolution import CMAES
-from envs import EnvSpec, EpisodeStore, RandomPolicy, Windows, make_vector_env
+from envs import EnvSpec, EpisodeStore, RandomPolicy, make_vector_env
 from envs.atomic import atomic_write_bytes
 from experiments import config as config_lib
+from experiments.board import add_gif, write_hparams
 from experiments.checkpoint import save_checkpoint
 from experiments.config import Config, ConfigError
 from experiments.evolve import (
@@ -75,6 +82,7 @@ from experiments.rundir import (
 )
 from experiments.runtime import prepare_runtime, rng_state, set_rng_state, step_seed
 from experiments.train import (
+    VIDEO_FPS,
     EpisodeSplit,
     StoreWindows,
     WorldModelTrainer,
@@ -86,15 +94,18 @@ from experiments.train import (
     fill_latent_cache,
     load_encoder,
     load_encoder_weights,
+    open_store,
     print_model_metrics,
     read_resume_state,
     split_episodes,
     standardize_features,
 )
+from experiments.video import recorded_clip, write_mp4
 from worldmodel.decoder import Decoder
 from worldmodel.world_model import WorldModel
 
 STREAM_ITERATION = 11  # seeds of iterations >= 1 (see `iteration_seed`)
+DEFAULT_PRESET = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"  # `wm cycle` without --config
 CURVE_PATH = "learning_curve.png"
 
 
@@ -116,15 +127,14 @@ class CycleWindows(StoreWindows):
         super().__init__(store, split, latent_key)
         self.end = int(store.episode_steps[:episodes].sum())
 
-    def train_windows(self, batch_size: int, length: int, rng: np.random.Generator) -> Windows:
-        """`batch_size` windows of `length` steps, uniformly over the starts in both training ranges."""
+    def train_starts(self, batch_size: int, length: int, rng: np.random.Generator) -> np.ndarray:
+        """Starts (B,) of `batch_size` windows of `length` steps, uniformly over the starts in both training ranges."""
         later = self.end - self.split.total_steps - length + 1  # window starts among the later episodes
         if later < 1:  # iteration 0 (or too little data since): the draw of `StoreWindows` itself
-            return super().train_windows(batch_size, length, rng)
+            return super().train_starts(batch_size, length, rng)
         first = max(self.split.train_steps - length + 1, 0)  # window starts among iteration 0's training episodes
         starts = rng.integers(0, first + later, size=batch_size)  # one draw: (B,)
-        starts = np.where(starts < first, starts, starts - first + self.split.total_steps)  # skip the held-out range
-        return self.store.windows_at(starts, length, latent_key=self.latent_key)
+        return np.where(starts < first, starts, starts - first + self.split.total_steps)  # skip the held-out range
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -146,7 +156,8 @@ class Cycle:
         self.controller = build_controller(model, spec, self.cfg.evolve)
         # What a checkpoint holds:
         self.iteration, self.phase = 0, "collect"
-        self.env_steps = 0
+        self.env_steps = 0  # collected transitions (the budget)
+        self.eval_env_steps = 0  # steps of the evaluation episodes (reported, not budgeted)
         self.episodes_at_start = 0  # episodes in the store when this iteration's collection began
         self.episodes = 0  # episodes this iteration trains and evolves on (all, once it has collected)
         self.split: EpisodeSplit | None = None  # iteration 0's training / held-out split
@@ -176,6 +187,7 @@ class Cycle:
             "iteration": self.iteration,
             "phase": self.phase,
             "env_steps": self.env_steps,
+            "eval_env_steps": self.eval_env_steps,
             "episodes_at_start": self.episodes_at_start,
             "episodes": self.episodes,
             "split": None if self.split is None else asdict(self.split),
@@ -203,7 +215,11 @@ class Cycle:
 
     def load_state(self, state: dict, path: Path) -> None:
         """Continue from a checkpoint that `read_resume_state` checked."""
+        if "eval_env_steps" not in state:
+            raise RunError(f"{path} is from an older wm cycle that counted evaluation steps in its budget; "
+                           "start a new run")  # fmt: skip
         self.iteration, self.phase, self.env_steps = state["iteration"], state["phase"], state["env_steps"]
+        self.eval_env_steps = state["eval_env_steps"]
         self.episodes_at_start, self.episodes = state["episodes_at_start"], state["episodes"]
         self.split = None if state["split"] is None else EpisodeSplit(**state["split"])
         if state["trainer"] is not None:
@@ -276,11 +292,10 @@ class Cycle:
             if self.resuming:
                 print(f"iteration {k}: the store holds no episode of this iteration's collection: collecting it "
                       f"again (the same seeds, the same episodes)", file=sys.stderr)  # fmt: skip
+            policy = self.random_policy if k == 0 else self.controller_policy
             if k == 0:
-                policy = RandomPolicy(self.spec, seed=seed)
                 self.announce(f"collect {steps} steps with random actions")
             else:
-                policy = LatentAgent(self.model, self.controller, self.best, num_envs, cfg.cycle.exploration, seed)
                 self.announce(
                     f"collect {steps} steps with the best controller (iteration {self.best_iteration}, real return "
                     f"{self.best_return:.1f}) and exploration {cfg.cycle.exploration}"
@@ -309,6 +324,14 @@ class Cycle:
         self.phase = "train"
         self.save()
 
+    def random_policy(self, num_envs: int, seed: int) -> RandomPolicy:
+        """Iteration 0's collection policy (`collect_into` builds it for its share of the sub-envs)."""
+        return RandomPolicy(self.spec, seed=seed)
+
+    def controller_policy(self, num_envs: int, seed: int) -> LatentAgent:
+        """Later iterations' collection policy: the best controller so far, with exploration noise."""
+        return LatentAgent(self.model, self.controller, self.best, num_envs, self.cfg.cycle.exploration, seed)
+
     def train(self, stop: GracefulStop) -> None:
         """Iteration 0: train the world model as `wm train` does. Later: fine-tune the same model and optimizer
         for cycle.train_steps steps at the constant rate cycle.lr, on every training episode so far."""
@@ -317,7 +340,7 @@ class Cycle:
         trainer.data = self.windows()
         trainer.log_offset = self.generations_done + len(self.history)
         if self.latent_key is not None:  # the new episodes' frames, encoded once
-            fill_latent_cache(self.model, self.store, self.latent_key, self.device, self.precision, stop,
+            fill_latent_cache(self.model, self.store, self.latent_key, self.device, stop,
                               cfg.run.progress)  # fmt: skip
         if not self.model.feature_statistics_set:
             if k > 0:  # the controller's input space must not move under it
@@ -345,7 +368,7 @@ class Cycle:
         ecfg, seed = cfg.evolve, iteration_seed(cfg.run.seed, k)
         generations = ecfg.generations if k == 0 else cfg.cycle.generations
         if self.latent_key is not None:
-            fill_latent_cache(self.model, self.store, self.latent_key, self.device, self.precision, stop, False)
+            fill_latent_cache(self.model, self.store, self.latent_key, self.device, stop, False)
         pool = encode_start_pool(self.model, self.store, self.latent_key, cfg.dream, self.device, seed, self.episodes)
         dream = DreamScorer(self.model, self.controller, pool, dream_settings(cfg.dream), seed)
         if self.es is None:
@@ -370,31 +393,38 @@ class Cycle:
 
     def evaluate(self, stop: GracefulStop) -> None:
         """Score the chosen controller in the real env, keep it if it is the best so far, log the iteration, draw
-        the learning curve and decide whether to go on."""
+        the learning curve and a video, and decide whether to go on."""
         cfg, k = self.cfg, self.iteration
         ecfg, seed = cfg.evolve, iteration_seed(cfg.run.seed, k)
         envs, _ = make_vector_env(cfg.env.id, ecfg.eval_envs, obs=cfg.env.obs, size=cfg.env.size,
                                   action_repeat=cfg.env.action_repeat, seed=seed)  # fmt: skip
         try:
             agent = LatentAgent(self.model, self.controller, self.chosen, ecfg.eval_envs)
+            recording = agent.record(cfg.world_model.video_steps) if self.makes_videos else None
             real = score_in_env(envs, agent, self.chosen, ecfg.eval_episodes, seed, cfg.run.progress)
         finally:
             envs.close()
-        self.env_steps += real["eval_env_steps"]
+        self.eval_env_steps += real["eval_env_steps"]
         improved = real["eval_return_mean"] > self.best_return
         record = {**self.record, **real, "dream_real_gap": self.record["dream_return"] - real["eval_return_mean"],
-                  "env_steps": self.env_steps, "best": improved}  # fmt: skip
+                  "env_steps": self.env_steps, "eval_env_steps_total": self.eval_env_steps,
+                  "best": improved}  # fmt: skip
+        if recording is not None:
+            record["video"] = self.write_video(recording)
         if improved:
             self.best, self.best_return, self.best_iteration = self.chosen, real["eval_return_mean"], k
+            world_model = {"model": self.model.state_dict(), "env_spec": self.spec.to_dict(),
+                           "decoder": None if self.decoder is None else self.decoder.state_dict()}  # fmt: skip
             save_controller(self.run.checkpoint_dir / "best.pt", "cycle", self.controller, self.best, cfg,
-                            {"iteration": k}, record)  # fmt: skip
+                            {"iteration": k}, record, world_model)  # fmt: skip
         self.history.append(record)
         self.run.log(self.cycle_step(), iteration_metrics(record, self.best_return))
-        write_learning_curve(self.run.path / CURVE_PATH, self.history, cfg.env.id, cfg.cycle.target_return)
+        if self.run.writes:  # rank 0 alone under torchrun
+            write_learning_curve(self.run.path / CURVE_PATH, self.history, cfg.env.id, cfg.cycle.target_return)
         self.announce(
             f"real return {record['eval_return_mean']:.1f} ± {record['eval_return_std']:.1f} (dream "
-            f"{record['dream_return']:.1f}); {self.env_steps} env steps so far; best {self.best_return:.1f} "
-            f"(iteration {self.best_iteration})"
+            f"{record['dream_return']:.1f}); {self.env_steps} env steps collected so far; best "
+            f"{self.best_return:.1f} (iteration {self.best_iteration})"
         )
         self.stopped = self.stop_reason()
         self.iteration += 1
@@ -403,6 +433,20 @@ class Cycle:
         self.chosen, self.record = None, {}
         self.save()
 
+    @property
+    def makes_videos(self) -> bool:
+        """Videos need image observations and a decoder (world_model.decoder_width > 0, video_steps > 0)."""
+        return self.decoder is not None and self.cfg.world_model.video_steps > 0 and self.run.writes
+
+    def write_video(self, recording: Recording) -> str:
+        """videos/iteration-KK.mp4 (and tensorboard): the first evaluation episode, the controller in the real env
+        beside the model's open-loop dream of it under the same actions."""
+        path = f"videos/iteration-{self.iteration:02d}.mp4"
+        frames = recorded_clip(self.model, self.decoder, recording, self.cfg.world_model.video_context)
+        write_mp4(self.run.path / path, frames, fps=VIDEO_FPS)
+        add_gif(self.run.tb, "video/real_vs_dream", frames, self.cycle_step(), VIDEO_FPS)
+        return path
+
     def stop_reason(self) -> str | None:
         """Why the cycle ends after the iteration just evaluated, or None to go on."""
         ccfg, last = self.cfg.cycle, self.history[-1]
@@ -410,9 +454,8 @@ class Cycle:
             return "target"
         if len(self.history) >= ccfg.iterations:
             return "iterations"
-        # The next iteration's env steps: its collection (which may end up to num_envs - 1 steps late) and an
-        # evaluation as long as the last one.
-        planned = ccfg.collect_steps + self.cfg.world_model.num_envs - 1 + last["eval_env_steps"]
+        # The next iteration's collection, which may end up to num_envs - 1 steps late.
+        planned = ccfg.collect_steps + self.cfg.world_model.num_envs - 1
         if self.env_steps + planned > ccfg.max_env_steps:
             return "budget"
         return None
@@ -424,6 +467,7 @@ class Cycle:
             "stopped": self.stopped,
             "iterations": len(self.history),
             "env_steps": self.env_steps,
+            "eval_env_steps_total": self.eval_env_steps,
             "eval_return_mean": last["eval_return_mean"],
             "eval_return_std": last["eval_return_std"],
             "dream_return": last["dream_return"],
@@ -453,9 +497,11 @@ def iteration_metrics(record: dict, best_return: float) -> dict[str, float]:
     }
 
 
+HPARAM_METRICS = ("cycle/return_mean", "cycle/best_return", "cycle/dream_return", "cycle/env_steps")
+
 STOP_REASONS = {
     "target": "the real return reached cycle.target_return",
-    "budget": "the next iteration would take the env steps past cycle.max_env_steps",
+    "budget": "the next iteration's collection would take the env steps past cycle.max_env_steps",
     "iterations": "cycle.iterations iterations done",
 }
 
@@ -464,13 +510,14 @@ def report(run: Run, results: dict) -> None:
     """How the cycle ended and where to look, on stderr."""
     runs = run.path.parent
     print(
-        f"cycle done after {results['iterations']} iterations and {results['env_steps']} env steps: "
+        f"cycle done after {results['iterations']} iterations and {results['env_steps']} env steps collected: "
         f"{STOP_REASONS[results['stopped']]}. Last real return {results['eval_return_mean']:.1f} ± "
         f"{results['eval_return_std']:.1f}, best {results['best_eval_return']:.1f} (iteration "
         f"{results['best_iteration']}).\n"
         f"  run directory    {run.path}\n"
         f"  summary          {run.path / 'summary.json'}\n"
         f"  learning curve   {run.path / CURVE_PATH}\n"
+        f"  videos           {run.path / 'videos'}\n"
         f"  best controller  {run.checkpoint_dir / 'best.pt'}\n"
         f"  tensorboard      tensorboard --logdir {runs}",
         file=sys.stderr,
@@ -588,8 +635,8 @@ def cycle(run: Run, stop: GracefulStop, encoder: dict[str, torch.Tensor] | None 
     else:
         if encoder is not None:
             load_encoder(model, encoder, str(encoder_path))
-        latent_key = encoder_fingerprint(model, precision) if cfg.world_model.freeze_encoder else None
-    store = EpisodeStore(run.path / "episodes", spec)
+        latent_key = encoder_fingerprint(model) if cfg.world_model.freeze_encoder else None
+    store = open_store(run.path / "episodes", spec)
     loop = Cycle(run, spec, store, model, decoder, device, precision, latent_key, encoder_path)
     run.write_summary(device=str(device), precision=precision, env=spec.to_dict(),
                       data={"episodes": str(store.path.resolve()), "encoder": encoder_path,
@@ -597,6 +644,7 @@ def cycle(run: Run, stop: GracefulStop, encoder: dict[str, torch.Tensor] | None 
     if resume is not None:
         loop.load_state(*resume)
     else:
+        write_hparams(run.tb, config_lib.to_dict(cfg), metrics=list(HPARAM_METRICS))
         loop.save()  # iteration 0 before its collection: a resume starts here
     results = loop.run_all(stop)
     report(run, results)
@@ -610,6 +658,11 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(parser)
     parser.add_argument("--encoder", metavar="CHECKPOINT", help="start the encoder from a `wm pretrain` checkpoint")
     args = parser.parse_args(argv)
+    if not args.config and not args.resume:
+        if not DEFAULT_PRESET.is_file():
+            raise RunError(f"no --config given and the default task {DEFAULT_PRESET} is missing; name a preset")
+        args.config = [str(DEFAULT_PRESET)]
+        print(f"no --config: running the default task, configs/{DEFAULT_PRESET.name}", file=sys.stderr)
     encoder = None
     if args.resume:
         if args.encoder:

@@ -14,6 +14,10 @@ env over `evolve.eval_episodes` episodes -> summary.json: dream_return, eval_ret
 Every candidate of a generation meets the same starts and the same noise (common random numbers: their ranking
 reflects the candidates, not their luck), drawn from generators seeded by (seed, generation), so a resumed search
 repeats exactly what an uninterrupted one would have done; the ES state (with its own RNG) is in the checkpoint.
+
+Under torchrun (see experiments/distributed.py) every process runs the same search and scores its share of each
+generation's population (`Evolution.score`); in the dream a share's fitness is exactly its rows of the whole
+population's, so the search is the one a single process runs.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ from agents.agent import LatentAgent
 from agents.controllers import Controller
 from agents.evolution import CMAES, Generation, NonFiniteFitnessError
 from envs import EnvSpec, EpisodeStore, Windows, make_vector_env
-from envs.atomic import sha256_file
+from envs.atomic import sha256_bytes, sha256_file
 from experiments import config as config_lib
+from experiments import distributed
 from experiments.checkpoint import CheckpointError, load_latest, read_checkpoint, save_checkpoint
 from experiments.config import WORLD_MODEL_KEYWORDS, Config
 from experiments.progress import Progress
@@ -56,6 +61,7 @@ from experiments.runtime import (
     rng_state,
     seed_everything,
     set_rng_state,
+    set_threads,
     step_generator,
     step_rng,
     step_seed,
@@ -265,6 +271,15 @@ class RealScorer:
         return figures
 
 
+def weighted_figures(figures: list[dict[str, float]], weights: list[int]) -> dict[str, float]:
+    """Each figure averaged over parts (processes' shares of a population), weighted by their candidates; a part
+    without candidates reports nothing."""
+    parts = [(part, weight) for part, weight in zip(figures, weights, strict=True) if weight]
+    keys = parts[0][0] if parts else {}
+    total = sum(weight for _, weight in parts)
+    return {key: sum(part[key] * weight for part, weight in parts) / total for key in keys}
+
+
 # ------------------------------------------------------------------------------------------------------
 # The search
 
@@ -281,6 +296,7 @@ class Evolution:
         self.es, self.scorer, self.controller, self.cfg, self.run = es, scorer, controller, cfg, run
         self.mode, self.provenance = mode, provenance
         self.checkpointer, self.log_offset = checkpointer, log_offset
+        self.figures: dict[str, float] = {}  # the scorer's figures of the last generation, over every process
 
     def state_dict(self) -> dict:
         return {
@@ -309,6 +325,34 @@ class Evolution:
         set_rng_state(state["rng"])
         print(f"resumed from {path} at generation {self.es.generation}", file=sys.stderr)
 
+    def score(self, candidates: np.ndarray, key: int, episodes: int) -> np.ndarray:
+        """The fitness (P,) of a generation's candidates (P, n).
+
+        Under torchrun every process holds the same search, hence the same candidates (checked); each scores its
+        contiguous share of the population (shares differ by one candidate at most, P need not divide evenly) and
+        the fitness is all-gathered in rank order. Real-env steps are summed over processes and the scorer's other
+        figures (means over rollouts) averaged, weighted by the shares.
+        """
+        if not distributed.active():
+            fitness = self.scorer(candidates, key, episodes)
+            self.figures = self.scorer.figures()
+            return fitness
+        rows = distributed.share(len(candidates))
+        steps = getattr(self.scorer, "env_steps", None)
+        own = self.scorer(candidates[rows], key, episodes) if rows.stop > rows.start else np.empty(0)
+        new_steps = 0 if steps is None else self.scorer.env_steps - steps
+        shares = distributed.all_gather_object((own, sha256_bytes(candidates.tobytes()), new_steps))
+        if len({digest for _, digest, _ in shares}) > 1:
+            raise RunFailure(
+                f"generation {key}: the processes' CMA-ES searches proposed different candidates; they must run the "
+                "same code on the same kind of machine"
+            )
+        if steps is not None:
+            self.scorer.env_steps = steps + sum(count for *_, count in shares)
+        self.figures = weighted_figures(distributed.all_gather_object(self.scorer.figures() if len(own) else {}),
+                                        [len(fitness) for fitness, *_ in shares])  # fmt: skip
+        return np.concatenate([fitness for fitness, *_ in shares])
+
     def evolve(self, stop: GracefulStop, generations: int | None = None) -> None:
         """Run the search up to generation `generations` (default evolve.generations), saving on the way."""
         ecfg = self.cfg.evolve
@@ -319,7 +363,7 @@ class Evolution:
             key = self.es.generation
             start = time.monotonic()
             try:
-                generation: Generation = self.es.step(functools.partial(self.scorer, key=key, episodes=ecfg.episodes))
+                generation: Generation = self.es.step(functools.partial(self.score, key=key, episodes=ecfg.episodes))
             except NonFiniteFitnessError as error:
                 raise RunFailure(f"{error}; the world model may be diverging on these controllers") from None
             metrics = {
@@ -331,15 +375,16 @@ class Evolution:
                 "perf/generation_s": time.monotonic() - start,
                 "perf/ask_tell_s": generation.ask_tell_s,
                 "perf/score_s": generation.score_s,
-                **self.scorer.figures(),
+                **self.figures,
             }
             # every generation: each is seconds of work, worth a line
             self.run.log(self.es.generation + self.log_offset, metrics)
             bar.update(1, best=generation.best_fitness, mean=generation.mean_fitness)
             done = self.es.generation == total
-            if done or self.es.generation % ecfg.checkpoint_every == 0 or stop.requested:
+            stopping = stop.check()
+            if done or self.es.generation % ecfg.checkpoint_every == 0 or stopping:
                 self.save()
-            if stop.requested and not done:
+            if stopping and not done:
                 bar.close()
                 raise Interrupted
         bar.close()
@@ -394,9 +439,8 @@ def evolve(run: Run, stop: GracefulStop, world_model: Path, mode: str, warm_star
     """Load the world model (unless `world` is the one already loaded from `world_model`), evolve (or resume),
     choose the final controller and score it in the real env."""
     cfg, ecfg = run.cfg, run.cfg.evolve
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
+    set_threads(cfg.run, device)
     print(f"run {run.path}: device {device}, scoring in the {mode}", file=sys.stderr)
     if world is None:
         world = load_world_model(world_model, cfg)
@@ -510,12 +554,18 @@ def score_in_env(envs, agent: LatentAgent, parameters: np.ndarray, episodes: int
 
 
 def save_controller(path: Path, command: str, controller: Controller, parameters: np.ndarray, cfg: Config,
-                    provenance: dict, figures: dict) -> None:  # fmt: skip
-    """A controller checkpoint (best.pt): what `--controller` warm-starts from."""
+                    provenance: dict, figures: dict, world_model: dict | None = None) -> None:  # fmt: skip
+    """A controller checkpoint (best.pt): what `--controller` warm-starts from and `wm eval`/`wm video` play.
+
+    `world_model` ({"model": ..., "decoder": ..., "env_spec": ...} state dicts) is the model the controller sees
+    through, for a run whose model keeps changing after it (`wm cycle`); a `wm evolve` controller's model is the
+    checkpoint named in `provenance`.
+    """
     save_checkpoint(
         path,
         {"command": command, "controller": controller.describe(), "config": config_lib.to_dict(cfg),
-         "data": provenance, "parameters": torch.as_tensor(parameters), "figures": figures},
+         "data": provenance, "parameters": torch.as_tensor(parameters), "figures": figures,
+         "world_model": world_model},
         keep_previous=False,
     )  # fmt: skip
 

@@ -2,6 +2,10 @@
 
 Every random draw of a training step (batch order, crops, masks) comes from generators seeded by
 (seed, step), so a resumed run repeats exactly what an uninterrupted run would have done.
+
+Under torchrun (see experiments/distributed.py) every process draws the whole batch's indices, crops and masks,
+loads and crops only its share of the images and trains a DDP copy of the model: the updates equal one process's
+on the whole batch, and rank 0 alone evaluates and writes.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from experiments import config as config_lib
+from experiments import distributed
 from experiments.checkpoint import CheckpointError, load_latest, save_checkpoint
 from experiments.config import Config, DataConfig, PretrainConfig
 from experiments.pictures import save_mask_picture
@@ -76,9 +82,12 @@ def build_dataset(cfg: DataConfig, image_size: int, seed: int, show_progress: bo
     return TensorImageDataset(frames, states=states, name=cfg.target)
 
 
-def make_loader(dataset: Dataset, cfg: PretrainConfig, seed: int, start_step: int) -> DataLoader:
-    """Batches for steps start_step .. steps-1, in an order fixed by (seed, step)."""
-    sampler = StepBatchSampler(len(dataset), cfg.optim.batch_size, seed, start_step, cfg.optim.steps)
+def make_loader(
+    dataset: Dataset, cfg: PretrainConfig, seed: int, start_step: int, rows: slice = slice(None)
+) -> DataLoader:
+    """Batches for steps start_step .. steps-1, in an order fixed by (seed, step); only rows `rows` of each (this
+    process's share under torchrun) are loaded."""
+    sampler = StepBatchSampler(len(dataset), cfg.optim.batch_size, seed, start_step, cfg.optim.steps, rows)
     # In-memory sources gain nothing from worker processes; decoding an image folder does.
     workers = cfg.data.workers if isinstance(dataset, ImageFolderDataset) else 0
     return DataLoader(
@@ -91,11 +100,21 @@ def make_loader(dataset: Dataset, cfg: PretrainConfig, seed: int, start_step: in
     )
 
 
-def prepare_images(images: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """uint8 (B, C, h, w) -> normalised float (B, C, S, S), S the encoder's image size."""
+def prepare_images(
+    images: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator, batch: int | None = None,
+    rows: slice = slice(None),
+) -> torch.Tensor:  # fmt: skip
+    """uint8 (B, C, h, w) -> normalised float (B, C, S, S), S the encoder's image size.
+
+    The images may be rows `rows` of a batch of `batch` (a process's share under torchrun): the crops are drawn for
+    the whole batch, as one process draws them, and these rows cropped.
+    """
     size = cfg.encoder.image_size
     if cfg.data.augment == "crop_flip":
-        x = augment.random_resized_crop(images, size, scale=cfg.data.crop_scale, generator=generator)
+        height, width = images.shape[-2:]
+        theta = augment.random_crop_theta(batch or len(images), height, width, scale=cfg.data.crop_scale,
+                                          generator=generator)  # fmt: skip
+        x = augment.crop_resize(images, theta[rows], size)
     else:
         x = augment.resize(images, size)
     return augment.normalize(x)
@@ -153,15 +172,34 @@ def train_step(
     cfg: PretrainConfig,
     device: torch.device,
     precision: str,
+    loss_fn: Callable[..., dict[str, torch.Tensor]] | None = None,
+    weight: float = 1.0,
 ) -> StepResult:
-    """One optimizer step and one EMA update, both skipped when the loss or gradient is not finite."""
+    """One optimizer step and one EMA update, both skipped when the loss or gradient is not finite.
+
+    Under torchrun `images` are this process's share of the batch, `loss_fn` the model's loss through DDP and
+    `weight` this share of the batch's images times the world size (1 when the shares are equal): DDP averages the
+    gradients, so the processes' losses averaged are the whole batch's mean, which is the loss reported.
+    """
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, precision):
-        loss = model.loss(images, masks)["jepa"]
-    update = optimizer_step(loss, optimizer, scaler, cfg.optim.grad_clip)
+        loss = (loss_fn or model.loss)(images, masks)["jepa"] * weight
+    value = distributed.average_over_processes({"jepa": loss})["jepa"]
+    update = optimizer_step(loss, optimizer, scaler, cfg.optim.grad_clip, finite=math.isfinite(value))
     if not update.skipped:
         model.update_target(momentum)
-    return StepResult(loss.item(), update.grad_norm, update.skipped)
+    return StepResult(value, update.grad_norm, update.skipped)
+
+
+class Placement(NamedTuple):
+    """Where this process's readable images sit in a step's batch, over every process (one process: all of it)."""
+
+    total: int
+    """Readable images in the whole batch."""
+    rows: slice
+    """This process's among them."""
+    fewest: int
+    """The fewest readable images any process holds."""
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -264,8 +302,10 @@ class Pretrainer:
         self.step = 0
         self.nonfinite = NonFiniteGuard(pcfg.optim.max_nonfinite, "lower pretrain.optim.lr or check the data")
         self.bad_images = BadImageBudget(self.dataset, pcfg.data.max_bad_images)
-        self.probes = build_probe_set(self.dataset, pcfg, self.cfg.run.seed)
+        # Rank 0 alone evaluates (the probes read nothing the others need).
+        self.probes = build_probe_set(self.dataset, pcfg, self.cfg.run.seed) if distributed.is_main() else None
         self.random_scores: dict | None = None
+        self.rows = distributed.even_share(pcfg.optim.batch_size, "pretrain.optim.batch_size")
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -297,6 +337,7 @@ class Pretrainer:
         self.nonfinite.load_state_dict(counters)
         self.bad_images.num_bad = counters["bad_images"]
         self.step = state["step"]
+        distributed.barrier()  # every process has read the checkpoint before rank 0 may replace it
         print(f"resumed from {path} at step {self.step}", file=sys.stderr)
 
     # -- evaluation ------------------------------------------------------------------------------------
@@ -322,19 +363,23 @@ class Pretrainer:
         pcfg, seed = self.cfg.pretrain, self.cfg.run.seed
         total = pcfg.optim.steps
         self.run.start_at(self.step)
-        loader = make_loader(self.dataset, pcfg, seed, self.step)
+        loader = make_loader(self.dataset, pcfg, seed, self.step, self.rows)
+        loss_fn = distributed.data_parallel(self.model, self.device, self.cfg.run.grad_compression)
         bar = Progress(total, "pretrain", initial=self.step, unit="step", enabled=self.cfg.run.progress)
         window_start, window_images = time.monotonic(), 0
         for batch in loader:
             step = self.step
-            self.count_bad_images(batch)
-            if len(batch.images) < 2:  # every image of this batch was unreadable: nothing to learn from
+            place = self.place(batch)
+            # Fewer than two readable images in the batch, or (under torchrun) none in some process's share: a step
+            # the processes skip together.
+            if place.total < 2 or place.fewest == 0:
                 self.step = step + 1
                 bar.update(1)
                 continue
-            images = prepare_images(batch.images, pcfg, step_generator(seed, step, STREAM_CROPS)).to(self.device)
-            masks = self.masks(images.shape[0], step_rng(seed, step, STREAM_MASKS))
-            masks = type(masks)(*(m.to(self.device) for m in masks))
+            crops = step_generator(seed, step, STREAM_CROPS)
+            images = prepare_images(batch.images, pcfg, crops, place.total, place.rows).to(self.device)
+            masks = self.masks(place.total, step_rng(seed, step, STREAM_MASKS))  # the whole batch's, as one process
+            masks = type(masks)(*(m[place.rows].to(self.device) for m in masks))
             scheduled = apply_schedules(self.optimizer, pcfg, step)
             result = train_step(
                 self.model,
@@ -346,10 +391,12 @@ class Pretrainer:
                 pcfg,
                 self.device,
                 self.precision,
+                loss_fn,
+                len(images) * distributed.world_size() / place.total,
             )
             self.nonfinite.record(result.skipped, step, result.loss)
             self.step = step + 1
-            window_images += images.shape[0]
+            window_images += place.total
             bar.update(1, loss=result.loss)
             if self.step % self.cfg.run.log_every == 0 or self.step == total:
                 elapsed = time.monotonic() - window_start
@@ -369,7 +416,7 @@ class Pretrainer:
                 window_start, window_images = time.monotonic(), 0
             if pcfg.eval.every and self.step % pcfg.eval.every == 0 and self.step < total:
                 self.evaluate()
-            if stop.requested:
+            if stop.check():
                 self.save()
                 self.run.write_summary(step=self.step)
                 bar.close()
@@ -385,14 +432,24 @@ class Pretrainer:
             "probe": self.evaluate(),
         }
 
-    def count_bad_images(self, batch) -> None:
+    def place(self, batch) -> Placement:
+        """Count the step's unreadable images, over every process, and place this process's readable ones."""
+        shares = distributed.all_gather_object((len(batch.images), batch.bad_indices, batch.bad_errors))
+        counts = [count for count, _, _ in shares]
+        bad = [(index, error) for _, indices, errors in shares for index, error in zip(indices, errors, strict=True)]
+        self.count_bad_images([index for index, _ in bad], [error for _, error in bad])
+        start = sum(counts[: distributed.rank()])
+        return Placement(sum(counts), slice(start, start + len(batch.images)), min(counts))
+
+    def count_bad_images(self, indices: list[int], errors: list[str]) -> None:
         """Skip unreadable images with a note; too many stop the run (the budget names the files)."""
-        if not batch.num_bad:
+        if not indices:
             return
-        for index, error in zip(batch.bad_indices, batch.bad_errors, strict=True):
-            print(f"skipped unreadable image {self.dataset.describe(index)}: {error}", file=sys.stderr)
+        if distributed.is_main():
+            for index, error in zip(indices, errors, strict=True):
+                print(f"skipped unreadable image {self.dataset.describe(index)}: {error}", file=sys.stderr)
         try:
-            self.bad_images.update(batch)
+            self.bad_images.record(indices, errors)
         except RuntimeError as error:
             raise RunFailure(f"{error}\n(raise pretrain.data.max_bad_images to allow more)") from None
 
@@ -406,7 +463,7 @@ def pretrain(run: Run, stop: GracefulStop) -> dict:
     trainer = Pretrainer(model, dataset, cfg, run, device, precision)
     if run.resumed:
         trainer.resume()
-    else:
+    elif distributed.is_main():
         save_mask_picture(run.path / "masks.png", dataset, trainer.masks, cfg.pretrain, cfg.run.seed)
     run.write_summary(
         device=str(device), precision=precision, dataset={"source": cfg.pretrain.data.source, "images": len(dataset)}

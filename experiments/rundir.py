@@ -9,6 +9,8 @@
 
 A new run refuses a directory that already holds one; `--resume` refuses a directory without one and a
 config that differs from the saved one. Nothing starts over or continues silently.
+
+Under torchrun every process opens the run, but only rank 0 writes to it (see experiments/distributed.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import yaml
 
 from envs.atomic import atomic_write_text
 from experiments import config as config_lib
+from experiments import distributed
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Keys that may change when a run is resumed: they change how it reports, not what it computes.
@@ -95,10 +98,17 @@ class GracefulStop:
 
     A second signal of the same kind while stopping falls through to the default handler, so a stuck run
     can still be killed with another Ctrl-C.
+
+    Under torchrun the processes must stop at the same step, or the others would wait forever for the one that
+    left: loops call `check()` at boundaries every process reaches, where the processes agree (a signal to any of
+    them stops all), and `requested` is the last agreed answer. Alone, both are simply "a signal came".
     """
 
     def __init__(self):
         self.signum: int | None = None
+        """The signal this process received."""
+        self.agreed: int | None = None
+        """The signal the processes agreed on at the last `check()` (under torchrun)."""
         self._previous = {}
 
     def __enter__(self) -> GracefulStop:
@@ -117,21 +127,48 @@ class GracefulStop:
         print(f"\n{signal.Signals(signum).name} received: stopping at the next step boundary", file=sys.stderr)
 
     @property
-    def requested(self) -> bool:
+    def signalled(self) -> bool:
+        """This process received a signal (it may not have been agreed on yet)."""
         return self.signum is not None
 
     @property
+    def requested(self) -> bool:
+        """Stop now: a signal came (under torchrun: the processes agreed so at the last `check()`)."""
+        return (self.agreed if distributed.active() else self.signum) is not None
+
+    def check(self) -> bool:
+        """`requested`, after the processes of a torchrun job agree on it; call it where every process passes."""
+        if distributed.active() and self.agreed is None:  # once agreed, agreed everywhere: no need to ask again
+            self.agreed = distributed.agree_signal(self.signum)
+        return self.requested
+
+    @property
     def exit_code(self) -> int:
-        return EXIT_CODES.get(self.signum, 1)
+        return EXIT_CODES.get(self.agreed if distributed.active() else self.signum, 1)
+
+
+class _Discard:
+    """The tensorboard writer of a process that writes nothing (ranks other than 0): every call does nothing."""
+
+    def __getattr__(self, name: str) -> _Discard:
+        return self
+
+    def __call__(self, *args, **kwargs) -> _Discard:
+        return self
 
 
 class Run:
-    """Writes one run directory. Created by `open_run`; commands log through it."""
+    """Writes one run directory. Created by `open_run`; commands log through it.
+
+    Under torchrun only rank 0 writes (`writes`); on the other ranks logging and summaries do nothing.
+    """
 
     def __init__(self, path: Path, command: str, cfg: config_lib.Config, resumed: bool):
         self.path, self.command, self.cfg, self.resumed = path, command, cfg, resumed
+        self.writes = distributed.is_main()
         self.checkpoint_dir = path / "checkpoints"
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if self.writes:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.session_start = time.monotonic()
         summary_path = path / "summary.json"
         self.summary = json.loads(summary_path.read_text()) if resumed and summary_path.exists() else {}
@@ -139,9 +176,9 @@ class Run:
         self.summary.update(command=command, status="running", name=path.name)
         self.summary.setdefault("step", 0)
         self.summary.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        if not resumed:
+        if not resumed and self.writes:
             atomic_write_text(path / "config.yaml", yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
-        self._metrics = open(path / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        self._metrics = open(path / "metrics.jsonl", "a") if self.writes else None  # noqa: SIM115 - closed in close()
         self._tb = None
         self._tb_start = 0
         self.write_summary()
@@ -154,6 +191,8 @@ class Run:
     @property
     def tb(self):
         """The tensorboard writer, opened on first use with `purge_step` so resumed steps never repeat."""
+        if not self.writes:
+            return _Discard()
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
@@ -162,6 +201,8 @@ class Run:
 
     def log(self, step: int, metrics: dict[str, float], tensorboard: bool = True) -> None:
         """One JSON line in metrics.jsonl, and each number as a tensorboard scalar."""
+        if not self.writes:
+            return
         record = {"step": step, "time": round(self.wall_seconds, 3), **metrics}
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
@@ -179,10 +220,12 @@ class Run:
         self.summary.update(fields)
         self.summary["wall_seconds"] = round(self.wall_seconds, 2)
         self.summary["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        atomic_write_text(self.path / "summary.json", json.dumps(self.summary, indent=2) + "\n")
+        if self.writes:
+            atomic_write_text(self.path / "summary.json", json.dumps(self.summary, indent=2) + "\n")
 
     def close(self) -> None:
-        self._metrics.close()
+        if self._metrics is not None:
+            self._metrics.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -223,7 +266,11 @@ def run_path(args: argparse.Namespace, command: str) -> Path:
 
 
 def open_run(args: argparse.Namespace, command: str) -> Run:
-    """Resolve the config (with the resume rules) and open the run directory."""
+    """Resolve the config (with the resume rules) and open the run directory.
+
+    Under torchrun this is where the processes join their process group: every process checks the directory, they
+    wait for each other, then rank 0 alone creates it.
+    """
     path = run_path(args, command)
     if args.resume:
         saved = path / "config.yaml"
@@ -244,9 +291,14 @@ def open_run(args: argparse.Namespace, command: str) -> Run:
             raise RunError(f"--resume: {path} is a run of another command, not '{command}'")
     else:
         cfg = config_lib.load_config(args.config, args.overrides)
-        if (path / "config.yaml").exists() or (path / "summary.json").exists():
-            raise RunError(f"{path} already holds a run; pass --resume to continue it, or choose another --name")
-    path.mkdir(parents=True, exist_ok=True)
+    if distributed.init(cfg.run.device):
+        path = distributed.broadcast_object(path)  # a default name holds the time of day: rank 0's
+        distributed.check_config(cfg, command)
+    if not args.resume and ((path / "config.yaml").exists() or (path / "summary.json").exists()):
+        raise RunError(f"{path} already holds a run; pass --resume to continue it, or choose another --name")
+    distributed.barrier()  # every process has checked the directory before rank 0 writes into it
+    if distributed.is_main():
+        path.mkdir(parents=True, exist_ok=True)
     return Run(path, command, cfg, resumed=args.resume)
 
 
@@ -258,6 +310,7 @@ def execute(run: Run, body: Callable[[Run, GracefulStop], dict]) -> int:
         except Interrupted:
             run.write_summary(status="interrupted")
             print(f"interrupted; resume with --resume --run-dir {run.path}", file=sys.stderr)
+            distributed.barrier()  # rank 0 has saved and written: the processes of a torchrun job leave together
             return stop.exit_code
         except RunFailure as error:
             run.write_summary(status="failed", error=f"{type(error).__name__}: {error}")
@@ -270,5 +323,6 @@ def execute(run: Run, body: Callable[[Run, GracefulStop], dict]) -> int:
             raise
         finally:
             run.close()
+            distributed.teardown()
     run.write_summary(status="done", **results)
     return 0

@@ -11,13 +11,19 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from experiments import distributed
 from experiments.config import RunConfig
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; anything else must be available or it is an error."""
+    """'auto' -> CUDA when present, else CPU; anything else must be available or it is an error.
+
+    Under torchrun, 'auto' and 'cuda' mean this process's own GPU (cuda:LOCAL_RANK).
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.active():
+        name = f"cuda:{distributed.local_rank()}"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"run.device={name!r} but CUDA is not available here; use 'auto' or 'cpu'")
@@ -64,13 +70,20 @@ class OptimizerStep(NamedTuple):
     """The loss or the gradient was not finite, so no step was taken; the caller skips its EMA update too."""
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler, grad_clip: float) -> OptimizerStep:
+def optimizer_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler, grad_clip: float, finite: bool | None = None
+) -> OptimizerStep:
     """Backward, clip and step, for an optimizer whose gradients were zeroed before the forward pass.
 
     A non-finite loss or gradient norm takes no step (RELIABILITY.md: skip, count, stop after several). With
     fp16, `scaler` (a GradScaler) scales the loss and, on overflow, lowers its scale; bf16 and float32 need none.
+
+    Args:
+        finite: whether the loss counts as finite, when the caller knows better than `loss`: under torchrun, the
+            loss averaged over processes, so that every process skips the same steps (a process that skipped its
+            backward alone would leave the others waiting in DDP's gradient all-reduce). Default: `loss` is finite.
     """
-    if not torch.isfinite(loss):
+    if not (torch.isfinite(loss) if finite is None else finite):
         return OptimizerStep(float("nan"), skipped=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -132,12 +145,21 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def prepare_runtime(cfg: RunConfig, run_path: Path) -> tuple[torch.device, str]:
-    """Threads, seeds, device and precision from a run's `run:` section, said on stderr."""
+def set_threads(cfg: RunConfig, device: torch.device) -> None:
+    """run.threads torch threads; without it, torch's default, except in a CPU process under torchrun, which takes
+    its share of the machine's cores (torchrun itself would leave it one thread)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    elif distributed.active() and device.type == "cpu":
+        torch.set_num_threads(distributed.default_threads())
+
+
+def prepare_runtime(cfg: RunConfig, run_path: Path) -> tuple[torch.device, str]:
+    """Threads, seeds, device and precision from a run's `run:` section, said on stderr."""
     device = resolve_device(cfg.device)
+    set_threads(cfg, device)
+    seed_everything(cfg.seed)
     precision = resolve_precision(cfg.precision, device)
-    print(f"run {run_path}: device {device}, precision {precision}", file=sys.stderr)
+    workers = f", {distributed.world_size()} processes" if distributed.active() else ""
+    print(f"run {run_path}: device {device}, precision {precision}{workers}", file=sys.stderr)
     return device, precision

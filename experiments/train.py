@@ -12,6 +12,10 @@ section -> videos/dream_vs_real.mp4.
 
 Every random draw of a training step (window starts, SIGReg directions, the decoder's frames) comes from
 generators seeded by (seed, step), so a resumed run repeats exactly what an uninterrupted run would have done.
+
+Under torchrun (see experiments/distributed.py) collection and encoding are split across the processes, and each
+training step's windows too: every process draws the whole batch's window starts, loads its share of them and
+trains a DDP copy of the model, whose updates equal one process's on the whole batch.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ from envs import (
     make_env,
     make_vector_env,
 )
+from envs.collect import EpisodeBuffer
 from experiments import config as config_lib
+from experiments import distributed
 from experiments.checkpoint import CheckpointError, load_latest, read_checkpoint, save_checkpoint
 from experiments.config import PREDICTION_DEPTHS, Config, ConfigError, EnvConfig, WorldModelConfig
 from experiments.progress import Progress
@@ -96,10 +102,14 @@ def env_spec(cfg: EnvConfig) -> EnvSpec:
     return spec
 
 
+PolicyFactory = Callable[[int, int], Policy]
+"""(sub-envs, seed) -> a policy acting in that many sub-envs, its own randomness seeded by seed."""
+
+
 def collect_episodes(cfg: Config, store: EpisodeStore, stop: GracefulStop) -> CollectStats:
     """Random-policy rollouts of `world_model.collect_steps` transitions into `store` (seeded by run.seed)."""
     return collect_into(
-        store, cfg.env, RandomPolicy(store.spec, seed=cfg.run.seed), cfg.world_model.collect_steps,
+        store, cfg.env, lambda envs, seed: RandomPolicy(store.spec, seed=seed), cfg.world_model.collect_steps,
         cfg.world_model.num_envs, cfg.run.seed, stop, cfg.run.progress,
         stopped=f"stopped while collecting, before the first checkpoint: this run cannot be resumed; start a new one "
         f"(the episodes stored so far stay in {store.path})",
@@ -107,31 +117,89 @@ def collect_episodes(cfg: Config, store: EpisodeStore, stop: GracefulStop) -> Co
 
 
 def collect_into(
-    store: EpisodeStore, cfg: EnvConfig, policy: Policy, steps: int, num_envs: int, seed: int, stop: GracefulStop,
-    show_progress: bool = True, stopped: str = "stopped while collecting", all_at_once: bool = False,
+    store: EpisodeStore, cfg: EnvConfig, policy: PolicyFactory, steps: int, num_envs: int, seed: int,
+    stop: GracefulStop, show_progress: bool = True, stopped: str = "stopped while collecting",
+    all_at_once: bool = False,
 ) -> CollectStats:  # fmt: skip
-    """Run `policy` for `steps` transitions in `num_envs` envs (sub-env i seeded `seed + i`), into `store`.
+    """Run a policy for `steps` transitions in `num_envs` envs (sub-env i seeded `seed + i`), into `store`.
 
-    On SIGINT/SIGTERM prints `stopped` and raises Interrupted. With `all_at_once` every episode is buffered and
-    written by one `store.add_episodes` call at the end (one shard, one index line: all or nothing after a crash).
+    `policy(num_envs, seed)` builds the policy (seeded by `seed`). On SIGINT/SIGTERM prints `stopped` and raises
+    Interrupted. With `all_at_once` every episode is buffered and written by one `store.add_episodes` call at the end
+    (one shard, one index line: all or nothing after a crash). Under torchrun see `collect_shared`.
     """
-    envs, _ = make_vector_env(cfg.id, num_envs, obs=cfg.obs, size=cfg.size, action_repeat=cfg.action_repeat, seed=seed)
+    if distributed.active():
+        return collect_shared(store, cfg, policy, steps, num_envs, seed, stop, show_progress, stopped, all_at_once)
+    return collect_share(store, cfg, policy(num_envs, seed), steps, range(num_envs), seed, stop, show_progress,
+                         stopped, all_at_once)  # fmt: skip
+
+
+def collect_share(
+    target: EpisodeStore | EpisodeBuffer, cfg: EnvConfig, policy: Policy, steps: int, envs: range, seed: int,
+    stop: GracefulStop, show_progress: bool, stopped: str, all_at_once: bool,
+) -> CollectStats:  # fmt: skip
+    """`steps` transitions of sub-envs `envs` of a collection (sub-env i seeded `seed + i`) into `target`."""
+    vector, _ = make_vector_env(cfg.id, len(envs), obs=cfg.obs, size=cfg.size, action_repeat=cfg.action_repeat,
+                                seed=seed + envs.start)  # fmt: skip
     bar = Progress(steps, f"collect {cfg.id}", unit="step", enabled=show_progress)
 
     def on_step(new: int) -> None:
         bar.update(new)
-        if stop.requested:
+        if stop.signalled:
             print(stopped, file=sys.stderr)
             raise Interrupted
 
     # `collect` stops within one vector step of `steps`, so a buffer of more than steps + num_envs steps (each episode
     # holds one more step than transitions, at most all of them) is only written at the end.
-    shard = {"shard_steps": 2 * (steps + num_envs)} if all_at_once else {}
+    shard = {"shard_steps": 2 * (steps + len(envs))} if all_at_once else {}
     try:
-        return collect(envs, policy, steps, store, on_step=on_step, **shard)
+        return collect(vector, policy, steps, target, on_step=on_step, **shard)
     finally:
         bar.close()
-        envs.close()
+        vector.close()
+
+
+def collect_shared(
+    store: EpisodeStore, cfg: EnvConfig, policy: PolicyFactory, steps: int, num_envs: int, seed: int,
+    stop: GracefulStop, show_progress: bool, stopped: str, all_at_once: bool,
+) -> CollectStats:  # fmt: skip
+    """`collect_into` under torchrun: the sub-envs are split across the processes (each keeps the seeds its sub-envs
+    have alone), the steps in proportion, and each process's policy draws from its own seed (`rank_seed`).
+
+    Rank 0 alone writes: it gathers every process's episodes and adds them in rank order (one shard per process and
+    buffer, or one in all with `all_at_once`); then the others re-read the store. Each process overshoots its steps
+    by less than its sub-envs, so the whole collection, as one process's, holds fewer than steps + num_envs.
+    """
+    envs = range(num_envs)[distributed.share(num_envs)]
+    sharing = min(num_envs, distributed.world_size())  # processes with at least one sub-env
+    own_steps = len(range(steps)[distributed.share(steps, sharing)]) if envs else 0
+    buffer, stats = EpisodeBuffer(), CollectStats(steps=0, episodes=0)
+    if own_steps:
+        try:
+            stats = collect_share(buffer, cfg, policy(len(envs), distributed.rank_seed(seed)), own_steps, envs, seed,
+                                  stop, show_progress and distributed.is_main(), stopped, all_at_once)  # fmt: skip
+        except Interrupted:
+            pass  # this process was signalled: the others hear of it just below
+    if stop.check():
+        raise Interrupted
+    shards = distributed.gather_object(buffer.shards)
+    if shards is not None:  # rank 0
+        batches = [episodes for process in shards for episodes in process]
+        if all_at_once:
+            batches = [[episode for episodes in batches for episode in episodes]]
+        for episodes in batches:
+            store.add_episodes(episodes)
+    distributed.barrier()
+    if not distributed.is_main():
+        store.refresh()
+    return CollectStats.combine(distributed.all_gather_object(stats))
+
+
+def open_store(path: Path, spec: EnvSpec) -> EpisodeStore:
+    """Open (or create) an episode store; under torchrun rank 0 first, since opening may repair what a crash left
+    (and one writer at a time), then the others."""
+    store = EpisodeStore(path, spec) if distributed.is_main() else None
+    distributed.barrier()
+    return store if store is not None else EpisodeStore(path, spec)
 
 
 def check_episode_store(path: Path, spec: EnvSpec) -> Path:
@@ -183,7 +251,8 @@ def split_episodes(episode_steps: np.ndarray, eval_fraction: float) -> EpisodeSp
 class WindowSource(Protocol):
     """Where the trainer's data comes from."""
 
-    def train_windows(self, batch_size: int, length: int, rng: np.random.Generator) -> Windows: ...
+    def train_windows(self, batch_size: int, length: int, rng: np.random.Generator, rows: slice = slice(None)
+                      ) -> Windows: ...  # fmt: skip
 
     def held_out_windows(self, count: int, length: int) -> Windows: ...
 
@@ -196,15 +265,22 @@ class StoreWindows:
     def __init__(self, store: EpisodeStore, split: EpisodeSplit, latent_key: str | None = None):
         self.store, self.split, self.latent_key = store, split, latent_key
 
-    def train_windows(self, batch_size: int, length: int, rng: np.random.Generator) -> Windows:
-        """`batch_size` windows of `length` steps from the training episodes, uniformly; they may span episodes."""
+    def train_windows(self, batch_size: int, length: int, rng: np.random.Generator, rows: slice = slice(None)
+                      ) -> Windows:  # fmt: skip
+        """`batch_size` windows of `length` steps (see `train_starts`), of which only rows `rows` are loaded: a
+        process's share of a batch split across processes."""
+        starts = self.train_starts(batch_size, length, rng)  # (B,)
+        return self.store.windows_at(starts[rows], length, latent_key=self.latent_key)
+
+    def train_starts(self, batch_size: int, length: int, rng: np.random.Generator) -> np.ndarray:
+        """Starts (B,) of `batch_size` windows of `length` steps from the training episodes, uniformly; they may
+        span episodes."""
         if self.split.train_steps < length:
             raise RunFailure(
                 f"the training episodes hold {self.split.train_steps} steps, fewer than one window of {length}; "
                 "collect more steps or shorten world_model.sequence_length"
             )
-        starts = rng.integers(0, self.split.train_steps - length + 1, size=batch_size)  # one draw: (B,)
-        return self.store.windows_at(starts, length, latent_key=self.latent_key)
+        return rng.integers(0, self.split.train_steps - length + 1, size=batch_size)  # one draw: (B,)
 
     def held_out_windows(self, count: int, length: int) -> Windows:
         """Up to `count` non-overlapping windows tiling the held-out episodes from their start (fixed, no RNG)."""
@@ -263,14 +339,21 @@ def load_encoder(model: WorldModel, weights: dict[str, torch.Tensor], source: st
         raise CheckpointError(f"--encoder {source} does not fit this world model's encoder: {error}") from None
 
 
-def encoder_fingerprint(model: WorldModel, precision: str) -> str:
+FEATURE_PRECISION = "float32"
+"""A frozen encoder's features are computed in float32 whatever run.precision says: the cache and the agent in the
+real env must see the same numbers, and bf16's 8-bit mantissa rounds away the small frame-to-frame differences of
+the features (std ~1% of their magnitude for a random ViT) that standardisation then blows up into noise of the
+order of the signal (measured: a CartPole controller fell from ~300 to 28 real return with a bf16 cache)."""
+
+
+def encoder_fingerprint(model: WorldModel) -> str:
     """The latent-cache key of a frozen encoder: a hash of everything its features depend on.
 
     That is the backbone's weights, the observation shape, the ViT's input size (frames are resized to it)
-    and the precision the features are computed in.
+    and the precision the features are computed in (FEATURE_PRECISION).
     """
     digest = hashlib.sha256()
-    digest.update(json.dumps([list(model.obs_shape), getattr(model, "image_size", None), precision]).encode())
+    digest.update(json.dumps([list(model.obs_shape), getattr(model, "image_size", None), FEATURE_PRECISION]).encode())
     for name, tensor in sorted(model.backbone.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
@@ -279,27 +362,38 @@ def encoder_fingerprint(model: WorldModel, precision: str) -> str:
 
 @torch.no_grad()
 def fill_latent_cache(
-    model: WorldModel, store: EpisodeStore, key: str, device: torch.device, precision: str, stop: GracefulStop,
+    model: WorldModel, store: EpisodeStore, key: str, device: torch.device, stop: GracefulStop,
     show_progress: bool = True,
 ) -> int:  # fmt: skip
-    """Encode every frame of the episodes missing from the cache `key`, once. Returns how many were encoded."""
+    """Encode every frame of the episodes missing from the cache `key`, once, in float32 (FEATURE_PRECISION).
+    Returns how many were encoded.
+
+    Under torchrun process r of W encodes missing episodes r, r + W, ... (each writes only its episodes' files), all
+    of them in rounds of one episode each, and then every process re-reads the cache.
+    """
     cache = store.latents(key)
     missing = cache.missing()
+    distributed.barrier()  # every process has listed the cache before any writes into it
     if not missing:
         return 0
-    bar = Progress(int(store.episode_steps[missing].sum()), "encode", unit="frame", enabled=show_progress)
-    for index in missing:
-        obs = torch.as_tensor(store.episode(index).obs)  # (L+1, *obs_shape)
-        features = []
-        for start in range(0, len(obs), ENCODE_BATCH):
-            with autocast(device, precision):
+    workers = distributed.world_size()
+    own = missing[distributed.rank() :: workers]
+    bar = Progress(int(store.episode_steps[own].sum()), "encode", unit="frame", enabled=show_progress)
+    for turn in range(-(-len(missing) // workers)):
+        if turn < len(own):
+            obs = torch.as_tensor(store.episode(own[turn]).obs)  # (L+1, *obs_shape)
+            features = []
+            for start in range(0, len(obs), ENCODE_BATCH):
                 features.append(model.encode_features(obs[start : start + ENCODE_BATCH].to(device)).float().cpu())
-        cache.put(index, torch.cat(features).numpy())  # (L+1, F)
-        bar.update(len(obs))
-        if stop.requested:  # the step-0 checkpoint exists; a resume encodes only what is still missing
+            cache.put(own[turn], torch.cat(features).numpy())  # (L+1, F)
+            bar.update(len(obs))
+        if stop.check():  # the step-0 checkpoint exists; a resume encodes only what is still missing
             bar.close()
             raise Interrupted
     bar.close()
+    if distributed.active():
+        distributed.barrier()
+        cache.refresh()
     return len(missing)
 
 
@@ -391,17 +485,25 @@ def train_step(
     generator: torch.Generator,
     device: torch.device,
     precision: str,
+    loss_fn: Callable[..., dict[str, torch.Tensor]] | None = None,
+    shard: distributed.Shard | None = None,
 ) -> StepResult:
-    """One optimizer step and one EMA update, both skipped when the loss or gradient is not finite."""
+    """One optimizer step and one EMA update, both skipped when the loss or gradient is not finite.
+
+    Under torchrun `batch` is this process's share of the batch, `loss_fn` the model's loss through DDP
+    (`distributed.data_parallel`) and `shard` how the losses combine across processes (see `WorldModel.loss`); the
+    losses reported are averaged over the processes: the whole batch's.
+    """
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, precision):
-        losses = model.loss(batch, cfg.horizon, cfg.burn_in, generator=generator)
+        losses = (loss_fn or model.loss)(batch, cfg.horizon, cfg.burn_in, generator=generator, shard=shard)
         total = combine_losses(losses, weights)
-    values = {name: loss.item() for name, loss in losses.items()}
-    update = optimizer_step(total, optimizer, scaler, cfg.grad_clip)
+    values = distributed.average_over_processes({**losses, "total": total})
+    total_value = values.pop("total")
+    update = optimizer_step(total, optimizer, scaler, cfg.grad_clip, finite=math.isfinite(total_value))
     if not update.skipped:
         model.update_target(momentum)
-    return StepResult(values, total.item(), update.grad_norm, update.skipped)
+    return StepResult(values, total_value, update.grad_norm, update.skipped)
 
 
 def decoder_step(
@@ -410,24 +512,33 @@ def decoder_step(
     model: WorldModel,
     obs: torch.Tensor,
     features: torch.Tensor | None = None,
+    weight: float = 1.0,
 ) -> float:
     """One decoder update on the target latents of some frames; the world model is only read, never trained.
 
     Args:
         obs: (N, H, W, C) uint8 frames, the decoder's targets.
         features: (N, F) their cached frozen-encoder features, used in place of obs to get the latents.
+        weight: under torchrun, this process's share of the step's frames times the world size (the decoder is
+            not wrapped in DDP: its gradients are averaged here), so that the losses averaged over processes are the
+            whole step's mean; a process with no frame (N = 0) still joins the average.
     Returns:
         the decoder's loss (NaN, and no update, when it is not finite).
     """
-    with torch.no_grad():
-        z = model.targets(features=features) if features is not None else model.targets(obs)  # (N, D)
     optimizer.zero_grad(set_to_none=True)
-    loss = decoder.loss(z, obs)
-    if not torch.isfinite(loss):
+    loss = torch.zeros((), device=obs.device)
+    if len(obs):
+        with torch.no_grad():
+            z = model.targets(features=features) if features is not None else model.targets(obs)  # (N, D)
+        loss = decoder.loss(z, obs) * weight
+    value = distributed.average_over_processes({"decoder": loss})["decoder"]
+    if not math.isfinite(value):
         return float("nan")
-    loss.backward()
+    if len(obs):
+        loss.backward()
+    distributed.average_gradients(decoder.parameters())
     optimizer.step()
-    return loss.item()
+    return value
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -472,6 +583,18 @@ class WorldModelTrainer:
         self.decoder_step = 0  # decoder-only steps done after the world model finished
         self.nonfinite = NonFiniteGuard(self.cfg.world_model.max_nonfinite, "lower world_model.lr or check the data")
         self._eval_batch: tuple[WorldModelBatch, torch.Tensor | None] | None = None
+        # Under torchrun: this process's rows of every batch, how the losses combine, the loss through DDP (made at
+        # the first step, where every process is).
+        self.rows = distributed.even_share(wcfg.batch_size, "world_model.batch_size")
+        self.shard = distributed.Shard() if distributed.active() else None
+        self._loss_fn: Callable[..., dict[str, torch.Tensor]] | None = None
+
+    @property
+    def loss_fn(self) -> Callable[..., dict[str, torch.Tensor]]:
+        """The model's loss, through DistributedDataParallel under torchrun."""
+        if self._loss_fn is None:
+            self._loss_fn = distributed.data_parallel(self.model, self.device, self.cfg.run.grad_compression)
+        return self._loss_fn
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -561,7 +684,7 @@ class WorldModelTrainer:
         while self.step < total:
             step = self.step
             windows = self.data.train_windows(
-                wcfg.batch_size, wcfg.sequence_length, step_rng(seed, step, STREAM_WINDOWS)
+                wcfg.batch_size, wcfg.sequence_length, step_rng(seed, step, STREAM_WINDOWS), self.rows
             )
             batch = batch_from_windows(windows, self.device, use_features=self.use_features)
             scheduled = apply_schedules(self.optimizer, wcfg, step, constant_lr)
@@ -576,9 +699,11 @@ class WorldModelTrainer:
                 step_generator(seed, step, STREAM_SIGREG),
                 self.device,
                 self.precision,
+                self.loss_fn,
+                self.shard,
             )
             self.nonfinite.record(result.skipped, self.step, result.total)
-            decoder_loss = self.train_decoder(windows, step_rng(seed, step, STREAM_DECODER))
+            decoder_loss = self.train_decoder(windows, step_rng(seed, step, STREAM_DECODER), wcfg.batch_size, self.rows)
             self.step = step + 1
             window_sequences += wcfg.batch_size
             elapsed = time.monotonic() - window_start
@@ -600,7 +725,7 @@ class WorldModelTrainer:
                 window_start, window_sequences = time.monotonic(), 0
             if wcfg.eval_every and self.step % wcfg.eval_every == 0 and self.step < total:
                 self.evaluate()
-            if stop.requested:
+            if stop.check():
                 self.save()
                 bar.close()
                 raise Interrupted
@@ -616,17 +741,20 @@ class WorldModelTrainer:
             "model": {**metrics, "collapsed": bool(metrics["collapsed"])},
         }
 
-    def train_decoder(self, windows: Windows, rng: np.random.Generator) -> float:
-        """One decoder step on `decoder_batch` frames drawn from a training batch's windows (B, T, ...)."""
+    def train_decoder(self, windows: Windows, rng: np.random.Generator, batch_size: int, rows: slice) -> float:
+        """One decoder step on `decoder_batch` frames drawn from a training batch of `batch_size` windows, of which
+        `windows` (b, T, ...) are rows `rows` (all of them alone; this process's share under torchrun)."""
         if self.decoder is None:
             return float("nan")
-        B, T = windows.is_first.shape
-        pick = rng.choice(B * T, size=min(self.cfg.world_model.decoder_batch, B * T), replace=False)  # (N,)
-        obs = torch.as_tensor(windows.obs.reshape(B * T, *windows.obs.shape[2:])[pick])  # (B*T, H, W, C) -> (N, ...)
+        b, T = windows.is_first.shape
+        pick = rng.choice(batch_size * T, size=min(self.cfg.world_model.decoder_batch, batch_size * T), replace=False)
+        own = pick[(pick >= rows.start * T) & (pick < rows.stop * T)] - rows.start * T  # (n,) into this share's b*T
+        obs = torch.as_tensor(windows.obs.reshape(b * T, *windows.obs.shape[2:])[own])  # (b*T, H, W, C) -> (n, ...)
         features = None
-        if self.use_features:
-            features = torch.as_tensor(windows.latent.reshape(B * T, -1)[pick], device=self.device)  # (N, F)
-        return decoder_step(self.decoder, self.decoder_optimizer, self.model, obs.to(self.device), features)
+        if self.use_features and len(own):
+            features = torch.as_tensor(windows.latent.reshape(b * T, -1)[own], device=self.device)  # (n, F)
+        weight = len(own) * distributed.world_size() / len(pick)
+        return decoder_step(self.decoder, self.decoder_optimizer, self.model, obs.to(self.device), features, weight)
 
     def finish_decoder(self, stop: GracefulStop) -> None:
         """Decoder-only steps on the final latents: during training it chased latents that kept moving."""
@@ -640,11 +768,12 @@ class WorldModelTrainer:
         while self.decoder_step < wcfg.decoder_steps:
             # Single-step windows: one frame each. Seeds continue after the world model's steps.
             rng = step_rng(seed, wcfg.steps + self.decoder_step, STREAM_DECODER)
-            windows = self.data.train_windows(wcfg.decoder_batch, 1, rng)
-            loss = self.train_decoder(windows, rng)
+            rows = distributed.share(wcfg.decoder_batch)
+            windows = self.data.train_windows(wcfg.decoder_batch, 1, rng, rows)
+            loss = self.train_decoder(windows, rng, wcfg.decoder_batch, rows)
             self.decoder_step += 1
             bar.update(1, loss=loss)
-            if stop.requested:
+            if stop.check():
                 self.save()
                 bar.close()
                 raise Interrupted
@@ -655,7 +784,7 @@ class WorldModelTrainer:
     def write_video(self) -> dict | None:
         """videos/dream_vs_real.mp4: a held-out episode beside the model's decoded open-loop dream of it."""
         wcfg = self.cfg.world_model
-        if self.decoder is None or wcfg.video_steps == 0:
+        if self.decoder is None or wcfg.video_steps == 0 or not distributed.is_main():
             return None
         episode = self.data.held_out_episode()
         frames = min(wcfg.video_steps, episode.num_steps)
@@ -680,6 +809,7 @@ def read_resume_state(run: Run, cfg: Config, spec: EnvSpec, command: str = "trai
     differences += EnvSpec.from_dict(state["env_spec"]).differences(spec)
     if differences:
         raise CheckpointError(f"{path} was written under another config or env:\n  " + "\n  ".join(differences))
+    distributed.barrier()  # every process has read the checkpoint before rank 0 may replace it
     return state, path
 
 
@@ -698,17 +828,17 @@ def train(
     decoder = decoder.to(device) if decoder is not None else None
     if resume is not None:
         provenance = resume[0]["data"]
-        store = EpisodeStore(provenance["episodes"], spec)
+        store = open_store(Path(provenance["episodes"]), spec)
     else:
         if encoder is not None:
             load_encoder(model, encoder, str(encoder_path))
-        store = EpisodeStore(episodes or run.path / "episodes", spec)
+        store = open_store(episodes or run.path / "episodes", spec)
         collected = None if episodes is not None else collect_episodes(cfg, store, stop)
         provenance = {
             "episodes": str(store.path.resolve()),
             "num_episodes": len(store),
             "encoder": encoder_path,
-            "latent_key": encoder_fingerprint(model, precision) if wcfg.freeze_encoder else None,
+            "latent_key": encoder_fingerprint(model) if wcfg.freeze_encoder else None,
             "collected": None if collected is None else collection_figures(collected),
         }
     if len(store) < provenance["num_episodes"]:
@@ -733,7 +863,7 @@ def train(
     else:
         trainer.save()  # step 0: the episodes are collected, so a resume never collects again
     if provenance["latent_key"] is not None:
-        encoded = fill_latent_cache(model, store, provenance["latent_key"], device, precision, stop, cfg.run.progress)
+        encoded = fill_latent_cache(model, store, provenance["latent_key"], device, stop, cfg.run.progress)
         print(
             f"frozen encoder: {encoded} episodes encoded into the latent cache {provenance['latent_key']}",
             file=sys.stderr,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from agents.agent import Recording
 from envs.atomic import fsync_directory
 from worldmodel.decoder import Decoder
 from worldmodel.world_model import WorldModel
@@ -59,6 +60,23 @@ def dream_clip(
     return obs.cpu().numpy(), decoder.frames(latents[0]).cpu().numpy()
 
 
+def recorded_clip(model: WorldModel, decoder: Decoder, recording: Recording, context: int) -> np.ndarray:
+    """[real | dream] video frames of an episode a controller played: the real env on the left, on the right the
+    model's open-loop dream under the same actions after `context` observed steps (fewer when the episode is short).
+
+    Returns (T, H', W', 3) uint8 frames for `write_mp4`.
+    """
+    obs, action = recording.episode()
+    if len(obs) < 2:
+        raise ValueError(f"a dream beside reality needs an episode of at least 2 frames, got {len(obs)}")
+    context = min(context, len(obs) - 1)
+    weight = next(model.parameters())
+    obs_t = torch.as_tensor(obs, device=weight.device)
+    action_t = torch.as_tensor(action, device=weight.device, dtype=weight.dtype)
+    real, dream = dream_clip(model, decoder, obs_t, action_t, context)
+    return side_by_side(real, dream, context)
+
+
 def _panel(frame: np.ndarray, side: int) -> np.ndarray:
     """uint8 (h, w, C) -> (side, side, 3), nearest-neighbour so pixels stay sharp."""
     image = Image.fromarray(np.ascontiguousarray(frame[..., :3]))
@@ -92,6 +110,23 @@ def side_by_side(real: np.ndarray, dream: np.ndarray, context: int = 0, labels: 
             caption = "dream (open loop)" if dreaming else "recon (observed)"
             draw.text((side + 4, 2), caption, fill=DREAM_COLOUR if dreaming else RECON_COLOUR)
             out[t] = np.asarray(canvas)
+    return out
+
+
+def single_panel(frames: np.ndarray) -> np.ndarray:
+    """Frames (T, H, W, C) uint8 of any shape, enlarged by a whole factor (nearest neighbour) to about PANEL_SIDE
+    pixels tall when smaller, then padded with black to sides divisible by 16: (T, H', W', 3)."""
+    if frames.ndim != 4 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(f"frames must be uint8 (T, H, W, C) with T >= 1, got {frames.dtype} {frames.shape}")
+    height, width = frames.shape[1:3]
+    factor = max(1, round(PANEL_SIDE / height))
+    padded = (-(-height * factor // MACRO_BLOCK) * MACRO_BLOCK, -(-width * factor // MACRO_BLOCK) * MACRO_BLOCK)
+    out = np.zeros((len(frames), *padded, 3), dtype=np.uint8)
+    for t, frame in enumerate(frames):
+        image = Image.fromarray(np.ascontiguousarray(frame[..., :3]))
+        out[t, : height * factor, : width * factor] = np.asarray(
+            image.resize((width * factor, height * factor), Image.NEAREST)
+        )
     return out
 
 

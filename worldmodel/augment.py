@@ -166,9 +166,30 @@ def random_resized_crop(
     """
     _check_images(images)
     batch, _, height, width = images.shape
+    theta = random_crop_theta(batch, height, width, scale, ratio, hflip, generator=generator)
+    return crop_resize(images, theta, out_size)
+
+
+def random_crop_theta(
+    batch: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.3, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: bool = True,
+    *,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The crops (and flips) `random_resized_crop` draws for a batch of `batch` images of height x width, as
+    `crop_resize` matrices. Drawn for a whole batch, its rows crop any part of it as the whole batch's call would
+    (a process that holds only its share of a batch crops its rows with them).
+
+    Returns:
+        theta (B, 2, 3) float32.
+    """
     boxes = sample_crop_boxes(batch, height, width, scale, ratio, generator)
     flip = torch.rand(batch, generator=generator) < 0.5 if hflip else None
-    return crop_resize(images, crop_boxes_theta(boxes, height, width, flip), out_size)
+    return crop_boxes_theta(boxes, height, width, flip)
 
 
 def resize(images: torch.Tensor, out_size: int, antialias: bool = False) -> torch.Tensor:

@@ -128,8 +128,13 @@ class BadImageBudget:
 
     def update(self, batch: ImageBatch) -> None:
         """Record the failures of one batch; raise RuntimeError when the total exceeds `max_bad`."""
-        self.num_bad += batch.num_bad
-        for index, error in zip(batch.bad_indices, batch.bad_errors, strict=True):
+        self.record(batch.bad_indices, batch.bad_errors)
+
+    def record(self, indices: Sequence[int], errors: Sequence[str]) -> None:
+        """Record failed items (source indices, why each failed); raise RuntimeError when the total exceeds
+        `max_bad`."""
+        self.num_bad += len(indices)
+        for index, error in zip(indices, errors, strict=True):
             if len(self.bad_items) < self.keep:
                 self.bad_items.append(f"{self.source.describe(index)}: {error}")
         if self.num_bad > self.max_bad:
@@ -648,11 +653,14 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
         seed: seed, >= 0.
         start_step: first step to yield.
         total_steps: stop before this step; None iterates forever.
+        rows: yield only these positions of each batch: one process's share of a batch split across several
+            (the batches themselves stay those of `batch_size`, so the shares put together are one batch).
     """
 
     def __init__(
-        self, num_items: int, batch_size: int, seed: int, start_step: int = 0, total_steps: int | None = None
-    ) -> None:
+        self, num_items: int, batch_size: int, seed: int, start_step: int = 0, total_steps: int | None = None,
+        rows: slice = slice(None),
+    ) -> None:  # fmt: skip
         if batch_size < 1 or num_items < batch_size:
             raise ValueError(f"batch_size must be in [1, num_items={num_items}], got {batch_size}")
         if seed < 0:
@@ -667,6 +675,7 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.seed = seed
         self.start_step = start_step
         self.total_steps = total_steps
+        self.rows = rows
         self.steps_per_epoch = num_items // batch_size
         self._cached_epoch = -1
         self._cached_permutation = np.empty(0, dtype=np.int64)
@@ -689,7 +698,7 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         step = self.start_step
         while self.total_steps is None or step < self.total_steps:
-            yield self.batch_indices(step)
+            yield self.batch_indices(step)[self.rows]
             step += 1
 
     def __len__(self) -> int:

@@ -10,7 +10,9 @@ and the action that led to step t, and [z_t, h_t] is what a controller sees. One
 Rollouts start from real states: windows of the episode store, encoded and observed teacher-forced for a burn-in
 so that h carries real history (`dream_starts`). A rollout ends when the continue head says the episode
 terminated (its probability below a threshold, or a Bernoulli draw), when the ensemble disagrees more than a
-limit, or at the horizon.
+limit, or at the horizon. Or, in 'expected' mode, it never ends at random: each reward is weighted by the chance
+the episode is still going, prod_{s<=t} c_s, so the return is the expectation of 'sample' mode's without its
+sampling noise (a row stops once that chance is below EXPECTED_MIN_WEIGHT).
 
 Kept honest (World Models, https://arxiv.org/abs/1803.10122, section 4.5: a controller evolved in a model that is
 too sure of itself learns to exploit its errors): noise on the predicted latents, and the disagreement of the
@@ -32,7 +34,10 @@ import torch
 
 from worldmodel.world_model import WorldModel, WorldModelBatch
 
-CONT_MODES: tuple[str, ...] = ("threshold", "sample")
+CONT_MODES: tuple[str, ...] = ("threshold", "sample", "expected")
+EXPECTED_MIN_WEIGHT = 1e-3
+"""'expected' mode: a rollout whose chance of still going is below this stops (what is left of its return is at most
+this times the reward of the remaining steps)."""
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
 """Observations [z, h] (N, D + hidden_dim) -> model action vectors (N, A) (one-hot when discrete)."""
@@ -46,7 +51,8 @@ class DreamSettings:
     """Dream steps H at most per rollout."""
     cont_mode: str = "threshold"
     """'threshold': the rollout ends when the continue probability falls below `cont_threshold`; 'sample': it
-    ends with probability 1 - continue probability at each step."""
+    ends with probability 1 - continue probability at each step; 'expected': rewards are weighted by the
+    probability of still going (rollouts only; a gym view needs episodes that end)."""
     cont_threshold: float = 0.5
     """Continue probability below which a rollout ends ('threshold' only)."""
     latent_noise: float = 0.0
@@ -120,7 +126,8 @@ class Rollout(NamedTuple):
     returns: torch.Tensor
     """(N,) sum of the predicted rewards minus the disagreement penalty, up to and including the last step."""
     lengths: torch.Tensor
-    """(N,) int64 steps taken before the rollout ended (at most H)."""
+    """(N,) int64 steps taken before the rollout ended (at most H; 'expected' mode: steps until its weight fell
+    below EXPECTED_MIN_WEIGHT)."""
     disagreement: torch.Tensor
     """(N,) mean ensemble disagreement over the steps taken."""
     penalty: torch.Tensor
@@ -179,11 +186,14 @@ def penalty(result: StepResult, settings: DreamSettings) -> torch.Tensor:
 
 
 def still_going(result: StepResult, settings: DreamSettings, uniform: torch.Tensor | None) -> torch.Tensor:
-    """(N,) bool: the rollout continues after this step (not terminated, the ensemble within its limit)."""
+    """(N,) bool: the rollout continues after this step (not terminated, the ensemble within its limit; in
+    'expected' mode only the limit ends it here)."""
     if settings.cont_mode == "threshold":
         going = result.cont >= settings.cont_threshold
-    else:
+    elif settings.cont_mode == "sample":
         going = uniform < result.cont  # P(going) = the continue probability
+    else:
+        going = torch.ones_like(result.cont, dtype=torch.bool)
     if settings.disagreement_limit > 0:
         going = going & (result.disagreement <= settings.disagreement_limit)
     return going
@@ -218,6 +228,8 @@ def rollout(
     disagreement = torch.zeros(rows, device=device, dtype=dtype)
     lengths = torch.zeros(rows, dtype=torch.long, device=device)
     alive = torch.ones(rows, dtype=torch.bool, device=device)
+    weight = torch.ones(rows, device=device, dtype=dtype)  # 'expected': P(still going before this step)
+    expected = settings.cont_mode == "expected"
     state = start
     for t in range(settings.horizon):
         action = policy(state.observation())  # (N, A)
@@ -226,11 +238,14 @@ def rollout(
         result = dream_step(model, state, action, latent_noise)
         live = alive.to(returns.dtype)
         step_penalty = penalty(result, settings)
-        returns += live * (result.reward - step_penalty)
-        penalties += live * step_penalty
+        returns += live * weight * (result.reward - step_penalty)
+        penalties += live * weight * step_penalty
         disagreement += live * result.disagreement
         lengths += alive.long()
         alive = alive & still_going(result, settings, None if noise.uniform is None else noise.uniform[:, t])
+        if expected:
+            weight = weight * result.cont
+            alive = alive & (weight >= EXPECTED_MIN_WEIGHT)
         state = result.state
         if not alive.any():
             break

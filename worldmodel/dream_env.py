@@ -82,6 +82,9 @@ class DreamVectorEnv(VectorEnv):
     ):
         if not isinstance(settings, DreamSettings):
             raise TypeError(f"settings must be a DreamSettings, got {type(settings).__name__}")
+        if settings.cont_mode == "expected":
+            raise ValueError("cont_mode 'expected' weights rewards instead of ending episodes; a gymnasium env needs "
+                             "episodes that end: use 'threshold' or 'sample'")  # fmt: skip
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         self.discrete = _check_action_space(action_space, model.action_dim)

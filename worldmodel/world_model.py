@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -163,9 +163,34 @@ def combine_losses(losses: dict[str, torch.Tensor], weights: dict[str, float]) -
     return sum(weights[name] * value for name, value in losses.items())
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `values` where `mask`; 0 (still in the graph) when the mask is empty."""
-    return torch.where(mask, values, torch.zeros_like(values)).sum() / mask.sum().clamp(min=1)
+class BatchShard(Protocol):
+    """One process's share of a batch split across processes that average their gradients (DistributedDataParallel;
+    `experiments.distributed.Shard` is the real one). Through it `WorldModel.loss` takes its batch-wide means and
+    statistics over the whole batch."""
+
+    world_size: int
+    """How many processes share the batch (and average their gradients)."""
+
+    def total(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum over every share of a tensor that needs no gradient (a count)."""
+        ...
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every share's rows, (n, ...) -> (world_size * n, ...) in order; differentiable."""
+        ...
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, shard: BatchShard | None = None) -> torch.Tensor:
+    """Mean of `values` where `mask`; 0 (still in the graph) when the mask is empty.
+
+    With a `shard`, this share's part of the whole batch's masked mean, times the number of shares: the processes
+    average their losses' gradients, and the average of these parts is the whole batch's mean. (The mean of each
+    share's own mean would weigh a share with few valid steps as much as one with many.)
+    """
+    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+    if shard is None:
+        return total / mask.sum().clamp(min=1)
+    return total * shard.world_size / shard.total(mask.sum()).clamp(min=1)
 
 
 def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -561,6 +586,7 @@ class WorldModel(nn.Module):
         horizon: int,
         burn_in: int = 0,
         generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
     ) -> dict[str, torch.Tensor]:
         """Multi-step training losses of one batch of windows.
 
@@ -581,6 +607,9 @@ class WorldModel(nn.Module):
             horizon: open-loop steps H >= 1 per start point.
             burn_in: teacher-forced steps at the window's start whose h is too young to train on.
             generator: CPU generator for SIGReg's random directions; required under "sigreg".
+            shard: `batch` is this process's share of a batch split across processes: the masked means are taken
+                over the whole batch and SIGReg over all its latents, so that each loss averaged over the processes
+                (as their gradients are) is the loss one process computes on the whole batch.
         Returns:
             {"latent", "reward", "cont", "ensemble"} plus "sigreg" under "sigreg" (see `loss_keys`), scalars.
         """
@@ -598,7 +627,7 @@ class WorldModel(nn.Module):
         roll = self.open_loop(hidden, z, batch.action, batch.is_first, starts, horizon)
         valid = roll.valid & warm[:, :-1, None]  # (B, S, H)
         target = z_target[:, roll.target_index]  # (B, S, H, D)
-        losses = {"latent": _masked_mean((roll.latent - target).pow(2).mean(dim=-1), valid)}
+        losses = {"latent": _masked_mean((roll.latent - target).pow(2).mean(dim=-1), valid, shard)}
 
         # Reward and continue: teacher-forced states and open-loop states pooled into one mean.
         reward_target = batch.reward[:, roll.target_index]  # (B, S, H)
@@ -612,16 +641,18 @@ class WorldModel(nn.Module):
             F.binary_cross_entropy_with_logits(self.cont(roll.hidden, roll.latent), cont_target, reduction="none"),
         ]
         mask = torch.cat([warm.flatten(), valid.flatten()])  # (B*T + B*S*H,)
-        losses["reward"] = _masked_mean(torch.cat([e.flatten() for e in reward_error]), mask)
-        losses["cont"] = _masked_mean(torch.cat([e.flatten() for e in cont_error]), mask)
+        losses["reward"] = _masked_mean(torch.cat([e.flatten() for e in reward_error]), mask, shard)
+        losses["cont"] = _masked_mean(torch.cat([e.flatten() for e in cont_error]), mask, shard)
 
         rows = B * (T - 1) * horizon
         members = self.ensemble(roll.hidden.detach().reshape(rows, -1))  # (B, S, H, hd) -> (B*S*H, hd) -> (K, B*S*H, D)
         ensemble_target = target.reshape(1, rows, -1)  # (B, S, H, D) -> (1, B*S*H, D)
         ensemble_error = (members - ensemble_target).pow(2).mean(dim=(0, 2))  # (B*S*H,)
-        losses["ensemble"] = _masked_mean(ensemble_error, valid.flatten())
+        losses["ensemble"] = _masked_mean(ensemble_error, valid.flatten(), shard)
 
         if self.collapse_guard == "sigreg":
             flat = z.reshape(B * T, -1)  # (B, T, D) -> (B*T, D): every frame of the batch is one sample
+            if shard is not None:  # SIGReg is a statistic of the whole batch: every share's frames
+                flat = shard.gather(flat)  # (B*T, D) -> (world_size*B*T, D)
             losses["sigreg"] = sigreg(flat, generator, self.sigreg_directions, self.sigreg_points)
         return losses

@@ -203,3 +203,36 @@ def test_invalid_exploration_raises(model, exploration):
     controller = make_controller()
     with pytest.raises(ValueError, match="exploration"):
         LatentAgent(model, controller, np.zeros(controller.num_params), N, exploration=exploration)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("limit", [500, 4])
+def test_recording_keeps_sub_env_zeros_first_episode_as_the_env_replays_it(model, limit):
+    """During real-env scoring the recording holds sub-env 0's first episode (its first job) up to `limit` steps, its
+    last observation included, with actions in the store's order; replaying those actions in a fresh env seeded as
+    sub-env 0 was gives the same observations."""
+    from envs import make_env
+    from experiments.scoring import run_episodes
+
+    controller = make_controller()
+    envs, _ = make_vector_env("CartPole-v1", 2, obs="state", seed=0)
+    try:
+        agent = LatentAgent(model, controller, random_params(controller), 2)
+        recording = agent.record(limit)
+        results = run_episodes(envs, agent, random_params(controller, rows=4, seed=3), seed=7)
+    finally:
+        envs.close()
+    obs, action = recording.episode()
+    assert len(obs) == len(action) == min(limit, results.lengths[0] + 1)  # job 0 runs in sub-env 0 first
+    assert recording.closed  # its episode ended while the other jobs ran
+    assert np.all(action[0] == 0) and np.all(action[1:].sum(axis=1) == 1)  # one-hot choices, nothing before step 0
+    env, _ = make_env("CartPole-v1", obs="state")
+    try:
+        replayed = [env.reset(seed=7)[0]]
+        for a in action[1:]:
+            replayed.append(env.step(int(a.argmax()))[0])
+    finally:
+        env.close()
+    np.testing.assert_array_equal(np.stack(replayed), obs)
+    with pytest.raises(ValueError, match="at least 1"):
+        agent.record(0)

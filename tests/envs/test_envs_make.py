@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -65,7 +66,17 @@ class NanAtStepEnv(gym.Env):
         return np.full(2, value, np.float32), 0.0, False, False, {}
 
 
-for _id, _cls in (("EnvsTest/NoImage-v0", NoImageEnv), ("EnvsTest/NanAtStep-v0", NanAtStepEnv)):
+class PastBoundsEnv(NanAtStepEnv):
+    """A real env whose finite observations leave the bounds it declares from its second step on (as LunarLander-v3's
+    angle does when the lander spins)."""
+
+    def step(self, action):
+        self.t += 1
+        return np.full(2, 5.0 if self.t >= 2 else 0.0, np.float32), 0.0, False, False, {}
+
+
+for _id, _cls in (("EnvsTest/NoImage-v0", NoImageEnv), ("EnvsTest/NanAtStep-v0", NanAtStepEnv),
+                  ("EnvsTest/PastBounds-v0", PastBoundsEnv)):  # fmt: skip
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_cls)
 
@@ -204,6 +215,19 @@ def test_strict_check_refuses_non_finite_observations() -> None:
     env.step(0)
     env.step(1)
     with pytest.raises(ValueError, match=r"EnvsTest/NanAtStep-v0 \(episode 0, step 3\).*non-finite"):
+        env.step(0)
+
+
+def test_observations_past_their_declared_bounds_warn_once_and_pass_through() -> None:
+    env, _ = make_env("EnvsTest/PastBounds-v0", obs="state", seed=0)
+    env.reset()
+    env.step(0)
+    message = r"EnvsTest/PastBounds-v0 \(episode 0, step 2\).*outside the bounds.*indices \[\[0\], \[1\]\]"
+    with pytest.warns(UserWarning, match=message):
+        obs, *_ = env.step(1)
+    np.testing.assert_array_equal(obs, [5.0, 5.0])  # kept as the env gave it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would raise here
         env.step(0)
 
 

@@ -39,5 +39,23 @@ def wait_for_step(run: Path, step: int, process: subprocess.Popen, timeout: floa
         time.sleep(0.02)
 
 
+def mp4_frames(path: Path):
+    """Every decoded frame of an mp4 (T, H, W, 3); an mp4 reader reports len() as inf, so iterate."""
+    import imageio
+    import numpy as np
+
+    with imageio.get_reader(path, format="FFMPEG") as reader:
+        return np.stack(list(reader.iter_data()))
+
+
+def tensorboard_events(run: Path):
+    """The run's tensorboard events, loaded (`.Tags()`, `.PluginTagToContent(plugin)`, `.Images(tag)`)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    return events
+
+
 def tensors_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

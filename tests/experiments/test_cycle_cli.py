@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from run_wm import DEBUG, start, summary, tensors_equal, wm
+from run_wm import DEBUG, mp4_frames, start, summary, tensorboard_events, tensors_equal, wm
 
 from envs import EnvSpec, Episode, EpisodeStore
 from experiments import cli
@@ -99,8 +99,10 @@ def test_debug_cycle_leaves_a_complete_run_directory(cycled):
     assert [r["generations"] for r in history] == [3, 2]  # evolve.generations, then cycle.generations
     assert [r["train_step"] for r in history] == [30, 40]  # world_model.steps, then cycle.train_steps more
     assert [r["eval_episodes"] for r in history] == [2, 2]
-    # The env steps are the collections' and the evaluations' and nothing else; the store holds every collection.
-    assert done["env_steps"] == sum(r["collect_steps"] + r["eval_env_steps"] for r in history)
+    # The env steps are the collections' (the budget); the evaluations' are reported apart. The store holds every
+    # collection.
+    assert done["env_steps"] == sum(r["collect_steps"] for r in history)
+    assert done["eval_env_steps_total"] == sum(r["eval_env_steps"] for r in history) > 0
     assert history[-1]["env_steps"] == done["env_steps"]
     store = EpisodeStore(run / "episodes", verify=False)
     assert store.num_steps - len(store) == sum(r["collect_steps"] for r in history)
@@ -122,7 +124,17 @@ def test_debug_cycle_leaves_a_complete_run_directory(cycled):
     assert all(np.isfinite(r["cycle/dream_return"]) for r in iterations)
     assert len([r for r in records if "dream/fitness_best" in r]) == 5  # every generation of both searches
     assert len([r for r in records if "model/pred_error_k5" in r]) >= 2
-    assert list((run / "tb").glob("events.out.tfevents.*"))
+    events = tensorboard_events(run)
+    assert "cycle/return_mean" in events.Tags()["scalars"]
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")  # the config as hparams
+    assert events.Tags()["images"] == ["video/real_vs_dream"] and len(events.Images("video/real_vs_dream")) == 2
+
+    # A video per iteration: the first evaluation episode beside the dream, at most world_model.video_steps frames.
+    assert [r["video"] for r in history] == ["videos/iteration-00.mp4", "videos/iteration-01.mp4"]
+    for record in history:
+        frames = mp4_frames(run / record["video"])
+        assert 2 <= len(frames) <= 16 and frames.shape[1:] == (208, 384, 3)  # 192 px panels under a 16 px caption
+        assert str(run / "videos") in result.stderr
 
     state = read_checkpoint(run / "checkpoints/latest.pt")
     assert state["command"] == "cycle" and (state["iteration"], state["phase"]) == (2, "collect")
@@ -130,6 +142,16 @@ def test_debug_cycle_leaves_a_complete_run_directory(cycled):
     best = read_checkpoint(run / "checkpoints/best.pt")
     assert best["command"] == "cycle" and best["parameters"].shape == (LINEAR_PARAMS,)
     assert best["figures"]["eval_return_mean"] == done["best_eval_return"]
+
+
+def test_eval_replays_the_best_iterations_evaluation_with_that_iterations_model(cycled):
+    run, _ = cycled
+    result = wm("eval", "--run", str(run), "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    best = max(summary(run)["history"], key=lambda r: r["eval_return_mean"])  # the first of equals stays best
+    ours = json.loads((run / "eval.json").read_text())
+    assert (ours["eval_return_mean"], ours["eval_return_std"]) == (best["eval_return_mean"], best["eval_return_std"])
+    assert f"(iteration {best['iteration']})" in ours["controller"]
 
 
 def test_sigkill_then_resume_ends_in_the_state_of_an_uninterrupted_cycle(cycled, tmp_path):
@@ -277,3 +299,29 @@ def test_training_windows_skip_the_held_out_episodes_of_iteration_zero(tmp_path)
     # A window source of an earlier iteration ignores episodes stored after it.
     earlier = CycleWindows(store, split, 11).train_windows(512, 6, np.random.default_rng(0))
     assert set(np.unique(earlier.obs).tolist()) <= set(range(7)) | {10}
+
+
+@pytest.mark.parametrize(("env_id", "obs"), [("Acrobot-v1", "pixels"), ("LunarLanderContinuous-v3", "state")])
+def test_any_gymnasium_id_runs_the_cycle_from_pixels_or_state(tmp_path, env_id, obs):
+    """Another classic-control env (3 discrete actions) from pixels, a Box2D one (continuous actions) from state:
+    only `--set env.id` and `env.obs` change."""
+    run = tmp_path / "any"
+    quick = ["world_model.steps=4", "world_model.warmup_steps=1", "world_model.decoder_steps=0",
+             "world_model.eval_every=0", "evolve.generations=1", "evolve.eval_episodes=1", "cycle.iterations=1",
+             f"env.id={env_id}", f"env.obs={obs}"]  # fmt: skip
+    result = cycle(run, *[part for setting in quick for part in ("--set", setting)])
+    assert result.returncode == 0, result.stderr
+    done = summary(run)
+    assert done["status"] == "done" and done["env"]["env_id"] == env_id and done["env"]["obs_mode"] == obs
+    assert np.isfinite(done["eval_return_mean"]) and done["env_steps"] >= 400
+    assert (run / "videos/iteration-00.mp4").is_file() == (obs == "pixels")  # a decoder draws pixels only
+
+
+def test_without_a_config_the_cycle_runs_the_default_task(tmp_path, capsys):
+    """configs/default.yaml is applied (its budget of 30k steps, not the built-in 100k), here refused before work."""
+    run = tmp_path / "default"
+    code = cli.main(["cycle", "--set", "world_model.collect_steps=40000", "--run-dir", str(run)])
+    stderr = capsys.readouterr().err
+    assert code == 2 and "no --config: running the default task, configs/default.yaml" in stderr
+    assert "cycle.max_env_steps: 30000 is fewer than iteration 0's random-policy collection" in stderr
+    assert not run.exists()

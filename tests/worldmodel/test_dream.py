@@ -9,6 +9,7 @@ from gymnasium import spaces
 
 from agents.controllers import Controller
 from worldmodel.dream import (
+    EXPECTED_MIN_WEIGHT,
     DreamNoise,
     DreamSettings,
     DreamState,
@@ -82,7 +83,7 @@ def settings_for(mode: str, **changes) -> DreamSettings:
 
 
 @pytest.mark.parametrize("kind", ["discrete", "box"])
-@pytest.mark.parametrize("mode", ["threshold", "sample"])
+@pytest.mark.parametrize("mode", ["threshold", "sample", "expected"])
 def test_batched_dream_equals_loop_over_candidates(model, starts, kind, mode):
     controller, params = population(kind)
     settings = settings_for(mode)
@@ -108,6 +109,7 @@ def rollout_by_hand(model, controller, params, start, settings, noise, row):
     h, z = start.hidden[row : row + 1], start.latent[row : row + 1]  # (1, hd), (1, D)
     candidate = params[row // E : row // E + 1]  # (1, n)
     total = penalty = disagreement_sum = 0.0
+    weight = 1.0  # 'expected': the chance the episode is still going before this step
     for t in range(settings.horizon):
         action = controller.act(candidate, torch.cat([z, h], dim=-1)[None])[0]  # (1, 1, F) -> (1, A)
         h, z = model.step(h, z, action)
@@ -116,13 +118,16 @@ def rollout_by_hand(model, controller, params, start, settings, noise, row):
         reward = model.reward(h, z).item()
         cont = torch.sigmoid(model.cont(h, z)).item()
         disagreement = model.disagreement(h).item()
-        total += reward - settings.disagreement_penalty * disagreement
-        penalty += settings.disagreement_penalty * disagreement
+        total += weight * (reward - settings.disagreement_penalty * disagreement)
+        penalty += weight * settings.disagreement_penalty * disagreement
         disagreement_sum += disagreement
         if settings.cont_mode == "threshold":
             ended = cont < settings.cont_threshold
-        else:
+        elif settings.cont_mode == "sample":
             ended = noise.uniform[row, t].item() >= cont
+        else:
+            weight *= cont
+            ended = weight < EXPECTED_MIN_WEIGHT
         if settings.disagreement_limit > 0 and disagreement > settings.disagreement_limit:
             ended = True
         if ended:
@@ -131,7 +136,7 @@ def rollout_by_hand(model, controller, params, start, settings, noise, row):
 
 
 @pytest.mark.parametrize("kind", ["discrete", "box"])
-@pytest.mark.parametrize("mode", ["threshold", "sample"])
+@pytest.mark.parametrize("mode", ["threshold", "sample", "expected"])
 @torch.no_grad()
 def test_rollout_equals_rollout_by_hand(model, starts, kind, mode):
     controller, params = population(kind, seed=4)
@@ -145,6 +150,25 @@ def test_rollout_equals_rollout_by_hand(model, starts, kind, mode):
         assert result.returns[row].item() == pytest.approx(total, rel=1e-5, abs=1e-5)
         assert result.disagreement[row].item() == pytest.approx(disagreement, rel=1e-5)
         assert result.penalty[row].item() == pytest.approx(penalty, rel=1e-5)
+
+
+@torch.no_grad()
+def test_expected_return_is_the_mean_of_sampled_returns(model, starts):
+    """Without latent noise the dynamics are deterministic and only termination is random: 'expected' mode's
+    return is the mean return of 'sample' mode's rollouts from the same start (Monte Carlo, 20k draws)."""
+    controller, params = population("discrete", seed=8)
+    draws = 20000
+    start = start_rows(starts, seed=9).select(torch.zeros(draws, dtype=torch.long))  # one start, many times
+    policy = controller.policy(params[:1].expand(draws, -1), 1)
+    sampled = settings_for("sample", latent_noise=0.0, disagreement_limit=0.0)
+    expected = settings_for("expected", latent_noise=0.0, disagreement_limit=0.0)
+    generator = torch.Generator().manual_seed(1)
+    mc = rollout(model, policy, start, sampled, draw_noise(draws, sampled, LATENT_DIM, generator))
+    exact = rollout(model, policy, start, expected, draw_noise(draws, expected, LATENT_DIM))
+    assert mc.lengths.float().std() > 1, "termination must vary for the comparison to mean anything"
+    assert torch.allclose(exact.returns, exact.returns[0])  # no randomness at all
+    standard_error = mc.returns.std() / draws**0.5
+    assert abs(mc.returns.mean() - exact.returns[0]) < 4 * standard_error + 1e-3 * HORIZON
 
 
 @torch.no_grad()

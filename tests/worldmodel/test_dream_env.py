@@ -317,6 +317,8 @@ def test_bad_construction_and_order_raise(model, starts):
         DreamVectorEnv(model, DreamState(starts.hidden * np.inf, starts.latent), NEVER_ENDS, 2, DISCRETE)
     with pytest.raises(ValueError, match="num_envs"):
         DreamVectorEnv(model, starts, NEVER_ENDS, 0, DISCRETE)
+    with pytest.raises(ValueError, match="cont_mode 'expected'.*use 'threshold' or 'sample'"):
+        DreamVectorEnv(model, starts, DreamSettings(cont_mode="expected"), 2, DISCRETE)
     with pytest.raises(RuntimeError, match="reset"):
         DreamVectorEnv(model, starts, NEVER_ENDS, 2, DISCRETE).step(np.zeros(2, np.int64))
     with pytest.raises(RuntimeError, match="reset"):
