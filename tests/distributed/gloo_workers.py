@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -33,14 +34,27 @@ FRAMES = 3  # decoder frames: on 2 processes one gets 2, the other 1; on 4, one 
 def run_processes(worker, world: int, directory: Path) -> list[dict]:
     """Run `worker(directory)` in `world` processes of one gloo group; what each saved, in rank order."""
     mp.start_processes(_join, args=(worker, world, directory), nprocs=world, start_method="spawn")
-    return [torch.load(directory / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return [torch.load(directory / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+
+def loadable(value):
+    """`value` with numpy arrays and scalars as tensors and floats, so it loads with `weights_only=True`."""
+    if isinstance(value, dict):
+        return {key: loadable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(loadable(item) for item in value)
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _join(rank: int, worker, world: int, directory: Path) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{directory / 'rendezvous'}", rank=rank, world_size=world)
     try:
-        torch.save(worker(directory), directory / f"rank{rank}.pt")
+        torch.save(loadable(worker(directory)), directory / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
