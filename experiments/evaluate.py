@@ -108,6 +108,9 @@ def load_player(path: Path) -> Player:
         model = frozen(build_model(cfg.world_model, spec), embedded["model"])
         decoder = frozen(build_decoder(cfg.world_model, spec), embedded["decoder"])
         source = f"{best} (iteration {state['data']['iteration']})"
+    elif "world_model" not in state["data"]:
+        raise CheckpointError(f"{best} names no world model and carries none (a `wm cycle` best.pt written before "
+                              "they carried the model of their iteration); it cannot be replayed")  # fmt: skip
     else:
         model, decoder, spec = model_and_decoder(Path(state["data"]["world_model"]), cfg)
         source = f"{best} in {state['data']['world_model']}"

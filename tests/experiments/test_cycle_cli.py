@@ -16,7 +16,7 @@ from run_wm import DEBUG, mp4_frames, start, summary, tensorboard_events, tensor
 
 from envs import EnvSpec, Episode, EpisodeStore
 from experiments import cli
-from experiments.checkpoint import read_checkpoint
+from experiments.checkpoint import read_checkpoint, save_checkpoint
 from experiments.cycle import CycleWindows
 from experiments.train import StoreWindows, split_episodes
 
@@ -152,6 +152,17 @@ def test_eval_replays_the_best_iterations_evaluation_with_that_iterations_model(
     ours = json.loads((run / "eval.json").read_text())
     assert (ours["eval_return_mean"], ours["eval_return_std"]) == (best["eval_return_mean"], best["eval_return_std"])
     assert f"(iteration {best['iteration']})" in ours["controller"]
+
+
+def test_a_best_controller_without_its_world_model_is_refused_by_eval(cycled, tmp_path, capsys):
+    """A cycle's best.pt from before they carried their iteration's model names none: refused, not guessed."""
+    run = tmp_path / "old"
+    shutil.copytree(cycled[0], run)
+    best = read_checkpoint(run / "checkpoints/best.pt")
+    del best["world_model"]
+    save_checkpoint(run / "checkpoints/best.pt", best, keep_previous=False)
+    code = cli.main(["eval", "--run", str(run)])
+    assert code == 2 and "names no world model and carries none" in capsys.readouterr().err
 
 
 def test_sigkill_then_resume_ends_in_the_state_of_an_uninterrupted_cycle(cycled, tmp_path):
