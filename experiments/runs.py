@@ -38,8 +38,21 @@ def env_steps(summary: dict) -> int | str:
 
 
 def best_return(summary: dict) -> str:
+    """The best real return: a finished run's own figure, else (an interrupted cycle) its history's best."""
     best = summary.get("best_eval_return", summary.get("eval_return_mean"))
+    history = summary.get("history") or []
+    if best is None and history:
+        best = max(record["eval_return_mean"] for record in history)
     return "" if best is None else f"{best:.1f}"
+
+
+def iterations(summary: dict) -> int | str:
+    """Iterations of a cycle (those evaluated so far, when interrupted) or generations of a search."""
+    if "iterations" in summary:
+        return summary["iterations"]
+    if summary.get("history"):
+        return len(summary["history"])
+    return summary.get("generations", "")
 
 
 def wall(seconds: float | None) -> str:
@@ -61,7 +74,7 @@ def read_runs(root: Path) -> list[dict]:
             **summary,
             "name": path.parent.name,
             "env": (summary.get("env") or {}).get("env_id", ""),
-            "iterations": summary.get("iterations", summary.get("generations", "")),
+            "iterations": iterations(summary),
             "env_steps": env_steps(summary),
             "best_return": best_return(summary),
             "wall": wall(summary.get("wall_seconds")),

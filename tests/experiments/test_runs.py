@@ -77,3 +77,12 @@ def test_cycle_evolve_and_train_runs_fill_their_columns(tmp_path):
     assert table[0].split() == ["name", "command", "env", "status", "iterations", "env_steps", "best_return", "wall",
                                 "result"]  # fmt: skip
     assert len(table) == 5 and all("CartPole-v1" in line for line in table[2:])  # broken, cycle, evolve, train
+
+
+def test_an_interrupted_cycle_shows_the_iterations_it_evaluated_and_their_best(tmp_path):
+    history = [{"eval_return_mean": 312.9}, {"eval_return_mean": 450.6}, {"eval_return_mean": 437.6}]
+    write_summary(
+        tmp_path, "cut", {"command": "cycle", "status": "interrupted", "env_steps": 29006, "history": history}
+    )
+    (row,) = read_runs(tmp_path)
+    assert (row["iterations"], row["best_return"], row["env_steps"]) == (3, "450.6", 29006)
