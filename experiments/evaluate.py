@@ -32,11 +32,8 @@ from experiments import config as config_lib
 from experiments.checkpoint import CheckpointError, read_checkpoint
 from experiments.config import Config
 from experiments.cycle import iteration_seed
-from experiments.evolve import STREAM_EVAL, build_controller, load_world_model, world_model_checkpoint
-from experiments.progress import Progress
+from experiments.evolve import build_controller, load_world_model, score_in_env, world_model_checkpoint
 from experiments.rundir import RunError
-from experiments.runtime import step_seed
-from experiments.scoring import run_episodes
 from experiments.train import build_decoder, build_model
 from worldmodel.decoder import Decoder
 from worldmodel.world_model import WorldModel
@@ -138,33 +135,18 @@ def evaluation_seed(player: Player, seed: int | None) -> int:
 
 
 def evaluate(player: Player, episodes: int, envs_count: int, seed: int, show_progress: bool) -> dict:
-    """The controller's return over `episodes` real episodes (no exploration), per episode and summed up; the
-    episodes are those `score_in_env` plays under the same seed."""
-    cfg, episode_seed = player.cfg, step_seed(seed, 0, STREAM_EVAL) % 2**31
+    """The controller's return over `episodes` real episodes (no exploration), per episode and summed up: the
+    episodes `score_in_env` plays for a run with run.seed = `seed`."""
+    cfg = player.cfg
     envs, _ = make_vector_env(cfg.env.id, envs_count, obs=cfg.env.obs, size=cfg.env.size,
                               action_repeat=cfg.env.action_repeat, seed=seed)  # fmt: skip
-    bar = Progress(episodes, "evaluate", unit="episode", enabled=show_progress)
     try:
         agent = LatentAgent(player.model, player.controller, player.parameters, envs_count)
-        results = run_episodes(envs, agent, np.repeat(player.parameters[None], episodes, axis=0), episode_seed,
-                               on_step=bar.update)  # fmt: skip
+        figures = score_in_env(envs, agent, player.parameters, episodes, seed, show_progress)
     finally:
-        bar.close()
         envs.close()
-    return {
-        "run": str(player.path),
-        "controller": player.source,
-        "env": cfg.env.id,
-        "episodes": episodes,
-        "seed": seed,
-        "eval_return_mean": float(results.returns.mean()),
-        "eval_return_std": float(results.returns.std()),
-        "eval_length_mean": float(results.lengths.mean()),
-        "eval_env_steps": int(results.lengths.sum()),
-        "returns": results.returns.tolist(),
-        "lengths": results.lengths.tolist(),
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return {"run": str(player.path), "controller": player.source, "env": cfg.env.id, "seed": seed, **figures,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
 
 
 def positive(text: str) -> int:

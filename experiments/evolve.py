@@ -538,7 +538,8 @@ def choose_controller(es: CMAES, dream: DreamScorer, episodes: int) -> tuple[np.
 def score_in_env(envs, agent: LatentAgent, parameters: np.ndarray, episodes: int, seed: int,
                  show_progress: bool = True) -> dict:  # fmt: skip
     """The real return of controller `parameters` (n,) over `episodes` episodes without exploration noise, the
-    episodes seeded by `seed`; figures for summary.json (`eval_env_steps`: the env steps they took)."""
+    episodes seeded by `seed`; figures for summary.json (`eval_env_steps`: the env steps they took; `eval_returns`
+    and `eval_lengths`: each episode's)."""
     bar = Progress(episodes, "evaluate", unit="episode", enabled=show_progress)
     agent.exploration = 0.0
     real = run_episodes(envs, agent, np.repeat(parameters[None], episodes, axis=0),
@@ -550,6 +551,8 @@ def score_in_env(envs, agent: LatentAgent, parameters: np.ndarray, episodes: int
         "eval_episodes": int(episodes),
         "eval_length_mean": float(real.lengths.mean()),
         "eval_env_steps": int(real.lengths.sum()),
+        "eval_returns": real.returns.tolist(),
+        "eval_lengths": real.lengths.tolist(),
     }
 
 

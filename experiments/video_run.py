@@ -62,7 +62,7 @@ def play(player: Player, steps: int, seed: int, show_progress: bool) -> tuple[Re
             action = agent(obs[None])[0]  # follows the episode through the model, recording what it sees
             if random is not None:
                 vector = random.vector()
-                recording.actions[-1] = vector
+                recording.actions[-1] = vector  # the dream replays the action taken, not the controller's
                 action = player.controller.env_actions(torch.as_tensor(vector)[None])[0]
             if player.decoder is None:
                 rendered.append(np.asarray(env.render()))

@@ -32,15 +32,16 @@ def test_eval_replays_the_runs_own_evaluation_exactly(runs):
     ours, theirs = json.loads((runs["evolve"] / "eval.json").read_text()), summary(runs["evolve"])
     for key in ("eval_return_mean", "eval_return_std", "eval_env_steps"):
         assert ours[key] == theirs[key], key
-    assert len(ours["returns"]) == ours["episodes"] == theirs["eval_episodes"]
-    assert sum(ours["lengths"]) == ours["eval_env_steps"]
+    assert ours["eval_returns"] == theirs["eval_returns"]  # episode by episode
+    assert len(ours["eval_returns"]) == ours["eval_episodes"] == theirs["eval_episodes"]
+    assert sum(ours["eval_lengths"]) == ours["eval_env_steps"]
 
 
 def test_eval_with_another_seed_and_count_plays_those_episodes(runs):
     result = wm("eval", "--run", str(runs["evolve"]), "--episodes", "3", "--envs", "1", "--seed", "5", "--threads", "1")
     assert result.returncode == 0, result.stderr
     ours = json.loads((runs["evolve"] / "eval.json").read_text())
-    assert ours["episodes"] == len(ours["returns"]) == 3 and ours["seed"] == 5
+    assert ours["eval_episodes"] == len(ours["eval_returns"]) == 3 and ours["seed"] == 5
 
 
 def test_video_shows_the_controllers_episode_beside_the_dream(runs):
