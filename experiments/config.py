@@ -303,6 +303,7 @@ WORLD_MODEL_KEYWORDS = (
     "freeze_encoder",
     "sigreg_directions",
     "sigreg_points",
+    "residual",
 )
 PREDICTION_DEPTHS = (1, 5, 15)  # open-loop depths k of the pred_error_k* metrics
 
@@ -332,6 +333,8 @@ class WorldModelConfig:
     """Random 1-D projections per SIGReg call ('sigreg' only)."""
     sigreg_points: int = 17
     """Grid points of SIGReg's Epps-Pulley integral ('sigreg' only)."""
+    residual: bool = False
+    """Predict each next latent as the last one plus a predicted change (else the latent itself)."""
     # -- collection
     collect_steps: int = 20000
     """Random-policy transitions to collect before training (summed over envs; ignored with --episodes)."""

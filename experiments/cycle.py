@@ -68,6 +68,7 @@ from experiments.evolve import (
     encode_start_pool,
     save_controller,
     score_in_env,
+    success_text,
 )
 from experiments.progress import Progress
 from experiments.rundir import (
@@ -422,8 +423,8 @@ class Cycle:
         if self.run.writes:  # rank 0 alone under torchrun
             write_learning_curve(self.run.path / CURVE_PATH, self.history, cfg.env.id, cfg.cycle.target_return)
         self.announce(
-            f"real return {record['eval_return_mean']:.1f} ± {record['eval_return_std']:.1f} (dream "
-            f"{record['dream_return']:.1f}); {self.env_steps} env steps collected so far; best "
+            f"real return {record['eval_return_mean']:.1f} ± {record['eval_return_std']:.1f}{success_text(record)} "
+            f"(dream {record['dream_return']:.1f}); {self.env_steps} env steps collected so far; best "
             f"{self.best_return:.1f} (iteration {self.best_iteration})"
         )
         self.stopped = self.stop_reason()
@@ -471,6 +472,7 @@ class Cycle:
             "eval_return_mean": last["eval_return_mean"],
             "eval_return_std": last["eval_return_std"],
             "dream_return": last["dream_return"],
+            **{key: last[key] for key in ("eval_success_rate",) if key in last},
             "best_eval_return": self.best_return,
             "best_iteration": self.best_iteration,
             "history": self.history,
@@ -483,6 +485,7 @@ class Cycle:
 
 def iteration_metrics(record: dict, best_return: float) -> dict[str, float]:
     """The cycle/ log line of an evaluated iteration."""
+    success = {"cycle/success_rate": record["eval_success_rate"]} if "eval_success_rate" in record else {}
     return {
         "cycle/iteration": record["iteration"],
         "cycle/env_steps": record["env_steps"],
@@ -494,6 +497,7 @@ def iteration_metrics(record: dict, best_return: float) -> dict[str, float]:
         "cycle/best_return": best_return,
         "cycle/collect_steps": record["collect_steps"],
         "cycle/eval_env_steps": record["eval_env_steps"],
+        **success,
     }
 
 

@@ -32,7 +32,7 @@ from experiments import config as config_lib
 from experiments.checkpoint import CheckpointError, read_checkpoint
 from experiments.config import Config
 from experiments.cycle import iteration_seed
-from experiments.evolve import build_controller, load_world_model, score_in_env, world_model_checkpoint
+from experiments.evolve import build_controller, load_world_model, score_in_env, success_text, world_model_checkpoint
 from experiments.rundir import RunError
 from experiments.train import build_decoder, build_model
 from worldmodel.decoder import Decoder
@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     figures = evaluate(player, episodes, envs_count, evaluation_seed(player, args.seed), not args.no_progress)
     atomic_write_text(args.run / "eval.json", json.dumps(figures, indent=2) + "\n")
     print(
-        f"real return {figures['eval_return_mean']:.1f} ± {figures['eval_return_std']:.1f} over {episodes} episodes "
-        f"(mean length {figures['eval_length_mean']:.1f}); written to {args.run / 'eval.json'}",
+        f"real return {figures['eval_return_mean']:.1f} ± {figures['eval_return_std']:.1f} over {episodes} episodes"
+        f"{success_text(figures)} (mean length {figures['eval_length_mean']:.1f}); written to {args.run / 'eval.json'}",
         file=sys.stderr,
     )
     return 0

@@ -506,8 +506,8 @@ def finish(evolution: Evolution, dream: DreamScorer, envs, agent: LatentAgent, c
                     evolution.provenance, figures)  # fmt: skip
     print(
         f"dream return {figures['dream_return']:.1f} ({figures['chosen']} candidate); real return "
-        f"{figures['eval_return_mean']:.1f} ± {figures['eval_return_std']:.1f} over {ecfg.eval_episodes} episodes; "
-        f"gap {figures['dream_real_gap']:.1f}",
+        f"{figures['eval_return_mean']:.1f} ± {figures['eval_return_std']:.1f} over {ecfg.eval_episodes} episodes"
+        f"{success_text(figures)}; gap {figures['dream_real_gap']:.1f}",
         file=sys.stderr,
     )
     return figures
@@ -539,12 +539,14 @@ def score_in_env(envs, agent: LatentAgent, parameters: np.ndarray, episodes: int
                  show_progress: bool = True) -> dict:  # fmt: skip
     """The real return of controller `parameters` (n,) over `episodes` episodes without exploration noise, the
     episodes seeded by `seed`; figures for summary.json (`eval_env_steps`: the env steps they took; `eval_returns`
-    and `eval_lengths`: each episode's)."""
+    and `eval_lengths`: each episode's; `eval_success_rate`, the share of episodes that ended in success, for an env
+    that reports `info["success"]`)."""
     bar = Progress(episodes, "evaluate", unit="episode", enabled=show_progress)
     agent.exploration = 0.0
     real = run_episodes(envs, agent, np.repeat(parameters[None], episodes, axis=0),
                         step_seed(seed, 0, STREAM_EVAL) % 2**31, on_step=bar.update)  # fmt: skip
     bar.close()
+    success = {} if real.successes is None else {"eval_success_rate": float(real.successes.mean())}
     return {
         "eval_return_mean": float(real.returns.mean()),
         "eval_return_std": float(real.returns.std()),
@@ -553,7 +555,14 @@ def score_in_env(envs, agent: LatentAgent, parameters: np.ndarray, episodes: int
         "eval_env_steps": int(real.lengths.sum()),
         "eval_returns": real.returns.tolist(),
         "eval_lengths": real.lengths.tolist(),
+        **success,
     }
+
+
+def success_text(figures: dict) -> str:
+    """The tail ", N% successful" for figures of an env that reports success, else nothing."""
+    rate = figures.get("eval_success_rate")
+    return "" if rate is None else f", {100 * rate:.0f}% successful"
 
 
 def save_controller(path: Path, command: str, controller: Controller, parameters: np.ndarray, cfg: Config,

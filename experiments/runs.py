@@ -17,6 +17,8 @@ def headline(summary: dict) -> str:
             return f"{key} {probe[key]:.3f} (random {probe[key + '_random']:.3f})"
     if "eval_return_mean" in summary:  # a controller: its real return beside what the dream promised
         text = f"real {summary['eval_return_mean']:.1f} ± {summary.get('eval_return_std', float('nan')):.1f}"
+        if "eval_success_rate" in summary:
+            text += f" ({100 * summary['eval_success_rate']:.0f}% successful)"
         if "dream_return" in summary:
             text += f", dream {summary['dream_return']:.1f}"
         return text

@@ -5,6 +5,9 @@ episode. The vector env is in gymnasium's NEXT_STEP autoreset mode (see `envs.co
 ends, its next step returns a reset observation, and that step starts the next job. An episode cut at `max_steps`
 is reset by hand (`reset_mask`). Every sub-env is seeded at the start (`seed + i`), so a call's results depend only
 on its arguments.
+
+An env that says in its step info whether an episode succeeded (`info["success"]`, as Parking-v0 does) has each
+episode's last word on it collected too.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class EpisodeResults(NamedTuple):
     """(J,) float64 undiscounted return of each episode."""
     lengths: np.ndarray
     """(J,) int64 agent steps of each episode (their sum is the real env steps the scoring used)."""
+    successes: np.ndarray | None = None
+    """(J,) bool: `info["success"]` at each episode's last step; None when the env never reports one."""
 
 
 def run_episodes(
@@ -51,6 +56,7 @@ def run_episodes(
     if mode != AutoresetMode.NEXT_STEP:  # another mode would shift every episode's boundary by one step
         raise ValueError(f"run_episodes needs a vector env in NEXT_STEP autoreset mode, got {mode}")
     returns, lengths = np.zeros(jobs), np.zeros(jobs, dtype=np.int64)
+    successes, reports_success = np.zeros(jobs, dtype=bool), False
     job = np.full(n, -1)  # job of each sub-env, -1 when it has none (all handed out)
     waiting = np.zeros(n, dtype=bool)  # the sub-env's episode ended: its next step is an autoreset
     next_job = 0
@@ -69,7 +75,7 @@ def run_episodes(
     done = 0
     while done < jobs:
         actions = agent(obs)
-        obs, rewards, terminated, truncated, _ = envs.step(actions)
+        obs, rewards, terminated, truncated, info = envs.step(actions)
         starting = np.zeros(n, dtype=bool)
         starting[waiting] = True  # this step's observation is a reset one: the next job starts from it
         assign(np.flatnonzero(waiting))
@@ -78,6 +84,11 @@ def run_episodes(
         lengths[job[active]] += 1
         ended = active & (terminated | truncated)
         cut = active & ~ended & (lengths[np.maximum(job, 0)] >= (max_steps or np.inf))
+        if "success" in info:  # a vector env's info: values per sub-env, "_success" marks the sub-envs that set it
+            reports_success = True
+            said = np.asarray(info["success"], dtype=bool) & np.asarray(info.get("_success", True), dtype=bool)
+            last = ended | cut
+            successes[job[last]] = said[last]
         waiting = ended.copy()
         if cut.any():  # the env goes on, so reset those sub-envs by hand and start their next job now
             obs_reset, _ = envs.reset(options={"reset_mask": cut})
@@ -89,4 +100,4 @@ def run_episodes(
         agent.reset(starting)
         if on_step is not None:
             on_step(finished)
-    return EpisodeResults(returns, lengths)
+    return EpisodeResults(returns, lengths, successes if reports_success else None)

@@ -248,6 +248,9 @@ class WorldModel(nn.Module):
             Then features can be precomputed once and passed in place of obs.
         sigreg_directions: random 1-D projections per SIGReg call ("sigreg" only).
         sigreg_points: grid points of SIGReg's Epps-Pulley integral ("sigreg" only).
+        residual: predict the change of the latent, ẑ_t = z_{t-1} + g(h_t), instead of the latent itself. Frames
+            of one env change little from step to step, so this starts every prediction from "nothing changes"
+            and spends the head on the motion.
     """
 
     def __init__(
@@ -266,6 +269,7 @@ class WorldModel(nn.Module):
         freeze_encoder: bool = False,
         sigreg_directions: int = 256,
         sigreg_points: int = 17,
+        residual: bool = False,
     ):
         super().__init__()
         obs_shape = tuple(int(v) for v in obs_shape)
@@ -286,6 +290,7 @@ class WorldModel(nn.Module):
         self.freeze_encoder = freeze_encoder
         self.sigreg_directions = sigreg_directions
         self.sigreg_points = sigreg_points
+        self.residual = residual
         self.is_pixels = len(obs_shape) == 3
 
         self.backbone: nn.Module
@@ -456,7 +461,7 @@ class WorldModel(nn.Module):
         return torch.zeros(batch, self.hidden_dim, device=weight.device, dtype=weight.dtype)
 
     def step(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step of the dynamics: h_t = f(h_{t-1}, z_{t-1}, a_t), ẑ_t = g(h_t).
+        """One step of the dynamics: h_t = f(h_{t-1}, z_{t-1}, a_t), ẑ_t = g(h_t) (z_{t-1} + g(h_t) when residual).
 
         Args:
             h: (B, hidden_dim) h_{t-1}; z: (B, D) z_{t-1} (real or predicted); action: (B, A) a_t.
@@ -464,7 +469,8 @@ class WorldModel(nn.Module):
             h_next (B, hidden_dim) and z_pred (B, D).
         """
         h_next = self.gru(self.dynamics_input(torch.cat([z, action], dim=-1)), h)
-        return h_next, self.latent_head(h_next)
+        prediction = self.latent_head(h_next)
+        return h_next, z + prediction if self.residual else prediction
 
     def reward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Predicted reward of arriving at the step with state h (..., hidden_dim) and latent z (..., D) -> (...)."""
@@ -475,11 +481,15 @@ class WorldModel(nn.Module):
         return self.cont_head(torch.cat([h, z], dim=-1)).squeeze(-1)
 
     def ensemble(self, h: torch.Tensor) -> torch.Tensor:
-        """Each member's prediction of the latent at the step of h: (B, hidden_dim) -> (K, B, D)."""
+        """Each member's prediction of the latent at the step of h (of its change since the step before, when
+        residual): (B, hidden_dim) -> (K, B, D)."""
         return self.ensemble_heads(h)
 
     def disagreement(self, h: torch.Tensor) -> torch.Tensor:
-        """Variance across ensemble members (population variance), averaged over D: (B, hidden_dim) -> (B,)."""
+        """Variance across ensemble members (population variance), averaged over D: (B, hidden_dim) -> (B,).
+
+        A residual model's members predict changes; adding the previous latent to each would not move the variance.
+        """
         members = self.ensemble(h)  # (K, B, D)
         # The same as members.var(dim=0, unbiased=False).mean(-1), which is 5x slower on CPU (a strided reduction
         # over K); this sits in every dream step.
@@ -598,8 +608,8 @@ class WorldModel(nn.Module):
            the window or cross an is_first are masked out. Every k counts equally.
         4. Reward (MSE) and continue (BCE on batch.cont, so a truncated end trains towards 1) at the warm
            teacher-forced states (h_t, real z_t) and at every valid open-loop state (h, ẑ).
-        5. Ensemble: each member regresses the target latent from the detached open-loop h (so the ensemble
-           does not shape the dynamics).
+        5. Ensemble: each member regresses the target latent (when residual, its change from the latent the step
+           was predicted from) from the detached open-loop h (so the ensemble does not shape the dynamics).
         6. Under "sigreg": SIGReg of all online latents of the batch.
 
         Args:
@@ -646,6 +656,9 @@ class WorldModel(nn.Module):
 
         rows = B * (T - 1) * horizon
         members = self.ensemble(roll.hidden.detach().reshape(rows, -1))  # (B, S, H, hd) -> (B*S*H, hd) -> (K, B*S*H, D)
+        if self.residual:  # each open-loop step starts from the start's real latent or the previous prediction
+            previous = torch.cat([z[:, :-1, None], roll.latent[:, :, :-1]], dim=2).detach()  # (B, S, H, D)
+            target = target - previous
         ensemble_target = target.reshape(1, rows, -1)  # (B, S, H, D) -> (1, B*S*H, D)
         ensemble_error = (members - ensemble_target).pow(2).mean(dim=(0, 2))  # (B*S*H,)
         losses["ensemble"] = _masked_mean(ensemble_error, valid.flatten(), shard)

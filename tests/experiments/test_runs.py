@@ -86,3 +86,11 @@ def test_an_interrupted_cycle_shows_the_iterations_it_evaluated_and_their_best(t
     )
     (row,) = read_runs(tmp_path)
     assert (row["iterations"], row["best_return"], row["env_steps"]) == (3, "450.6", 29006)
+
+
+def test_an_env_that_reports_success_shows_its_success_rate(tmp_path):
+    summary = {"command": "cycle", "status": "done", "env": {"env_id": "Parking-v0"}, "eval_return_mean": 3.5,
+               "eval_return_std": 1.25, "eval_success_rate": 0.84, "dream_return": 7.0}  # fmt: skip
+    write_summary(tmp_path, "parking", summary)
+    (row,) = read_runs(tmp_path)
+    assert row["result"] == "real 3.5 ± 1.2 (84% successful), dream 7.0"

@@ -13,7 +13,10 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from agents.agent import LatentAgent
 from agents.controllers import Controller
-from envs import EpisodeStore, RandomPolicy, collect, make_vector_env
+from envs import EpisodeStore, RandomPolicy, collect, make_env, make_vector_env
+from envs.parking import ScriptedParker, ScriptedParkers
+from experiments.evolve import STREAM_EVAL, score_in_env
+from experiments.runtime import step_seed
 from experiments.scoring import EpisodeResults, run_episodes
 from worldmodel.world_model import WorldModel
 
@@ -233,3 +236,63 @@ def test_invalid_arguments_raise(model):
     with pytest.raises(ValueError, match="NEXT_STEP"):
         run_episodes(same_step, agent, np.stack([constant(0)]), 0)
     same_step.close()
+
+
+class ScriptedParkingAgent(LatentAgent):
+    """Acts by `ScriptedParkers` on Parking-v0's true state (obs="state"), in place of a controller."""
+
+    def __init__(self, num_envs: int):
+        torch.manual_seed(0)
+        model = WorldModel((10,), 9, **TINY).eval()
+        controller = Controller(FEATURES, gym.spaces.Discrete(9), "linear")
+        super().__init__(model, controller, np.zeros(controller.num_params), num_envs)
+        self.script = ScriptedParkers(num_envs)
+
+    def reset(self, is_first: np.ndarray) -> None:
+        super().reset(is_first)
+        self.script.reset(is_first)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.script(obs)
+
+
+def parking_successes(seed: int, episodes: int) -> list[bool]:
+    """Each episode's info["success"] at its end, the scripted parker playing one env stepped by hand."""
+    env, _ = make_env("Parking-v0", obs="state")
+    parker = ScriptedParker()
+    successes = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        parker.reset()
+        while True:
+            obs, _, terminated, truncated, info = env.step(parker(obs))
+            if terminated or truncated:
+                successes.append(bool(info["success"]))
+                break
+    env.close()
+    return successes
+
+
+def test_successes_are_each_episode_s_last_word_and_none_where_the_env_says_nothing(model):
+    episodes = 6
+    expected = parking_successes(seed=5, episodes=episodes)
+    assert any(expected)  # the scripted parker parks
+    envs, _ = make_vector_env("Parking-v0", 1, obs="state", seed=5)
+    try:
+        agent = ScriptedParkingAgent(1)
+        parameters = np.zeros((episodes, agent.controller.num_params))  # unused: the script acts
+        assert run_episodes(envs, agent, parameters, 5).successes.tolist() == expected
+        cut = run_episodes(envs, agent, parameters, 5, max_steps=20)  # too short to park
+        assert cut.successes.tolist() == [False] * episodes
+        figures = score_in_env(envs, agent, parameters[0], episodes, seed=5, show_progress=False)
+        played = parking_successes(step_seed(5, 0, STREAM_EVAL) % 2**31, episodes)  # score_in_env's episodes
+        assert figures["eval_success_rate"] == np.mean(played)
+    finally:
+        envs.close()
+    assert score(model, np.stack([constant(0)] * 2), seed=0, num_envs=2, max_steps=None).successes is None  # CartPole
+    envs, _ = make_vector_env("CartPole-v1", 2, obs="state", seed=0)
+    try:
+        agent = LatentAgent(model, CONTROLLER, constant(0), 2)
+        assert "eval_success_rate" not in score_in_env(envs, agent, constant(0), 2, seed=0, show_progress=False)
+    finally:
+        envs.close()

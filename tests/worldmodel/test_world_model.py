@@ -186,10 +186,10 @@ def test_valid_and_warm_masks_by_hand():
     assert warm_mask(torch.tensor([[False, False, False, False]]), 1).tolist() == [[False, True, True, True]]
 
 
-@pytest.mark.parametrize("guard", ["ema", "sigreg"])
-def test_loss_equals_open_loop_unroll_by_hand(guard):
+@pytest.mark.parametrize("guard, residual", [("ema", False), ("sigreg", False), ("ema", True)])
+def test_loss_equals_open_loop_unroll_by_hand(guard, residual):
     torch.manual_seed(0)
-    model = WorldModel((5,), 2, **TINY, collapse_guard=guard)
+    model = WorldModel((5,), 2, **TINY, collapse_guard=guard, residual=residual)
     batch = make_batch((5,), batch=2, time=6, firsts=((1, 3),))
     horizon, burn_in = 3, 2
     losses = model.loss(batch, horizon, burn_in, generator=torch.Generator().manual_seed(0))
@@ -207,13 +207,33 @@ def test_loss_equals_open_loop_unroll_by_hand(guard):
             for k in range(1, horizon + 1):
                 if s + k > 5 or batch.is_first[b, s + 1 : s + k + 1].any():
                     break
+                previous = z_hat
                 h, z_hat = model.step(h, z_hat, batch.action[b, s + k][None])  # feed back its own prediction
                 latent_errors.append(((z_hat[0] - z_target[b, s + k]) ** 2).mean())
                 reward_errors.append((model.reward(h[0], z_hat[0]) - batch.reward[b, s + k]) ** 2)
-                ensemble_errors.append(((model.ensemble(h) - z_target[b, s + k]) ** 2).mean())
+                member_target = z_target[b, s + k] - previous[0] if residual else z_target[b, s + k]
+                ensemble_errors.append(((model.ensemble(h) - member_target) ** 2).mean())
     torch.testing.assert_close(losses["latent"], torch.stack(latent_errors).mean())
     torch.testing.assert_close(losses["reward"], torch.stack(reward_errors).mean())
     torch.testing.assert_close(losses["ensemble"], torch.stack(ensemble_errors).mean())
+
+
+def test_residual_model_predicts_the_last_latent_plus_the_head_s_change():
+    torch.manual_seed(0)
+    residual = WorldModel((5,), 2, **TINY, residual=True)
+    plain = WorldModel((5,), 2, **TINY)
+    plain.load_state_dict(residual.state_dict())
+    h, z, a = torch.randn(4, 16), torch.randn(4, 8), torch.randn(4, 2)
+    h_plain, change = plain.step(h, z, a)
+    h_residual, prediction = residual.step(h, z, a)
+    torch.testing.assert_close(h_residual, h_plain)
+    torch.testing.assert_close(prediction, z + change)
+    torch.nn.init.zeros_(residual.latent_head[-1].weight)
+    torch.nn.init.zeros_(residual.latent_head[-1].bias)
+    assert torch.equal(residual.step(h, z, a)[1], z)  # a head that predicts no change: "nothing changes"
+    # Imagination feeds each prediction back in: with no change predicted, every imagined latent is the start's.
+    imagined = residual.imagine(h, z, torch.randn(4, 6, 2)).latent  # (4, 6, 8)
+    assert torch.equal(imagined, z[:, None].expand(4, 6, 8))
 
 
 def test_ensemble_loss_does_not_shape_the_dynamics_and_ema_target_gets_no_gradient():
