@@ -103,6 +103,19 @@ def _own_image(env: gym.Env, obs: Any) -> np.ndarray:
     return obs
 
 
+def _pendulum_image(env: gym.Env, obs: Any) -> np.ndarray:
+    """Pendulum's frame without its torque indicator: `render()` draws the last action as an arrow around the pivot,
+    which under random actions changes more from one frame to the next than the pendulum does (and only repeats
+    the action the agent took). The rod and pivot are drawn as usual."""
+    pendulum = env.unwrapped
+    last_u = pendulum.last_u
+    pendulum.last_u = None  # render() draws the arrow only when an action was taken
+    try:
+        return env.render()
+    finally:
+        pendulum.last_u = last_u
+
+
 @dataclass(frozen=True)
 class _Adapter:
     """What we know about one env family (keyed by gymnasium's name without version)."""
@@ -110,11 +123,12 @@ class _Adapter:
     state_fn: StateFn | None = None
     state_dim: int | None = None
     state_is_observation: bool = True  # the true state alone is enough to act on (usable as obs="state")
+    image_fn: ImageFn | None = None  # how pixels are drawn, when not by render() (or the env's own image)
 
 
 _ADAPTERS: dict[str, _Adapter] = {
     "CartPole": _Adapter(_cartpole_state, 4),
-    "Pendulum": _Adapter(_pendulum_state, 3),
+    "Pendulum": _Adapter(_pendulum_state, 3, image_fn=_pendulum_image),
     "Acrobot": _Adapter(_acrobot_state, 6),
     "MountainCar": _Adapter(_mountain_car_state, 2),
     "MountainCarContinuous": _Adapter(_mountain_car_state, 2),
@@ -211,6 +225,8 @@ def make_env(
             image_fn: ImageFn = functools.partial(_parking_image, size=size)
         elif _is_image_space(own_space):
             image_fn = _own_image
+        elif adapter.image_fn is not None:
+            image_fn = adapter.image_fn
         else:
             image_fn = _render_image
         env = PixelObservation(env, size, image_fn, env_id)

@@ -13,6 +13,7 @@ import pytest
 from gymnasium import spaces
 
 from envs import EnvSpec, make_env, register_envs
+from envs.wrappers import resize_image
 
 # (env id, state_dim, discrete, action_dim)
 ENVS = [
@@ -125,6 +126,20 @@ def test_pendulum_state_is_cos_sin_velocity() -> None:
     theta, theta_dot = env.unwrapped.state
     np.testing.assert_allclose(info["state"], [math.cos(theta), math.sin(theta), theta_dot], rtol=1e-6)
     env.close()
+
+
+def test_pendulum_pixels_leave_out_the_torque_indicator() -> None:
+    env, _ = make_env("Pendulum-v1", obs="pixels", size=64, seed=0)
+    env.reset()
+    obs, *_ = env.step(np.array([2.0], dtype=np.float32))
+    pendulum = env.unwrapped
+    assert pendulum.last_u == 2.0  # left as it was: env.render() (videos) still draws the arrow
+    with_arrow = resize_image(env.render(), 64)
+    pendulum.last_u = None
+    without = resize_image(env.render(), 64)
+    env.close()
+    assert np.array_equal(obs, without)
+    assert np.abs(with_arrow.astype(int) - without).max() > 100  # the arrow is a dark stroke on white
 
 
 def test_car_racing_has_no_state_observation() -> None:
