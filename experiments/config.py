@@ -304,6 +304,7 @@ WORLD_MODEL_KEYWORDS = (
     "sigreg_directions",
     "sigreg_points",
     "residual",
+    "input_blur",
 )
 PREDICTION_DEPTHS = (1, 5, 15)  # open-loop depths k of the pred_error_k* metrics
 
@@ -335,6 +336,8 @@ class WorldModelConfig:
     """Grid points of SIGReg's Epps-Pulley integral ('sigreg' only)."""
     residual: bool = False
     """Predict each next latent as the last one plus a predicted change (else the latent itself)."""
+    input_blur: float = 0.0
+    """Gaussian blur, std in pixels of the ViT's input, of every frame before the encoder (0: none; pixels only)."""
     # -- collection
     collect_steps: int = 20000
     """Random-policy transitions to collect before training (summed over envs; ignored with --episodes)."""
@@ -410,6 +413,7 @@ class WorldModelConfig:
             f"must divide image_size ({self.image_size}), got {self.patch_size}",
         )
         _require(self.burn_in >= 0, "burn_in", f"must be >= 0, got {self.burn_in}")
+        _require(self.input_blur >= 0, "input_blur", f"must be >= 0, got {self.input_blur}")
         _require(
             self.sequence_length >= self.burn_in + 2,
             "sequence_length",

@@ -1,4 +1,4 @@
-"""Batched image augmentation in torch: random resized crops, resizing and normalisation.
+"""Batched image augmentation in torch: random resized crops, resizing, blurring and normalisation.
 
 Everything works on a whole batch at once. Crop boxes are sampled as torchvision's
 `RandomResizedCrop` samples them, vectorised, and every crop is resampled in one `F.grid_sample`
@@ -215,6 +215,32 @@ def resize(images: torch.Tensor, out_size: int, antialias: bool = False) -> torc
         torch.full((batch,), width, dtype=torch.int64),
     )
     return crop_resize(images, crop_boxes_theta(full, height, width), out_size)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of standard deviation `sigma` pixels, the kernel cut at 3 sigma and normalised to sum
+    1; edges are padded by repeating the border (so a constant image stays constant).
+
+    Args:
+        x: (B, C, H, W) float.
+    Returns:
+        (B, C, H, W), same dtype and device; `x` itself when sigma is 0.
+    """
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"x must be a float (B, C, H, W) tensor, got dtype {x.dtype} and shape {tuple(x.shape)}")
+    if not sigma >= 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    if sigma == 0:
+        return x
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float64)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).to(x.dtype)  # (2r + 1,)
+    channels = x.shape[1]
+    rows = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)  # (C, 1, 1, 2r + 1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), rows, groups=channels)
+    columns = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)  # (C, 1, 2r + 1, 1)
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), columns, groups=channels)
 
 
 def normalize(

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodel.augment import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
+from worldmodel.augment import IMAGENET_MEAN, IMAGENET_STD, gaussian_blur, normalize, resize
 from worldmodel.sigreg import sigreg
 from worldmodel.vit import VisionTransformer
 
@@ -248,6 +248,10 @@ class WorldModel(nn.Module):
             Then features can be precomputed once and passed in place of obs.
         sigreg_directions: random 1-D projections per SIGReg call ("sigreg" only).
         sigreg_points: grid points of SIGReg's Epps-Pulley integral ("sigreg" only).
+        input_blur: Gaussian blur (std in pixels of the ViT's input) applied to frames before the encoder (pixels
+            only). A thin object that moves fast, such as Pendulum's rod, covers other pixels in every frame, and the
+            features of a frozen random-initialised ViT then change about as much from one frame to the next as
+            between any two; blurred, they change smoothly with the object's position.
         residual: predict the change of the latent, ẑ_t = z_{t-1} + g(h_t), instead of the latent itself. Frames
             of one env change little from step to step, so this starts every prediction from "nothing changes"
             and spends the head on the motion.
@@ -270,6 +274,7 @@ class WorldModel(nn.Module):
         sigreg_directions: int = 256,
         sigreg_points: int = 17,
         residual: bool = False,
+        input_blur: float = 0.0,
     ):
         super().__init__()
         obs_shape = tuple(int(v) for v in obs_shape)
@@ -277,6 +282,8 @@ class WorldModel(nn.Module):
             raise ValueError(f"obs_shape must be (H, W, C) for pixels or (S,) for state, got {obs_shape}")
         if collapse_guard not in COLLAPSE_GUARDS:
             raise ValueError(f"collapse_guard must be one of {COLLAPSE_GUARDS}, got {collapse_guard!r}")
+        if not input_blur >= 0:
+            raise ValueError(f"input_blur must be >= 0, got {input_blur}")
         if min(action_dim, latent_dim, hidden_dim, mlp_dim, sigreg_directions) < 1 or ensemble_size < 2:
             raise ValueError(
                 "action_dim, latent_dim, hidden_dim, mlp_dim, sigreg_directions must be >= 1 and ensemble_size >= 2, "
@@ -291,6 +298,7 @@ class WorldModel(nn.Module):
         self.sigreg_directions = sigreg_directions
         self.sigreg_points = sigreg_points
         self.residual = residual
+        self.input_blur = float(input_blur)
         self.is_pixels = len(obs_shape) == 3
 
         self.backbone: nn.Module
@@ -359,9 +367,10 @@ class WorldModel(nn.Module):
         if self.is_pixels:
             H, W, C = self.obs_shape
             frames = obs.reshape(-1, H, W, C).permute(0, 3, 1, 2)  # (*lead, H, W, C) -> (N, C, H, W)
-            # uint8 -> [0, 1] (resized when the frame size differs from the ViT's) -> ImageNet statistics,
-            # exactly as the I-JEPA pretraining evaluates frames.
-            images = normalize(resize(frames, self.image_size), self._pixel_mean, self._pixel_std)
+            # uint8 -> [0, 1] (resized when the frame size differs from the ViT's) -> ImageNet statistics, exactly
+            # as the I-JEPA pretraining evaluates frames (blurred first when input_blur > 0).
+            images = gaussian_blur(resize(frames, self.image_size), self.input_blur)
+            images = normalize(images, self._pixel_mean, self._pixel_std)
             features = backbone.pooled(images.to(self.projection.weight.dtype))  # (N, F)
         else:
             states = obs.reshape(-1, self.obs_shape[0]).to(self.projection.weight.dtype)  # (*lead, S) -> (N, S)

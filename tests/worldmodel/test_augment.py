@@ -12,6 +12,7 @@ from worldmodel.augment import (
     CropBoxes,
     crop_boxes_theta,
     crop_resize,
+    gaussian_blur,
     normalize,
     random_resized_crop,
     resize,
@@ -134,3 +135,25 @@ def test_normalize_and_input_errors():
         resize(torch.rand(2, 3, 8, 8), 4)
     with pytest.raises(ValueError, match="scale"):
         random_resized_crop(random_images(1, 8, 8), 4, scale=(0.5, 0.1), generator=torch.Generator())
+
+
+def test_gaussian_blur_spreads_an_impulse_by_the_normalised_kernel_and_keeps_constants():
+    sigma = 1.5
+    radius = math.ceil(3 * sigma)
+    weights = [math.exp(-(k**2) / (2 * sigma**2)) for k in range(-radius, radius + 1)]
+    total = sum(weights)
+    impulse = torch.zeros(1, 1, 15, 15, dtype=torch.float64)
+    impulse[0, 0, 7, 7] = 1.0
+    out = gaussian_blur(impulse, sigma)[0, 0]
+    assert out.sum().item() == pytest.approx(1.0)  # interior: nothing reaches the border
+    assert out[7, 7].item() == pytest.approx((weights[radius] / total) ** 2)
+    assert out[7, 9].item() == pytest.approx(weights[radius] * weights[radius + 2] / total**2)
+    torch.testing.assert_close(out, out.T)
+    constant = torch.full((2, 3, 8, 8), 0.3)
+    torch.testing.assert_close(gaussian_blur(constant, 2.0), constant)  # border repeated, not zero-padded
+    x = torch.rand(2, 3, 8, 8)
+    assert gaussian_blur(x, 0.0) is x
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_blur(x, -1.0)
+    with pytest.raises(ValueError, match="float"):
+        gaussian_blur(x.to(torch.uint8), 1.0)

@@ -273,6 +273,25 @@ def test_ema_update_matches_hand_computation():
         model.update_target(1.5)
 
 
+def test_input_blur_blurs_the_frames_the_encoder_sees_and_keys_its_own_latent_cache():
+    from experiments.train import encoder_fingerprint
+    from worldmodel.augment import gaussian_blur, normalize, resize
+
+    torch.manual_seed(0)
+    sharp = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
+    blurred = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True, input_blur=2.0)
+    blurred.load_state_dict(sharp.state_dict())
+    obs = make_batch((16, 16, 3)).obs[:, 0]  # (3, 16, 16, 3) uint8
+    images = gaussian_blur(resize(obs.permute(0, 3, 1, 2), 16), 2.0)
+    expected = sharp.backbone.pooled(normalize(images, sharp._pixel_mean, sharp._pixel_std))
+    torch.testing.assert_close(blurred.encode_features(obs), expected)
+    assert not torch.allclose(sharp.encode_features(obs), expected)
+    keys = {encoder_fingerprint(model) for model in (sharp, blurred)}
+    assert len(keys) == 2  # cached features of sharp frames are never read for blurred ones
+    with pytest.raises(ValueError, match="input_blur"):
+        WorldModel((16, 16, 3), 2, **PIXELS_MICRO, input_blur=-1.0)
+
+
 def test_frozen_backbone_is_its_own_target_and_sigreg_has_none():
     frozen = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
     assert frozen.target_backbone is None and frozen.target_projection is not None
