@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -248,7 +249,13 @@ def make_env(
 
 
 def _make_rendering(env_id: str, gym_spec: Any, require_images: bool, **kwargs: Any) -> gym.Env:
-    """gym.make with render_mode="rgb_array" where the env supports it (for pixels, and for videos in state mode)."""
+    """gym.make with render_mode="rgb_array" where the env supports it (for pixels, and for videos in state mode).
+
+    Frames are drawn off screen, so pygame (classic control, Box2D) gets SDL's dummy video driver unless the user
+    chose one: without it, SDL looks for a display and on a headless machine prints an error about XDG_RUNTIME_DIR
+    into every run's output.
+    """
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     entry = gym_spec.entry_point
     env_class = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
     modes = list(getattr(env_class, "metadata", {}).get("render_modes", []))

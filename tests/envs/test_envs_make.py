@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -268,6 +269,17 @@ def test_import_registers_nothing_and_register_envs_is_idempotent() -> None:
     register_envs()
     register_envs()
     assert "Parking-v0" in gym.registry
+
+
+def test_pixels_on_a_headless_machine_print_nothing() -> None:
+    """pygame draws CartPole off screen; SDL must not go looking for a display and complain on stderr."""
+    code = (
+        "from envs import make_env; env, _ = make_env('CartPole-v1', obs='pixels', size=16, seed=0); env.reset(); "
+        "env.step(0); env.close(); print('ok')"
+    )
+    headless = {key: value for key, value in os.environ.items() if key not in ("XDG_RUNTIME_DIR", "SDL_VIDEODRIVER")}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=headless)
+    assert run.stdout.strip() == "ok" and "XDG_RUNTIME_DIR" not in run.stderr, run.stderr
 
 
 def test_spec_validates_its_fields() -> None:
