@@ -335,7 +335,8 @@ class WorldModelConfig:
     sigreg_points: int = 17
     """Grid points of SIGReg's Epps-Pulley integral ('sigreg' only)."""
     residual: bool = False
-    """Predict each next latent as the last one plus a predicted change (else the latent itself)."""
+    """Predict each next latent as the last one plus a predicted change (else the latent itself); its errors add up
+    over long dreams, so presets leave it off (README)."""
     input_blur: float = 0.0
     """Gaussian blur, std in pixels of the ViT's input, of every frame before the encoder (0: none; pixels only)."""
     # -- collection

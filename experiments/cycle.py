@@ -472,7 +472,7 @@ class Cycle:
             "eval_return_mean": last["eval_return_mean"],
             "eval_return_std": last["eval_return_std"],
             "dream_return": last["dream_return"],
-            **{key: last[key] for key in ("eval_success_rate",) if key in last},
+            **({"eval_success_rate": last["eval_success_rate"]} if "eval_success_rate" in last else {}),
             "best_eval_return": self.best_return,
             "best_iteration": self.best_iteration,
             "history": self.history,

@@ -17,7 +17,7 @@ from run_wm import DEBUG, mp4_frames, start, summary, tensorboard_events, tensor
 from envs import EnvSpec, Episode, EpisodeStore
 from experiments import cli
 from experiments.checkpoint import read_checkpoint, save_checkpoint
-from experiments.cycle import CycleWindows
+from experiments.cycle import CycleWindows, iteration_metrics
 from experiments.train import StoreWindows, split_episodes
 
 # Two iterations with a frozen encoder (the latent cache grows with every collection); a later iteration's collection
@@ -336,3 +336,13 @@ def test_without_a_config_the_cycle_runs_the_default_task(tmp_path, capsys):
     assert code == 2 and "no --config: running the default task, configs/default.yaml" in stderr
     assert "cycle.max_env_steps: 30000 is fewer than iteration 0's random-policy collection" in stderr
     assert not run.exists()
+
+
+def test_iteration_metrics_carry_a_success_rate_only_where_the_env_reports_one():
+    record = {"iteration": 1, "env_steps": 9000, "eval_return_mean": 3.5, "eval_return_std": 1.0,
+              "eval_length_mean": 120.0, "dream_return": 7.0, "dream_real_gap": 3.5, "collect_steps": 3000,
+              "eval_env_steps": 2400}  # fmt: skip
+    plain = iteration_metrics(record, best_return=4.0)
+    assert "cycle/success_rate" not in plain and plain["cycle/best_return"] == 4.0
+    parking = iteration_metrics({**record, "eval_success_rate": 0.25}, best_return=4.0)
+    assert parking["cycle/success_rate"] == 0.25 and parking.items() >= plain.items()
