@@ -312,10 +312,12 @@ def test_training_windows_skip_the_held_out_episodes_of_iteration_zero(tmp_path)
     assert set(np.unique(earlier.obs).tolist()) <= set(range(7)) | {10}
 
 
-@pytest.mark.parametrize(("env_id", "obs"), [("Acrobot-v1", "pixels"), ("LunarLanderContinuous-v3", "state")])
+@pytest.mark.parametrize(
+    ("env_id", "obs"), [("Acrobot-v1", "pixels"), ("LunarLanderContinuous-v3", "state"), ("Parking-v0", "pixels")]
+)
 def test_any_gymnasium_id_runs_the_cycle_from_pixels_or_state(tmp_path, env_id, obs):
-    """Another classic-control env (3 discrete actions) from pixels, a Box2D one (continuous actions) from state:
-    only `--set env.id` and `env.obs` change."""
+    """Another classic-control env (3 discrete actions) from pixels, a Box2D one (continuous actions) from state, and
+    Parking, whose episodes report success: only `--set env.id` and `env.obs` change."""
     run = tmp_path / "any"
     quick = ["world_model.steps=4", "world_model.warmup_steps=1", "world_model.decoder_steps=0",
              "world_model.eval_every=0", "evolve.generations=1", "evolve.eval_episodes=1", "cycle.iterations=1",
@@ -326,6 +328,15 @@ def test_any_gymnasium_id_runs_the_cycle_from_pixels_or_state(tmp_path, env_id, 
     assert done["status"] == "done" and done["env"]["env_id"] == env_id and done["env"]["obs_mode"] == obs
     assert np.isfinite(done["eval_return_mean"]) and done["env_steps"] >= 400
     assert (run / "videos/iteration-00.mp4").is_file() == (obs == "pixels")  # a decoder draws pixels only
+    # The success rate is reported wherever the env says whether an episode succeeded, and only there.
+    reports_success = env_id == "Parking-v0"
+    assert ("eval_success_rate" in done) == ("eval_success_rate" in done["history"][-1]) == reports_success
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("cycle/success_rate" in record for record in records) == reports_success
+    assert ("% successful" in result.stdout + result.stderr) == reports_success
+    if reports_success:
+        assert 0.0 <= done["eval_success_rate"] <= 1.0
+        assert done["eval_success_rate"] == done["history"][-1]["eval_success_rate"]
 
 
 def test_without_a_config_the_cycle_runs_the_default_task(tmp_path, capsys):
