@@ -177,6 +177,11 @@ class CMAES:
         return np.array(self._es.mean, dtype=np.float64)
 
     @property
+    def start(self) -> np.ndarray:
+        """(n,) the point the search started from, x0 (a copy; a warm start is an earlier controller)."""
+        return np.array(self._es.x0, dtype=np.float64)
+
+    @property
     def sigma(self) -> float:
         """The current overall step size."""
         return float(self._es.sigma)

@@ -385,7 +385,7 @@ class Cycle:
         evolution = Evolution(self.es, dream, self.controller, cfg, self.run, "dream", {}, checkpointer=self.save,
                               log_offset=offset)  # fmt: skip
         evolution.evolve(stop, generations)
-        self.chosen, figures = choose_controller(self.es, dream, ecfg.final_episodes)
+        self.chosen, figures = choose_controller(self.es, dream, ecfg.final_episodes, warm=k > 0)
         self.record.update(figures, start_states=len(pool.latent))
         self.generations_done += generations
         self.es = None

@@ -495,7 +495,8 @@ def finish(evolution: Evolution, dream: DreamScorer, envs, agent: LatentAgent, c
     """Choose the final controller, score it in the real env, save it as checkpoints/best.pt and return the
     summary's figures."""
     ecfg, es = cfg.evolve, evolution.es
-    parameters, choice = choose_controller(es, dream, ecfg.final_episodes)
+    warm = evolution.provenance.get("warm_start") is not None
+    parameters, choice = choose_controller(es, dream, ecfg.final_episodes, warm)
     real = score_in_env(envs, agent, parameters, ecfg.eval_episodes, cfg.run.seed, cfg.run.progress)
     figures = {**choice, **real, "dream_real_gap": choice["dream_return"] - real["eval_return_mean"]}
     if evolution.mode == "real":
@@ -513,23 +514,25 @@ def finish(evolution: Evolution, dream: DreamScorer, envs, agent: LatentAgent, c
     return figures
 
 
-def choose_controller(es: CMAES, dream: DreamScorer, episodes: int) -> tuple[np.ndarray, dict]:
+def choose_controller(es: CMAES, dream: DreamScorer, episodes: int, warm: bool = False) -> tuple[np.ndarray, dict]:
     """Choose between the search's mean and its best-ever candidate by their mean dream return over `episodes`
-    fresh starts with fresh noise (the best-ever candidate may owe its fitness to lucky starts).
+    fresh starts with fresh noise (the best-ever candidate may owe its fitness to lucky starts). With `warm`, the
+    search's start (an earlier controller) competes too, so that a warm-started search never ends with a controller
+    the dream itself rates below the one it was given: with noisy fitness, CMA-ES can drift downhill.
 
     Returns:
         the chosen parameters (n,) and figures for summary.json.
     """
-    finalists = np.stack([es.mean, es.best])  # (2, n)
+    names = ("mean", "best", "start") if warm else ("mean", "best")
+    finalists = np.stack([es.mean, es.best, es.start][: len(names)])  # (2 or 3, n)
     final = DreamScorer(dream.model, dream.controller, dream.pool, dream.settings, dream.seed, stream=STREAM_FINAL,
                         noise_stream=STREAM_FINAL_NOISE)  # fmt: skip
-    final_returns = final(finalists, 0, episodes)  # (2,)
+    final_returns = final(finalists, 0, episodes)  # (2 or 3,)
     chosen = int(np.argmax(final_returns))
     return finalists[chosen], {
         "dream_return": float(final_returns[chosen]),
-        "chosen": ("mean", "best")[chosen],
-        "dream_return_mean_candidate": float(final_returns[0]),
-        "dream_return_best_candidate": float(final_returns[1]),
+        "chosen": names[chosen],
+        **{f"dream_return_{name}_candidate": float(value) for name, value in zip(names, final_returns, strict=True)},
         "best_fitness": float(es.best_fitness),
         "generations": int(es.generation),
     }

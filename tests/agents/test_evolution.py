@@ -153,6 +153,8 @@ def test_resume_from_torch_checkpoint_is_identical(tmp_path, popsize, diagonal):
     assert np.array_equal(resumed.mean, uninterrupted.mean) and resumed.sigma == uninterrupted.sigma
     assert np.array_equal(resumed.best, uninterrupted.best) and resumed.best_fitness == uninterrupted.best_fitness
     assert resumed.generation == uninterrupted.generation == 10
+    assert np.array_equal(resumed.start, np.zeros(DIMENSION))  # where the search began (x0) survives the checkpoint
+    assert not np.array_equal(resumed.start, resumed.mean)
 
 
 def test_state_before_any_tell_round_trips(tmp_path):

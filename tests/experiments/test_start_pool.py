@@ -1,13 +1,19 @@
-"""The dream's pool of real start states (`experiments.evolve.encode_start_pool`), on a real CartPole episode store."""
+"""The dream's pool of real start states (`experiments.evolve.encode_start_pool`), on a real CartPole episode store,
+and the final choice of a search scored in that dream (`choose_controller`)."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 
+from agents.controllers import Controller
+from agents.evolution import CMAES
 from envs import EpisodeStore, RandomPolicy, collect, make_vector_env
 from experiments.config import DreamConfig
-from experiments.evolve import encode_start_pool
+from experiments.evolve import STREAM_FINAL, STREAM_FINAL_NOISE, DreamScorer, choose_controller, encode_start_pool
+from worldmodel.dream import DreamSettings
 from worldmodel.world_model import WorldModel
 
 
@@ -68,3 +74,37 @@ def test_reset_starts_outside_zero_to_one_is_a_config_error():
 
     with pytest.raises(ConfigError, match="reset_starts"):
         DreamConfig(reset_starts=1.5)
+
+
+# ---------------------------------------------------------------------- the final choice of a search
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_the_final_choice_is_the_finalist_the_dream_rates_highest(store, model, warm):
+    """The search's mean, its best-ever candidate and, after a warm start, the start itself, each scored alone on
+    the final starts and noise: the choice is the highest of them. The start here is the best of 64 random
+    controllers and the search around it is wide, so a warm-started search must keep its start."""
+    pool = encode_start_pool(model, store, None, DreamConfig(start_windows=64, burn_in=3), torch.device("cpu"), 0)
+    controller = Controller(model.latent_dim + model.hidden_dim, spaces.Discrete(2), "linear")
+    dream = DreamScorer(model, controller, pool, DreamSettings(horizon=30, cont_mode="sample"), seed=0)
+    final = DreamScorer(
+        model, controller, pool, dream.settings, 0, stream=STREAM_FINAL, noise_stream=STREAM_FINAL_NOISE
+    )
+    episodes = 16
+    randoms = np.random.default_rng(0).normal(size=(64, controller.num_params))  # (64, n)
+    start = randoms[int(np.argmax(final(randoms, 0, episodes)))]
+    es = CMAES(start, 3.0, 6, seed=0)
+    es.step(lambda candidates: dream(candidates, 0, episodes))
+
+    parameters, figures = choose_controller(es, dream, episodes, warm)
+    names = ("mean", "best", "start") if warm else ("mean", "best")
+    points = {"mean": es.mean, "best": es.best, "start": es.start}
+    alone = {name: final(points[name][None], 0, episodes)[0] for name in names}
+    assert {key for key in figures if key.endswith("_candidate")} == {f"dream_return_{n}_candidate" for n in names}
+    for name in names:
+        assert figures[f"dream_return_{name}_candidate"] == pytest.approx(alone[name], rel=1e-5)
+    assert figures["chosen"] == max(alone, key=alone.get)
+    assert figures["dream_return"] == pytest.approx(max(alone.values()), rel=1e-5)
+    np.testing.assert_array_equal(parameters, points[figures["chosen"]])
+    if warm:
+        assert figures["chosen"] == "start" and alone["start"] > max(alone["mean"], alone["best"])
