@@ -524,7 +524,7 @@ def choose_controller(es: CMAES, dream: DreamScorer, episodes: int, warm: bool =
         the chosen parameters (n,) and figures for summary.json.
     """
     names = ("mean", "best", "start") if warm else ("mean", "best")
-    finalists = np.stack([es.mean, es.best, es.start][: len(names)])  # (2 or 3, n)
+    finalists = np.stack([getattr(es, name) for name in names])  # (2 or 3, n): CMAES.mean, .best, .start
     final = DreamScorer(dream.model, dream.controller, dream.pool, dream.settings, dream.seed, stream=STREAM_FINAL,
                         noise_stream=STREAM_FINAL_NOISE)  # fmt: skip
     final_returns = final(finalists, 0, episodes)  # (2 or 3,)
