@@ -545,6 +545,10 @@ class CycleConfig:
     """World-model fine-tuning steps per iteration after the first, on every training episode so far."""
     lr: float = 1e-4
     """Constant learning rate of fine-tuning (iteration 0's warmup-cosine schedule has ended at final_lr)."""
+    finetune: Literal["all", "heads"] = "all"
+    """What fine-tuning trains: "all" of the world model, or "heads" alone. "heads" fixes the encoder and projection
+    to z and the recurrence to h after iteration 0 (`WorldModel.freeze_controller_inputs`), so every controller keeps
+    the inputs it was evolved on."""
     generations: int = 20
     """CMA-ES generations per iteration after the first (iteration 0 runs evolve.generations)."""
     sigma: float = 0.05

@@ -12,7 +12,8 @@ episodes. Each later iteration:
     collect   cycle.collect_steps steps with the best controller so far plus cycle.exploration noise;
     train     cycle.train_steps more steps of the same model and optimizer, at the constant rate cycle.lr, on the
               training episodes of iteration 0 and every episode collected since (iteration 0's held-out episodes
-              stay held out, so every iteration's model metrics are measured on the same episodes);
+              stay held out, so every iteration's model metrics are measured on the same episodes); with
+              cycle.finetune=heads the heads alone learn, and the controllers' inputs z and h keep their meaning;
     evolve    cycle.generations generations of a new CMA-ES around the best controller (step size cycle.sigma),
               its dream starts drawn from every episode so far, so they include the states the controller visits;
     evaluate  the chosen controller in the real env; the best real return so far names the controller to beat.
@@ -354,8 +355,12 @@ class Cycle:
         else:
             begin = wcfg.steps + (k - 1) * cfg.cycle.train_steps
             held_out = self.split.num_episodes - self.split.first_held_out
-            self.announce(f"fine-tune the world model {cfg.cycle.train_steps} steps on {self.episodes - held_out} "
-                          f"episodes ({held_out} more held out)")  # fmt: skip
+            parts = "the world model"
+            if cfg.cycle.finetune == "heads":
+                trainer.freeze_controller_inputs()
+                parts = "the world model's heads"
+            self.announce(f"fine-tune {parts} {cfg.cycle.train_steps} steps on {self.episodes - held_out} episodes "
+                          f"({held_out} more held out)")  # fmt: skip
             results = trainer.train(stop, until=begin + cfg.cycle.train_steps, constant_lr=cfg.cycle.lr, begin=begin)
         print_model_metrics(results["model"])
         self.record.update(train_step=trainer.step, model=results["model"])

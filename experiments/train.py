@@ -597,6 +597,12 @@ class WorldModelTrainer:
             self._loss_fn = distributed.data_parallel(self.model, self.device, self.cfg.run.grad_compression)
         return self._loss_fn
 
+    def freeze_controller_inputs(self) -> None:
+        """Train the heads alone from now on (`WorldModel.freeze_controller_inputs`); under torchrun the loss is
+        wrapped anew at the next step, as DistributedDataParallel averages the gradients of what learns."""
+        self.model.freeze_controller_inputs()
+        self._loss_fn = None
+
     # -- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {

@@ -463,6 +463,17 @@ class WorldModel(nn.Module):
         if self.target_backbone is not None:
             self.target_backbone.load_state_dict(state_dict)
 
+    def freeze_controller_inputs(self) -> None:
+        """Fix the parts that make a controller's inputs: the encoder and projection to z, the recurrence to h.
+
+        A controller acts on [z, h]. Fine-tuning these parts would change what its inputs mean, so a controller
+        evolved before would then face different inputs. After this call only the heads (next latent, reward,
+        continue, ensemble) keep learning: new data sharpens the predictions, and the old controller's inputs keep
+        their meaning. The EMA target projection still moves toward the now-fixed online projection.
+        """
+        for module in (self.backbone, self.projection, self.dynamics_input, self.gru):
+            module.requires_grad_(False)
+
     # ------------------------------------------------------------------ dynamics and heads
 
     def initial_state(self, batch: int) -> torch.Tensor:

@@ -248,6 +248,25 @@ def test_iteration_zero_is_wm_train_then_wm_evolve(first_iteration_only, tmp_pat
     assert record["start_states"] == theirs["data"]["start_states"]
 
 
+def test_fine_tuning_the_heads_alone_keeps_the_controllers_inputs(first_iteration_only, tmp_path):
+    """cycle.finetune=heads: after iteration 0 (the same as `first_iteration_only`'s) the encoder (trainable in the
+    debug preset) and projection to z and the recurrence to h stay as they were, bit for bit, while every head goes
+    on learning."""
+    run = tmp_path / "heads"
+    result = cycle(run, "--set", "cycle.iterations=2", "--set", "cycle.finetune=heads")
+    assert result.returncode == 0, result.stderr
+    assert "fine-tune the world model's heads" in result.stderr
+    before = read_checkpoint(first_iteration_only[0] / "checkpoints/latest.pt")["trainer"]
+    after = read_checkpoint(run / "checkpoints/latest.pt")["trainer"]
+    assert after["step"] > before["step"]
+    for part in ("backbone.", "projection.", "dynamics_input.", "gru."):
+        kept = [name for name in after["model"] if name.startswith(part)]
+        assert kept and all(torch.equal(after["model"][n], before["model"][n]) for n in kept), part
+    for head in ("latent_head.", "reward_head.", "cont_head.", "ensemble_heads."):
+        learned = [name for name in after["model"] if name.startswith(head)]
+        assert learned and not all(torch.equal(after["model"][n], before["model"][n]) for n in learned), head
+
+
 def test_the_cycle_stops_before_it_would_exceed_its_env_step_budget(tmp_path):
     run = tmp_path / "budget"
     quick = ["world_model.steps=4", "world_model.warmup_steps=1", "world_model.decoder_steps=0",
