@@ -469,7 +469,8 @@ class WorldModel(nn.Module):
         A controller acts on [z, h]. Fine-tuning these parts would change what its inputs mean, so a controller
         evolved before would then face different inputs. After this call only the heads (next latent, reward,
         continue, ensemble) keep learning: new data sharpens the predictions, and the old controller's inputs keep
-        their meaning. The EMA target projection still moves toward the now-fixed online projection.
+        their meaning. The EMA targets (projection, and backbone where it trains) still move toward the now-fixed
+        online parts.
         """
         for module in (self.backbone, self.projection, self.dynamics_input, self.gru):
             module.requires_grad_(False)
