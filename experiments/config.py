@@ -305,6 +305,7 @@ WORLD_MODEL_KEYWORDS = (
     "sigreg_points",
     "residual",
     "input_blur",
+    "pooling",
 )
 PREDICTION_DEPTHS = (1, 5, 15)  # open-loop depths k of the pred_error_k* metrics
 
@@ -339,6 +340,8 @@ class WorldModelConfig:
     over long dreams, so presets leave it off (README)."""
     input_blur: float = 0.0
     """Gaussian blur, std in pixels of the ViT's input, of every frame before the encoder (0: none; pixels only)."""
+    pooling: Literal["mean", "mean_std"] = "mean"
+    """A frame's ViT patch features pooled into their mean, or their mean and standard deviation (pixels only)."""
     # -- collection
     collect_steps: int = 20000
     """Random-policy transitions to collect before training (summed over envs; ignored with --episodes)."""

@@ -350,11 +350,13 @@ def encoder_fingerprint(model: WorldModel) -> str:
     """The latent-cache key of a frozen encoder: a hash of everything its features depend on.
 
     That is the backbone's weights, the observation shape, the ViT's input size (frames are resized to it), the
-    blur of its input and the precision the features are computed in (FEATURE_PRECISION).
+    blur of its input, the pooling of its patch features and the precision the features are computed in
+    (FEATURE_PRECISION).
     """
     digest = hashlib.sha256()
     shape = [list(model.obs_shape), getattr(model, "image_size", None), FEATURE_PRECISION]
-    digest.update(json.dumps(shape + ([model.input_blur] if model.input_blur else [])).encode())
+    options = ([model.input_blur] if model.input_blur else []) + ([model.pooling] if model.pooling != "mean" else [])
+    digest.update(json.dumps(shape + options).encode())
     for name, tensor in sorted(model.backbone.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())

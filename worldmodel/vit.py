@@ -39,6 +39,24 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
     return torch.cat(out, dim=1).float()  # (N, D)
 
 
+POOLINGS: tuple[str, ...] = ("mean", "mean_std")
+
+
+def pool_tokens(tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """One feature vector per image from its patch features: tokens (B, N, D) -> (B, D) for "mean", (B, 2D) for
+    "mean_std" (the mean, then the standard deviation over the patches).
+
+    A small object changes few patches, so it moves the mean little, diluted by the background, but it moves the
+    spread of the patch features across the image as much as the mean of its own patches.
+    """
+    if pooling == "mean":
+        return tokens.mean(dim=1)
+    if pooling == "mean_std":
+        std, mean = torch.std_mean(tokens, dim=1, correction=0)
+        return torch.cat([mean, std], dim=-1)
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Pick tokens by patch index: tokens (B, N, D), index (B, K) -> (B, K, D)."""
     return torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))

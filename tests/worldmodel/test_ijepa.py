@@ -4,7 +4,7 @@ import torch
 
 from worldmodel.ijepa import IJEPA
 from worldmodel.masks import MultiBlockMaskSampler
-from worldmodel.vit import VIT_SIZES, VisionTransformer, sincos_pos_embed_2d
+from worldmodel.vit import VIT_SIZES, VisionTransformer, pool_tokens, sincos_pos_embed_2d
 
 
 def test_ema_update_matches_hand_computation():
@@ -50,6 +50,19 @@ def test_keep_selects_the_same_tokens_as_full_sequence_at_the_embedding():
     full = encoder(images)
     picked = torch.stack([full[b, keep[b]] for b in range(2)])
     torch.testing.assert_close(encoder(images, keep), picked)
+
+
+def test_pool_tokens_matches_hand_computed_mean_and_spread():
+    # One image, three patches of two channels: channel 0 is 1, 2, 6 (mean 3, spread sqrt(14/3)), channel 1 is
+    # constant 5 (spread 0).
+    tokens = torch.tensor([[[1.0, 5.0], [2.0, 5.0], [6.0, 5.0]]])
+    torch.testing.assert_close(pool_tokens(tokens), torch.tensor([[3.0, 5.0]]))
+    torch.testing.assert_close(pool_tokens(tokens, "mean_std"), torch.tensor([[3.0, 5.0, (14 / 3) ** 0.5, 0.0]]))
+    images = torch.randn(2, 3, 16, 16)
+    encoder = VisionTransformer(16, 4, 3, "micro")
+    torch.testing.assert_close(pool_tokens(encoder(images)), encoder.pooled(images))
+    with pytest.raises(ValueError, match=r"pooling must be one of \('mean', 'mean_std'\), got 'max'"):
+        pool_tokens(tokens, "max")
 
 
 def test_sincos_positions_are_distinct_and_bounded():

@@ -292,6 +292,26 @@ def test_input_blur_blurs_the_frames_the_encoder_sees_and_keys_its_own_latent_ca
         WorldModel((16, 16, 3), 2, **PIXELS_MICRO, input_blur=-1.0)
 
 
+def test_mean_std_pooling_feeds_the_patch_spread_too_and_keys_its_own_latent_cache():
+    from experiments.train import encoder_fingerprint
+    from worldmodel.augment import normalize, resize
+
+    torch.manual_seed(0)
+    mean = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
+    mean_std = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True, pooling="mean_std")
+    assert (mean.feature_dim, mean_std.feature_dim) == (64, 128)  # the micro ViT is 64 wide
+    mean_std.backbone.load_state_dict(mean.backbone.state_dict())
+    obs = make_batch((16, 16, 3)).obs[:, :2]  # (3, 2, 16, 16, 3) uint8
+    tokens = mean.backbone(normalize(resize(obs.flatten(0, 1).permute(0, 3, 1, 2), 16)))  # (6, 4, 64)
+    features = mean_std.encode_features(obs)
+    assert features.shape == (3, 2, 128)
+    torch.testing.assert_close(features[..., :64], mean.encode_features(obs))
+    torch.testing.assert_close(features[..., 64:].flatten(0, 1), tokens.std(dim=1, correction=0))
+    assert encoder_fingerprint(mean) != encoder_fingerprint(mean_std)  # never reads the other's cached features
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        WorldModel((16, 16, 3), 2, **PIXELS_MICRO, pooling="max")
+
+
 def test_frozen_backbone_is_its_own_target_and_sigreg_has_none():
     frozen = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
     assert frozen.target_backbone is None and frozen.target_projection is not None

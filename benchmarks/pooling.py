@@ -1,0 +1,104 @@
+"""How much of an env's true state a frozen random-initialised ViT's pooled frame features say, for each
+`world_model.pooling`: the linear-probe R² of every state dimension, on episodes held out from the probe's fit.
+
+    python benchmarks/pooling.py --episodes runs/cartpole-ema/episodes   # a `wm train` run's store (README figures)
+    python benchmarks/pooling.py --env CartPole-v1 --steps 20000          # collect random-policy episodes first
+    python benchmarks/pooling.py --quick                                  # 800 steps, one ViT: a check that it runs
+
+Prints JSON lines {"bench": "pooling", "metric", "value", "unit", "pooling", "seed"}: `probe_r2_dim<i>` for each
+state dimension i (CartPole: x, x_dot, theta, theta_dot) and `probe_r2_mean`. Every pooling reads the very same
+patch features of each ViT (seeds 0, 1, 2: three random initialisations of `--vit-size`), and the probe is the
+project's ridge probe (worldmodel.probe.linear_probe_r2), fitted on the first 75% of the episodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+# Run as a file, this script's folder is sys.path[0]: put the repository there instead.
+if sys.path and Path(sys.path[0]).resolve() == _REPO / "benchmarks":
+    sys.path[0] = str(_REPO)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from envs.collect import EpisodeBuffer, RandomPolicy, collect  # noqa: E402
+from envs.make import make_vector_env  # noqa: E402
+from envs.store import Episode, EpisodeStore  # noqa: E402
+from worldmodel.augment import normalize, resize  # noqa: E402
+from worldmodel.probe import linear_probe_r2  # noqa: E402
+from worldmodel.vit import POOLINGS, VisionTransformer, pool_tokens  # noqa: E402
+
+TRAIN_FRACTION = 0.75
+IMAGE_SIZE, PATCH_SIZE = 64, 8  # the presets' ViT input
+
+
+def emit(metric: str, value: float, **extra) -> None:
+    record = {"bench": "pooling", "metric": metric, "value": round(value, 4), "unit": "R2", **extra}
+    print(json.dumps(record), flush=True)
+
+
+def random_episodes(env_id: str, steps: int, seed: int) -> list[Episode]:
+    """Random-policy pixel episodes (64 px, with the env's true state) of `steps` transitions in all."""
+    envs, spec = make_vector_env(env_id, 4, obs="pixels", size=64, seed=seed)
+    kept = EpisodeBuffer()
+    try:
+        collect(envs, RandomPolicy(spec, seed), steps, kept)
+    finally:
+        envs.close()
+    return [episode for shard in kept.shards for episode in shard]
+
+
+def patch_features(frames: torch.Tensor, vit: VisionTransformer, batch: int = 512) -> torch.Tensor:
+    """uint8 frames (N, H, W, C) -> the ViT's patch features (N, P, D), as the world model preprocesses frames."""
+    images = frames.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    with torch.no_grad():
+        return torch.cat(
+            [vit(normalize(resize(images[i : i + batch], IMAGE_SIZE))) for i in range(0, len(images), batch)]
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--episodes", type=Path, help="an episode store of pixel episodes with true states")
+    parser.add_argument("--env", default="CartPole-v1", help="the env to collect from when --episodes is not given")
+    parser.add_argument("--steps", type=int, default=20000, help="random-policy transitions to collect")
+    parser.add_argument("--vit-size", default="mini")
+    parser.add_argument("--seeds", type=int, default=3, help="random ViTs to measure (seeds 0, 1, ...)")
+    parser.add_argument("--quick", action="store_true", help="800 steps and one ViT")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.seeds = 800, 1
+
+    if args.episodes is not None:
+        store = EpisodeStore(args.episodes)
+        episodes = list(store)
+    else:
+        episodes = random_episodes(args.env, args.steps, seed=0)
+    if any(episode.state is None for episode in episodes) or episodes[0].obs.dtype != np.uint8:
+        raise SystemExit("the episodes must be pixel episodes with true states (collected by this toolkit)")
+    if len(episodes) < 4:
+        raise SystemExit(f"need at least 4 episodes to hold some out, got {len(episodes)}")
+    split = int(len(episodes) * TRAIN_FRACTION)
+    frames = torch.from_numpy(np.concatenate([episode.obs for episode in episodes]))
+    states = torch.from_numpy(np.concatenate([episode.state for episode in episodes]))
+    n_train = sum(len(episode.obs) for episode in episodes[:split])
+
+    for seed in range(args.seeds):
+        torch.manual_seed(seed)
+        vit = VisionTransformer(IMAGE_SIZE, PATCH_SIZE, 3, args.vit_size).eval()
+        tokens = patch_features(frames, vit)  # (N, P, D)
+        for pooling in POOLINGS:
+            features = pool_tokens(tokens, pooling)
+            probe = linear_probe_r2(features[:n_train], states[:n_train], features[n_train:], states[n_train:])
+            for i, value in enumerate(probe.per_dim):
+                emit(f"probe_r2_dim{i}", value, pooling=pooling, seed=seed)
+            emit("probe_r2_mean", float(probe.mean), pooling=pooling, seed=seed)
+
+
+if __name__ == "__main__":
+    main()
