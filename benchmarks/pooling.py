@@ -75,14 +75,15 @@ def main(argv: list[str] | None = None) -> None:
         args.steps, args.seeds = 800, 1
 
     if args.episodes is not None:
-        store = EpisodeStore(args.episodes)
-        episodes = list(store)
+        if not (args.episodes / "store.json").is_file():
+            raise SystemExit(f"--episodes {args.episodes}: not an episode store (no store.json there)")
+        episodes = list(EpisodeStore(args.episodes))
     else:
         episodes = random_episodes(args.env, args.steps, seed=0)
-    if any(episode.state is None for episode in episodes) or episodes[0].obs.dtype != np.uint8:
-        raise SystemExit("the episodes must be pixel episodes with true states (collected by this toolkit)")
     if len(episodes) < 4:
         raise SystemExit(f"need at least 4 episodes to hold some out, got {len(episodes)}")
+    if any(episode.state is None or episode.obs.dtype != np.uint8 for episode in episodes):
+        raise SystemExit("the episodes must be pixel episodes with true states (collected by this toolkit)")
     split = int(len(episodes) * TRAIN_FRACTION)
     frames = torch.from_numpy(np.concatenate([episode.obs for episode in episodes]))
     states = torch.from_numpy(np.concatenate([episode.state for episode in episodes]))
