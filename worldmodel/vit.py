@@ -39,7 +39,8 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
     return torch.cat(out, dim=1).float()  # (N, D)
 
 
-POOLINGS: tuple[str, ...] = ("mean", "mean_std")
+POOLINGS: dict[str, int] = {"mean": 1, "mean_std": 2}
+"""The ways `pool_tokens` pools patch features, each with its output width in units of the token width."""
 
 
 def pool_tokens(tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
@@ -54,7 +55,7 @@ def pool_tokens(tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
     if pooling == "mean_std":
         std, mean = torch.std_mean(tokens, dim=1, correction=0)
         return torch.cat([mean, std], dim=-1)
-    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    raise ValueError(f"pooling must be one of {tuple(POOLINGS)}, got {pooling!r}")
 
 
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -291,7 +291,7 @@ class WorldModel(nn.Module):
         if not input_blur >= 0:
             raise ValueError(f"input_blur must be >= 0, got {input_blur}")
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+            raise ValueError(f"pooling must be one of {tuple(POOLINGS)}, got {pooling!r}")
         if min(action_dim, latent_dim, hidden_dim, mlp_dim, sigreg_directions) < 1 or ensemble_size < 2:
             raise ValueError(
                 "action_dim, latent_dim, hidden_dim, mlp_dim, sigreg_directions must be >= 1 and ensemble_size >= 2, "
@@ -319,7 +319,7 @@ class WorldModel(nn.Module):
             self._pixel_mean, self._pixel_std = IMAGENET_MEAN * (channels // 3), IMAGENET_STD * (channels // 3)
             self.image_size = image_size
             self.backbone = VisionTransformer(image_size, patch_size, channels, vit_size)
-            self.feature_dim = self.backbone.width * (2 if pooling == "mean_std" else 1)
+            self.feature_dim = self.backbone.width * POOLINGS[pooling]
         else:
             self.backbone = nn.Sequential(_mlp(obs_shape[0], mlp_dim, mlp_dim), nn.LayerNorm(mlp_dim), nn.SiLU())
             self.feature_dim = mlp_dim

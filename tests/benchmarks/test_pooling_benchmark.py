@@ -13,6 +13,6 @@ def test_quick_run_prints_a_probe_r2_per_state_dimension_for_every_pooling():
     records = quick_run("pooling.py")  # keyed by metric: the last pooling's records remain
     assert sorted(records) == ["probe_r2_dim0", "probe_r2_dim1", "probe_r2_dim2", "probe_r2_dim3", "probe_r2_mean"]
     assert all(record["bench"] == "pooling" and math.isfinite(record["value"]) for record in records.values())
-    assert records["probe_r2_mean"]["pooling"] == POOLINGS[-1]
+    assert records["probe_r2_mean"]["pooling"] == list(POOLINGS)[-1]
     per_dim = [records[f"probe_r2_dim{i}"]["value"] for i in range(4)]
     assert math.isclose(records["probe_r2_mean"]["value"], sum(per_dim) / 4, abs_tol=1e-3)
