@@ -1,0 +1,115 @@
+"""What each controller kind can reach when perception is perfect: CMA-ES on the env's true state, no world model.
+
+    python benchmarks/controllers.py                          # Pendulum-v1, linear and mlp (README figures)
+    python benchmarks/controllers.py --env CartPole-v1 --generations 30
+    python benchmarks/controllers.py --quick                  # 3 generations of 8 x 2: a check that it runs
+
+A controller evolved in the dream acts on [z, h]; here the same `agents.controllers.Controller` acts on the true
+state the env returns (`obs: state`), scored in the real env by the same `agents.evolution.CMAES`. What a kind cannot
+reach here it cannot reach from pixels either: this is the ceiling of the controller class, not of the world model.
+The final controller is the search's mean or its best-ever candidate, whichever scores higher on `--final-episodes`
+fresh episodes (as `wm evolve` chooses in the dream), then scored on `--eval-episodes` other fresh episodes.
+
+Prints JSON lines {"bench": "controllers", "metric", "value", "unit", "env", "controller"}: `num_params`,
+`return_mean` and `return_std` (the chosen controller over the evaluation episodes) and `search_s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+# Run as a file, this script's folder is sys.path[0]: put the repository there instead.
+if sys.path and Path(sys.path[0]).resolve() == _REPO / "benchmarks":
+    sys.path[0] = str(_REPO)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from agents.controllers import CONTROLLER_KINDS, Controller  # noqa: E402
+from agents.evolution import CMAES  # noqa: E402
+from envs.make import make_vector_env  # noqa: E402
+from experiments.evolve import action_space  # noqa: E402
+
+FINAL, EVAL = 1, 2  # seed streams of the final choice and the evaluation, apart from the search's generations
+
+
+def emit(metric: str, value: float, unit: str, **extra) -> None:
+    print(json.dumps({"bench": "controllers", "metric": metric, "value": value, "unit": unit, **extra}), flush=True)
+
+
+def episode_returns(envs, controller: Controller, candidates: np.ndarray, episodes: int, seed: int) -> np.ndarray:
+    """The return of one episode per (candidate, episode) pair: candidates (P, n) -> (P, E), the P * E sub-envs
+    of `envs` candidate-major, sub-env i reset with seed `seed + i`."""
+    population = len(candidates)
+    params = torch.as_tensor(candidates, dtype=torch.float32)  # (P, n)
+    obs, _ = envs.reset(seed=seed)
+    returns = np.zeros(population * episodes)
+    going = np.ones(population * episodes, dtype=bool)
+    while going.any():
+        features = torch.as_tensor(obs, dtype=torch.float32).reshape(population, episodes, -1)  # (P, E, S)
+        actions = controller.env_actions(controller.act(params, features)).reshape(population * episodes, -1)
+        obs, reward, terminated, truncated, _ = envs.step(actions.squeeze(-1) if controller.discrete else actions)
+        returns += np.where(going, reward, 0.0)
+        going &= ~(terminated | truncated)  # a sub-env's later episodes (autoreset) are not counted
+    return returns.reshape(population, episodes)
+
+
+def evolve_on_state(env_id: str, kind: str, args: argparse.Namespace) -> None:
+    """Search, choose and score one controller kind on `env_id`'s true state; emit its figures."""
+    search_envs, spec = make_vector_env(env_id, args.population * args.episodes, obs="state")
+    controller = Controller(spec.obs_shape[0], action_space(spec), kind, args.hidden)
+    es = CMAES(controller.initial_parameters(args.seed), args.sigma, args.population, args.seed)
+    start = time.perf_counter()
+    for generation in range(args.generations):
+        es.step(lambda c, g=generation: episode_returns(search_envs, controller, c, args.episodes,
+                                                        args.seed + 100_000 * g).mean(axis=1))  # fmt: skip
+    search_s = time.perf_counter() - start
+    search_envs.close()
+    finalists = np.stack([es.mean, es.best])  # (2, n)
+    final_envs, _ = make_vector_env(env_id, 2 * args.final_episodes, obs="state")
+    final = episode_returns(final_envs, controller, finalists, args.final_episodes, args.seed + 100_000 * FINAL)
+    final_envs.close()
+    chosen = finalists[int(np.argmax(final.mean(axis=1)))]
+    eval_envs, _ = make_vector_env(env_id, args.eval_episodes, obs="state")
+    returns = episode_returns(eval_envs, controller, chosen[None], args.eval_episodes, args.seed + 100_000 * EVAL)[0]
+    eval_envs.close()
+    tags = {"env": env_id, "controller": kind}
+    emit("num_params", controller.num_params, "parameters", **tags)
+    emit("return_mean", float(returns.mean()), "return", episodes=args.eval_episodes, **tags)
+    emit("return_std", float(returns.std()), "return", episodes=args.eval_episodes, **tags)
+    emit("search_s", search_s, "s", generations=args.generations, **tags)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env", action="append", help="gymnasium id (repeatable; default Pendulum-v1)")
+    parser.add_argument("--controller", action="append", choices=CONTROLLER_KINDS, help="default: every kind")
+    parser.add_argument("--generations", type=int, default=200)
+    parser.add_argument("--population", type=int, default=32)
+    parser.add_argument("--episodes", type=int, default=8, help="episodes per candidate per generation")
+    parser.add_argument("--sigma", type=float, default=0.5)
+    parser.add_argument("--hidden", type=int, default=32, help="the mlp's hidden width (the presets' default)")
+    parser.add_argument("--final-episodes", type=int, default=64)
+    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="3 generations of 8 candidates x 2 episodes")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.generations, args.population, args.episodes, args.final_episodes, args.eval_episodes = 3, 8, 2, 4, 4
+    for name in ("generations", "population", "episodes", "hidden", "final_episodes", "eval_episodes"):
+        if getattr(args, name) < (2 if name == "population" else 1):
+            parser.error(f"--{name.replace('_', '-')} must be >= {2 if name == 'population' else 1}")
+    torch.set_num_threads(1)
+    for env_id in args.env or ["Pendulum-v1"]:
+        for kind in args.controller or list(CONTROLLER_KINDS):
+            evolve_on_state(env_id, kind, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

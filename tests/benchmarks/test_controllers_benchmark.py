@@ -1,0 +1,55 @@
+"""benchmarks/controllers.py: its batched episode scoring equals a plain loop over gymnasium episodes, and the
+quick run prints every figure for each controller kind."""
+
+import importlib.util
+import math
+
+import gymnasium as gym
+import numpy as np
+from run_benchmark import REPO, quick_run
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("controllers_benchmark", REPO / "benchmarks" / "controllers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_batched_episode_returns_equal_a_plain_loop_over_each_episode():
+    from agents.controllers import Controller
+    from envs.make import make_vector_env
+
+    bench = load_benchmark()
+    envs, spec = make_vector_env("CartPole-v1", 2 * 3, obs="state")
+    controller = Controller(4, gym.spaces.Discrete(2), "linear")
+    # Candidate 0 pushes right when the pole leans right (a balancer); candidate 1 always pushes left.
+    balancer = np.zeros(controller.num_params)
+    balancer[[5, 7]] = [1.0, 0.5]  # weight[theta, right], weight[theta_dot, right]: (F, A) row-major
+    always_left = np.zeros(controller.num_params)
+    always_left[8] = 1.0  # bias[left]
+    returns = bench.episode_returns(envs, controller, np.stack([balancer, always_left]), 3, seed=40)
+    envs.close()
+
+    expected = np.zeros((2, 3))
+    for candidate, choose in enumerate([lambda s: int(s[2] + 0.5 * s[3] > 0), lambda s: 0]):
+        for episode in range(3):
+            env = gym.make("CartPole-v1")
+            state, _ = env.reset(seed=40 + candidate * 3 + episode)
+            done = False
+            while not done:
+                state, reward, terminated, truncated, _ = env.step(choose(state))
+                expected[candidate, episode] += reward
+                done = terminated or truncated
+            env.close()
+    np.testing.assert_array_equal(returns, expected)
+    assert returns[0].min() > returns[1].max()  # the balancer outlasts pushing one way
+
+
+def test_quick_run_prints_each_figure_for_each_controller_kind():
+    records = quick_run("controllers.py", "--env", "CartPole-v1", "--controller", "linear")
+    assert sorted(records) == ["num_params", "return_mean", "return_std", "search_s"]
+    assert all(record["bench"] == "controllers" and record["env"] == "CartPole-v1" for record in records.values())
+    assert records["num_params"]["value"] == 4 * 2 + 2  # CartPole's 4 state values to 2 action scores, + 2 biases
+    assert 8 <= records["return_mean"]["value"] <= 500  # a CartPole-v1 episode lasts 8 to 500 steps
+    assert records["return_std"]["value"] >= 0 and math.isfinite(records["search_s"]["value"])
