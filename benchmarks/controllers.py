@@ -101,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.generations, args.population, args.episodes, args.final_episodes, args.eval_episodes = 3, 8, 2, 4, 4
-    for name in ("generations", "population", "episodes", "hidden", "final_episodes", "eval_episodes"):
-        if getattr(args, name) < (2 if name == "population" else 1):
-            parser.error(f"--{name.replace('_', '-')} must be >= {2 if name == 'population' else 1}")
+    minimums = {"generations": 1, "population": 2, "episodes": 1, "hidden": 1, "final_episodes": 1, "eval_episodes": 1}
+    for name, minimum in minimums.items():
+        if getattr(args, name) < minimum:
+            parser.error(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(args, name)}")
     torch.set_num_threads(1)
     for env_id in args.env or ["Pendulum-v1"]:
         for kind in args.controller or list(CONTROLLER_KINDS):

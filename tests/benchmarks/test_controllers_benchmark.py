@@ -53,3 +53,12 @@ def test_quick_run_prints_each_figure_for_each_controller_kind():
     assert records["num_params"]["value"] == 4 * 2 + 2  # CartPole's 4 state values to 2 action scores, + 2 biases
     assert 8 <= records["return_mean"]["value"] <= 500  # a CartPole-v1 episode lasts 8 to 500 steps
     assert records["return_std"]["value"] >= 0 and math.isfinite(records["search_s"]["value"])
+
+
+def test_a_population_below_two_is_refused_by_name():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "controllers.py"), "--population", "1"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and "--population must be >= 2, got 1" in result.stderr
