@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--population", type=int, default=32)
     parser.add_argument("--episodes", type=int, default=8, help="episodes per candidate per generation")
     parser.add_argument("--sigma", type=float, default=0.5)
-    parser.add_argument("--hidden", type=int, default=32, help="the mlp's hidden width (the presets' default)")
+    parser.add_argument("--hidden", type=int, default=32, help="the mlp's width (as evolve.controller_hidden)")
     parser.add_argument("--final-episodes", type=int, default=64)
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
