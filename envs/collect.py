@@ -38,15 +38,30 @@ class Policy(Protocol):
 
 
 class RandomPolicy:
-    """Uniform random actions for a spec: integers in [0, action_dim), or floats within the bounds."""
+    """Uniform random actions for a spec: integers in [0, action_dim), or floats within the bounds. With `hold` > 1
+    each sub-env keeps an action for `hold` calls in a row before drawing the next (across episode ends too: the
+    actions are random either way)."""
 
-    def __init__(self, spec: EnvSpec, seed: int | None = None) -> None:
-        self.spec = spec
+    def __init__(self, spec: EnvSpec, seed: int | None = None, hold: int = 1) -> None:
+        if hold < 1:
+            raise ValueError(f"hold must be >= 1, got {hold}")
+        self.spec, self.hold = spec, hold
         self.rng = np.random.default_rng(seed)
+        self.calls = 0
+        self.held: np.ndarray | None = None  # (N,) or (N, A): the actions being held
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """obs (N, ...) -> actions (N,) int64 or (N, A) float32."""
         n = len(obs)
+        if self.held is not None and len(self.held) != n:
+            raise ValueError(f"this policy holds actions for {len(self.held)} sub-envs, got observations of {n}")
+        if self.calls % self.hold == 0:
+            self.held = self.draw(n)
+        self.calls += 1
+        return self.held.copy()
+
+    def draw(self, n: int) -> np.ndarray:
+        """(N,) int64 or (N, A) float32 fresh uniform actions."""
         if self.spec.discrete:
             return self.rng.integers(0, self.spec.action_dim, size=n)
         low = np.asarray(self.spec.action_low, dtype=np.float32)

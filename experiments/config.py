@@ -345,6 +345,9 @@ class WorldModelConfig:
     # -- collection
     collect_steps: int = 20000
     """Random-policy transitions to collect before training (summed over envs; ignored with --episodes)."""
+    collect_hold: int = 1
+    """Env steps each random action is held for (1: a fresh action every step). Held actions push an env further
+    from where it starts (a pendulum swings higher) than actions that average out step by step."""
     num_envs: int = 4
     """Envs stepped side by side while collecting."""
     # -- training
@@ -403,8 +406,8 @@ class WorldModelConfig:
 
     def __post_init__(self):
         positive = (
-            "latent_dim hidden_dim mlp_dim sigreg_directions collect_steps num_envs steps batch_size horizon "
-            "eval_batch_size decoder_width decoder_batch max_nonfinite"
+            "latent_dim hidden_dim mlp_dim sigreg_directions collect_steps collect_hold num_envs steps batch_size "
+            "horizon eval_batch_size decoder_width decoder_batch max_nonfinite"
         )
         for key in positive.split():
             _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")

@@ -327,8 +327,9 @@ class Cycle:
         self.save()
 
     def random_policy(self, num_envs: int, seed: int) -> RandomPolicy:
-        """Iteration 0's collection policy (`collect_into` builds it for its share of the sub-envs)."""
-        return RandomPolicy(self.spec, seed=seed)
+        """Iteration 0's collection policy, each action held for world_model.collect_hold steps (`collect_into`
+        builds it for its share of the sub-envs)."""
+        return RandomPolicy(self.spec, seed=seed, hold=self.cfg.world_model.collect_hold)
 
     def controller_policy(self, num_envs: int, seed: int) -> LatentAgent:
         """Later iterations' collection policy: the best controller so far, with exploration noise."""

@@ -107,10 +107,15 @@ PolicyFactory = Callable[[int, int], Policy]
 
 
 def collect_episodes(cfg: Config, store: EpisodeStore, stop: GracefulStop) -> CollectStats:
-    """Random-policy rollouts of `world_model.collect_steps` transitions into `store` (seeded by run.seed)."""
+    """Random-policy rollouts of `world_model.collect_steps` transitions into `store` (seeded by run.seed), each
+    action held for `world_model.collect_hold` steps."""
+    wcfg = cfg.world_model
+
+    def policy(num_envs: int, seed: int) -> RandomPolicy:
+        return RandomPolicy(store.spec, seed=seed, hold=wcfg.collect_hold)
+
     return collect_into(
-        store, cfg.env, lambda envs, seed: RandomPolicy(store.spec, seed=seed), cfg.world_model.collect_steps,
-        cfg.world_model.num_envs, cfg.run.seed, stop, cfg.run.progress,
+        store, cfg.env, policy, wcfg.collect_steps, wcfg.num_envs, cfg.run.seed, stop, cfg.run.progress,
         stopped=f"stopped while collecting, before the first checkpoint: this run cannot be resumed; start a new one "
         f"(the episodes stored so far stay in {store.path})",
     )  # fmt: skip

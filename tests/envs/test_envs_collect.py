@@ -186,3 +186,35 @@ def test_random_policy_respects_the_spec() -> None:
     assert set(RandomPolicy(discrete, seed=0)(np.zeros((300, 6))).tolist()) == {0, 1, 2}
     first = RandomPolicy(discrete, seed=4)(np.zeros((20, 6)))
     np.testing.assert_array_equal(first, RandomPolicy(discrete, seed=4)(np.zeros((20, 6))))
+
+
+def test_held_random_actions_are_the_fresh_draws_repeated() -> None:
+    # Equivalence: with hold 3, calls 0-2 give the unheld policy's first draw, calls 3-5 its second, call 6 its third.
+    _, spec = make_env("Pendulum-v1", obs="state")
+    obs = np.zeros((5, 3))
+    unheld = RandomPolicy(spec, seed=4)
+    fresh = [unheld(obs) for _ in range(3)]
+    held = RandomPolicy(spec, seed=4, hold=3)
+    for call, draw in enumerate([0, 0, 0, 1, 1, 1, 2]):
+        np.testing.assert_array_equal(held(obs), fresh[draw], err_msg=f"call {call}")
+    with pytest.raises(ValueError, match="holds actions for 5 sub-envs, got observations of 2"):
+        held(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="hold must be >= 1, got 0"):
+        RandomPolicy(spec, hold=0)
+
+
+def test_a_collection_with_held_actions_stores_them_in_runs_of_the_hold(tmp_path: Path) -> None:
+    from experiments.config import load_config
+    from experiments.rundir import GracefulStop
+    from experiments.train import collect_episodes
+
+    cfg = load_config(["configs/debug.yaml"], ["env.id=Pendulum-v1", "env.obs=state", "world_model.collect_steps=300",
+                                               "world_model.collect_hold=4"])  # fmt: skip
+    _, spec = make_env("Pendulum-v1", obs="state")
+    store = EpisodeStore(tmp_path, spec=spec)
+    stats = collect_episodes(cfg, store, GracefulStop())
+    assert stats.steps == 300 and len(store) == 2  # 2 sub-envs, 150 steps each: cut before the 200-step limit
+    for episode in store:
+        actions = episode.action[1:, 0]  # the first row holds no action
+        changes = np.flatnonzero(np.diff(actions)) + 1  # (R-1,) where a new action begins
+        assert np.all(np.diff(changes) == 4) and changes[0] == 4, changes  # uniform draws never repeat exactly

@@ -50,6 +50,7 @@ def test_unknown_key_names_path_and_close_match():
         ("pretrain.optim.lr=fast", ["pretrain.optim.lr", "number"]),
         ("pretrain.mask.min_keep=40", ["pretrain.mask.min_keep", "half"]),
         ("pretrain=3", ["pretrain", "section"]),
+        ("world_model.collect_hold=0", ["world_model.collect_hold", ">= 1, got 0"]),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(override, words):

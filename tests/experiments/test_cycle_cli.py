@@ -336,17 +336,23 @@ def test_training_windows_skip_the_held_out_episodes_of_iteration_zero(tmp_path)
 )
 def test_any_gymnasium_id_runs_the_cycle_from_pixels_or_state(tmp_path, env_id, obs):
     """Another classic-control env (3 discrete actions) from pixels, a Box2D one (continuous actions) from state, and
-    Parking, whose episodes report success: only `--set env.id` and `env.obs` change."""
+    Parking, whose episodes report success: only `--set env.id` and `env.obs` change. The Box2D run holds each random
+    action of iteration 0 for 3 steps (world_model.collect_hold)."""
     run = tmp_path / "any"
+    hold = 3 if obs == "state" else 1
     quick = ["world_model.steps=4", "world_model.warmup_steps=1", "world_model.decoder_steps=0",
              "world_model.eval_every=0", "evolve.generations=1", "evolve.eval_episodes=1", "cycle.iterations=1",
-             f"env.id={env_id}", f"env.obs={obs}"]  # fmt: skip
+             f"env.id={env_id}", f"env.obs={obs}", f"world_model.collect_hold={hold}"]  # fmt: skip
     result = cycle(run, *[part for setting in quick for part in ("--set", setting)])
     assert result.returncode == 0, result.stderr
     done = summary(run)
     assert done["status"] == "done" and done["env"]["env_id"] == env_id and done["env"]["obs_mode"] == obs
     assert np.isfinite(done["eval_return_mean"]) and done["env_steps"] >= 400
     assert (run / "videos/iteration-00.mp4").is_file() == (obs == "pixels")  # a decoder draws pixels only
+    if hold > 1:  # a sub-env's episodes follow each other, so only an episode's first run of actions may be short
+        for episode in EpisodeStore(run / "episodes"):
+            changes = np.flatnonzero(np.any(np.diff(episode.action[1:], axis=0) != 0, axis=1)) + 1
+            assert np.all(np.diff(changes) == hold) and changes[0] <= hold, changes
     # The success rate is reported wherever the env says whether an episode succeeded, and only there.
     reports_success = env_id == "Parking-v0"
     assert ("eval_success_rate" in done) == ("eval_success_rate" in done["history"][-1]) == reports_success
