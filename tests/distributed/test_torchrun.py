@@ -17,9 +17,13 @@ from launch import DEBUG, max_difference, metrics, start, summary, wait_for_step
 from agents.evolution import CMAES
 from experiments.checkpoint import read_checkpoint
 
-PRETRAIN = ["--set", "pretrain.optim.steps=16", "--set", "run.checkpoint_every=3"]
+# Two processes equal one only up to float32 rounding: pin float32, which `run.precision: auto` would replace with bf16
+# on a CPU with bf16 units (bf16 rounds the shares' sums far more coarsely than TOLERANCE).
+FLOAT32 = ["--set", "run.precision=float32"]
+PRETRAIN = [*FLOAT32, "--set", "pretrain.optim.steps=16", "--set", "run.checkpoint_every=3"]
 # A short world-model training (its decoder and video included) on the debug preset.
-TRAIN = ["--set", "world_model.steps=6", "--set", "world_model.eval_every=0", "--set", "world_model.decoder_steps=2"]
+TRAIN = [*FLOAT32, "--set", "world_model.steps=6", "--set", "world_model.eval_every=0",
+         "--set", "world_model.decoder_steps=2"]  # fmt: skip
 CYCLE = [*TRAIN, "--set", "cycle.iterations=2", "--set", "cycle.train_steps=2", "--set", "cycle.generations=1"]
 TOLERANCE = 1e-5  # float32 sums taken in another order: a few ulps per step
 
