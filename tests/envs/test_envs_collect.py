@@ -11,6 +11,11 @@ import pytest
 from gymnasium import spaces
 
 from envs import EpisodeStore, RandomPolicy, WorkerTimeoutError, collect, make_env, make_vector_env
+from experiments.config import load_config
+from experiments.rundir import GracefulStop
+from experiments.train import collect_episodes
+
+REPO = Path(__file__).resolve().parents[2]
 
 CARTPOLE_X, CARTPOLE_THETA = 2.4, 12 * 2 * np.pi / 360  # its termination thresholds
 
@@ -204,12 +209,8 @@ def test_held_random_actions_are_the_fresh_draws_repeated() -> None:
 
 
 def test_a_collection_with_held_actions_stores_them_in_runs_of_the_hold(tmp_path: Path) -> None:
-    from experiments.config import load_config
-    from experiments.rundir import GracefulStop
-    from experiments.train import collect_episodes
-
-    cfg = load_config(["configs/debug.yaml"], ["env.id=Pendulum-v1", "env.obs=state", "world_model.collect_steps=300",
-                                               "world_model.collect_hold=4"])  # fmt: skip
+    settings = ["env.id=Pendulum-v1", "env.obs=state", "world_model.collect_steps=300", "world_model.collect_hold=4"]
+    cfg = load_config([REPO / "configs/debug.yaml"], settings)
     _, spec = make_env("Pendulum-v1", obs="state")
     store = EpisodeStore(tmp_path, spec=spec)
     stats = collect_episodes(cfg, store, GracefulStop())
