@@ -11,11 +11,6 @@ import pytest
 from gymnasium import spaces
 
 from envs import EpisodeStore, RandomPolicy, WorkerTimeoutError, collect, make_env, make_vector_env
-from experiments.config import load_config
-from experiments.rundir import GracefulStop
-from experiments.train import collect_episodes
-
-REPO = Path(__file__).resolve().parents[2]
 
 CARTPOLE_X, CARTPOLE_THETA = 2.4, 12 * 2 * np.pi / 360  # its termination thresholds
 
@@ -206,16 +201,3 @@ def test_held_random_actions_are_the_fresh_draws_repeated() -> None:
         held(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="hold must be >= 1, got 0"):
         RandomPolicy(spec, hold=0)
-
-
-def test_a_collection_with_held_actions_stores_them_in_runs_of_the_hold(tmp_path: Path) -> None:
-    settings = ["env.id=Pendulum-v1", "env.obs=state", "world_model.collect_steps=300", "world_model.collect_hold=4"]
-    cfg = load_config([REPO / "configs/debug.yaml"], settings)
-    _, spec = make_env("Pendulum-v1", obs="state")
-    store = EpisodeStore(tmp_path, spec=spec)
-    stats = collect_episodes(cfg, store, GracefulStop())
-    assert stats.steps == 300 and len(store) == 2  # 2 sub-envs, 150 steps each: cut before the 200-step limit
-    for episode in store:
-        actions = episode.action[1:, 0]  # the first row holds no action
-        changes = np.flatnonzero(np.diff(actions)) + 1  # (R-1,) where a new action begins
-        assert np.all(np.diff(changes) == 4) and changes[0] == 4, changes  # uniform draws never repeat exactly

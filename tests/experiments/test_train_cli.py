@@ -8,11 +8,13 @@ from pathlib import Path
 import imageio
 import numpy as np
 import pytest
-from run_wm import DEBUG, start, summary, tensors_equal, wait_for_step, wm
+from run_wm import DEBUG, REPO, start, summary, tensors_equal, wait_for_step, wm
 
-from envs import EnvSpec, Episode, EpisodeStore
+from envs import EnvSpec, Episode, EpisodeStore, make_env
 from experiments.checkpoint import read_checkpoint
-from experiments.train import StoreWindows, split_episodes
+from experiments.config import load_config
+from experiments.rundir import GracefulStop
+from experiments.train import StoreWindows, collect_episodes, split_episodes
 
 MODEL_KEYS = [
     *(f"pred_error_k{k}{suffix}" for k in (1, 5, 15) for suffix in ("", "_baseline")),
@@ -172,3 +174,16 @@ def test_training_and_held_out_windows_never_mix_episodes(tmp_path):
     assert np.all(held_out.obs[:, 0, 0] == [7, 7, 8, 9])  # tiled from the first held-out step, no overlap
     assert held_out.is_first[0, 0]
     assert windows.held_out_episode().obs[0, 0] == 9  # the longest held-out episode (11 transitions)
+
+
+def test_a_collection_with_held_actions_stores_them_in_runs_of_the_hold(tmp_path: Path) -> None:
+    settings = ["env.id=Pendulum-v1", "env.obs=state", "world_model.collect_steps=300", "world_model.collect_hold=4"]
+    cfg = load_config([REPO / "configs/debug.yaml"], settings)
+    _, spec = make_env("Pendulum-v1", obs="state")
+    store = EpisodeStore(tmp_path, spec=spec)
+    stats = collect_episodes(cfg, store, GracefulStop())
+    assert stats.steps == 300 and len(store) == 2  # 2 sub-envs, 150 steps each: cut before the 200-step limit
+    for episode in store:
+        actions = episode.action[1:, 0]  # the first row holds no action
+        changes = np.flatnonzero(np.diff(actions)) + 1  # (R-1,) where a new action begins
+        assert np.all(np.diff(changes) == 4) and changes[0] == 4, changes  # uniform draws never repeat exactly
