@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -46,6 +47,7 @@ TIMEOUT_VARIABLE = "WM_DIST_TIMEOUT_S"
 """Environment variable: seconds a process waits in one collective before it fails (default DEFAULT_TIMEOUT_S)."""
 DEFAULT_TIMEOUT_S = 1800.0  # generous: the others wait at the next collective while rank 0 evaluates or writes videos
 GRAD_COMPRESSIONS = ("none", "bf16")
+SETTLE_S = 0.25  # seconds teardown leaves gloo's worker threads to free their last tensors
 
 # The batch each command splits across processes: it must divide evenly (every process takes batch / world size).
 SPLIT_BATCHES = {
@@ -113,9 +115,18 @@ def init(device: str) -> bool:
 
 
 def teardown() -> None:
-    """Leave the process group (at the end of a command, or at exit)."""
+    """Leave the process group (at the end of a command, or at exit), then give gloo's worker threads a moment.
+
+    A worker thread drops its last collective's tensors a little after the caller has the result. If it is still
+    holding them when the interpreter shuts down, it cannot take the GIL to free them, and the process dies with
+    SIGABRT ("terminate called without an active exception") after all its work is done: 3 of 51 two-process runs
+    of benchmarks/scale.py here in one hour, none of 51 in the next (a core dump showed a gloo worker freeing an
+    all-gather's tensors during shutdown). Sleeping releases the GIL, so the threads free them while the
+    interpreter still runs.
+    """
     if active():
         dist.destroy_process_group()
+        time.sleep(SETTLE_S)
 
 
 def default_threads() -> int:
