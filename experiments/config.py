@@ -560,6 +560,10 @@ class CycleConfig:
     sigma: float = 0.05
     """CMA-ES initial step size around the best controller after the first iteration (iteration 0 uses
     evolve.sigma)."""
+    search: Literal["warm", "fresh"] = "warm"
+    """Where each search after the first starts: "warm", at the best controller with step size cycle.sigma; "fresh",
+    at the controller's cold start with evolve.sigma, as iteration 0's does (the best controller stays the one to
+    beat in the real env)."""
     target_return: float | None = None
     """Stop once the real-env eval return mean reaches this; null: no target."""
     max_env_steps: int = 100000

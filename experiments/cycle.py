@@ -14,8 +14,9 @@ episodes. Each later iteration:
               training episodes of iteration 0 and every episode collected since (iteration 0's held-out episodes
               stay held out, so every iteration's model metrics are measured on the same episodes); with
               cycle.finetune=heads the heads alone learn, and the controllers' inputs z and h keep their meaning;
-    evolve    cycle.generations generations of a new CMA-ES around the best controller (step size cycle.sigma),
-              its dream starts drawn from every episode so far, so they include the states the controller visits;
+    evolve    cycle.generations generations of a new CMA-ES around the best controller (step size cycle.sigma;
+              with cycle.search=fresh, from the cold start as in iteration 0), its dream starts drawn from every
+              episode so far, so they include the states the controller visits;
     evaluate  the chosen controller in the real env; the best real return so far names the controller to beat.
 
 The feature standardisation of iteration 0 is never changed: the controller's inputs must keep their meaning. The
@@ -378,20 +379,21 @@ class Cycle:
             fill_latent_cache(self.model, self.store, self.latent_key, self.device, stop, False)
         pool = encode_start_pool(self.model, self.store, self.latent_key, cfg.dream, self.device, seed, self.episodes)
         dream = DreamScorer(self.model, self.controller, pool, dream_settings(cfg.dream), seed)
+        warm = k > 0 and cfg.cycle.search == "warm"
         if self.es is None:
-            if k == 0:
-                x0, sigma = self.controller.initial_parameters(seed), ecfg.sigma
-            else:
+            if warm:
                 x0, sigma = self.best, cfg.cycle.sigma
+            else:
+                x0, sigma = self.controller.initial_parameters(seed), ecfg.sigma
             self.es = CMAES(x0, sigma, ecfg.population, seed, diagonal=ecfg.diagonal,
                             max_nonfinite_fraction=ecfg.max_nonfinite_fraction)  # fmt: skip
-        start = "the controller's cold start" if k == 0 else f"the best controller (iteration {self.best_iteration})"
+        start = f"the best controller (iteration {self.best_iteration})" if warm else "the controller's cold start"
         self.announce(f"evolve {generations} generations from {start} in {len(pool.latent)} dream start states")
         offset = self.trainer.step + self.generations_done + len(self.history)
         evolution = Evolution(self.es, dream, self.controller, cfg, self.run, "dream", {}, checkpointer=self.save,
                               log_offset=offset)  # fmt: skip
         evolution.evolve(stop, generations)
-        self.chosen, figures = choose_controller(self.es, dream, ecfg.final_episodes, warm=k > 0)
+        self.chosen, figures = choose_controller(self.es, dream, ecfg.final_episodes, warm=warm)
         self.record.update(figures, start_states=len(pool.latent))
         self.generations_done += generations
         self.es = None

@@ -267,6 +267,18 @@ def test_fine_tuning_the_heads_alone_keeps_the_controllers_inputs(first_iteratio
         assert learned and not all(torch.equal(after["model"][n], before["model"][n]) for n in learned), head
 
 
+def test_a_fresh_search_starts_each_iteration_at_the_cold_start(tmp_path):
+    """cycle.search=fresh: iteration 1 evolves from the controller's cold start, as iteration 0 does, and chooses
+    between its own search's mean and best alone (the best controller so far competes in the real env)."""
+    run = tmp_path / "fresh"
+    result = cycle(run, "--set", "cycle.iterations=2", "--set", "cycle.search=fresh")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("generations from the controller's cold start") == 2
+    assert "from the best controller" not in result.stderr
+    _, second = summary(run)["history"]
+    assert second["chosen"] in ("mean", "best") and "dream_return_start_candidate" not in second
+
+
 def test_the_cycle_stops_before_it_would_exceed_its_env_step_budget(tmp_path):
     run = tmp_path / "budget"
     quick = ["world_model.steps=4", "world_model.warmup_steps=1", "world_model.decoder_steps=0",
@@ -289,6 +301,7 @@ def test_the_cycle_stops_before_it_would_exceed_its_env_step_budget(tmp_path):
         ("cycle.exploration=1.5", "cycle.exploration: must be in [0, 1]"),
         ("cycle.lr=0", "cycle.lr: must be a finite number > 0"),
         ("cycle.sigma=-1", "cycle.sigma: must be a finite number > 0"),
+        ("cycle.search=cold", "cycle.search: must be one of 'warm', 'fresh', got 'cold'"),
         ("cycle.target_return=high", "cycle.target_return: expected a number"),
         ("cycle.max_env_steps=300", "cycle.max_env_steps: 300 is fewer than iteration 0's random-policy collection"),
         ("cycle.iteration=3", "cycle.iteration: unknown key (did you mean 'iterations'?)"),
