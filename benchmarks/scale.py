@@ -132,7 +132,6 @@ def worker(rank: int, processes: int, threads: int, args: argparse.Namespace, di
         seconds = {"pretrain": pretrain_seconds(cfg, args.steps), "es": es_seconds(cfg, args.generations)}
         if rank == 0:
             Path(directory, f"w{processes}.json").write_text(json.dumps(seconds))
-        distributed.barrier()  # the processes leave the group together, none while another still talks to it
     finally:
         distributed.teardown()
 
