@@ -264,7 +264,9 @@ class EnvConfig:
     size: int = 64
     """Side of the square frames in pixels (pixels only)."""
     action_repeat: int = 1
-    """Env steps per agent step; rewards are summed."""
+    """Env steps per agent step; rewards are summed. The step counts set in the config (collect_steps, horizons) are
+    agent steps; the env steps reported and budgeted (env_steps, eval_env_steps, real_env_steps,
+    cycle.max_env_steps) are agent steps times action_repeat, a repeat cut short by an episode's end counted whole."""
 
     def __post_init__(self):
         _require(bool(self.id.strip()), "id", "must name a gymnasium env, e.g. CartPole-v1")

@@ -22,7 +22,7 @@ episodes. Each later iteration:
 The feature standardisation of iteration 0 is never changed: the controller's inputs must keep their meaning. The
 cycle stops when an evaluation reaches cycle.target_return, before an iteration whose collection would take the
 env steps past cycle.max_env_steps, or after cycle.iterations iterations. The budget counts the env steps the agent
-learns from (every collected transition); evaluation episodes only measure, never enter the store, and are reported
+learns from (every collected transition, times env.action_repeat); evaluation episodes only measure, never enter the store, and are reported
 apart (`eval_env_steps_total`), as model-based RL papers count interaction.
 
 Pictures: learning_curve.png (real and dream return against the env steps), and per iteration
@@ -159,7 +159,7 @@ class Cycle:
         self.controller = build_controller(model, spec, self.cfg.evolve)
         # What a checkpoint holds:
         self.iteration, self.phase = 0, "collect"
-        self.env_steps = 0  # collected transitions (the budget)
+        self.env_steps = 0  # env steps of the collected transitions (the budget)
         self.eval_env_steps = 0  # steps of the evaluation episodes (reported, not budgeted)
         self.episodes_at_start = 0  # episodes in the store when this iteration's collection began
         self.episodes = 0  # episodes this iteration trains and evolves on (all, once it has collected)
@@ -318,7 +318,7 @@ class Cycle:
             print(f"iteration {k}: the store already holds this iteration's collection ({len(new)} episodes, "
                   f"{transitions} steps; stored before the run stopped): kept, not collected again",
                   file=sys.stderr)  # fmt: skip
-        self.env_steps += transitions
+        self.env_steps += transitions * cfg.env.action_repeat
         self.episodes = len(self.store)
         self.record = {"iteration": k, "collect_steps": transitions, "collect_episodes": len(new)}
         if k == 0:
@@ -410,7 +410,8 @@ class Cycle:
         try:
             agent = LatentAgent(self.model, self.controller, self.chosen, ecfg.eval_envs)
             recording = agent.record(cfg.world_model.video_steps) if self.makes_videos else None
-            real = score_in_env(envs, agent, self.chosen, ecfg.eval_episodes, seed, cfg.run.progress)
+            real = score_in_env(envs, agent, self.chosen, ecfg.eval_episodes, seed, cfg.run.progress,
+                                cfg.env.action_repeat)
         finally:
             envs.close()
         self.eval_env_steps += real["eval_env_steps"]
@@ -464,7 +465,7 @@ class Cycle:
         if len(self.history) >= ccfg.iterations:
             return "iterations"
         # The next iteration's collection, which may end up to num_envs - 1 steps late.
-        planned = ccfg.collect_steps + self.cfg.world_model.num_envs - 1
+        planned = (ccfg.collect_steps + self.cfg.world_model.num_envs - 1) * self.cfg.env.action_repeat
         if self.env_steps + planned > ccfg.max_env_steps:
             return "budget"
         return None
@@ -624,10 +625,12 @@ def write_learning_curve(path: Path, history: list[dict], env_id: str, target: f
 
 def check_budget(cfg: Config) -> None:
     """Iteration 0 alone must fit the env-step budget."""
-    if cfg.world_model.collect_steps > cfg.cycle.max_env_steps:
+    repeat = cfg.env.action_repeat
+    if cfg.world_model.collect_steps * repeat > cfg.cycle.max_env_steps:
+        times = "" if repeat == 1 else f" x env.action_repeat={repeat} env steps"
         raise ConfigError(
             f"cycle.max_env_steps: {cfg.cycle.max_env_steps} is fewer than iteration 0's random-policy collection "
-            f"(world_model.collect_steps={cfg.world_model.collect_steps})"
+            f"(world_model.collect_steps={cfg.world_model.collect_steps}{times})"
         )
 
 

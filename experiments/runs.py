@@ -36,7 +36,7 @@ def env_steps(summary: dict) -> int | str:
     if "real_env_steps" in summary:
         return summary["real_env_steps"]
     collected = (summary.get("data") or {}).get("collected") or {}
-    return collected.get("steps", "")
+    return collected.get("env_steps", collected.get("steps", ""))
 
 
 def best_return(summary: dict) -> str:

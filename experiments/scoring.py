@@ -27,7 +27,8 @@ class EpisodeResults(NamedTuple):
     returns: np.ndarray
     """(J,) float64 undiscounted return of each episode."""
     lengths: np.ndarray
-    """(J,) int64 agent steps of each episode (their sum is the real env steps the scoring used)."""
+    """(J,) int64 agent steps of each episode (their sum times the env's action_repeat is the real env steps the
+    scoring used)."""
     successes: np.ndarray | None = None
     """(J,) bool: `info["success"]` at each episode's last step; None when the env never reports one."""
 

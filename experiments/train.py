@@ -853,7 +853,7 @@ def train(
             "num_episodes": len(store),
             "encoder": encoder_path,
             "latent_key": encoder_fingerprint(model) if wcfg.freeze_encoder else None,
-            "collected": None if collected is None else collection_figures(collected),
+            "collected": None if collected is None else collection_figures(collected, cfg.env.action_repeat),
         }
     if len(store) < provenance["num_episodes"]:
         raise RunFailure(f"{store.path} holds {len(store)} episodes, fewer than the {provenance['num_episodes']} used")
@@ -893,10 +893,12 @@ def train(
     return results
 
 
-def collection_figures(stats: CollectStats) -> dict[str, float | int]:
-    """What the random-policy collection did, for summary.json (plain numbers, as a checkpoint can hold)."""
+def collection_figures(stats: CollectStats, action_repeat: int = 1) -> dict[str, float | int]:
+    """What the random-policy collection did, for summary.json (plain numbers, as a checkpoint can hold): `steps`
+    are its transitions (agent steps), `env_steps` those times the env's action_repeat."""
     return {
         "steps": stats.steps,
+        "env_steps": stats.steps * action_repeat,
         "episodes": stats.episodes,
         "mean_return": stats.mean_return,
         "mean_length": float(np.mean(stats.lengths)) if stats.lengths else math.nan,
