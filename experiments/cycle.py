@@ -22,8 +22,8 @@ episodes. Each later iteration:
 The feature standardisation of iteration 0 is never changed: the controller's inputs must keep their meaning. The
 cycle stops when an evaluation reaches cycle.target_return, before an iteration whose collection would take the
 env steps past cycle.max_env_steps, or after cycle.iterations iterations. The budget counts the env steps the agent
-learns from (every collected transition, times env.action_repeat); evaluation episodes only measure, never enter the store, and are reported
-apart (`eval_env_steps_total`), as model-based RL papers count interaction.
+learns from (every collected transition, times env.action_repeat); evaluation episodes only measure, never enter
+the store, and are reported apart (`eval_env_steps_total`), as model-based RL papers count interaction.
 
 Pictures: learning_curve.png (real and dream return against the env steps), and per iteration
 videos/iteration-KK.mp4 (also in tensorboard): the first evaluation episode, the controller in the real env beside
@@ -410,8 +410,9 @@ class Cycle:
         try:
             agent = LatentAgent(self.model, self.controller, self.chosen, ecfg.eval_envs)
             recording = agent.record(cfg.world_model.video_steps) if self.makes_videos else None
-            real = score_in_env(envs, agent, self.chosen, ecfg.eval_episodes, seed, cfg.run.progress,
-                                cfg.env.action_repeat)
+            real = score_in_env(
+                envs, agent, self.chosen, ecfg.eval_episodes, seed, cfg.run.progress, cfg.env.action_repeat
+            )
         finally:
             envs.close()
         self.eval_env_steps += real["eval_env_steps"]

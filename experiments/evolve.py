@@ -475,8 +475,9 @@ def evolve(run: Run, stop: GracefulStop, world_model: Path, mode: str, warm_star
     envs, _ = make_vector_env(cfg.env.id, ecfg.eval_envs, obs=cfg.env.obs, size=cfg.env.size,
                               action_repeat=cfg.env.action_repeat, seed=cfg.run.seed)  # fmt: skip
     agent = LatentAgent(model, controller, x0, ecfg.eval_envs)
-    scorer: Scorer = dream if mode == "dream" else RealScorer(envs, agent, cfg.run.seed, settings.horizon,
-                                                                   cfg.env.action_repeat)
+    scorer: Scorer = (
+        dream if mode == "dream" else RealScorer(envs, agent, cfg.run.seed, settings.horizon, cfg.env.action_repeat)
+    )
     provenance = {"world_model": str(world.checkpoint.resolve()), "world_model_sha256": world.sha256,
                   "warm_start": None if warm_start is None else str(Path(warm_start).resolve()),
                   "start_states": len(pool.latent)}  # fmt: skip
@@ -499,8 +500,9 @@ def finish(evolution: Evolution, dream: DreamScorer, envs, agent: LatentAgent, c
     ecfg, es = cfg.evolve, evolution.es
     warm = evolution.provenance.get("warm_start") is not None
     parameters, choice = choose_controller(es, dream, ecfg.final_episodes, warm)
-    real = score_in_env(envs, agent, parameters, ecfg.eval_episodes, cfg.run.seed, cfg.run.progress,
-                        cfg.env.action_repeat)
+    real = score_in_env(
+        envs, agent, parameters, ecfg.eval_episodes, cfg.run.seed, cfg.run.progress, cfg.env.action_repeat
+    )
     figures = {**choice, **real, "dream_real_gap": choice["dream_return"] - real["eval_return_mean"]}
     if evolution.mode == "real":
         figures["real_env_steps"] = int(evolution.scorer.env_steps)
@@ -545,8 +547,8 @@ def score_in_env(envs, agent: LatentAgent, parameters: np.ndarray, episodes: int
                  show_progress: bool = True, action_repeat: int = 1) -> dict:  # fmt: skip
     """The real return of controller `parameters` (n,) over `episodes` episodes without exploration noise, the
     episodes seeded by `seed`; figures for summary.json (`eval_env_steps`: the env steps they took, the agent steps
-    times the envs' `action_repeat`; `eval_returns` and `eval_lengths`: each episode's, in agent steps; `eval_success_rate`, the share of episodes that ended in success, for an env
-    that reports `info["success"]`)."""
+    times the envs' `action_repeat`; `eval_returns` and `eval_lengths`: each episode's, in agent steps;
+    `eval_success_rate`, the share of episodes that ended in success, for an env that reports `info["success"]`)."""
     bar = Progress(episodes, "evaluate", unit="episode", enabled=show_progress)
     agent.exploration = 0.0
     real = run_episodes(envs, agent, np.repeat(parameters[None], episodes, axis=0),

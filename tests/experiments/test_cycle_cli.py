@@ -295,9 +295,9 @@ def test_with_an_action_repeat_the_budget_counts_env_steps_not_agent_steps(tmp_p
     run = tmp_path / "repeat"
     # 200 random-policy transitions of 2 env steps each (about 400), then 100 more transitions would take the count
     # past 500: one iteration. Counted as agent steps, a second one (about 300) would have fitted.
-    quick = ["env.action_repeat=2", "world_model.collect_steps=200", "world_model.steps=4", "world_model.warmup_steps=1",
-             "world_model.decoder_steps=0", "world_model.eval_every=0", "evolve.generations=1",
-             "cycle.max_env_steps=500"]  # fmt: skip
+    quick = ["env.action_repeat=2", "world_model.collect_steps=200", "world_model.steps=4",
+             "world_model.warmup_steps=1", "world_model.decoder_steps=0", "world_model.eval_every=0",
+             "evolve.generations=1", "cycle.max_env_steps=500"]  # fmt: skip
     result = cycle(run, *[part for setting in quick for part in ("--set", setting)])
     assert result.returncode == 0, result.stderr
     done = summary(run)
@@ -308,8 +308,10 @@ def test_with_an_action_repeat_the_budget_counts_env_steps_not_agent_steps(tmp_p
     assert record["eval_env_steps"] == 2 * sum(record["eval_lengths"]) > 0
     refused = cycle(tmp_path / "over", "--set", "env.action_repeat=2", "--set", "cycle.max_env_steps=700")
     assert refused.returncode != 0
-    assert "fewer than iteration 0's random-policy collection (world_model.collect_steps=400 x env.action_repeat=2" \
+    assert (
+        "fewer than iteration 0's random-policy collection (world_model.collect_steps=400 x env.action_repeat=2"
         in refused.stderr
+    )
 
 
 @pytest.mark.parametrize(
