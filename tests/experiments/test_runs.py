@@ -94,3 +94,11 @@ def test_an_env_that_reports_success_shows_its_success_rate(tmp_path):
     write_summary(tmp_path, "parking", summary)
     (row,) = read_runs(tmp_path)
     assert row["result"] == "real 3.5 ± 1.2 (84% successful), dream 7.0"
+
+
+def test_a_collection_with_an_action_repeat_counts_its_env_steps(tmp_path):
+    # env.action_repeat=2: 10001 transitions of two env steps each
+    collected = {"steps": 10001, "env_steps": 20002}
+    write_summary(tmp_path, "repeated", {"command": "train", "data": {"collected": collected}})
+    (row,) = read_runs(tmp_path)
+    assert row["env_steps"] == 20002

@@ -58,6 +58,7 @@ def test_debug_run_leaves_a_complete_run_directory(debug_run):
     for key in ("pred_error_k1_baseline", "reward_error", "reward_error_baseline", "effective_rank"):
         assert np.isfinite(done["model"][key]), key
     assert done["data"]["collected"]["steps"] >= 400 and done["data"]["held_out_episodes"] >= 1
+    assert done["data"]["collected"]["env_steps"] == done["data"]["collected"]["steps"]  # no action repeat
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss/latent" in r] == list(range(2, 31, 2))
