@@ -15,7 +15,7 @@ from agents.agent import LatentAgent
 from agents.controllers import Controller
 from envs import EpisodeStore, RandomPolicy, collect, make_env, make_vector_env
 from envs.parking import ScriptedParker, ScriptedParkers
-from experiments.evolve import STREAM_EVAL, score_in_env
+from experiments.evolve import STREAM_EVAL, STREAM_REAL, RealScorer, score_in_env
 from experiments.runtime import step_seed
 from experiments.scoring import EpisodeResults, run_episodes
 from worldmodel.world_model import WorldModel
@@ -294,5 +294,35 @@ def test_successes_are_each_episode_s_last_word_and_none_where_the_env_says_noth
     try:
         agent = LatentAgent(model, CONTROLLER, constant(0), 2)
         assert "eval_success_rate" not in score_in_env(envs, agent, constant(0), 2, seed=0, show_progress=False)
+    finally:
+        envs.close()
+
+
+def test_env_steps_with_an_action_repeat_are_the_env_s_own_steps_each_repeat_counted_whole(model):
+    """One sub-env always pushing left: its episodes start from the same states with or without a repeat, so the
+    repeat-1 lengths are each episode's true env steps, and a repeat of 2 counts each rounded up to even."""
+    episodes, seed = 5, 3
+
+    def true_lengths(episode_seed: int) -> np.ndarray:
+        envs, _ = make_vector_env("CartPole-v1", 1, obs="state", seed=0)
+        try:
+            agent = LatentAgent(model, CONTROLLER, constant(0), 1)
+            return run_episodes(envs, agent, np.stack([constant(0)] * episodes), episode_seed).lengths
+        finally:
+            envs.close()
+
+    envs, _ = make_vector_env("CartPole-v1", 1, obs="state", action_repeat=2, seed=0)
+    try:
+        agent = LatentAgent(model, CONTROLLER, constant(0), 1)
+        scorer = RealScorer(envs, agent, seed, max_steps=None, action_repeat=2)
+        returns = scorer(constant(0)[None], key=0, episodes=episodes)
+        played = true_lengths(step_seed(seed, 0, STREAM_REAL) % 2**31)
+        assert returns[0] == played.mean()  # a reward of 1 an env step, summed over each repeat
+        assert scorer.env_steps == (2 * np.ceil(played / 2)).sum() and played.sum() <= scorer.env_steps
+        assert scorer.last_lengths.tolist() == np.ceil(played / 2).tolist()
+        figures = score_in_env(envs, agent, constant(0), episodes, seed, show_progress=False, action_repeat=2)
+        played = true_lengths(step_seed(seed, 0, STREAM_EVAL) % 2**31)
+        assert figures["eval_env_steps"] == (2 * np.ceil(played / 2)).sum()
+        assert figures["eval_returns"] == played.astype(float).tolist()
     finally:
         envs.close()
