@@ -80,3 +80,17 @@ def test_eval_of_a_run_without_a_controller_is_refused(runs):
 def test_what_is_no_run_is_refused_by_name(tmp_path, command):
     result = wm(command, "--run", str(tmp_path / "missing"))
     assert result.returncode == 2 and f"wm {command}: error: --run {tmp_path / 'missing'}: not a run" in result.stderr
+
+
+def test_eval_of_a_run_with_an_action_repeat_replays_it_and_counts_env_steps(tmp_path):
+    repeat = ["--set", "env.obs=state", "--set", "env.action_repeat=2"]
+    train, evolve = tmp_path / "train", tmp_path / "evolve"
+    result = wm("train", *DEBUG, *QUICK, *repeat, "--run-dir", str(train))
+    assert result.returncode == 0, result.stderr
+    result = wm("evolve", *DEBUG, *QUICK, *repeat, "--world-model", str(train), "--run-dir", str(evolve))
+    assert result.returncode == 0, result.stderr
+    result = wm("eval", "--run", str(evolve), "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    ours, theirs = json.loads((evolve / "eval.json").read_text()), summary(evolve)
+    assert ours["eval_returns"] == theirs["eval_returns"] and ours["eval_lengths"] == theirs["eval_lengths"]
+    assert ours["eval_env_steps"] == theirs["eval_env_steps"] == 2 * sum(ours["eval_lengths"])  # agent steps x 2
