@@ -1,6 +1,6 @@
 """`wm eval --run` and `wm video --run` on real debug runs, in subprocesses: the run's own evaluation comes back
-exactly, videos decode with the frames of the episode played, runs without a controller or a decoder still get
-a video, and what is no run is refused by name."""
+exactly (with an action repeat too, its env steps counted), videos decode with the frames of the episode played,
+runs without a controller or a decoder still get a video, and what is no run is refused by name."""
 
 import json
 from pathlib import Path
