@@ -323,7 +323,7 @@ def make_vector_env(
         context: async only: multiprocessing start method (None: the platform's default).
 
     Returns:
-        (vector env, spec of one sub-env).
+        (vector env, spec of one sub-env). The vector env's `metadata["action_repeat"]` is `action_repeat`.
     """
     if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
         raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
@@ -341,6 +341,7 @@ def make_vector_env(
         )
     else:
         envs = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
+    envs.metadata["action_repeat"] = int(action_repeat)  # the vector env's own copy: what `run_episodes` counts by
     return envs, spec
 
 

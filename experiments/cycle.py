@@ -410,9 +410,7 @@ class Cycle:
         try:
             agent = LatentAgent(self.model, self.controller, self.chosen, ecfg.eval_envs)
             recording = agent.record(cfg.world_model.video_steps) if self.makes_videos else None
-            real = score_in_env(
-                envs, agent, self.chosen, ecfg.eval_episodes, seed, cfg.run.progress, cfg.env.action_repeat
-            )
+            real = score_in_env(envs, agent, self.chosen, ecfg.eval_episodes, seed, cfg.run.progress)
         finally:
             envs.close()
         self.eval_env_steps += real["eval_env_steps"]

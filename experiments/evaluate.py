@@ -142,7 +142,7 @@ def evaluate(player: Player, episodes: int, envs_count: int, seed: int, show_pro
                               action_repeat=cfg.env.action_repeat, seed=seed)  # fmt: skip
     try:
         agent = LatentAgent(player.model, player.controller, player.parameters, envs_count)
-        figures = score_in_env(envs, agent, player.parameters, episodes, seed, show_progress, cfg.env.action_repeat)
+        figures = score_in_env(envs, agent, player.parameters, episodes, seed, show_progress)
     finally:
         envs.close()
     return {"run": str(player.path), "controller": player.source, "env": cfg.env.id, "seed": seed, **figures,

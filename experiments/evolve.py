@@ -251,9 +251,8 @@ class DreamScorer:
 class RealScorer:
     """Each candidate's mean return over `episodes` real-env episodes of at most `max_steps` steps (`--in real`)."""
 
-    def __init__(self, envs, agent: LatentAgent, seed: int, max_steps: int | None, action_repeat: int = 1):
+    def __init__(self, envs, agent: LatentAgent, seed: int, max_steps: int | None):
         self.envs, self.agent, self.seed, self.max_steps = envs, agent, seed, max_steps
-        self.action_repeat = action_repeat
         self.env_steps = 0
         self.last_lengths: np.ndarray | None = None
 
@@ -261,7 +260,7 @@ class RealScorer:
         jobs = np.repeat(candidates, episodes, axis=0)  # (P, n) -> (P*E, n) candidate-major
         result = run_episodes(self.envs, self.agent, jobs, step_seed(self.seed, key, STREAM_REAL) % 2**31,
                               self.max_steps)  # fmt: skip
-        self.env_steps += int(result.lengths.sum()) * self.action_repeat
+        self.env_steps += result.env_steps
         self.last_lengths = result.lengths
         return result.returns.reshape(len(candidates), episodes).mean(axis=1)
 
@@ -475,9 +474,7 @@ def evolve(run: Run, stop: GracefulStop, world_model: Path, mode: str, warm_star
     envs, _ = make_vector_env(cfg.env.id, ecfg.eval_envs, obs=cfg.env.obs, size=cfg.env.size,
                               action_repeat=cfg.env.action_repeat, seed=cfg.run.seed)  # fmt: skip
     agent = LatentAgent(model, controller, x0, ecfg.eval_envs)
-    scorer: Scorer = (
-        dream if mode == "dream" else RealScorer(envs, agent, cfg.run.seed, settings.horizon, cfg.env.action_repeat)
-    )
+    scorer: Scorer = dream if mode == "dream" else RealScorer(envs, agent, cfg.run.seed, settings.horizon)
     provenance = {"world_model": str(world.checkpoint.resolve()), "world_model_sha256": world.sha256,
                   "warm_start": None if warm_start is None else str(Path(warm_start).resolve()),
                   "start_states": len(pool.latent)}  # fmt: skip
@@ -500,9 +497,7 @@ def finish(evolution: Evolution, dream: DreamScorer, envs, agent: LatentAgent, c
     ecfg, es = cfg.evolve, evolution.es
     warm = evolution.provenance.get("warm_start") is not None
     parameters, choice = choose_controller(es, dream, ecfg.final_episodes, warm)
-    real = score_in_env(
-        envs, agent, parameters, ecfg.eval_episodes, cfg.run.seed, cfg.run.progress, cfg.env.action_repeat
-    )
+    real = score_in_env(envs, agent, parameters, ecfg.eval_episodes, cfg.run.seed, cfg.run.progress)
     figures = {**choice, **real, "dream_real_gap": choice["dream_return"] - real["eval_return_mean"]}
     if evolution.mode == "real":
         figures["real_env_steps"] = int(evolution.scorer.env_steps)
@@ -544,10 +539,10 @@ def choose_controller(es: CMAES, dream: DreamScorer, episodes: int, warm: bool =
 
 
 def score_in_env(envs, agent: LatentAgent, parameters: np.ndarray, episodes: int, seed: int,
-                 show_progress: bool = True, action_repeat: int = 1) -> dict:  # fmt: skip
+                 show_progress: bool = True) -> dict:  # fmt: skip
     """The real return of controller `parameters` (n,) over `episodes` episodes without exploration noise, the
     episodes seeded by `seed`; figures for summary.json (`eval_env_steps`: the env steps they took, the agent steps
-    times the envs' `action_repeat`; `eval_returns` and `eval_lengths`: each episode's, in agent steps;
+    times the envs' action repeat; `eval_returns` and `eval_lengths`: each episode's, in agent steps;
     `eval_success_rate`, the share of episodes that ended in success, for an env that reports `info["success"]`)."""
     bar = Progress(episodes, "evaluate", unit="episode", enabled=show_progress)
     agent.exploration = 0.0
@@ -560,7 +555,7 @@ def score_in_env(envs, agent: LatentAgent, parameters: np.ndarray, episodes: int
         "eval_return_std": float(real.returns.std()),
         "eval_episodes": int(episodes),
         "eval_length_mean": float(real.lengths.mean()),
-        "eval_env_steps": int(real.lengths.sum()) * action_repeat,
+        "eval_env_steps": real.env_steps,
         "eval_returns": real.returns.tolist(),
         "eval_lengths": real.lengths.tolist(),
         **success,

@@ -27,8 +27,10 @@ class EpisodeResults(NamedTuple):
     returns: np.ndarray
     """(J,) float64 undiscounted return of each episode."""
     lengths: np.ndarray
-    """(J,) int64 agent steps of each episode (their sum times the env's action_repeat is the real env steps the
-    scoring used)."""
+    """(J,) int64 agent steps of each episode."""
+    env_steps: int
+    """The real env steps the episodes took: their agent steps times the vector env's `metadata["action_repeat"]`
+    (1 where it names none), a repeat cut short by an episode's end counted whole."""
     successes: np.ndarray | None = None
     """(J,) bool: `info["success"]` at each episode's last step; None when the env never reports one."""
 
@@ -101,4 +103,5 @@ def run_episodes(
         agent.reset(starting)
         if on_step is not None:
             on_step(finished)
-    return EpisodeResults(returns, lengths, successes if reports_success else None)
+    env_steps = int(lengths.sum()) * int(envs.metadata.get("action_repeat", 1))
+    return EpisodeResults(returns, lengths, env_steps, successes if reports_success else None)

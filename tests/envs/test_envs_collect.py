@@ -168,6 +168,18 @@ def test_sub_envs_are_seeded_seed_plus_index() -> None:
         np.testing.assert_array_equal(obs[i], make_env("CartPole-v1", obs="state", seed=10 + i)[0].reset()[0])
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_the_vector_env_names_its_action_repeat_in_its_own_metadata(asynchronous: bool) -> None:
+    envs, _ = make_vector_env("CartPole-v1", 2, obs="state", action_repeat=3, seed=0, asynchronous=asynchronous)
+    plain, _ = make_vector_env("CartPole-v1", 1, obs="state", seed=0)
+    try:
+        assert envs.metadata["action_repeat"] == 3 and plain.metadata["action_repeat"] == 1
+        assert "action_repeat" not in gym.make("CartPole-v1").unwrapped.metadata  # the env class's stays untouched
+    finally:
+        envs.close()
+        plain.close()
+
+
 def test_hung_async_worker_is_named() -> None:
     envs, _ = make_vector_env("EnvsTest/Hang-v0", 2, obs="state", seed=0, asynchronous=True, timeout_s=1.5)
     envs.reset()

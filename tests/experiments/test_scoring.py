@@ -121,7 +121,7 @@ def reference(model, parameters: np.ndarray, seed: int, num_envs: int, max_steps
                 break
     for env in envs:
         env.close()
-    return Reference(EpisodeResults(returns, lengths), sub_env, actions)
+    return Reference(EpisodeResults(returns, lengths, int(lengths.sum())), sub_env, actions)
 
 
 def score(model, parameters, seed: int, num_envs: int, max_steps: int | None, envs=None, **kwargs) -> EpisodeResults:
@@ -314,13 +314,13 @@ def test_env_steps_with_an_action_repeat_are_the_env_s_own_steps_each_repeat_cou
     envs, _ = make_vector_env("CartPole-v1", 1, obs="state", action_repeat=2, seed=0)
     try:
         agent = LatentAgent(model, CONTROLLER, constant(0), 1)
-        scorer = RealScorer(envs, agent, seed, max_steps=None, action_repeat=2)
+        scorer = RealScorer(envs, agent, seed, max_steps=None)
         returns = scorer(constant(0)[None], key=0, episodes=episodes)
         played = true_lengths(step_seed(seed, 0, STREAM_REAL) % 2**31)
         assert returns[0] == played.mean()  # a reward of 1 an env step, summed over each repeat
         assert scorer.env_steps == (2 * np.ceil(played / 2)).sum() and played.sum() <= scorer.env_steps
         assert scorer.last_lengths.tolist() == np.ceil(played / 2).tolist()
-        figures = score_in_env(envs, agent, constant(0), episodes, seed, show_progress=False, action_repeat=2)
+        figures = score_in_env(envs, agent, constant(0), episodes, seed, show_progress=False)
         played = true_lengths(step_seed(seed, 0, STREAM_EVAL) % 2**31)
         assert figures["eval_env_steps"] == (2 * np.ceil(played / 2)).sum()
         assert figures["eval_returns"] == played.astype(float).tolist()
