@@ -6,7 +6,7 @@ Layout of `runs/<run>/episodes/`:
     index.jsonl         one line per shard: its file name, sequence number, sha256 and each episode's step count
     shards/NNNNNN-<sha16>.npz   np.savez_compressed of a few whole episodes, written atomically; obs are split
                         into pieces of OBS_CHUNK steps so a window decodes only what it needs
-    latents/<key>/      cached encoder outputs, one float16 .npy per episode (see `LatentCache`)
+    latents/<key>/      cached encoder outputs, one float32 .npy per episode (see `LatentCache`)
 
 Conventions (the world model depends on them). An episode of L transitions holds L+1 steps; step t has
 `obs[t]`; `action[t]`, the action that led to obs[t] (zeros at t=0; discrete actions one-hot);
@@ -721,12 +721,23 @@ def _process_alive(pid: int) -> bool:
 # ============================================================================ latent cache
 
 
+LATENT_DTYPE = np.float32
+"""How the latent cache keeps encoder outputs. It was float16 once, which rounds by up to 0.05%. A frozen random ViT's
+features vary from frame to frame by only a few percent of their size (over Pendulum's blurred frames, 0.3%), and
+standardisation scales that variation up, rounding included: a Pendulum model trained on rounded features read the
+unrounded ones of the real env as latents ten times too large. Part of the encoder fingerprint, so a cache written in
+another dtype is never reused."""
+
+
 class LatentCache:
     """Encoder outputs for every step of every episode, so a frozen encoder runs once per frame.
 
-    One float16 (L+1, D) array per episode in `<store>/latents/<key>/<episode key>-<sha16>.npy`, written
+    One float32 (L+1, D) array per episode in `<store>/latents/<key>/<episode key>-<sha16>.npy`, written
     atomically. A file that fails its checksum is reported, deleted and counts as missing, so the encoder
     simply runs again for it.
+
+    The latents are kept exactly as the encoder gave them (LATENT_DTYPE): an agent in the real env encodes its
+    frames afresh, and a model must meet there the very numbers it was trained on.
     """
 
     def __init__(self, store: EpisodeStore, key: str, cache_mb: float = 64) -> None:
@@ -766,8 +777,8 @@ class LatentCache:
         return [i for i in range(len(self.store)) if self.store.episode_key(i) not in self._files]
 
     def put(self, index: int, latents: np.ndarray) -> None:
-        """Store latents (L+1, D) for episode `index` (as float16), replacing any old ones."""
-        latents = np.asarray(latents)
+        """Store latents (L+1, D) for episode `index` (as LATENT_DTYPE), replacing any old ones."""
+        latents = np.asarray(latents, dtype=LATENT_DTYPE)
         steps = int(self.store._episode_steps[index]) if 0 <= index < len(self.store) else None
         if steps is None:
             raise IndexError(f"episode index {index} is out of range for a store of {len(self.store)} episodes")
@@ -781,7 +792,7 @@ class LatentCache:
         elif latents.shape[1] != self.dim:
             raise ValueError(f"latent cache {self.key!r} holds D={self.dim}, got latents with D={latents.shape[1]}")
         buffer = io.BytesIO()
-        np.save(buffer, latents.astype(np.float16))
+        np.save(buffer, latents)
         data = buffer.getvalue()
         episode_key = self.store.episode_key(index)
         name = f"{episode_key}-{sha256_bytes(data)[:16]}.npy"
@@ -790,10 +801,11 @@ class LatentCache:
         if old is not None and old != name:
             (self.path / old).unlink(missing_ok=True)
         self._files[episode_key] = name
-        self._cache.put(episode_key, _read_only(latents.astype(np.float16)), latents.shape[0] * latents.shape[1] * 2)
+        self._cache.put(episode_key, _read_only(latents.copy()), latents.nbytes)
 
     def get(self, index: int) -> np.ndarray:
-        """Latents (L+1, D) float16 of episode `index`; KeyError when missing."""
+        """Latents (L+1, D) of episode `index` (LATENT_DTYPE; float16 in caches written before it); KeyError when
+        missing."""
         episode_key = self.store.episode_key(index)
         cached = self._cache.get(episode_key)
         if cached is not None:

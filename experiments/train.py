@@ -48,6 +48,7 @@ from envs import (
     make_vector_env,
 )
 from envs.collect import EpisodeBuffer
+from envs.store import LATENT_DTYPE
 from experiments import config as config_lib
 from experiments import distributed
 from experiments.checkpoint import CheckpointError, load_latest, read_checkpoint, save_checkpoint
@@ -355,11 +356,11 @@ def encoder_fingerprint(model: WorldModel) -> str:
     """The latent-cache key of a frozen encoder: a hash of everything its features depend on.
 
     That is the backbone's weights, the observation shape, the ViT's input size (frames are resized to it), the
-    blur of its input, the pooling of its patch features and the precision the features are computed in
-    (FEATURE_PRECISION).
+    blur of its input, the pooling of its patch features, the precision the features are computed in
+    (FEATURE_PRECISION) and the dtype the cache keeps them in (`envs.store.LATENT_DTYPE`).
     """
     digest = hashlib.sha256()
-    shape = [list(model.obs_shape), getattr(model, "image_size", None), FEATURE_PRECISION]
+    shape = [list(model.obs_shape), getattr(model, "image_size", None), FEATURE_PRECISION, np.dtype(LATENT_DTYPE).name]
     options = ([model.input_blur] if model.input_blur else []) + ([model.pooling] if model.pooling != "mean" else [])
     digest.update(json.dumps(shape + options).encode())
     for name, tensor in sorted(model.backbone.state_dict().items()):

@@ -297,7 +297,9 @@ def test_latent_cache(tmp_path: Path) -> None:
         steps = store.episode(i).num_steps
         latents.put(i, np.arange(steps * 5, dtype=np.float32).reshape(steps, 5) / 7)
     assert latents.missing() == [1] and 0 in latents and 1 not in latents
-    np.testing.assert_array_equal(latents.get(2), (np.arange(13 * 5).reshape(13, 5) / 7).astype(np.float16))
+    # kept exactly as given (float32), not rounded: an agent encoding the frames afresh must meet the same numbers
+    np.testing.assert_array_equal(latents.get(2), (np.arange(13 * 5, dtype=np.float32).reshape(13, 5) / 7))
+    assert latents.get(2).dtype == np.float32
     with pytest.raises(KeyError, match="missing"):
         latents.get(1)
     with pytest.raises(ValueError, match=r"must be \(12, D\)"):
