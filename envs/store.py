@@ -778,7 +778,7 @@ class LatentCache:
 
     def put(self, index: int, latents: np.ndarray) -> None:
         """Store latents (L+1, D) for episode `index` (as LATENT_DTYPE), replacing any old ones."""
-        latents = np.asarray(latents, dtype=LATENT_DTYPE)
+        latents = np.array(latents, dtype=LATENT_DTYPE)  # our own copy: the in-memory cache hands it out read-only
         steps = int(self.store._episode_steps[index]) if 0 <= index < len(self.store) else None
         if steps is None:
             raise IndexError(f"episode index {index} is out of range for a store of {len(self.store)} episodes")
@@ -801,7 +801,7 @@ class LatentCache:
         if old is not None and old != name:
             (self.path / old).unlink(missing_ok=True)
         self._files[episode_key] = name
-        self._cache.put(episode_key, _read_only(latents.copy()), latents.nbytes)
+        self._cache.put(episode_key, _read_only(latents), latents.nbytes)
 
     def get(self, index: int) -> np.ndarray:
         """Latents (L+1, D) of episode `index` (LATENT_DTYPE; float16 in caches written before it); KeyError when
