@@ -86,6 +86,68 @@ def test_leaving_the_lot_terminates_with_a_penalty() -> None:
     assert terminated and not info["success"] and reward < -4
 
 
+def potential(info: dict) -> float:
+    """The reward's shaping potential, by hand from the true state: exp(-d / 5) + inside * (0.5 + exp(-|v| / 0.3))."""
+    state = info["state"]
+    distance = math.hypot(state[6], state[7])  # the space's centre in the car frame: its distance from the car
+    return math.exp(-distance / 5) + info["inside"] * (0.5 + math.exp(-abs(state[4]) / 0.3))
+
+
+def test_return_is_the_potential_difference_plus_the_outcome() -> None:
+    """Oracle: the shaping telescopes, so a return is potential(end) - potential(start) + 5 parked - 5 left the lot."""
+    env, _ = make_env("Parking-v0", obs="state", seed=11)
+    parker, rng = ScriptedParker(), np.random.default_rng(0)
+    outcomes = set()
+    for episode in range(6):
+        parker.reset()
+        observation, info = env.reset()
+        start, total = potential(info), 0.0
+        while True:
+            action = parker(observation) if episode % 2 else int(rng.integers(9))
+            observation, reward, terminated, truncated, info = env.step(action)
+            total += reward
+            if terminated or truncated:
+                break
+        left_lot = terminated and not info["success"]
+        outcomes.add("parked" if info["success"] else "left the lot" if left_lot else "time limit")
+        expected = potential(info) - start + 5 * info["success"] - 5 * left_lot
+        assert total == pytest.approx(expected, abs=1e-6)
+    assert "parked" in outcomes and len(outcomes) >= 2
+
+
+def test_parking_beats_lingering_in_the_space() -> None:
+    """The same drive in, then stopped (parked) or creeping about inside until the time limit: parking earns more."""
+    env, _ = make_env("Parking-v0", obs="state", seed=3)
+
+    def drive_in(seed: int, linger: bool) -> tuple[float, bool]:
+        parker = ScriptedParker()
+        observation, info = env.reset(seed=seed)
+        total, lingering = 0.0, False
+        while True:
+            lingering = lingering or (linger and info["inside"])
+            if lingering:  # keep moving inside: brake above 0.25 m/s, a push towards the centre below 0.08
+                speed, ahead = info["state"][4], info["state"][6]
+                action = (
+                    (6 if speed > 0 else 3)
+                    if abs(speed) > 0.25
+                    else (3 if ahead > 0 else 6)
+                    if abs(speed) < 0.08
+                    else 0
+                )
+            else:
+                action = parker(observation)
+            observation, reward, terminated, truncated, info = env.step(action)
+            total += reward
+            if terminated or truncated:
+                return total, info["success"]
+
+    for seed in range(100, 105):
+        parked, success = drive_in(seed, linger=False)
+        lingered, lingered_success = drive_in(seed, linger=True)
+        assert success and not lingered_success
+        assert parked > lingered + 4, (seed, parked, lingered)
+
+
 def test_observation_spaces_and_true_state() -> None:
     env = ParkingEnv(render_mode="rgb_array")
     observation, info = env.reset(seed=3)
