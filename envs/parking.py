@@ -30,7 +30,7 @@ transformations") plus the outcome. Each step pays `potential(after) - potential
 closer, getting in and slowing down inside pay, and the reverse costs as much. On top: `+5` on success,
 `-5` when any corner leaves the lot (terminates). The shaping telescopes, so an episode's return is
 `potential(end) - potential(start)` plus its outcome: a car cannot earn by lingering, and parking beats
-any episode that does not park (the potential spans less than 2.5, the success bonus is 5). A per-step
+any episode that does not park (the potential lies in [0, 2.5], the success bonus is 5). A per-step
 reward for being inside would not: creeping about inside the space until the time limit out-earned
 parking seven times over (about 50 against 7 for the scripted parker, over 20 episodes).
 Success (terminates, `info["success"] = True`): the whole car inside the space and `|speed| < 0.05 m/s`
@@ -328,7 +328,7 @@ class ParkingEnv(gym.Env):
         self.heading = (self.heading + math.pi) % (2 * math.pi) - math.pi
 
     def _potential(self, inside: bool) -> float:
-        """The shaping potential of the current state (see the module docstring): in [0, 2.5)."""
+        """The shaping potential of the current state (see the module docstring), in [0, 2.5]."""
         distance = math.hypot(float(self.space_center[0]) - self.x, float(self.space_center[1]) - self.y)
         shaping = math.exp(-distance / 5.0)
         if inside:
