@@ -11,7 +11,8 @@ The final controller is the search's mean or its best-ever candidate, whichever 
 fresh episodes (as `wm evolve` chooses in the dream), then scored on `--eval-episodes` other fresh episodes.
 
 Prints JSON lines {"bench": "controllers", "metric", "value", "unit", "env", "controller"}: `num_params`,
-`return_mean` and `return_std` (the chosen controller over the evaluation episodes) and `search_s`.
+`return_mean` and `return_std` (the chosen controller over the evaluation episodes), `success_rate` for an env that
+reports `info["success"]` (Parking-v0), and `search_s`.
 """
 
 from __future__ import annotations
@@ -42,9 +43,12 @@ def emit(metric: str, value: float, unit: str, **extra) -> None:
     print(json.dumps({"bench": "controllers", "metric": metric, "value": value, "unit": unit, **extra}), flush=True)
 
 
-def episode_returns(envs, controller: Controller, candidates: np.ndarray, episodes: int, seed: int) -> np.ndarray:
+def episode_returns(
+    envs, controller: Controller, candidates: np.ndarray, episodes: int, seed: int, successes: np.ndarray | None = None
+) -> np.ndarray:
     """The return of one episode per (candidate, episode) pair: candidates (P, n) -> (P, E), the P * E sub-envs
-    of `envs` candidate-major, sub-env i reset with seed `seed + i`."""
+    of `envs` candidate-major, sub-env i reset with seed `seed + i`. `successes` (P * E,) float, if given, receives
+    each episode's `info["success"]` (1 or 0) at its last step, and keeps its NaN where the env does not say."""
     population = len(candidates)
     params = torch.as_tensor(candidates, dtype=torch.float32)  # (P, n)
     obs, _ = envs.reset(seed=seed)
@@ -53,9 +57,13 @@ def episode_returns(envs, controller: Controller, candidates: np.ndarray, episod
     while going.any():
         features = torch.as_tensor(obs, dtype=torch.float32).reshape(population, episodes, -1)  # (P, E, S)
         actions = controller.env_actions(controller.act(params, features)).reshape(population * episodes, -1)
-        obs, reward, terminated, truncated, _ = envs.step(actions.squeeze(-1) if controller.discrete else actions)
+        obs, reward, terminated, truncated, info = envs.step(actions.squeeze(-1) if controller.discrete else actions)
         returns += np.where(going, reward, 0.0)
-        going &= ~(terminated | truncated)  # a sub-env's later episodes (autoreset) are not counted
+        ending = going & (terminated | truncated)
+        if successes is not None and "success" in info:  # "_success" marks the sub-envs that set it this step
+            said = np.asarray(info["success"], dtype=bool) & np.asarray(info.get("_success", True), dtype=bool)
+            successes[ending] = said[ending]
+        going &= ~ending  # a sub-env's later episodes (autoreset) are not counted
     return returns.reshape(population, episodes)
 
 
@@ -76,12 +84,16 @@ def evolve_on_state(env_id: str, kind: str, args: argparse.Namespace) -> None:
     final_envs.close()
     chosen = finalists[int(np.argmax(final.mean(axis=1)))]
     eval_envs, _ = make_vector_env(env_id, args.eval_episodes, obs="state")
-    returns = episode_returns(eval_envs, controller, chosen[None], args.eval_episodes, args.seed + 100_000 * EVAL)[0]
+    successes = np.full(args.eval_episodes, np.nan)
+    seed = args.seed + 100_000 * EVAL
+    returns = episode_returns(eval_envs, controller, chosen[None], args.eval_episodes, seed, successes)[0]
     eval_envs.close()
     tags = {"env": env_id, "controller": kind}
     emit("num_params", controller.num_params, "parameters", **tags)
     emit("return_mean", float(returns.mean()), "return", episodes=args.eval_episodes, **tags)
     emit("return_std", float(returns.std()), "return", episodes=args.eval_episodes, **tags)
+    if not np.isnan(successes).all():  # the env reports success (Parking-v0)
+        emit("success_rate", float(np.nan_to_num(successes).mean()), "fraction", episodes=args.eval_episodes, **tags)
     emit("search_s", search_s, "s", generations=args.generations, **tags)
 
 

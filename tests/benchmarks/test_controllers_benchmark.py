@@ -28,8 +28,12 @@ def test_batched_episode_returns_equal_a_plain_loop_over_each_episode():
     balancer[[5, 7]] = [1.0, 0.5]  # weight[theta, right], weight[theta_dot, right]: (F, A) row-major
     always_left = np.zeros(controller.num_params)
     always_left[8] = 1.0  # bias[left]
-    returns = bench.episode_returns(envs, controller, np.stack([balancer, always_left]), 3, seed=40)
+    successes = np.full(2 * 3, np.nan)
+    returns = bench.episode_returns(
+        envs, controller, np.stack([balancer, always_left]), 3, seed=40, successes=successes
+    )
     envs.close()
+    assert np.isnan(successes).all()  # CartPole does not say whether an episode succeeded
 
     expected = np.zeros((2, 3))
     for candidate, choose in enumerate([lambda s: int(s[2] + 0.5 * s[3] > 0), lambda s: 0]):
@@ -46,6 +50,37 @@ def test_batched_episode_returns_equal_a_plain_loop_over_each_episode():
     assert returns[0].min() > returns[1].max()  # the balancer outlasts pushing one way
 
 
+def test_parking_episodes_report_their_success_and_returns_equal_a_plain_loop():
+    from agents.controllers import Controller
+    from envs.make import make_vector_env
+
+    bench = load_benchmark()
+    envs, spec = make_vector_env("Parking-v0", 2 * 2, obs="state")
+    controller = Controller(spec.obs_shape[0], gym.spaces.Discrete(9), "linear")
+    candidates = np.zeros((2, controller.num_params))
+    candidates[0, -9 + 3] = 1.0  # bias[3]: full throttle, straight on, out of the lot (terminates)
+    candidates[1, -9 + 0] = 1.0  # bias[0]: coast, standing where it started until the time limit
+    successes = np.full(2 * 2, np.nan)
+    returns = bench.episode_returns(envs, controller, candidates, 2, seed=70, successes=successes)
+    envs.close()
+
+    expected, ends = np.zeros((2, 2)), []
+    for candidate, action in enumerate([3, 0]):
+        for episode in range(2):
+            env = gym.make("Parking-v0", observation="state")
+            env.reset(seed=70 + candidate * 2 + episode)
+            done = False
+            while not done:
+                _, reward, terminated, truncated, info = env.step(action)
+                expected[candidate, episode] += reward
+                done = terminated or truncated
+            ends.append((terminated, info["success"]))
+            env.close()
+    np.testing.assert_allclose(returns, expected, atol=1e-9)
+    np.testing.assert_array_equal(successes, [float(success) for _, success in ends])  # reported, each 0
+    assert [terminated for terminated, _ in ends] == [True, True, False, False]
+
+
 def test_quick_run_prints_each_figure_for_each_controller_kind():
     records = quick_run("controllers.py", "--env", "CartPole-v1", "--controller", "linear")
     assert sorted(records) == ["num_params", "return_mean", "return_std", "search_s"]
@@ -53,6 +88,13 @@ def test_quick_run_prints_each_figure_for_each_controller_kind():
     assert records["num_params"]["value"] == 4 * 2 + 2  # CartPole's 4 state values to 2 action scores, + 2 biases
     assert 8 <= records["return_mean"]["value"] <= 500  # a CartPole-v1 episode lasts 8 to 500 steps
     assert records["return_std"]["value"] >= 0 and math.isfinite(records["search_s"]["value"])
+
+
+def test_quick_run_on_parking_prints_its_success_rate():
+    records = quick_run("controllers.py", "--env", "Parking-v0", "--controller", "linear")
+    assert sorted(records) == ["num_params", "return_mean", "return_std", "search_s", "success_rate"]
+    assert records["num_params"]["value"] == 10 * 9 + 9  # the 10 state values to 9 action scores, + 9 biases
+    assert 0.0 <= records["success_rate"]["value"] <= 1.0 and records["success_rate"]["episodes"] == 4
 
 
 def test_a_population_below_two_is_refused_by_name():
