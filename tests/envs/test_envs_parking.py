@@ -119,23 +119,22 @@ def test_parking_beats_lingering_in_the_space() -> None:
     """The same drive in, then stopped (parked) or creeping about inside until the time limit: parking earns more."""
     env, _ = make_env("Parking-v0", obs="state", seed=3)
 
+    def creep(state: np.ndarray) -> int:
+        """Keep moving inside the space: brake above 0.25 m/s, coast, push towards its centre below 0.08 m/s."""
+        speed, centre_ahead = state[4], state[6] > 0
+        if abs(speed) > 0.25:
+            return 6 if speed > 0 else 3  # drive against the motion: brake
+        if abs(speed) < 0.08:
+            return 3 if centre_ahead else 6  # forwards or backwards, straight
+        return 0
+
     def drive_in(seed: int, linger: bool) -> tuple[float, bool]:
         parker = ScriptedParker()
         observation, info = env.reset(seed=seed)
         total, lingering = 0.0, False
         while True:
             lingering = lingering or (linger and info["inside"])
-            if lingering:  # keep moving inside: brake above 0.25 m/s, a push towards the centre below 0.08
-                speed, ahead = info["state"][4], info["state"][6]
-                action = (
-                    (6 if speed > 0 else 3)
-                    if abs(speed) > 0.25
-                    else (3 if ahead > 0 else 6)
-                    if abs(speed) < 0.08
-                    else 0
-                )
-            else:
-                action = parker(observation)
+            action = creep(info["state"]) if lingering else parker(observation)
             observation, reward, terminated, truncated, info = env.step(action)
             total += reward
             if terminated or truncated:
