@@ -35,6 +35,7 @@ from agents.controllers import CONTROLLER_KINDS, Controller  # noqa: E402
 from agents.evolution import CMAES  # noqa: E402
 from envs.make import make_vector_env  # noqa: E402
 from experiments.evolve import action_space  # noqa: E402
+from experiments.scoring import successes_said  # noqa: E402
 
 FINAL, EVAL = 1, 2  # seed streams of the final choice and the evaluation, apart from the search's generations
 
@@ -60,8 +61,8 @@ def episode_returns(
         obs, reward, terminated, truncated, info = envs.step(actions.squeeze(-1) if controller.discrete else actions)
         returns += np.where(going, reward, 0.0)
         ending = going & (terminated | truncated)
-        if successes is not None and "success" in info:  # "_success" marks the sub-envs that set it this step
-            said = np.asarray(info["success"], dtype=bool) & np.asarray(info.get("_success", True), dtype=bool)
+        said = successes_said(info)
+        if successes is not None and said is not None:
             successes[ending] = said[ending]
         going &= ~ending  # a sub-env's later episodes (autoreset) are not counted
     return returns.reshape(population, episodes)

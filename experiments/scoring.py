@@ -35,6 +35,14 @@ class EpisodeResults(NamedTuple):
     """(J,) bool: `info["success"]` at each episode's last step; None when the env never reports one."""
 
 
+def successes_said(info: dict) -> np.ndarray | None:
+    """A vector env's step info -> (N,) bool `info["success"]` per sub-env (False where a sub-env did not set it:
+    "_success" marks those that did), or None when no sub-env reports success."""
+    if "success" not in info:
+        return None
+    return np.asarray(info["success"], dtype=bool) & np.asarray(info.get("_success", True), dtype=bool)
+
+
 def run_episodes(
     envs: VectorEnv,
     agent: LatentAgent,
@@ -87,9 +95,9 @@ def run_episodes(
         lengths[job[active]] += 1
         ended = active & (terminated | truncated)
         cut = active & ~ended & (lengths[np.maximum(job, 0)] >= (max_steps or np.inf))
-        if "success" in info:  # a vector env's info: values per sub-env, "_success" marks the sub-envs that set it
+        said = successes_said(info)
+        if said is not None:
             reports_success = True
-            said = np.asarray(info["success"], dtype=bool) & np.asarray(info.get("_success", True), dtype=bool)
             last = ended | cut
             successes[job[last]] = said[last]
         waiting = ended.copy()
