@@ -545,7 +545,8 @@ class CycleConfig:
     """Iterations at most; iteration 0 trains the world model on random-policy data (world_model.*) and evolves
     (evolve.*), each later one collects with the best controller, fine-tunes and evolves warm-started."""
     collect_steps: int = 5000
-    """Transitions collected per iteration after the first, with the best controller so far (summed over envs)."""
+    """Transitions collected per iteration after the first, with the controller cycle.collect_with names (summed over
+    envs)."""
     exploration: float = 0.1
     """Collection noise: discrete, the probability of a random action; continuous, the noise std as a fraction of
     the action range."""
@@ -562,6 +563,11 @@ class CycleConfig:
     sigma: float = 0.05
     """CMA-ES initial step size around the best controller after the first iteration (iteration 0 uses
     evolve.sigma)."""
+    collect_with: Literal["best", "latest"] = "best"
+    """Which controller collects after the first iteration: "best", the one with the best real return so far;
+    "latest", the one the previous iteration evolved and evaluated, even when it did worse than the best, so that the
+    model learns from the states that controller reaches, its failures included (World Models' iterative procedure
+    collects with the current controller). The two differ only after an iteration that did not improve."""
     search: Literal["warm", "fresh"] = "warm"
     """Where each search after the first starts: "warm", at the best controller with step size cycle.sigma; "fresh",
     at the controller's cold start with evolve.sigma, as iteration 0's does (the best controller stays the one to

@@ -9,7 +9,8 @@ random-policy steps, the world model trained world_model.steps steps on them (th
 metrics), a controller evolved in its dream (evolve.*, dream.*) and scored in the real env over evolve.eval_episodes
 episodes. Each later iteration:
 
-    collect   cycle.collect_steps steps with the best controller so far plus cycle.exploration noise;
+    collect   cycle.collect_steps steps with the best controller so far (with cycle.collect_with=latest, the one
+              the previous iteration evaluated) plus cycle.exploration noise;
     train     cycle.train_steps more steps of the same model and optimizer, at the constant rate cycle.lr, on the
               training episodes of iteration 0 and every episode collected since (iteration 0's held-out episodes
               stay held out, so every iteration's model metrics are measured on the same episodes); with
@@ -169,6 +170,8 @@ class Cycle:
         self.chosen: np.ndarray | None = None  # the controller the search chose, to evaluate
         self.best: np.ndarray | None = None  # the controller with the best real return so far
         self.best_return, self.best_iteration = -math.inf, -1
+        self.latest: np.ndarray | None = None  # the controller evaluated last, and its iteration
+        self.latest_iteration = -1
         self.record: dict = {}  # this iteration's figures so far
         self.history: list[dict] = []  # one record per evaluated iteration
         self.generations_done = 0  # generations of the searches finished so far
@@ -204,6 +207,8 @@ class Cycle:
             "best": None if self.best is None else torch.as_tensor(self.best),
             "best_return": self.best_return,
             "best_iteration": self.best_iteration,
+            "latest": None if self.latest is None else torch.as_tensor(self.latest),
+            "latest_iteration": self.latest_iteration,
             "record": self.record,
             "history": self.history,
             "generations_done": self.generations_done,
@@ -234,6 +239,9 @@ class Cycle:
         self.chosen = None if state["chosen"] is None else state["chosen"].numpy()
         self.best = None if state["best"] is None else state["best"].numpy()
         self.best_return, self.best_iteration = state["best_return"], state["best_iteration"]
+        # Checkpoints from before cycle.collect_with lack "latest": their config collects with the best controller.
+        self.latest = None if state.get("latest") is None else state["latest"].numpy()
+        self.latest_iteration = state.get("latest_iteration", -1)
         self.record, self.history = state["record"], state["history"]
         self.generations_done, self.stopped = state["generations_done"], state["stopped"]
         set_rng_state(state["rng"])
@@ -299,10 +307,10 @@ class Cycle:
             if k == 0:
                 self.announce(f"collect {steps} steps with random actions")
             else:
-                self.announce(
-                    f"collect {steps} steps with the best controller (iteration {self.best_iteration}, real return "
-                    f"{self.best_return:.1f}) and exploration {cfg.cycle.exploration}"
-                )
+                which, iteration, _ = self.collector()
+                real = self.history[iteration]["eval_return_mean"]
+                self.announce(f"collect {steps} steps with the {which} controller (iteration {iteration}, real return "
+                              f"{real:.1f}) and exploration {cfg.cycle.exploration}")  # fmt: skip
             collect_into(self.store, cfg.env, policy, steps, num_envs, seed, stop, cfg.run.progress,
                          stopped="stopped while collecting: nothing of this collection was stored; --resume collects "
                          "it again", all_at_once=True)  # fmt: skip
@@ -332,9 +340,17 @@ class Cycle:
         builds it for its share of the sub-envs)."""
         return RandomPolicy(self.spec, seed=seed, hold=self.cfg.world_model.collect_hold)
 
+    def collector(self) -> tuple[str, int, np.ndarray]:
+        """Which controller collects after iteration 0 (cycle.collect_with): its name, the iteration that evolved
+        it, its parameters."""
+        if self.cfg.cycle.collect_with == "latest":
+            return "latest", self.latest_iteration, self.latest
+        return "best", self.best_iteration, self.best
+
     def controller_policy(self, num_envs: int, seed: int) -> LatentAgent:
-        """Later iterations' collection policy: the best controller so far, with exploration noise."""
-        return LatentAgent(self.model, self.controller, self.best, num_envs, self.cfg.cycle.exploration, seed)
+        """Later iterations' collection policy: the controller cycle.collect_with names, with exploration noise."""
+        parameters = self.collector()[2]
+        return LatentAgent(self.model, self.controller, parameters, num_envs, self.cfg.cycle.exploration, seed)
 
     def train(self, stop: GracefulStop) -> None:
         """Iteration 0: train the world model as `wm train` does. Later: fine-tune the same model and optimizer
@@ -426,6 +442,7 @@ class Cycle:
                            "decoder": None if self.decoder is None else self.decoder.state_dict()}  # fmt: skip
             save_controller(self.run.checkpoint_dir / "best.pt", "cycle", self.controller, self.best, cfg,
                             {"iteration": k}, record, world_model)  # fmt: skip
+        self.latest, self.latest_iteration = self.chosen, k
         self.history.append(record)
         self.run.log(self.cycle_step(), iteration_metrics(record, self.best_return))
         if self.run.writes:  # rank 0 alone under torchrun

@@ -279,6 +279,37 @@ def test_a_fresh_search_starts_each_iteration_at_the_cold_start(tmp_path):
     assert second["chosen"] in ("mean", "best") and "dream_return_start_candidate" not in second
 
 
+def test_collecting_with_the_latest_controller_differs_only_after_an_iteration_that_did_not_improve(tmp_path):
+    """cycle.collect_with=latest: iteration 2 collects with iteration 1's controller although iteration 0's scored
+    better (seed 0 of these settings), so its actions differ from those the best controller takes; iterations 0 and 1
+    (collected at random and by the one controller that is both) are the same in both runs. Pendulum from its state:
+    continuous actions tell two controllers apart, where the debug model's CartPole controllers all push one way."""
+    quick = ["env.id=Pendulum-v1", "env.obs=state", "world_model.steps=4", "world_model.warmup_steps=1",
+             "world_model.decoder_steps=0", "world_model.eval_every=0", "world_model.video_steps=0",
+             "evolve.generations=1", "cycle.generations=1", "cycle.train_steps=2", "cycle.collect_steps=100",
+             "cycle.iterations=3", "run.seed=0"]  # fmt: skip
+    settings = [part for setting in quick for part in ("--set", setting)]
+    runs = {which: tmp_path / which for which in ("best", "latest")}
+    stderr, history, actions = {}, {}, {}
+    for which, run in runs.items():
+        result = cycle(run, *settings, "--set", f"cycle.collect_with={which}")
+        assert result.returncode == 0, result.stderr
+        stderr[which], history[which] = result.stderr, summary(run)["history"]
+        store = EpisodeStore(run / "episodes")
+        actions[which] = [store.episode(i).action for i in range(len(store))]
+    first, second, _ = history["latest"]
+    assert second["eval_return_mean"] < first["eval_return_mean"], "these settings no longer make iteration 1 worse"
+    returns = [record["eval_return_mean"] for record in history["best"][:2]]
+    assert returns == [first["eval_return_mean"], second["eval_return_mean"]]
+    announced = "iteration 2: collect 100 steps with the {} controller (iteration {}, real return {:.1f})"
+    assert announced.format("latest", 1, second["eval_return_mean"]) in stderr["latest"]
+    assert announced.format("best", 0, first["eval_return_mean"]) in stderr["best"]
+    shared = first["collect_episodes"] + second["collect_episodes"]  # the episodes of iterations 0 and 1
+    assert all(np.array_equal(a, b) for a, b in zip(actions["best"][:shared], actions["latest"][:shared], strict=True))
+    later = {which: np.concatenate(episodes[shared:]) for which, episodes in actions.items()}
+    assert not np.array_equal(later["best"], later["latest"])
+
+
 def test_the_cycle_stops_before_it_would_exceed_its_env_step_budget(tmp_path):
     run = tmp_path / "budget"
     quick = ["world_model.steps=4", "world_model.warmup_steps=1", "world_model.decoder_steps=0",
@@ -325,6 +356,7 @@ def test_with_an_action_repeat_the_budget_counts_env_steps_not_agent_steps(tmp_p
         ("cycle.lr=0", "cycle.lr: must be a finite number > 0"),
         ("cycle.sigma=-1", "cycle.sigma: must be a finite number > 0"),
         ("cycle.search=cold", "cycle.search: must be one of 'warm', 'fresh', got 'cold'"),
+        ("cycle.collect_with=worst", "cycle.collect_with: must be one of 'best', 'latest', got 'worst'"),
         ("cycle.target_return=high", "cycle.target_return: expected a number"),
         ("cycle.max_env_steps=300", "cycle.max_env_steps: 300 is fewer than iteration 0's random-policy collection"),
         ("cycle.iteration=3", "cycle.iteration: unknown key (did you mean 'iterations'?)"),
