@@ -543,7 +543,8 @@ class EvolveConfig:
 class CycleConfig:
     iterations: int = 10
     """Iterations at most; iteration 0 trains the world model on random-policy data (world_model.*) and evolves
-    (evolve.*), each later one collects with the best controller, fine-tunes and evolves warm-started."""
+    (evolve.*), each later one collects with the best controller (or the latest: cycle.collect_with), fine-tunes
+    and evolves warm-started."""
     collect_steps: int = 5000
     """Transitions collected per iteration after the first, with the controller cycle.collect_with names (summed over
     envs)."""

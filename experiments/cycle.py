@@ -289,7 +289,8 @@ class Cycle:
 
     def collect(self, stop: GracefulStop) -> None:
         """Collect this iteration's episodes into the store in one add (random actions in iteration 0, else the
-        best controller with exploration noise), or accept those a killed run had already added."""
+        controller cycle.collect_with names, with exploration noise), or accept those a killed run had already
+        added."""
         cfg, k = self.cfg, self.iteration
         seed = iteration_seed(cfg.run.seed, k)
         num_envs = cfg.world_model.num_envs

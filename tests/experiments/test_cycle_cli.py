@@ -55,7 +55,7 @@ def index_lines(run: Path) -> list[str]:
 
 
 def assert_same_end(a: Path, b: Path) -> None:
-    """Two cycles ended in the same state: world model, decoder, best controller, history, env steps."""
+    """Two cycles ended in the same state: world model, decoder, best and latest controllers, history, env steps."""
     state_a, state_b = read_checkpoint(a / "checkpoints/latest.pt"), read_checkpoint(b / "checkpoints/latest.pt")
     assert (state_a["iteration"], state_a["phase"]) == (state_b["iteration"], state_b["phase"])
     trainer_a, trainer_b = state_a["trainer"], state_b["trainer"]
@@ -63,6 +63,8 @@ def assert_same_end(a: Path, b: Path) -> None:
     assert tensors_equal(trainer_a["model"], trainer_b["model"])
     assert tensors_equal(trainer_a["decoder"], trainer_b["decoder"])
     assert torch.equal(state_a["best"], state_b["best"])
+    assert torch.equal(state_a["latest"], state_b["latest"])
+    assert state_a["latest_iteration"] == state_b["latest_iteration"]
     best_a, best_b = read_checkpoint(a / "checkpoints/best.pt"), read_checkpoint(b / "checkpoints/best.pt")
     assert torch.equal(best_a["parameters"], best_b["parameters"])
     done_a, done_b = summary(a), summary(b)
