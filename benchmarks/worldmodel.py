@@ -8,9 +8,11 @@ Prints JSON lines {"bench": "worldmodel", "metric", "value", "unit"}. One timed 
 per step apart from reading windows from the episode store (benchmarks/envs.py measures that): the world
 model's optimizer step and EMA update, then the decoder's step. Frozen: the batch carries the encoder's cached
 features, computed once per frame beforehand (that encoding is reported as its own rate). Fine-tuned: the
-batch carries uint8 frames and the ViT runs forward and backward every step. FLOPs are counted by torch's
-FlopCounterMode over one real step; the matmul peak is measured in the same run (benchmarks/pretrain.py's
-helpers), so the share is a ratio of two figures taken on the same, possibly busy, machine.
+batch carries uint8 frames and the ViT runs forward and backward every step. The windows hold episodes of
+`--episode-length` steps (23 by default, CartPole's random play): the open-loop unroll skips the pairs that
+would cross a seam, so the seams change the work. FLOPs are counted by torch's FlopCounterMode over one real
+step; the matmul peak is measured in the same run (benchmarks/pretrain.py's helpers), so the share is a ratio
+of two figures taken on the same, possibly busy, machine.
 """
 
 from __future__ import annotations
@@ -52,15 +54,20 @@ def emit(metric: str, value: float, unit: str, **extra) -> None:
     print(json.dumps(record), flush=True)
 
 
-def random_batch(cfg: Config, obs_shape: tuple[int, ...], action_dim: int, device: torch.device) -> WorldModelBatch:
-    """Windows of random frames and one-hot actions, one episode start per window (the data's values do not
-    change the work done)."""
+def random_batch(
+    cfg: Config, obs_shape: tuple[int, ...], action_dim: int, device: torch.device, episode_length: int = 0
+) -> WorldModelBatch:
+    """Windows of random frames and one-hot actions (their values do not change the work done). Each window
+    starts an episode; with `episode_length` > 0 another starts every that many steps, as in windows drawn
+    from a store of such episodes."""
     wcfg = cfg.world_model
     B, T = wcfg.batch_size, wcfg.sequence_length
     generator = torch.Generator().manual_seed(0)
     obs = torch.randint(0, 256, (B, T, *obs_shape), generator=generator, dtype=torch.uint8)
     is_first = torch.zeros(B, T, dtype=torch.bool)
     is_first[:, 0] = True
+    if episode_length > 0:
+        is_first[:, ::episode_length] = True
     action = torch.eye(action_dim)[torch.randint(0, action_dim, (B, T), generator=generator)]  # (B, T, A)
     return WorldModelBatch(
         obs=obs.to(device),
@@ -71,7 +78,7 @@ def random_batch(cfg: Config, obs_shape: tuple[int, ...], action_dim: int, devic
     )
 
 
-def throughput(cfg: Config, device: torch.device, precision: str, steps: int) -> dict[str, float]:
+def throughput(cfg: Config, device: torch.device, precision: str, steps: int, episode_length: int) -> dict[str, float]:
     """Sequences/s and FLOP per step of the real training step; for a frozen encoder also the caching rate."""
     torch.manual_seed(0)
     wcfg = cfg.world_model
@@ -81,7 +88,7 @@ def throughput(cfg: Config, device: torch.device, precision: str, steps: int) ->
     optimizer = build_optimizer(model, wcfg)
     decoder_optimizer = torch.optim.Adam(decoder.parameters(), lr=wcfg.decoder_lr)
     weights = wcfg.loss_weight_dict(model.loss_keys)
-    batch = random_batch(cfg, spec.obs_shape, spec.action_dim, device)
+    batch = random_batch(cfg, spec.obs_shape, spec.action_dim, device, episode_length)
     out = {}
     if wcfg.freeze_encoder:
         frames = batch.obs.reshape(-1, *spec.obs_shape)  # (B, T, H, W, C) -> (B*T, H, W, C)
@@ -126,6 +133,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per mode (median reported)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", help="auto, float32, bf16 or fp16 (as run.precision)")
+    parser.add_argument(
+        "--episode-length",
+        type=int,
+        default=23,
+        help="steps per episode in the windows (23: CartPole's random play); 0: one episode per window",
+    )
     parser.add_argument("--quick", action="store_true", help="the debug preset, 3 steps: a check that it runs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -141,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         "vit": f"{wcfg.vit_size}/{wcfg.image_size}px/patch{wcfg.patch_size}",
         "batch": f"{wcfg.batch_size}x{wcfg.sequence_length}",
         "horizon": wcfg.horizon,
+        "episode_length": args.episode_length,
         "threads": torch.get_num_threads(),
     }
     if device.type == "cpu":
@@ -151,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     rates = {}
     for mode, frozen in (("frozen_cached", True), ("fine_tuned", False)):
         cfg = load_config([args.config], [f"world_model.freeze_encoder={str(frozen).lower()}"])
-        result = throughput(cfg, device, precision, args.steps)
+        result = throughput(cfg, device, precision, args.steps, args.episode_length)
         rates[mode] = result["sequences_per_s"]
         achieved = result["sequences_per_s"] / wcfg.batch_size * result["flop_per_step"]
         emit(f"train_sequences_per_s_{mode}", result["sequences_per_s"], "sequences/s", **setting)

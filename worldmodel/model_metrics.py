@@ -274,9 +274,8 @@ def evaluate_world_model(
     warm = warm_mask(batch.is_first, burn_in)  # (B, T)
     T = z.shape[1]
     starts = torch.arange(T - 1, device=z.device)  # (S,)
-    roll = model.open_loop(hidden, z, batch.action, batch.is_first, starts, max(ks))
-    valid = roll.valid & warm[:, :-1, None]  # (B, S, H)
-    metrics = prediction_error_metrics(roll.latent, z_target, starts, valid, ks)
+    roll = model.open_loop(hidden, z, batch.action, batch.is_first, starts, max(ks), from_start=warm[:, :-1])
+    metrics = prediction_error_metrics(roll.dense(roll.latent), z_target, starts, roll.unrolled, ks)
     metrics.update(reward_metrics(model.reward(hidden, z)[warm], batch.reward[warm], reward_baseline))
     metrics.update(cont_metrics(model.cont(hidden, z)[warm], batch.cont[warm]))
     metrics.update(collapse_metrics(z, rank_threshold))

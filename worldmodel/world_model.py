@@ -103,16 +103,33 @@ class Imagination(NamedTuple):
 
 
 class OpenLoop(NamedTuple):
-    """Open-loop unrolls from many start points of a window at once (see `WorldModel.open_loop`)."""
+    """Open-loop unrolls from many start points of a window at once (see `WorldModel.open_loop`), kept as the
+    N pairs (b, s, k) that were unrolled: only those whose target is a real step of the start's episode."""
 
     latent: torch.Tensor
-    """(B, S, H, D) predicted latents; [:, i, k - 1] predicts step starts[i] + k."""
+    """(N, D) predicted latents; pair (b, s, k) predicts step starts[s] + k of window b."""
     hidden: torch.Tensor
-    """(B, S, H, hidden_dim) recurrent states at the same steps."""
+    """(N, hidden_dim) recurrent states at the same steps."""
+    previous: torch.Tensor
+    """(N, D) the latent each step was predicted from: the start's real latent for k = 1, else the prediction of
+    the step before."""
+    pair: torch.Tensor
+    """(N,) int64 flat index of each pair into (B, S, H)."""
     target_index: torch.Tensor
     """(S, H) int64 time index each prediction is compared with, clamped to T - 1."""
-    valid: torch.Tensor
-    """(B, S, H) bool: the target step is inside the window and in the start's episode."""
+    unrolled: torch.Tensor
+    """(B, S, H) bool: the pairs unrolled, in the order of `pair` when flattened."""
+
+    def at_targets(self, values: torch.Tensor) -> torch.Tensor:
+        """Each pair's value at its target step: values (B, T, ...) -> (N, ...)."""
+        B, S, H = self.unrolled.shape
+        window = torch.div(self.pair, S * H, rounding_mode="floor")  # (N,) b of each pair
+        return values[window, self.target_index.flatten()[self.pair % (S * H)]]
+
+    def dense(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-pair values (N, ...) laid out as (B, S, H, ...), zeros at the pairs not unrolled."""
+        full = values.new_zeros(self.unrolled.numel(), *values.shape[1:])  # (B*S*H, ...)
+        return full.index_copy(0, self.pair, values).reshape(*self.unrolled.shape, *values.shape[1:])
 
 
 def open_loop_valid(is_first: torch.Tensor, starts: torch.Tensor, horizon: int) -> torch.Tensor:
@@ -180,13 +197,15 @@ class BatchShard(Protocol):
         ...
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor, shard: BatchShard | None = None) -> torch.Tensor:
-    """Mean of `values` where `mask`; 0 (still in the graph) when the mask is empty.
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None, shard: BatchShard | None = None) -> torch.Tensor:
+    """Mean of `values` where `mask` (everywhere when None); 0 (still in the graph) when nothing counts.
 
     With a `shard`, this share's part of the whole batch's masked mean, times the number of shares: the processes
     average their losses' gradients, and the average of these parts is the whole batch's mean. (The mean of each
     share's own mean would weigh a share with few valid steps as much as one with many.)
     """
+    if mask is None:
+        mask = torch.ones_like(values, dtype=torch.bool)
     total = torch.where(mask, values, torch.zeros_like(values)).sum()
     if shard is None:
         return total / mask.sum().clamp(min=1)
@@ -564,33 +583,48 @@ class WorldModel(nn.Module):
         is_first: torch.Tensor,
         starts: torch.Tensor,
         horizon: int,
+        from_start: torch.Tensor | None = None,
     ) -> OpenLoop:
         """Unroll open-loop from every start point at once, feeding the model's own ẑ back in.
 
         From start s the state is (hidden[:, s], latents[:, s]); step k applies action[:, s + k] and predicts
-        step s + k. All starts run as one batch of B*S rows. Actions past the window are clamped to its last
-        step; those predictions are marked invalid.
+        step s + k. Only the pairs whose target is a real step of the start's episode (`open_loop_valid`) are
+        unrolled: a row leaves the batch at the window's end or the next is_first. With short episodes that is
+        about half of all (s, k) pairs (CartPole's random play), so the unroll and everything scored on it cost
+        half as much.
 
         Args:
             hidden: (B, T, hidden_dim) from `observe`; latents: (B, T, D) real latents; action: (B, T, A);
             is_first: (B, T) bool; starts: (S,) int64 in [0, T); horizon: H >= 1.
+            from_start: (B, S) bool, the start points to unroll from (e.g. the warm ones); default all.
         """
         B, T, _ = latents.shape
         S = len(starts)
         target_index = (starts[:, None] + torch.arange(1, horizon + 1, device=starts.device)).clamp(max=T - 1)
+        unrolled = open_loop_valid(is_first, starts, horizon)  # (B, S, H), and once False stays False along H
+        if from_start is not None:
+            unrolled = unrolled & from_start[:, :, None]
+        keep = unrolled.reshape(B * S, horizon)
+        actions = action[:, target_index].reshape(B * S, horizon, -1)  # (B, S, H, A) -> (B*S, H, A)
+        rows = torch.arange(B * S, device=latents.device)  # the rows still unrolling, into B*S
         h = hidden[:, starts].reshape(B * S, -1)  # (B, S, hidden_dim) -> (B*S, hidden_dim)
         z = latents[:, starts].reshape(B * S, -1)  # (B, S, D) -> (B*S, D)
-        hs, zs = [], []
+        hs, zs, previous, pairs = [], [], [], []
         for k in range(horizon):
-            a = action[:, target_index[:, k]].reshape(B * S, -1)  # (B, S, A) -> (B*S, A)
-            h, z = self.step(h, z, a)
+            stay = keep[rows, k]
+            rows, h, z = rows[stay], h[stay], z[stay]  # (R, ...) -> (R', ...)
+            previous.append(z)
+            h, z = self.step(h, z, actions[rows, k])
             hs.append(h)
             zs.append(z)
+            pairs.append(rows * horizon + k)
         return OpenLoop(
-            latent=torch.stack(zs, dim=1).reshape(B, S, horizon, -1),  # (B*S, H, D) -> (B, S, H, D)
-            hidden=torch.stack(hs, dim=1).reshape(B, S, horizon, -1),  # (B*S, H, hd) -> (B, S, H, hd)
+            latent=torch.cat(zs),
+            hidden=torch.cat(hs),
+            previous=torch.cat(previous),
+            pair=torch.cat(pairs),
             target_index=target_index,
-            valid=open_loop_valid(is_first, starts, horizon),
+            unrolled=unrolled,
         )
 
     def imagine(self, h: torch.Tensor, z: torch.Tensor, actions: torch.Tensor) -> Imagination:
@@ -634,10 +668,10 @@ class WorldModel(nn.Module):
         2. Teacher-forced pass (`observe`) for h_t at every step. A step is "warm" when its h has a history:
            t >= burn_in, or at/after an is_first in the window.
         3. From every warm step s with a successor, unroll open-loop `horizon` steps (`open_loop`), feeding the
-           model's own ẑ back in, and compare ẑ_{s+k} with the target latent of step s + k; pairs that leave
-           the window or cross an is_first are masked out. Every k counts equally.
+           model's own ẑ back in, and compare ẑ_{s+k} with the target latent of step s + k; pairs that would leave
+           the window or cross an is_first are not unrolled. Every k counts equally.
         4. Reward (MSE) and continue (BCE on batch.cont, so a truncated end trains towards 1) at the warm
-           teacher-forced states (h_t, real z_t) and at every valid open-loop state (h, ẑ).
+           teacher-forced states (h_t, real z_t) and at every open-loop state (h, ẑ).
         5. Ensemble: each member regresses the target latent (when residual, its change from the latent the step
            was predicted from) from the detached open-loop h (so the ensemble does not shape the dynamics).
         6. Under "sigreg": SIGReg of all online latents of the batch.
@@ -664,34 +698,30 @@ class WorldModel(nn.Module):
         hidden, _ = self.observe(z, batch.action, batch.is_first)  # (B, T, hidden_dim)
         warm = warm_mask(batch.is_first, burn_in)  # (B, T)
         starts = torch.arange(T - 1, device=z.device)  # (S,) every step with a successor
-        roll = self.open_loop(hidden, z, batch.action, batch.is_first, starts, horizon)
-        valid = roll.valid & warm[:, :-1, None]  # (B, S, H)
-        target = z_target[:, roll.target_index]  # (B, S, H, D)
-        losses = {"latent": _masked_mean((roll.latent - target).pow(2).mean(dim=-1), valid, shard)}
+        roll = self.open_loop(hidden, z, batch.action, batch.is_first, starts, horizon, from_start=warm[:, :-1])
+        target = roll.at_targets(z_target)  # (N, D), N the pairs unrolled
+        losses = {"latent": _masked_mean((roll.latent - target).pow(2).mean(dim=-1), None, shard)}
 
         # Reward and continue: teacher-forced states and open-loop states pooled into one mean.
-        reward_target = batch.reward[:, roll.target_index]  # (B, S, H)
-        cont_target = batch.cont[:, roll.target_index]  # (B, S, H)
         reward_error = [
             (self.reward(hidden, z) - batch.reward).pow(2),  # (B, T)
-            (self.reward(roll.hidden, roll.latent) - reward_target).pow(2),  # (B, S, H)
+            (self.reward(roll.hidden, roll.latent) - roll.at_targets(batch.reward)).pow(2),  # (N,)
         ]
         cont_error = [
             F.binary_cross_entropy_with_logits(self.cont(hidden, z), batch.cont, reduction="none"),
-            F.binary_cross_entropy_with_logits(self.cont(roll.hidden, roll.latent), cont_target, reduction="none"),
+            F.binary_cross_entropy_with_logits(
+                self.cont(roll.hidden, roll.latent), roll.at_targets(batch.cont), reduction="none"
+            ),
         ]
-        mask = torch.cat([warm.flatten(), valid.flatten()])  # (B*T + B*S*H,)
+        mask = torch.cat([warm.flatten(), torch.ones_like(roll.pair, dtype=torch.bool)])  # (B*T + N,)
         losses["reward"] = _masked_mean(torch.cat([e.flatten() for e in reward_error]), mask, shard)
         losses["cont"] = _masked_mean(torch.cat([e.flatten() for e in cont_error]), mask, shard)
 
-        rows = B * (T - 1) * horizon
-        members = self.ensemble(roll.hidden.detach().reshape(rows, -1))  # (B, S, H, hd) -> (B*S*H, hd) -> (K, B*S*H, D)
+        members = self.ensemble(roll.hidden.detach())  # (N, hd) -> (K, N, D)
         if self.residual:  # each open-loop step starts from the start's real latent or the previous prediction
-            previous = torch.cat([z[:, :-1, None], roll.latent[:, :, :-1]], dim=2).detach()  # (B, S, H, D)
-            target = target - previous
-        ensemble_target = target.reshape(1, rows, -1)  # (B, S, H, D) -> (1, B*S*H, D)
-        ensemble_error = (members - ensemble_target).pow(2).mean(dim=(0, 2))  # (B*S*H,)
-        losses["ensemble"] = _masked_mean(ensemble_error, valid.flatten(), shard)
+            target = target - roll.previous.detach()
+        ensemble_error = (members - target).pow(2).mean(dim=(0, 2))  # (K, N, D) -> (N,)
+        losses["ensemble"] = _masked_mean(ensemble_error, None, shard)
 
         if self.collapse_guard == "sigreg":
             flat = z.reshape(B * T, -1)  # (B, T, D) -> (B*T, D): every frame of the batch is one sample

@@ -186,6 +186,36 @@ def test_valid_and_warm_masks_by_hand():
     assert warm_mask(torch.tensor([[False, False, False, False]]), 1).tolist() == [[False, True, True, True]]
 
 
+def test_open_loop_unrolls_only_the_valid_pairs_of_the_chosen_starts_as_stepping_by_hand():
+    torch.manual_seed(0)
+    model = WorldModel((5,), 2, **TINY, residual=True)
+    batch = make_batch((5,), batch=3, time=7, firsts=((0, 0), (1, 2), (1, 5), (2, 3)))
+    z, _ = model.latents(batch)
+    hidden, _ = model.observe(z, batch.action, batch.is_first)
+    starts, horizon = torch.tensor([0, 1, 3, 4, 6]), 3
+    chosen = torch.rand(3, len(starts), generator=torch.Generator().manual_seed(1)) > 0.3  # (B, S)
+    roll = model.open_loop(hidden, z, batch.action, batch.is_first, starts, horizon, from_start=chosen)
+
+    expected = open_loop_valid(batch.is_first, starts, horizon) & chosen[:, :, None]
+    assert torch.equal(roll.unrolled, expected) and 0 < len(roll.pair) == int(expected.sum()) < expected.numel()
+    assert torch.equal(roll.dense(torch.ones(len(roll.pair))).bool(), expected)
+    by_pair = {int(p): i for i, p in enumerate(roll.pair)}
+    for b in range(3):
+        for i, s in enumerate(starts.tolist()):
+            h, z_hat = hidden[b, s][None], z[b, s][None]
+            for k in range(horizon):
+                if not expected[b, i, k]:
+                    assert (b * len(starts) + i) * horizon + k not in by_pair
+                    continue
+                n = by_pair[(b * len(starts) + i) * horizon + k]
+                torch.testing.assert_close(roll.previous[n], z_hat[0])
+                h, z_hat = model.step(h, z_hat, batch.action[b, s + k + 1][None])
+                torch.testing.assert_close(roll.latent[n], z_hat[0])
+                torch.testing.assert_close(roll.hidden[n], h[0])
+                torch.testing.assert_close(roll.at_targets(z)[n], z[b, s + k + 1])
+                torch.testing.assert_close(roll.dense(roll.latent)[b, i, k], z_hat[0])
+
+
 @pytest.mark.parametrize("guard, residual", [("ema", False), ("sigreg", False), ("ema", True)])
 def test_loss_equals_open_loop_unroll_by_hand(guard, residual):
     torch.manual_seed(0)
