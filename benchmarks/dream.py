@@ -22,11 +22,15 @@ Metrics (P candidates x E episodes x H steps; a linear controller over [z, h], a
 Every dream rollout runs the full horizon (continue threshold 1e-6, no disagreement limit): the worst case, which
 is also what the real generation is extrapolated to (every episode H steps). Untrained, the model's continue head
 is near 0.5 everywhere; with --world-model, `dream_length_mean` says whether a trained one still ran to the end.
+With --preset-ends the rollouts end as the run's `dream` settings end them (CartPole's: a draw of the continue
+head): a rollout steps only the rows still going, so the time then follows the mean length, not the horizon. The
+real-env metrics are left out then (their extrapolation assumes every episode runs H steps).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import statistics
@@ -52,6 +56,7 @@ from experiments.checkpoint import read_checkpoint  # noqa: E402
 from experiments.evolve import (  # noqa: E402
     DreamScorer,
     action_space,
+    dream_settings,
     load_world_model,
     start_pool,
     world_model_checkpoint,
@@ -193,6 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--real-envs", type=int, help="real sub-envs (default: the preset's evolve.eval_envs)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--preset-ends",
+        action="store_true",
+        help="rollouts end as the config's dream settings end them (default: every one runs the full horizon)",
+    )
     parser.add_argument("--quick", action="store_true", help="the debug preset at tiny sizes: a check that it runs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -210,7 +220,10 @@ def main(argv: list[str] | None = None) -> None:
         source = f"untrained {Path(args.config).name}"
     controller = Controller(model.latent_dim + model.hidden_dim, action_space(spec), "linear")
     P, E, H = args.population, args.episodes, args.horizon
-    settings = DreamSettings(horizon=H, cont_threshold=1e-6)  # every rollout runs the full horizon
+    if args.preset_ends:
+        settings = dataclasses.replace(dream_settings(cfg.dream), horizon=H)
+    else:
+        settings = DreamSettings(horizon=H, cont_threshold=1e-6)  # every rollout runs the full horizon
     candidates = np.random.default_rng(0).normal(0.0, SIGMA, size=(P, controller.num_params))  # (P, n)
     wcfg = cfg.world_model
     setting = {
@@ -222,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         "P": P,
         "E": E,
         "H": H,
+        "ends": f"{settings.cont_mode} (the preset's)" if args.preset_ends else "at the horizon",
     }
 
     dream = dream_rates(model, controller, pool, settings, candidates, E, args.repeats, device)
@@ -235,6 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     generation = generation_times(model, controller, pool, settings, P, E, args.repeats)
     for metric in ("generation_s", "ask_tell_s", "rollout_s"):
         emit(metric, generation[metric], "s", **setting)
+    if args.preset_ends:
+        return
 
     num_envs = args.real_envs or cfg.evolve.eval_envs
     real = real_rate(model, controller, cfg, candidates, E, args.real_episodes, num_envs, H)

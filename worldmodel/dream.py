@@ -205,8 +205,9 @@ def rollout(
 ) -> Rollout:
     """Roll N dream episodes at once from `start` with `policy`, each until it ends or the horizon.
 
-    Every row keeps stepping until all have ended (a finished row's later steps are masked out), so the cost is
-    that of the longest rollout; the loop stops early once every row has ended.
+    Only the rows still going are stepped: an ended row leaves the batch, so the cost is the sum of the rollouts'
+    lengths, not N times the longest. The policy still sees all N rows (an ended row's observation is zeros and
+    its action unused): a population policy maps rows to candidates by their place.
 
     Args:
         start: N start states (e.g. `dream_starts` rows, repeated per candidate).
@@ -227,26 +228,31 @@ def rollout(
     penalties = torch.zeros(rows, device=device, dtype=dtype)
     disagreement = torch.zeros(rows, device=device, dtype=dtype)
     lengths = torch.zeros(rows, dtype=torch.long, device=device)
-    alive = torch.ones(rows, dtype=torch.bool, device=device)
-    weight = torch.ones(rows, device=device, dtype=dtype)  # 'expected': P(still going before this step)
+    going = torch.arange(rows, device=device)  # (R,) the rows still going, into N
+    weight = torch.ones(rows, device=device, dtype=dtype)  # (R,) 'expected': P(still going before this step)
     expected = settings.cont_mode == "expected"
     state = start
     for t in range(settings.horizon):
-        action = policy(state.observation())  # (N, A)
+        observation = state.observation()  # (R, F)
+        if len(going) < rows:  # the policy sees every row in its place: (R, F) -> (N, F) -> actions (N, A) -> (R, A)
+            action = policy(observation.new_zeros(rows, observation.shape[1]).index_copy_(0, going, observation))[going]
+        else:
+            action = policy(observation)  # (N, A)
         # The drawn noise is standard normal: scale it to the settings' std here.
-        latent_noise = None if noise.latent is None else settings.latent_noise * noise.latent[:, t]  # (N, D)
+        latent_noise = None if noise.latent is None else settings.latent_noise * noise.latent[going, t]  # (R, D)
         result = dream_step(model, state, action, latent_noise)
-        live = alive.to(returns.dtype)
         step_penalty = penalty(result, settings)
-        returns += live * weight * (result.reward - step_penalty)
-        penalties += live * weight * step_penalty
-        disagreement += live * result.disagreement
-        lengths += alive.long()
-        alive = alive & still_going(result, settings, None if noise.uniform is None else noise.uniform[:, t])
+        returns[going] += weight * (result.reward - step_penalty)
+        penalties[going] += weight * step_penalty
+        disagreement[going] += result.disagreement
+        lengths[going] += 1
+        keep = still_going(result, settings, None if noise.uniform is None else noise.uniform[going, t])  # (R,)
         if expected:
             weight = weight * result.cont
-            alive = alive & (weight >= EXPECTED_MIN_WEIGHT)
+            keep = keep & (weight >= EXPECTED_MIN_WEIGHT)
         state = result.state
-        if not alive.any():
+        if not keep.all():
+            going, weight, state = going[keep], weight[keep], state.select(keep)
+        if len(going) == 0:
             break
     return Rollout(returns, lengths, disagreement / lengths.clamp_min(1), penalties)

@@ -101,6 +101,22 @@ def test_batched_dream_equals_loop_over_candidates(model, starts, kind, mode):
             torch.testing.assert_close(getattr(alone, field), getattr(batched, field)[rows], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["sample", "expected"])
+def test_rollout_steps_only_the_rows_still_going(model, starts, mode):
+    controller, params = population("discrete")
+    settings = settings_for(mode)
+    noise = draw_noise(P * E, settings, LATENT_DIM, torch.Generator().manual_seed(3))
+    stepped = []  # rows in each model step
+    real_step = model.step
+    model.step = lambda h, z, action: (stepped.append(len(h)), real_step(h, z, action))[1]
+    try:
+        result = rollout(model, controller.policy(params, E), start_rows(starts), settings, noise)
+    finally:
+        del model.step  # the instance attribute shadowed the method
+    assert stepped[0] == P * E > stepped[-1] > 0
+    assert sum(stepped) == int(result.lengths.sum())
+
+
 # ---------------------------------------------------------------------------------------------- oracle
 
 
