@@ -118,7 +118,7 @@ class OpenLoop(NamedTuple):
     target_index: torch.Tensor
     """(S, H) int64 time index each prediction is compared with, clamped to T - 1."""
     unrolled: torch.Tensor
-    """(B, S, H) bool: the pairs unrolled, in the order of `pair` when flattened."""
+    """(B, S, H) bool: the pairs unrolled (`pair` holds their flat indices, ordered by k, then by row)."""
 
     def at_targets(self, values: torch.Tensor) -> torch.Tensor:
         """Each pair's value at its target step: values (B, T, ...) -> (N, ...)."""
@@ -205,11 +205,12 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None, shard: BatchSh
     share's own mean would weigh a share with few valid steps as much as one with many.)
     """
     if mask is None:
-        mask = torch.ones_like(values, dtype=torch.bool)
-    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+        total, count = values.sum(), torch.tensor(values.numel(), device=values.device)
+    else:
+        total, count = torch.where(mask, values, torch.zeros_like(values)).sum(), mask.sum()
     if shard is None:
-        return total / mask.sum().clamp(min=1)
-    return total * shard.world_size / shard.total(mask.sum()).clamp(min=1)
+        return total / count.clamp(min=1)
+    return total * shard.world_size / shard.total(count).clamp(min=1)
 
 
 def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
