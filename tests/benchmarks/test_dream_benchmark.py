@@ -26,3 +26,9 @@ def test_quick_run_prints_every_metric_as_json():
     assert all(r["bench"] == "dream" and r["threads"] == 1 and r["device"] for r in metrics.values())
     assert metrics["real_generation_s"]["real_generation_s_extrapolated_from_steps"] > 0
     assert metrics["dream_transitions_per_s"]["length_mean"] == metrics["dream_transitions_per_s"]["H"]  # full horizon
+
+
+def test_preset_ends_keeps_the_dream_figures_and_leaves_out_the_real_ones():
+    metrics = quick_run("dream.py", "--threads", "1", "--preset-ends")
+    assert set(METRICS[:6]) <= set(metrics) and not any(name.startswith("real") for name in metrics)
+    assert all(r["ends"].endswith("(the preset's)") for r in metrics.values())
