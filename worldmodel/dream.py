@@ -16,7 +16,9 @@ sampling noise (a row stops once that chance is below EXPECTED_MIN_WEIGHT).
 
 Kept honest (World Models, https://arxiv.org/abs/1803.10122, section 4.5: a controller evolved in a model that is
 too sure of itself learns to exploit its errors): noise on the predicted latents, and the disagreement of the
-ensemble heads subtracted from the reward (scaled by `disagreement_penalty`) and used as a reason to stop.
+ensemble heads subtracted from the reward (scaled by `disagreement_penalty`) and used as a reason to stop. The
+ensemble is about half of a dream step's work, so a rollout whose settings use neither measures the disagreement for
+its figures only, every DISAGREEMENT_EVERY-th step.
 
 All randomness of a rollout is drawn up front per rollout row (`draw_noise`), so a batch of rollouts gives each
 row exactly what it would get alone: the batched rollout equals a loop over candidates.
@@ -38,6 +40,9 @@ CONT_MODES: tuple[str, ...] = ("threshold", "sample", "expected")
 EXPECTED_MIN_WEIGHT = 1e-3
 """'expected' mode: a rollout whose chance of still going is below this stops (what is left of its return is at most
 this times the reward of the remaining steps)."""
+DISAGREEMENT_EVERY = 10
+"""Without a disagreement penalty or limit, a rollout measures the ensemble's disagreement (for `Rollout.disagreement`
+only) at steps t = 0, 10, 20, ... rather than at every step."""
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
 """Observations [z, h] (N, D + hidden_dim) -> model action vectors (N, A) (one-hot when discrete)."""
@@ -72,6 +77,11 @@ class DreamSettings:
         for name in ("latent_noise", "disagreement_penalty", "disagreement_limit"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def uses_disagreement(self) -> bool:
+        """Whether a step's reward or end depends on the ensemble's disagreement (a penalty or a limit is set)."""
+        return self.disagreement_penalty > 0 or self.disagreement_limit > 0
 
 
 class DreamState(NamedTuple):
@@ -116,8 +126,8 @@ class StepResult(NamedTuple):
     """(N,) predicted reward of arriving there."""
     cont: torch.Tensor
     """(N,) predicted probability that the episode goes on (has not terminated)."""
-    disagreement: torch.Tensor
-    """(N,) ensemble variance at the next state, averaged over D."""
+    disagreement: torch.Tensor | None
+    """(N,) ensemble variance at the next state, averaged over D; None when the step was told not to measure it."""
 
 
 class Rollout(NamedTuple):
@@ -129,7 +139,8 @@ class Rollout(NamedTuple):
     """(N,) int64 steps taken before the rollout ended (at most H; 'expected' mode: steps until its weight fell
     below EXPECTED_MIN_WEIGHT)."""
     disagreement: torch.Tensor
-    """(N,) mean ensemble disagreement over the steps taken."""
+    """(N,) mean ensemble disagreement over the steps taken (settings without a penalty or limit: over the steps
+    taken among t = 0, DISAGREEMENT_EVERY, 2 * DISAGREEMENT_EVERY, ...)."""
     penalty: torch.Tensor
     """(N,) the disagreement penalty subtracted from the return (included in `returns`)."""
 
@@ -166,9 +177,14 @@ def draw_noise(
 
 
 def dream_step(
-    model: WorldModel, state: DreamState, action: torch.Tensor, latent_noise: torch.Tensor | None = None
+    model: WorldModel,
+    state: DreamState,
+    action: torch.Tensor,
+    latent_noise: torch.Tensor | None = None,
+    measure_disagreement: bool = True,
 ) -> StepResult:
-    """One batched dream step from `state` under `action` (N, A); `latent_noise` (N, D) is added to ẑ as is."""
+    """One batched dream step from `state` under `action` (N, A); `latent_noise` (N, D) is added to ẑ as is.
+    Without `measure_disagreement` the ensemble is not run and the result's disagreement is None."""
     hidden, latent = model.step(state.hidden, state.latent, action)
     if latent_noise is not None:
         latent = latent + latent_noise
@@ -176,7 +192,7 @@ def dream_step(
         state=DreamState(hidden, latent),
         reward=model.reward(hidden, latent),
         cont=torch.sigmoid(model.cont(hidden, latent)),
-        disagreement=model.disagreement(hidden),
+        disagreement=model.disagreement(hidden) if measure_disagreement else None,
     )
 
 
@@ -227,6 +243,7 @@ def rollout(
     returns = torch.zeros(rows, device=device, dtype=dtype)
     penalties = torch.zeros(rows, device=device, dtype=dtype)
     disagreement = torch.zeros(rows, device=device, dtype=dtype)
+    measured = torch.zeros(rows, dtype=torch.long, device=device)  # steps whose disagreement was measured
     lengths = torch.zeros(rows, dtype=torch.long, device=device)
     going = torch.arange(rows, device=device)  # (R,) the rows still going, into N
     weight = torch.ones(rows, device=device, dtype=dtype)  # (R,) 'expected': P(still going before this step)
@@ -240,11 +257,17 @@ def rollout(
             action = policy(observation)  # (N, A)
         # The drawn noise is standard normal: scale it to the settings' std here.
         latent_noise = None if noise.latent is None else settings.latent_noise * noise.latent[going, t]  # (R, D)
-        result = dream_step(model, state, action, latent_noise)
-        step_penalty = penalty(result, settings)
-        returns[going] += weight * (result.reward - step_penalty)
-        penalties[going] += weight * step_penalty
-        disagreement[going] += result.disagreement
+        measure = settings.uses_disagreement or t % DISAGREEMENT_EVERY == 0
+        result = dream_step(model, state, action, latent_noise, measure_disagreement=measure)
+        if settings.disagreement_penalty > 0:
+            step_penalty = penalty(result, settings)
+            returns[going] += weight * (result.reward - step_penalty)
+            penalties[going] += weight * step_penalty
+        else:
+            returns[going] += weight * result.reward
+        if measure:
+            disagreement[going] += result.disagreement
+            measured[going] += 1
         lengths[going] += 1
         keep = still_going(result, settings, None if noise.uniform is None else noise.uniform[going, t])  # (R,)
         if expected:
@@ -255,4 +278,4 @@ def rollout(
             going, weight, state = going[keep], weight[keep], state.select(keep)
         if len(going) == 0:
             break
-    return Rollout(returns, lengths, disagreement / lengths.clamp_min(1), penalties)
+    return Rollout(returns, lengths, disagreement / measured.clamp_min(1), penalties)

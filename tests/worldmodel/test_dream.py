@@ -9,6 +9,7 @@ from gymnasium import spaces
 
 from agents.controllers import Controller
 from worldmodel.dream import (
+    DISAGREEMENT_EVERY,
     EXPECTED_MIN_WEIGHT,
     DreamNoise,
     DreamSettings,
@@ -125,6 +126,7 @@ def rollout_by_hand(model, controller, params, start, settings, noise, row):
     h, z = start.hidden[row : row + 1], start.latent[row : row + 1]  # (1, hd), (1, D)
     candidate = params[row // E : row // E + 1]  # (1, n)
     total = penalty = disagreement_sum = 0.0
+    measured = 0  # steps whose disagreement counts in the mean: every step, or every DISAGREEMENT_EVERY-th
     weight = 1.0  # 'expected': the chance the episode is still going before this step
     for t in range(settings.horizon):
         action = controller.act(candidate, torch.cat([z, h], dim=-1)[None])[0]  # (1, 1, F) -> (1, A)
@@ -136,7 +138,9 @@ def rollout_by_hand(model, controller, params, start, settings, noise, row):
         disagreement = model.disagreement(h).item()
         total += weight * (reward - settings.disagreement_penalty * disagreement)
         penalty += weight * settings.disagreement_penalty * disagreement
-        disagreement_sum += disagreement
+        if settings.uses_disagreement or t % DISAGREEMENT_EVERY == 0:
+            disagreement_sum += disagreement
+            measured += 1
         if settings.cont_mode == "threshold":
             ended = cont < settings.cont_threshold
         elif settings.cont_mode == "sample":
@@ -148,15 +152,16 @@ def rollout_by_hand(model, controller, params, start, settings, noise, row):
             ended = True
         if ended:
             break
-    return total, t + 1, disagreement_sum / (t + 1), penalty
+    return total, t + 1, disagreement_sum / measured, penalty
 
 
+@pytest.mark.parametrize("honest", [True, False], ids=["penalty-and-limit", "neither"])
 @pytest.mark.parametrize("kind", ["discrete", "box"])
 @pytest.mark.parametrize("mode", ["threshold", "sample", "expected"])
 @torch.no_grad()
-def test_rollout_equals_rollout_by_hand(model, starts, kind, mode):
+def test_rollout_equals_rollout_by_hand(model, starts, kind, mode, honest):
     controller, params = population(kind, seed=4)
-    settings = settings_for(mode)
+    settings = settings_for(mode) if honest else settings_for(mode, disagreement_penalty=0.0, disagreement_limit=0.0)
     start = start_rows(starts, seed=5)
     noise = draw_noise(P * E, settings, LATENT_DIM, torch.Generator().manual_seed(6))
     result = rollout(model, controller.policy(params, E), start, settings, noise)
@@ -207,6 +212,40 @@ def test_rollout_ends_at_first_step_below_threshold_and_counts_its_reward(starts
         short = DreamSettings(horizon=horizon)
         lengths = rollout(never_end, policy, start, short, draw_noise(P * E, short, LATENT_DIM)).lengths
         assert lengths.tolist() == [horizon] * (P * E)
+
+
+@torch.no_grad()
+def test_without_penalty_or_limit_the_ensemble_runs_every_tenth_step_for_the_figures(starts):
+    """The disagreement then feeds only `Rollout.disagreement`: the mean of steps t = 0, 10, 20 of a 25-step rollout,
+    as stepping by hand measures them; the ensemble runs at those steps alone, and at every step once a penalty
+    needs it."""
+    controller, params = population("discrete")
+    never_end = make_model(cont_bias=30.0)  # every rollout runs the whole horizon
+    start, policy = start_rows(starts), controller.policy(params, E)
+    h, z = start.hidden, start.latent
+    rewards, disagreements = torch.zeros(P * E), []
+    for t in range(25):
+        h, z = never_end.step(h, z, policy(torch.cat([z, h], dim=-1)))
+        rewards += never_end.reward(h, z)
+        if t % DISAGREEMENT_EVERY == 0:
+            disagreements.append(never_end.disagreement(h))
+    runs = []  # rows the ensemble ran on, per call
+    real_disagreement = never_end.disagreement
+    never_end.disagreement = lambda hidden: (runs.append(len(hidden)), real_disagreement(hidden))[1]
+    try:
+        plain = DreamSettings(horizon=25)
+        result = rollout(never_end, policy, start, plain, draw_noise(P * E, plain, LATENT_DIM))
+        assert runs == [P * E] * 3
+        paid = DreamSettings(horizon=25, disagreement_penalty=0.5)
+        rollout(never_end, policy, start, paid, draw_noise(P * E, paid, LATENT_DIM))
+        assert len(runs) == 3 + 25
+    finally:
+        del never_end.disagreement  # the instance attribute shadowed the method
+    assert result.lengths.tolist() == [25] * (P * E)
+    assert len(disagreements) == 3
+    torch.testing.assert_close(result.disagreement, torch.stack(disagreements).mean(dim=0))
+    torch.testing.assert_close(result.returns, rewards)
+    assert torch.equal(result.penalty, torch.zeros(P * E))
 
 
 @torch.no_grad()
