@@ -399,6 +399,9 @@ class WorldModelConfig:
     """Learning rate of the decoder (its own Adam, on detached latents)."""
     decoder_batch: int = 32
     """Frames the decoder trains on per step."""
+    decoder_every: int = 4
+    """The decoder trains beside the world model at every this-many-th training step (it is for pictures only, and
+    a step of it costs about a third of a world-model step on the CartPole preset); then `decoder_steps` more."""
     decoder_steps: int = 200
     """Decoder-only steps after the world model has finished, on its final latents."""
     video_steps: int = 64
@@ -409,7 +412,7 @@ class WorldModelConfig:
     def __post_init__(self):
         positive = (
             "latent_dim hidden_dim mlp_dim sigreg_directions collect_steps collect_hold num_envs steps batch_size "
-            "horizon eval_batch_size decoder_width decoder_batch max_nonfinite"
+            "horizon eval_batch_size decoder_width decoder_batch decoder_every max_nonfinite"
         )
         for key in positive.split():
             _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")

@@ -6,9 +6,9 @@
 
 The life of a run: collect random-policy episodes into `<run>/episodes` (or reuse a store) -> split the store
 by episode, the last `eval_fraction` held out -> save a step-0 checkpoint -> with a frozen encoder, encode every
-frame once into the store's latent cache -> train, evaluating on the held-out episodes every `eval_every`
-steps -> train the decoder alone for `decoder_steps` more steps -> final evaluation into summary.json's `model`
-section -> videos/dream_vs_real.mp4.
+frame once into the store's latent cache -> train (the decoder beside it every `decoder_every` steps), evaluating
+on the held-out episodes every `eval_every` steps -> train the decoder alone for `decoder_steps` more steps -> final
+evaluation into summary.json's `model` section -> videos/dream_vs_real.mp4.
 
 Every random draw of a training step (window starts, SIGReg directions, the decoder's frames) comes from
 generators seeded by (seed, step), so a resumed run repeats exactly what an uninterrupted run would have done.
@@ -696,6 +696,7 @@ class WorldModelTrainer:
         self.run.start_at(self.step + self.log_offset)
         bar = Progress(total - begin, "train", initial=self.step - begin, unit="step", enabled=self.cfg.run.progress)
         window_start, window_sequences = time.monotonic(), 0
+        decoder_loss = float("nan")  # the latest decoder step's, for the log
         while self.step < total:
             step = self.step
             windows = self.data.train_windows(
@@ -718,7 +719,10 @@ class WorldModelTrainer:
                 self.shard,
             )
             self.nonfinite.record(result.skipped, self.step, result.total)
-            decoder_loss = self.train_decoder(windows, step_rng(seed, step, STREAM_DECODER), wcfg.batch_size, self.rows)
+            if step % wcfg.decoder_every == 0:
+                decoder_loss = self.train_decoder(
+                    windows, step_rng(seed, step, STREAM_DECODER), wcfg.batch_size, self.rows
+                )
             self.step = step + 1
             window_sequences += wcfg.batch_size
             elapsed = time.monotonic() - window_start

@@ -69,6 +69,10 @@ def test_debug_run_leaves_a_complete_run_directory(debug_run):
 
     state = read_checkpoint(run / "checkpoints/latest.pt")
     assert state["command"] == "train" and state["step"] == 30 and state["decoder_step"] == 5
+    # The decoder trained beside the world model at every decoder_every-th step (0, 4, ..., 28), then 5 steps alone;
+    # each logged step carries the latest decoder loss.
+    assert int(state["decoder_optimizer"]["state"][0]["step"]) == len(range(0, 30, 4)) + 5
+    assert all(np.isfinite(r["loss/decoder"]) for r in records if "loss/decoder" in r)
     assert EnvSpec.from_dict(state["env_spec"]).env_id == "CartPole-v1"
 
     video = run / done["video"]["path"]
