@@ -197,7 +197,10 @@ def dream_step(
 
 
 def penalty(result: StepResult, settings: DreamSettings) -> torch.Tensor:
-    """(N,) what the ensemble's disagreement costs this step: disagreement_penalty * disagreement."""
+    """(N,) what the ensemble's disagreement costs this step: disagreement_penalty * disagreement (zeros without a
+    penalty, when the step need not have measured the disagreement)."""
+    if settings.disagreement_penalty == 0:
+        return torch.zeros_like(result.reward)
     return settings.disagreement_penalty * result.disagreement
 
 
@@ -259,12 +262,9 @@ def rollout(
         latent_noise = None if noise.latent is None else settings.latent_noise * noise.latent[going, t]  # (R, D)
         measure = settings.uses_disagreement or t % DISAGREEMENT_EVERY == 0
         result = dream_step(model, state, action, latent_noise, measure_disagreement=measure)
-        if settings.disagreement_penalty > 0:
-            step_penalty = penalty(result, settings)
-            returns[going] += weight * (result.reward - step_penalty)
-            penalties[going] += weight * step_penalty
-        else:
-            returns[going] += weight * result.reward
+        step_penalty = penalty(result, settings)
+        returns[going] += weight * (result.reward - step_penalty)
+        penalties[going] += weight * step_penalty
         if measure:
             disagreement[going] += result.disagreement
             measured[going] += 1
