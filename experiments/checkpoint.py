@@ -1,9 +1,10 @@
 """Checkpoints: atomic, checksummed, verified before loading, never silently skipped.
 
-`save_checkpoint` serialises in memory, rotates the current `latest.pt` to `previous.pt`, then writes the
-new file and its SHA-256 sidecar atomically. `load_checkpoint` checks the checksum before unpickling (a
-flipped byte otherwise loads silently with wrong values) and always passes `weights_only=True`. A damaged
-newest checkpoint is reported and the previous one used; when none is valid, it raises.
+`save_checkpoint` serialises in memory, keeps the current `latest.pt` as `previous.pt`, then writes the
+new file and its SHA-256 sidecar atomically, in an order that leaves a valid checkpoint wherever a kill
+lands. `read_checkpoint` checks the checksum before unpickling (a flipped byte otherwise loads silently
+with wrong values) and always passes `weights_only=True`. A damaged newest checkpoint is reported and the
+previous one used; when none is valid, it raises.
 
 Under torchrun rank 0 alone writes (every process holds the same state); every process reads.
 """
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from envs.atomic import atomic_write_bytes, atomic_write_text, sha256_bytes
+from envs.atomic import atomic_write_bytes, atomic_write_text, fsync_directory, sha256_bytes, sha256_file
 from experiments import distributed
 
 FORMAT_VERSION = 1
@@ -38,16 +41,52 @@ def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = 
     """
     if not distributed.is_main():
         return
-    path = Path(path)
+    for _ in _save_steps(Path(path), _serialise(state), keep_previous):
+        pass
+
+
+def _serialise(state: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save({"format": FORMAT_VERSION, **state}, buffer)
-    data = buffer.getvalue()
-    if keep_previous and path.exists() and _sidecar(path).exists():
+    return buffer.getvalue()
+
+
+def _save_steps(path: Path, data: bytes, keep_previous: bool) -> Iterator[None]:
+    """The file operations of a save, yielding after each, in an order that a kill between any two leaves
+    a valid checkpoint to resume from (the old one or the new one).
+
+    A file and its sidecar cannot be renamed together, so the old latest is hard-linked (copied where the
+    file system has no links) to `previous.pt` while it stays in place, and only then replaced. A damaged
+    old latest (a save killed before its sidecar) is not kept: `previous.pt` is then the one worth keeping.
+    """
+    if keep_previous and _is_intact(path):
         previous = path.with_name("previous.pt")
-        os.replace(_sidecar(path), _sidecar(previous))
-        os.replace(path, previous)
-    atomic_write_bytes(path, data)
+        _sidecar(previous).unlink(missing_ok=True)  # previous.pt is invalid from here on; latest.pt is valid
+        yield
+        _link_or_copy(path, previous)
+        yield
+        atomic_write_text(_sidecar(previous), _sidecar(path).read_text())  # previous.pt valid again
+        yield
+    atomic_write_bytes(path, data)  # latest.pt mismatches its old sidecar: previous.pt is the valid one
+    yield
     atomic_write_text(_sidecar(path), sha256_bytes(data) + "\n")
+    yield
+
+
+def _is_intact(path: Path) -> bool:
+    return path.is_file() and _sidecar(path).is_file() and sha256_file(path) == _sidecar(path).read_text().strip()
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    """Make `destination` the same bytes as `source` atomically, by a hard link where possible."""
+    temp = destination.with_name(f".{destination.name}.link-{os.getpid()}")
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)
+    except OSError:
+        shutil.copyfile(source, temp)
+    os.replace(temp, destination)
+    fsync_directory(destination.parent)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

@@ -1,7 +1,16 @@
+import warnings
+
 import pytest
 import torch
 
-from experiments.checkpoint import CheckpointError, load_latest, read_checkpoint, save_checkpoint
+from experiments.checkpoint import (
+    CheckpointError,
+    _save_steps,
+    _serialise,
+    load_latest,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 
 def state(value: float) -> dict:
@@ -14,6 +23,32 @@ def test_round_trip_keeps_values_and_rotates_previous(tmp_path):
     assert read_checkpoint(tmp_path / "latest.pt")["model"]["w"].tolist() == [2, 2, 2]
     assert read_checkpoint(tmp_path / "previous.pt")["step"] == 1
     assert not list(tmp_path.glob(".*tmp*"))  # no temp files left behind
+
+
+def test_a_kill_between_any_two_file_operations_of_a_save_leaves_a_valid_checkpoint(tmp_path):
+    save_checkpoint(tmp_path / "latest.pt", state(1))
+    save_checkpoint(tmp_path / "latest.pt", state(2))
+    resumable = []
+    for _ in _save_steps(tmp_path / "latest.pt", _serialise(state(3)), keep_previous=True):
+        # a SIGKILL here stops the save: whatever the files hold now is what a resume finds
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # falling back to previous.pt is allowed
+            resumable.append(load_latest(tmp_path)[0]["step"])
+    assert resumable == [2, 2, 2, 2, 3]  # the old checkpoint until the new one is whole
+    assert read_checkpoint(tmp_path / "previous.pt")["step"] == 2
+
+
+def test_a_damaged_latest_is_not_kept_over_a_valid_previous(tmp_path):
+    save_checkpoint(tmp_path / "latest.pt", state(1))
+    save_checkpoint(tmp_path / "latest.pt", state(2))
+    steps = _save_steps(tmp_path / "latest.pt", _serialise(state(3)), keep_previous=True)
+    for _ in range(4):  # killed after writing step 3's file, before its sidecar
+        next(steps)
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        assert load_latest(tmp_path)[0]["step"] == 2  # the resume
+    save_checkpoint(tmp_path / "latest.pt", state(4))
+    assert read_checkpoint(tmp_path / "latest.pt")["step"] == 4
+    assert read_checkpoint(tmp_path / "previous.pt")["step"] == 2  # not the damaged step 3
 
 
 def test_flipped_byte_is_detected_and_previous_used_with_warning(tmp_path):
