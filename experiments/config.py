@@ -360,7 +360,8 @@ class WorldModelConfig:
     sequence_length: int = 32
     """Steps T per training window (windows may span episodes; is_first marks the seams)."""
     horizon: int = 15
-    """Open-loop steps unrolled from every start point of a window."""
+    """Open-loop steps unrolled from every start point of a window, at most sequence_length - 1. The dream runs far
+    longer than this, and how long it stays faithful follows it (CartPole: README, `wm cycle` results)."""
     burn_in: int = 5
     """Teacher-forced steps at a window's start whose history state is too young to train on."""
     lr: float = 3e-4
@@ -431,6 +432,12 @@ class WorldModelConfig:
             "sequence_length",
             f"must be >= burn_in + 2 = {self.burn_in + 2} so that a warm step has a successor, got "
             f"{self.sequence_length}",
+        )
+        _require(
+            self.horizon <= self.sequence_length - 1,
+            "horizon",
+            f"must be <= sequence_length - 1 = {self.sequence_length - 1}: an open-loop unroll from a window's first "
+            f"step reaches its last step after that many steps, so a longer one has no target; got {self.horizon}",
         )
         for key in ("lr", "final_lr", "weight_decay", "grad_clip", "decoder_lr", "collapse_rank"):
             _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")

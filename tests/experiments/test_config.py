@@ -51,6 +51,7 @@ def test_unknown_key_names_path_and_close_match():
         ("pretrain.mask.min_keep=40", ["pretrain.mask.min_keep", "half"]),
         ("pretrain=3", ["pretrain", "section"]),
         ("world_model.collect_hold=0", ["world_model.collect_hold", ">= 1, got 0"]),
+        ("world_model.horizon=32", ["world_model.horizon", "sequence_length - 1 = 31", "got 32"]),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(override, words):
