@@ -3,6 +3,8 @@ and each one's share of this device's measured matmul peak.
 
     python benchmarks/worldmodel.py                  # the configs/cartpole.yaml world model (64 px, mini ViT)
     python benchmarks/worldmodel.py --quick          # the debug preset, a few steps: a check that it runs
+    python benchmarks/worldmodel.py --variant world_model.horizon=31 \
+        --variant world_model.sequence_length=64,world_model.horizon=63,world_model.start_stride=8
 
 Prints JSON lines {"bench": "worldmodel", "metric", "value", "unit"}. One timed step is what `wm train` does
 per step apart from reading windows from the episode store (benchmarks/envs.py measures that): the world
@@ -12,7 +14,9 @@ batch carries uint8 frames and the ViT runs forward and backward every step. The
 `--episode-length` steps (23 by default, CartPole's random play): the open-loop unroll skips the pairs that
 would cross a seam, so the seams change the work. FLOPs are counted by torch's FlopCounterMode over one real
 step; the matmul peak is measured in the same run (benchmarks/pretrain.py's helpers), so the share is a ratio
-of two figures taken on the same, possibly busy, machine.
+of two figures taken on the same, possibly busy, machine. Each `--variant` (config overrides, comma-separated)
+is timed frozen beside the preset, and reported as frames/s (windows may differ in length) and as its ratio to
+the preset's frames/s in the same run.
 """
 
 from __future__ import annotations
@@ -140,6 +144,12 @@ def main(argv: list[str] | None = None) -> None:
         help="steps per episode in the windows (23: CartPole's random play); 0: one episode per window",
     )
     parser.add_argument("--quick", action="store_true", help="the debug preset, 3 steps: a check that it runs")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="config overrides KEY=VALUE[,KEY=VALUE...] timed frozen against the preset (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.config, args.steps = str(_REPO / "configs/debug.yaml"), 3
@@ -174,6 +184,14 @@ def main(argv: list[str] | None = None) -> None:
         if "encode_frames_per_s" in result:
             emit("cache_encode_frames_per_s", result["encode_frames_per_s"], "frames/s", **setting)
     emit("frozen_cached_speedup", rates["frozen_cached"] / rates["fine_tuned"], "ratio", **setting)
+    frozen = ["world_model.freeze_encoder=true"]
+    preset_frames = rates["frozen_cached"] * wcfg.sequence_length
+    for variant in args.variant:
+        cfg = load_config([args.config], frozen + variant.split(","))
+        frames = throughput(cfg, device, precision, args.steps, args.episode_length)["sequences_per_s"]
+        frames *= cfg.world_model.sequence_length
+        emit("variant_train_frames_per_s", frames, "frames/s", variant=variant, **setting)
+        emit("variant_speed_ratio", frames / preset_frames, "ratio to the preset's frames/s", variant=variant, **setting)
 
 
 if __name__ == "__main__":

@@ -362,6 +362,9 @@ class WorldModelConfig:
     horizon: int = 15
     """Open-loop steps unrolled from every start point of a window, at most sequence_length - 1. The dream runs far
     longer than this, and how long it stays faithful follows it (CartPole: README, `wm cycle` results)."""
+    start_stride: int = 1
+    """Steps between open-loop start points (1: every step; k: the steps s = burn_in mod k), so that a long horizon
+    in a long window can cost what a short one from every step does."""
     burn_in: int = 5
     """Teacher-forced steps at a window's start whose history state is too young to train on."""
     lr: float = 3e-4
@@ -413,7 +416,7 @@ class WorldModelConfig:
     def __post_init__(self):
         positive = (
             "latent_dim hidden_dim mlp_dim sigreg_directions collect_steps collect_hold num_envs steps batch_size "
-            "horizon eval_batch_size decoder_width decoder_batch decoder_every max_nonfinite"
+            "horizon start_stride eval_batch_size decoder_width decoder_batch decoder_every max_nonfinite"
         )
         for key in positive.split():
             _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")

@@ -505,7 +505,9 @@ def train_step(
     """
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, precision):
-        losses = (loss_fn or model.loss)(batch, cfg.horizon, cfg.burn_in, generator=generator, shard=shard)
+        losses = (loss_fn or model.loss)(
+            batch, cfg.horizon, cfg.burn_in, generator=generator, shard=shard, start_stride=cfg.start_stride
+        )
         total = combine_losses(losses, weights)
     values = distributed.average_over_processes({**losses, "total": total})
     total_value = values.pop("total")

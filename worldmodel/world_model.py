@@ -662,6 +662,7 @@ class WorldModel(nn.Module):
         burn_in: int = 0,
         generator: torch.Generator | None = None,
         shard: BatchShard | None = None,
+        start_stride: int = 1,
     ) -> dict[str, torch.Tensor]:
         """Multi-step training losses of one batch of windows.
 
@@ -670,7 +671,9 @@ class WorldModel(nn.Module):
            t >= burn_in, or at/after an is_first in the window.
         3. From every warm step s with a successor, unroll open-loop `horizon` steps (`open_loop`), feeding the
            model's own ẑ back in, and compare ẑ_{s+k} with the target latent of step s + k; pairs that would leave
-           the window or cross an is_first are not unrolled. Every k counts equally.
+           the window or cross an is_first are not unrolled. Every k counts equally. With start_stride k > 1 only
+           the steps s with s = burn_in (mod k) are start points, so that a long horizon costs no more than a short
+           one from every step.
         4. Reward (MSE) and continue (BCE on batch.cont, so a truncated end trains towards 1) at the warm
            teacher-forced states (h_t, real z_t) and at every open-loop state (h, ẑ).
         5. Ensemble: each member regresses the target latent (when residual, its change from the latent the step
@@ -685,11 +688,14 @@ class WorldModel(nn.Module):
             shard: `batch` is this process's share of a batch split across processes: the masked means are taken
                 over the whole batch and SIGReg over all its latents, so that each loss averaged over the processes
                 (as their gradients are) is the loss one process computes on the whole batch.
+            start_stride: steps between open-loop start points, >= 1.
         Returns:
             {"latent", "reward", "cont", "ensemble"} plus "sigreg" under "sigreg" (see `loss_keys`), scalars.
         """
-        if horizon < 1 or burn_in < 0:
-            raise ValueError(f"need horizon >= 1 and burn_in >= 0, got {horizon} and {burn_in}")
+        if horizon < 1 or burn_in < 0 or start_stride < 1:
+            raise ValueError(
+                f"need horizon >= 1, burn_in >= 0 and start_stride >= 1, got {horizon}, {burn_in} and {start_stride}"
+            )
         if self.collapse_guard == "sigreg" and generator is None:
             raise ValueError("collapse_guard='sigreg' needs a generator for SIGReg's random directions")
         B, T = batch.is_first.shape
@@ -698,8 +704,9 @@ class WorldModel(nn.Module):
         z, z_target = self.latents(batch)  # (B, T, D) each
         hidden, _ = self.observe(z, batch.action, batch.is_first)  # (B, T, hidden_dim)
         warm = warm_mask(batch.is_first, burn_in)  # (B, T)
-        starts = torch.arange(T - 1, device=z.device)  # (S,) every step with a successor
-        roll = self.open_loop(hidden, z, batch.action, batch.is_first, starts, horizon, from_start=warm[:, :-1])
+        # (S,) steps with a successor, in phase with burn_in: the first step that is always warm is a start
+        starts = torch.arange(burn_in % start_stride, T - 1, start_stride, device=z.device)
+        roll = self.open_loop(hidden, z, batch.action, batch.is_first, starts, horizon, from_start=warm[:, starts])
         target = roll.at_targets(z_target)  # (N, D), N the pairs unrolled
         losses = {"latent": _masked_mean((roll.latent - target).pow(2).mean(dim=-1), None, shard)}
 

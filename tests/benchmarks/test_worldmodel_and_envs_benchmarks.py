@@ -39,3 +39,11 @@ def test_quick_run_prints_every_promised_metric(script):
         value = metrics[name]["value"]
         assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (name, value)
     assert all(record["bench"] == script.removesuffix(".py") for record in metrics.values())
+
+
+def test_a_variant_is_timed_beside_the_preset_and_named_in_its_figures():
+    variant = "world_model.sequence_length=12,world_model.horizon=11,world_model.start_stride=4"
+    metrics = quick_run("worldmodel.py", "--variant", variant)
+    for name in ("variant_train_frames_per_s", "variant_speed_ratio"):
+        assert metrics[name]["variant"] == variant
+        assert math.isfinite(metrics[name]["value"]) and metrics[name]["value"] > 0, metrics[name]

@@ -52,6 +52,7 @@ def test_unknown_key_names_path_and_close_match():
         ("pretrain=3", ["pretrain", "section"]),
         ("world_model.collect_hold=0", ["world_model.collect_hold", ">= 1, got 0"]),
         ("world_model.horizon=32", ["world_model.horizon", "sequence_length - 1 = 31", "got 32"]),
+        ("world_model.start_stride=0", ["world_model.start_stride", ">= 1", "got 0"]),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(override, words):

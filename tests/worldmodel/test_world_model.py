@@ -216,26 +216,30 @@ def test_open_loop_unrolls_only_the_valid_pairs_of_the_chosen_starts_as_stepping
                 torch.testing.assert_close(roll.dense(roll.latent)[b, i, k], z_hat[0])
 
 
-@pytest.mark.parametrize("guard, residual", [("ema", False), ("sigreg", False), ("ema", True)])
-def test_loss_equals_open_loop_unroll_by_hand(guard, residual):
+@pytest.mark.parametrize(
+    "guard, residual, stride", [("ema", False, 1), ("sigreg", False, 1), ("ema", True, 1), ("ema", True, 3)]
+)
+def test_loss_equals_open_loop_unroll_by_hand(guard, residual, stride):
     torch.manual_seed(0)
     model = WorldModel((5,), 2, **TINY, collapse_guard=guard, residual=residual)
-    batch = make_batch((5,), batch=2, time=6, firsts=((1, 3),))
-    horizon, burn_in = 3, 2
-    losses = model.loss(batch, horizon, burn_in, generator=torch.Generator().manual_seed(0))
+    batch = make_batch((5,), batch=2, time=9, firsts=((1, 3),))
+    horizon, burn_in = 4, 2
+    losses = model.loss(batch, horizon, burn_in, generator=torch.Generator().manual_seed(0), start_stride=stride)
 
     z, z_target = model.latents(batch)
     hidden, _ = model.observe(z, batch.action, batch.is_first)
     latent_errors, reward_errors, ensemble_errors = [], [], []
     for b in range(2):
-        for s in range(6):
+        for s in range(9):
             warm = s >= burn_in or bool(batch.is_first[b, : s + 1].any())
             if not warm:
                 continue
             reward_errors.append((model.reward(hidden[b, s], z[b, s]) - batch.reward[b, s]) ** 2)
+            if s % stride != burn_in % stride:  # stride 3, burn_in 2: the starts are steps 2 and 5 (and 8, the last)
+                continue
             h, z_hat = hidden[b, s][None], z[b, s][None]
             for k in range(1, horizon + 1):
-                if s + k > 5 or batch.is_first[b, s + 1 : s + k + 1].any():
+                if s + k > 8 or batch.is_first[b, s + 1 : s + k + 1].any():
                     break
                 previous = z_hat
                 h, z_hat = model.step(h, z_hat, batch.action[b, s + k][None])  # feed back its own prediction
@@ -243,6 +247,9 @@ def test_loss_equals_open_loop_unroll_by_hand(guard, residual):
                 reward_errors.append((model.reward(h[0], z_hat[0]) - batch.reward[b, s + k]) ** 2)
                 member_target = z_target[b, s + k] - previous[0] if residual else z_target[b, s + k]
                 ensemble_errors.append(((model.ensemble(h) - member_target) ** 2).mean())
+    # Counted by hand. Window 0 from s = 2..7: 4 + 4 + 4 + 3 + 2 + 1; window 1 (is_first at 3) from s = 3..7:
+    # 4 + 4 + 3 + 2 + 1. Stride 3: s = 2 and 5 in window 0 (4 + 3), s = 5 in window 1 (3).
+    assert len(latent_errors) == (32 if stride == 1 else 10)
     torch.testing.assert_close(losses["latent"], torch.stack(latent_errors).mean())
     torch.testing.assert_close(losses["reward"], torch.stack(reward_errors).mean())
     torch.testing.assert_close(losses["ensemble"], torch.stack(ensemble_errors).mean())
