@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         frames = throughput(cfg, device, precision, args.steps, args.episode_length)["sequences_per_s"]
         frames *= cfg.world_model.sequence_length
         emit("variant_train_frames_per_s", frames, "frames/s", variant=variant, **setting)
-        emit("variant_speed_ratio", frames / preset_frames, "ratio to the preset's frames/s", variant=variant, **setting)
+        ratio = frames / preset_frames
+        emit("variant_speed_ratio", ratio, "ratio to the preset's frames/s", variant=variant, **setting)
 
 
 if __name__ == "__main__":
