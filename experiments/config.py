@@ -363,7 +363,7 @@ class WorldModelConfig:
     """Open-loop steps unrolled from every start point of a window, at most sequence_length - 1. The dream runs far
     longer than this, and how long it stays faithful follows it (CartPole: README, `wm cycle` results)."""
     start_stride: int = 1
-    """Steps between open-loop start points (1: every step; k: the steps s = burn_in mod k), so that a long horizon
+    """Steps between open-loop start points (1: every step; m: the steps s = burn_in mod m), so that a long horizon
     in a long window can cost what a short one from every step does."""
     burn_in: int = 5
     """Teacher-forced steps at a window's start whose history state is too young to train on."""

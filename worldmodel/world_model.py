@@ -671,8 +671,8 @@ class WorldModel(nn.Module):
            t >= burn_in, or at/after an is_first in the window.
         3. From every warm step s with a successor, unroll open-loop `horizon` steps (`open_loop`), feeding the
            model's own ẑ back in, and compare ẑ_{s+k} with the target latent of step s + k; pairs that would leave
-           the window or cross an is_first are not unrolled. Every k counts equally. With start_stride k > 1 only
-           the steps s with s = burn_in (mod k) are start points, so that a long horizon costs no more than a short
+           the window or cross an is_first are not unrolled. Every k counts equally. With start_stride m > 1 only
+           the steps s with s = burn_in (mod m) are start points, so that a long horizon costs no more than a short
            one from every step.
         4. Reward (MSE) and continue (BCE on batch.cont, so a truncated end trains towards 1) at the warm
            teacher-forced states (h_t, real z_t) and at every open-loop state (h, ẑ).
