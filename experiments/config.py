@@ -586,6 +586,12 @@ class CycleConfig:
     """Where each search after the first starts: "warm", at the best controller with step size cycle.sigma; "fresh",
     at the controller's cold start with evolve.sigma, as iteration 0's does (the best controller stays the one to
     beat in the real env)."""
+    screen_episodes: int = 0
+    """Real episodes each finalist of a search plays before the choice (its mean and its best-ever candidate, and in a
+    warm-started search its start, the best controller so far), without exploration noise: 0 chooses by the dream
+    return alone; more chooses the finalist with the best real return over them. These episodes count towards
+    cycle.max_env_steps (they steer the learning) but do not enter the store; every iteration, the first included,
+    keeps room for them at the env's episode limit (so it needs an env with one)."""
     target_return: float | None = None
     """Stop once the real-env eval return mean reaches this; null: no target."""
     max_env_steps: int = 100000
@@ -597,6 +603,7 @@ class CycleConfig:
         for key in ("iterations", "collect_steps", "train_steps", "generations", "max_env_steps"):
             _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         _require(0 <= self.exploration <= 1, "exploration", f"must be in [0, 1], got {self.exploration}")
+        _require(self.screen_episodes >= 0, "screen_episodes", f"must be >= 0, got {self.screen_episodes}")
         _require(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be a finite number > 0, got {self.lr}")
         _require(
             math.isfinite(self.sigma) and self.sigma > 0, "sigma", f"must be a finite number > 0, got {self.sigma}"

@@ -18,7 +18,10 @@ episodes. Each later iteration:
     evolve    cycle.generations generations of a new CMA-ES around the best controller (step size cycle.sigma;
               with cycle.search=fresh, from the cold start as in iteration 0), its dream starts drawn from every
               episode so far, so they include the states the controller visits;
-    evaluate  the chosen controller in the real env; the best real return so far names the controller to beat.
+              with cycle.screen_episodes > 0 the search's finalists play that many real episodes each (counted in
+              the budget, not stored) and the best real return among them, not the dream's, chooses;
+    evaluate  the chosen controller in the real env; the best real return so far names the controller to beat
+              (a controller evaluated before keeps its first score).
 
 The feature standardisation of iteration 0 is never changed: the controller's inputs must keep their meaning. The
 cycle stops when an evaluation reaches cycle.target_return, before an iteration whose collection would take the
@@ -63,6 +66,7 @@ from experiments.board import add_gif, write_hparams
 from experiments.checkpoint import save_checkpoint
 from experiments.config import Config, ConfigError
 from experiments.evolve import (
+    STREAM_SCREEN,
     DreamScorer,
     Evolution,
     build_controller,
@@ -85,6 +89,7 @@ from experiments.rundir import (
     open_run,
 )
 from experiments.runtime import prepare_runtime, rng_state, set_rng_state, step_seed
+from experiments.scoring import run_episodes
 from experiments.train import (
     VIDEO_FPS,
     EpisodeSplit,
@@ -410,12 +415,47 @@ class Cycle:
         evolution = Evolution(self.es, dream, self.controller, cfg, self.run, "dream", {}, checkpointer=self.save,
                               log_offset=offset)  # fmt: skip
         evolution.evolve(stop, generations)
-        self.chosen, figures = choose_controller(self.es, dream, ecfg.final_episodes, warm=warm)
-        self.record.update(figures, start_states=len(pool.latent))
+        screened: dict = {}
+        screen = functools.partial(self.screen, stop, seed, screened) if cfg.cycle.screen_episodes > 0 else None
+        self.chosen, figures = choose_controller(self.es, dream, ecfg.final_episodes, warm=warm, screen=screen)
+        self.env_steps += screened.get("screen_env_steps", 0)
+        self.record.update(figures, **screened, start_states=len(pool.latent))
         self.generations_done += generations
         self.es = None
         self.phase = "evaluate"
         self.save()
+
+    def screen(self, stop: GracefulStop, seed: int, figures: dict, finalists: np.ndarray) -> np.ndarray:
+        """The real return (K,) of each finalist (K, n) over cycle.screen_episodes episodes without exploration
+        noise, every finalist's from the same reset seeds; the env steps they took land in `figures`."""
+        cfg, episodes = self.cfg, self.cfg.cycle.screen_episodes
+        self.announce(f"screen {len(finalists)} finalists in the real env, {episodes} episodes each")
+        num_envs = cfg.evolve.eval_envs
+        envs, _ = make_vector_env(cfg.env.id, num_envs, obs=cfg.env.obs, size=cfg.env.size,
+                                  action_repeat=cfg.env.action_repeat, seed=seed)  # fmt: skip
+        bar = Progress(len(finalists) * episodes, "screen", unit="episode", enabled=cfg.run.progress)
+
+        def on_step(finished: int) -> None:
+            bar.update(finished)
+            if stop.signalled:  # nothing is kept: the resumed search screens its finalists again
+                print("stopped while screening: --resume screens the finalists again", file=sys.stderr)
+                raise Interrupted
+
+        episode_seed = step_seed(seed, 0, STREAM_SCREEN) % 2**31
+        try:
+            agent = LatentAgent(self.model, self.controller, finalists[0], num_envs)
+            # One finalist at a time from the same reset seeds: each meets the same first states.
+            results = [run_episodes(envs, agent, np.repeat(finalist[None], episodes, axis=0), episode_seed,
+                                    on_step=on_step) for finalist in finalists]  # fmt: skip
+        finally:
+            bar.close()
+            envs.close()
+        returns = np.array([result.returns.mean() for result in results])
+        env_steps = sum(result.env_steps for result in results)
+        figures.update(screen_env_steps=env_steps, screen_episodes=episodes)
+        print(f"iteration {self.iteration}: screened: real returns {', '.join(f'{r:.1f}' for r in returns)} over "
+              f"{episodes} episodes each, {env_steps} env steps", file=sys.stderr)  # fmt: skip
+        return returns
 
     def evaluate(self, stop: GracefulStop) -> None:
         """Score the chosen controller in the real env, keep it if it is the best so far, log the iteration, draw
@@ -431,7 +471,7 @@ class Cycle:
         finally:
             envs.close()
         self.eval_env_steps += real["eval_env_steps"]
-        improved = real["eval_return_mean"] > self.best_return
+        improved = improves(self.chosen, self.best, real["eval_return_mean"], self.best_return)
         record = {**self.record, **real, "dream_real_gap": self.record["dream_return"] - real["eval_return_mean"],
                   "env_steps": self.env_steps, "eval_env_steps_total": self.eval_env_steps,
                   "best": improved}  # fmt: skip
@@ -481,8 +521,9 @@ class Cycle:
             return "target"
         if len(self.history) >= ccfg.iterations:
             return "iterations"
-        # The next iteration's collection, which may end up to num_envs - 1 steps late.
+        # The next iteration's collection, which may end up to num_envs - 1 steps late, and its screening.
         planned = (ccfg.collect_steps + self.cfg.world_model.num_envs - 1) * self.cfg.env.action_repeat
+        planned += screen_reserve(self.cfg, self.spec, self.iteration + 1)
         if self.env_steps + planned > ccfg.max_env_steps:
             return "budget"
         return None
@@ -509,6 +550,13 @@ class Cycle:
         }
 
 
+def improves(chosen: np.ndarray, best: np.ndarray | None, real_return: float, best_return: float) -> bool:
+    """Whether the chosen controller's real return makes it the best so far. The best controller chosen again (a
+    warm-started search's start) keeps its first score: the best of its repeated evaluations would flatter it."""
+    again = best is not None and np.array_equal(chosen, best)
+    return not again and real_return > best_return
+
+
 def iteration_metrics(record: dict, best_return: float) -> dict[str, float]:
     """The cycle/ log line of an evaluated iteration."""
     success = {"cycle/success_rate": record["eval_success_rate"]} if "eval_success_rate" in record else {}
@@ -531,7 +579,7 @@ HPARAM_METRICS = ("cycle/return_mean", "cycle/best_return", "cycle/dream_return"
 
 STOP_REASONS = {
     "target": "the real return reached cycle.target_return",
-    "budget": "the next iteration's collection would take the env steps past cycle.max_env_steps",
+    "budget": "the next iteration's collection (and screening) would take the env steps past cycle.max_env_steps",
     "iterations": "cycle.iterations iterations done",
 }
 
@@ -640,14 +688,30 @@ def write_learning_curve(path: Path, history: list[dict], env_id: str, target: f
 # The command
 
 
-def check_budget(cfg: Config) -> None:
-    """Iteration 0 alone must fit the env-step budget."""
+def screen_reserve(cfg: Config, spec: EnvSpec, iteration: int) -> int:
+    """The most env steps iteration `iteration`'s screening may take (cycle.screen_episodes): each finalist's
+    episodes at the env's episode limit."""
+    if cfg.cycle.screen_episodes == 0:
+        return 0
+    finalists = 3 if iteration > 0 and cfg.cycle.search == "warm" else 2  # mean, best (, start): choose_controller
+    return finalists * cfg.cycle.screen_episodes * spec.max_episode_steps * cfg.env.action_repeat
+
+
+def check_budget(cfg: Config, spec: EnvSpec) -> None:
+    """Iteration 0 alone must fit the env-step budget, its screening included; screening needs an episode limit."""
+    if cfg.cycle.screen_episodes > 0 and spec.max_episode_steps is None:
+        raise ConfigError(
+            f"cycle.screen_episodes: {cfg.env.id} has no episode limit, so the budget cannot keep room for screening; "
+            "set it to 0 or use an env with a TimeLimit"
+        )
     repeat = cfg.env.action_repeat
-    if cfg.world_model.collect_steps * repeat > cfg.cycle.max_env_steps:
+    screen = screen_reserve(cfg, spec, 0)
+    if cfg.world_model.collect_steps * repeat + screen > cfg.cycle.max_env_steps:
         times = "" if repeat == 1 else f" x env.action_repeat={repeat} env steps"
+        screening = "" if screen == 0 else f" and its screening (up to {screen} env steps)"
         raise ConfigError(
             f"cycle.max_env_steps: {cfg.cycle.max_env_steps} is fewer than iteration 0's random-policy collection "
-            f"(world_model.collect_steps={cfg.world_model.collect_steps}{times})"
+            f"(world_model.collect_steps={cfg.world_model.collect_steps}{times}){screening}"
         )
 
 
@@ -702,8 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         # A bad config or an encoder that does not fit fails before a run directory exists.
         cfg = config_lib.load_config(args.config, args.overrides)
-        check_budget(cfg)
-        env_spec(cfg.env)
+        check_budget(cfg, env_spec(cfg.env))
         if args.encoder:
             encoder = load_encoder_weights(Path(args.encoder), cfg)
     run = open_run(args, "cycle")

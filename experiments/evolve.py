@@ -75,6 +75,7 @@ from worldmodel.world_model import WorldModel, batch_from_windows
 STREAM_POOL, STREAM_STARTS, STREAM_NOISE, STREAM_REAL, STREAM_FINAL, STREAM_EVAL = 1, 2, 3, 4, 5, 6
 STREAM_RESET_POOL = 8
 STREAM_FINAL_NOISE = 7
+STREAM_SCREEN = 9  # `wm cycle`'s real screening of a search's finalists (cycle.screen_episodes)
 POOL_BATCH = 512  # start windows encoded per call
 SCORING_MODES = ("dream", "real")
 
@@ -514,11 +515,20 @@ def finish(evolution: Evolution, dream: DreamScorer, envs, agent: LatentAgent, c
     return figures
 
 
-def choose_controller(es: CMAES, dream: DreamScorer, episodes: int, warm: bool = False) -> tuple[np.ndarray, dict]:
+def choose_controller(
+    es: CMAES,
+    dream: DreamScorer,
+    episodes: int,
+    warm: bool = False,
+    screen: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, dict]:
     """Choose between the search's mean and its best-ever candidate by their mean dream return over `episodes`
     fresh starts with fresh noise (the best-ever candidate may owe its fitness to lucky starts). With `warm`, the
     search's start (an earlier controller) competes too, so that a warm-started search never ends with a controller
     the dream itself rates below the one it was given: with noisy fitness, CMA-ES can drift downhill.
+
+    With `screen`, which maps the finalists (K, n) to their real returns (K,), the real return chooses instead (the
+    dream's figures are still reported), for a dream that ranks controllers wrongly.
 
     Returns:
         the chosen parameters (n,) and figures for summary.json.
@@ -528,11 +538,17 @@ def choose_controller(es: CMAES, dream: DreamScorer, episodes: int, warm: bool =
     final = DreamScorer(dream.model, dream.controller, dream.pool, dream.settings, dream.seed, stream=STREAM_FINAL,
                         noise_stream=STREAM_FINAL_NOISE)  # fmt: skip
     final_returns = final(finalists, 0, episodes)  # (2 or 3,)
-    chosen = int(np.argmax(final_returns))
+    real_returns = None if screen is None else np.asarray(screen(finalists), dtype=np.float64)  # (2 or 3,)
+    chosen = int(np.argmax(final_returns if real_returns is None else real_returns))
+    screened = {} if real_returns is None else {
+        f"screen_return_{name}_candidate": float(value) for name, value in zip(names, real_returns, strict=True)
+    }  # fmt: skip
     return finalists[chosen], {
         "dream_return": float(final_returns[chosen]),
         "chosen": names[chosen],
+        "chosen_by": "dream" if real_returns is None else "real",
         **{f"dream_return_{name}_candidate": float(value) for name, value in zip(names, final_returns, strict=True)},
+        **screened,
         "best_fitness": float(es.best_fitness),
         "generations": int(es.generation),
     }

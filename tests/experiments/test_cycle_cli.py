@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -17,12 +18,14 @@ from run_wm import DEBUG, mp4_frames, start, summary, tensorboard_events, tensor
 from envs import EnvSpec, Episode, EpisodeStore
 from experiments import cli
 from experiments.checkpoint import read_checkpoint, save_checkpoint
-from experiments.cycle import CycleWindows, iteration_metrics
+from experiments.cycle import CycleWindows, improves, iteration_metrics
 from experiments.train import StoreWindows, split_episodes
 
 # Two iterations with a frozen encoder (the latent cache grows with every collection); a later iteration's collection
-# of 300 steps takes a few seconds, long enough to be killed in it.
-CYCLE = ["--set", "cycle.iterations=2", "--set", "cycle.collect_steps=300", "--set", "world_model.freeze_encoder=true"]
+# of 300 steps takes a few seconds, long enough to be killed in it. Each search's finalists are screened in the real
+# env, one episode each, so the resumed run screens too.
+CYCLE = ["--set", "cycle.iterations=2", "--set", "cycle.collect_steps=300", "--set", "world_model.freeze_encoder=true",
+         "--set", "cycle.screen_episodes=1"]  # fmt: skip
 LINEAR_PARAMS = (16 + 32) * 2 + 2  # a linear controller over [z, h] of the debug world model, CartPole's 2 actions
 MODEL_KEYS = {"pred_error_k1", "pred_error_k5", "reward_error", "cont_auc", "effective_rank", "collapsed"}
 
@@ -83,7 +86,9 @@ def cycled(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 def test_debug_cycle_leaves_a_complete_run_directory(cycled):
     run, result = cycled
-    for bar in ("collect CartPole-v1 100%", "encode 100%", "train 100%", "evolve 100%", "evaluate 100%", "cycle 100%"):
+    bars = ("collect CartPole-v1 100%", "encode 100%", "train 100%", "evolve 100%", "screen 100%", "evaluate 100%",
+            "cycle 100%")  # fmt: skip
+    for bar in bars:
         assert bar in result.stderr, bar
     assert "tensorboard --logdir" in result.stderr and str(run / "learning_curve.png") in result.stderr
     done = summary(run)
@@ -101,9 +106,9 @@ def test_debug_cycle_leaves_a_complete_run_directory(cycled):
     assert [r["generations"] for r in history] == [3, 2]  # evolve.generations, then cycle.generations
     assert [r["train_step"] for r in history] == [30, 40]  # world_model.steps, then cycle.train_steps more
     assert [r["eval_episodes"] for r in history] == [2, 2]
-    # The env steps are the collections' (the budget); the evaluations' are reported apart. The store holds every
-    # collection.
-    assert done["env_steps"] == sum(r["collect_steps"] for r in history)
+    # The env steps are the collections' and the screenings' (the budget); the evaluations' are reported apart. The
+    # store holds every collection, and no screening episode.
+    assert done["env_steps"] == sum(r["collect_steps"] + r["screen_env_steps"] for r in history)
     assert done["eval_env_steps_total"] == sum(r["eval_env_steps"] for r in history) > 0
     assert history[-1]["env_steps"] == done["env_steps"]
     store = EpisodeStore(run / "episodes", verify=False)
@@ -144,6 +149,30 @@ def test_debug_cycle_leaves_a_complete_run_directory(cycled):
     best = read_checkpoint(run / "checkpoints/best.pt")
     assert best["command"] == "cycle" and best["parameters"].shape == (LINEAR_PARAMS,)
     assert best["figures"]["eval_return_mean"] == done["best_eval_return"]
+
+
+def test_screening_chooses_the_finalist_with_the_best_real_return(cycled):
+    """cycle.screen_episodes=1: each finalist (mean, best, and after iteration 0 the start) plays one real episode;
+    the highest return chooses (the first of equals), and the dream's figures of that finalist are reported."""
+    run, result = cycled
+    history = summary(run)["history"]
+    for record, names in zip(history, [("mean", "best"), ("mean", "best", "start")], strict=True):
+        assert f"iteration {record['iteration']}: screen {len(names)} finalists in the real env" in result.stderr
+        returns = [record[f"screen_return_{name}_candidate"] for name in names]
+        assert record["chosen_by"] == "real" and record["screen_episodes"] == 1
+        assert record["chosen"] == names[int(np.argmax(returns))]
+        assert record["dream_return"] == record[f"dream_return_{record['chosen']}_candidate"]
+        assert record["screen_env_steps"] == sum(returns) > 0  # CartPole pays 1 a step: one episode each
+
+
+def test_a_controller_chosen_again_keeps_its_first_score():
+    """The best controller, chosen again by a warm-started search, cannot improve on itself by a luckier
+    evaluation; any other controller improves by a higher real return."""
+    best, other = np.array([0.5, -1.0]), np.array([0.5, -0.9])
+    assert improves(best, None, 10.0, -np.inf)
+    assert not improves(best.copy(), best, 500.0, 100.0)
+    assert improves(other, best, 100.5, 100.0)
+    assert not improves(other, best, 100.0, 100.0)
 
 
 def test_eval_replays_the_best_iterations_evaluation_with_that_iterations_model(cycled):
@@ -362,6 +391,7 @@ def test_with_an_action_repeat_the_budget_counts_env_steps_not_agent_steps(tmp_p
         ("cycle.target_return=high", "cycle.target_return: expected a number"),
         ("cycle.max_env_steps=300", "cycle.max_env_steps: 300 is fewer than iteration 0's random-policy collection"),
         ("cycle.iteration=3", "cycle.iteration: unknown key (did you mean 'iterations'?)"),
+        ("cycle.screen_episodes=-1", "cycle.screen_episodes: must be >= 0, got -1"),
     ],
 )
 def test_impossible_cycle_settings_are_refused_naming_the_key(tmp_path, capsys, override, message):
@@ -371,6 +401,25 @@ def test_impossible_cycle_settings_are_refused_naming_the_key(tmp_path, capsys, 
     assert code == 2, stderr
     assert stderr.startswith("wm cycle: error: ") and message in stderr, stderr
     assert not run.exists()  # refused before any work
+
+
+def test_the_budget_keeps_room_for_screening_and_needs_an_episode_limit(tmp_path, capsys):
+    """Iteration 0's 400 random steps fit a budget of 1,200, but not with room for its two finalists' screening
+    episodes at CartPole's limit of 500 steps; an env without an episode limit cannot be screened within a budget."""
+    run = tmp_path / "run"
+    code = cli.main(["cycle", *DEBUG, "--set", "cycle.screen_episodes=1", "--set", "cycle.max_env_steps=1200",
+                     "--run-dir", str(run)])  # fmt: skip
+    stderr = capsys.readouterr().err
+    assert code == 2 and "(world_model.collect_steps=400) and its screening (up to 1000 env steps)" in stderr, stderr
+    gym.register(id="UnlimitedCartPole-v0", entry_point="gymnasium.envs.classic_control.cartpole:CartPoleEnv")
+    try:
+        code = cli.main(["cycle", *DEBUG, "--set", "env.id=UnlimitedCartPole-v0", "--set", "env.obs=state",
+                         "--set", "cycle.screen_episodes=1", "--run-dir", str(run)])  # fmt: skip
+    finally:
+        gym.registry.pop("UnlimitedCartPole-v0")
+    stderr = capsys.readouterr().err
+    assert code == 2 and "cycle.screen_episodes: UnlimitedCartPole-v0 has no episode limit" in stderr, stderr
+    assert not run.exists()
 
 
 def test_training_windows_skip_the_held_out_episodes_of_iteration_zero(tmp_path):
