@@ -89,7 +89,6 @@ from experiments.rundir import (
     open_run,
 )
 from experiments.runtime import prepare_runtime, rng_state, set_rng_state, step_seed
-from experiments.scoring import run_episodes
 from experiments.train import (
     VIDEO_FPS,
     EpisodeSplit,
@@ -415,55 +414,48 @@ class Cycle:
         evolution = Evolution(self.es, dream, self.controller, cfg, self.run, "dream", {}, checkpointer=self.save,
                               log_offset=offset)  # fmt: skip
         evolution.evolve(stop, generations)
-        screened: dict = {}
-        screen = functools.partial(self.screen, stop, seed, screened) if cfg.cycle.screen_episodes > 0 else None
+        screen = functools.partial(self.screen, seed) if cfg.cycle.screen_episodes > 0 else None
         self.chosen, figures = choose_controller(self.es, dream, ecfg.final_episodes, warm=warm, screen=screen)
-        self.env_steps += screened.get("screen_env_steps", 0)
-        self.record.update(figures, **screened, start_states=len(pool.latent))
+        self.record.update(figures, start_states=len(pool.latent))
         self.generations_done += generations
         self.es = None
         self.phase = "evaluate"
         self.save()
 
-    def screen(self, stop: GracefulStop, seed: int, figures: dict, finalists: np.ndarray) -> np.ndarray:
+    def screen(self, seed: int, finalists: np.ndarray) -> np.ndarray:
         """The real return (K,) of each finalist (K, n) over cycle.screen_episodes episodes without exploration
-        noise, every finalist's from the same reset seeds; the env steps they took land in `figures`."""
+        noise, every finalist's from the same reset seeds; their env steps count towards the budget. A stop request
+        waits for the end of the phase, as in `evaluate`."""
         cfg, episodes = self.cfg, self.cfg.cycle.screen_episodes
         self.announce(f"screen {len(finalists)} finalists in the real env, {episodes} episodes each")
-        num_envs = cfg.evolve.eval_envs
-        envs, _ = make_vector_env(cfg.env.id, num_envs, obs=cfg.env.obs, size=cfg.env.size,
-                                  action_repeat=cfg.env.action_repeat, seed=seed)  # fmt: skip
-        bar = Progress(len(finalists) * episodes, "screen", unit="episode", enabled=cfg.run.progress)
-
-        def on_step(finished: int) -> None:
-            bar.update(finished)
-            if stop.signalled:  # nothing is kept: the resumed search screens its finalists again
-                print("stopped while screening: --resume screens the finalists again", file=sys.stderr)
-                raise Interrupted
-
-        episode_seed = step_seed(seed, 0, STREAM_SCREEN) % 2**31
+        envs = self.real_envs(seed)
         try:
-            agent = LatentAgent(self.model, self.controller, finalists[0], num_envs)
-            # One finalist at a time from the same reset seeds: each meets the same first states.
-            results = [run_episodes(envs, agent, np.repeat(finalist[None], episodes, axis=0), episode_seed,
-                                    on_step=on_step) for finalist in finalists]  # fmt: skip
+            agent = LatentAgent(self.model, self.controller, finalists[0], cfg.evolve.eval_envs)
+            scores = [score_in_env(envs, agent, finalist, episodes, step_seed(seed, 0, STREAM_SCREEN), cfg.run.progress,
+                                   label="screen") for finalist in finalists]  # fmt: skip
         finally:
-            bar.close()
             envs.close()
-        returns = np.array([result.returns.mean() for result in results])
-        env_steps = sum(result.env_steps for result in results)
-        figures.update(screen_env_steps=env_steps, screen_episodes=episodes)
+        returns = np.array([score["eval_return_mean"] for score in scores])
+        env_steps = sum(score["eval_env_steps"] for score in scores)
+        self.env_steps += env_steps
+        self.record.update(screen_env_steps=env_steps, screen_episodes=episodes)
         print(f"iteration {self.iteration}: screened: real returns {', '.join(f'{r:.1f}' for r in returns)} over "
               f"{episodes} episodes each, {env_steps} env steps", file=sys.stderr)  # fmt: skip
         return returns
+
+    def real_envs(self, seed: int):
+        """evolve.eval_envs real envs for scoring controllers, seeded by `seed`."""
+        cfg = self.cfg
+        envs, _ = make_vector_env(cfg.env.id, cfg.evolve.eval_envs, obs=cfg.env.obs, size=cfg.env.size,
+                                  action_repeat=cfg.env.action_repeat, seed=seed)  # fmt: skip
+        return envs
 
     def evaluate(self, stop: GracefulStop) -> None:
         """Score the chosen controller in the real env, keep it if it is the best so far, log the iteration, draw
         the learning curve and a video, and decide whether to go on."""
         cfg, k = self.cfg, self.iteration
         ecfg, seed = cfg.evolve, iteration_seed(cfg.run.seed, k)
-        envs, _ = make_vector_env(cfg.env.id, ecfg.eval_envs, obs=cfg.env.obs, size=cfg.env.size,
-                                  action_repeat=cfg.env.action_repeat, seed=seed)  # fmt: skip
+        envs = self.real_envs(seed)
         try:
             agent = LatentAgent(self.model, self.controller, self.chosen, ecfg.eval_envs)
             recording = agent.record(cfg.world_model.video_steps) if self.makes_videos else None

@@ -555,12 +555,13 @@ def choose_controller(
 
 
 def score_in_env(envs, agent: LatentAgent, parameters: np.ndarray, episodes: int, seed: int,
-                 show_progress: bool = True) -> dict:  # fmt: skip
+                 show_progress: bool = True, label: str = "evaluate") -> dict:  # fmt: skip
     """The real return of controller `parameters` (n,) over `episodes` episodes without exploration noise, the
     episodes seeded by `seed`; figures for summary.json (`eval_env_steps`: the env steps they took, the agent steps
     times the envs' action repeat; `eval_returns` and `eval_lengths`: each episode's, in agent steps;
-    `eval_success_rate`, the share of episodes that ended in success, for an env that reports `info["success"]`)."""
-    bar = Progress(episodes, "evaluate", unit="episode", enabled=show_progress)
+    `eval_success_rate`, the share of episodes that ended in success, for an env that reports `info["success"]`).
+    `label` names the progress bar."""
+    bar = Progress(episodes, label, unit="episode", enabled=show_progress)
     agent.exploration = 0.0
     real = run_episodes(envs, agent, np.repeat(parameters[None], episodes, axis=0),
                         step_seed(seed, 0, STREAM_EVAL) % 2**31, on_step=bar.update)  # fmt: skip

@@ -422,6 +422,20 @@ def test_the_budget_keeps_room_for_screening_and_needs_an_episode_limit(tmp_path
     assert not run.exists()
 
 
+def test_each_later_iteration_keeps_room_for_its_screening(tmp_path):
+    """After iteration 0 (400 random steps and two short screening episodes) another collection of 100 steps would fit
+    a budget of 2,000, but not with its three finalists' screening at CartPole's limit of 500 steps each."""
+    run = tmp_path / "room"
+    quick = ["world_model.steps=4", "world_model.warmup_steps=1", "world_model.decoder_steps=0",
+             "world_model.eval_every=0", "evolve.generations=1", "cycle.screen_episodes=1",
+             "cycle.max_env_steps=2000"]  # fmt: skip
+    result = cycle(run, *[part for setting in quick for part in ("--set", setting)])
+    assert result.returncode == 0, result.stderr
+    done = summary(run)
+    assert done["stopped"] == "budget" and done["iterations"] == 1
+    assert done["env_steps"] + 101 <= 2000 < done["env_steps"] + 101 + 3 * 500
+
+
 def test_training_windows_skip_the_held_out_episodes_of_iteration_zero(tmp_path):
     spec = EnvSpec("Toy-v0", "state", (1,), "float32", True, 2, None, None, None)
     store = EpisodeStore(tmp_path / "episodes", spec)
