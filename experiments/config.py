@@ -492,6 +492,10 @@ class DreamConfig:
     the episode is still going ('expected': the mean of 'sample' without its noise)."""
     cont_threshold: float = 0.5
     """Continue probability below which a rollout ends ('threshold' only)."""
+    cont_temperature: float = 1.0
+    """Divides the continue head's logit before its sigmoid. Above 1 it moves every step's continue probability
+    towards 1/2, so a rollout goes on for long only through states the model is very sure of (a more pessimistic
+    dream); below 1 towards 0 or 1. No effect on 'threshold' at cont_threshold 0.5, which reads the logit's sign."""
     latent_noise: float = 0.0
     """Std of Gaussian noise added to every predicted latent, in latent units (keeps a controller from relying on
     the model's exact predictions)."""
@@ -505,6 +509,7 @@ class DreamConfig:
             _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         _require(self.burn_in >= 0, "burn_in", f"must be >= 0, got {self.burn_in}")
         _require(0 < self.cont_threshold < 1, "cont_threshold", f"must be in (0, 1), got {self.cont_threshold}")
+        _require(self.cont_temperature > 0, "cont_temperature", f"must be > 0, got {self.cont_temperature}")
         _require(0 <= self.reset_starts <= 1, "reset_starts", f"must be in [0, 1], got {self.reset_starts}")
         for key in ("latent_noise", "disagreement_penalty", "disagreement_limit"):
             _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")

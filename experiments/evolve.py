@@ -197,7 +197,8 @@ def action_space(spec: EnvSpec) -> spaces.Space:
 
 def dream_settings(cfg: config_lib.DreamConfig) -> DreamSettings:
     return DreamSettings(
-        horizon=cfg.horizon, cont_mode=cfg.cont_mode, cont_threshold=cfg.cont_threshold, latent_noise=cfg.latent_noise,
+        horizon=cfg.horizon, cont_mode=cfg.cont_mode, cont_threshold=cfg.cont_threshold,
+        cont_temperature=cfg.cont_temperature, latent_noise=cfg.latent_noise,
         disagreement_penalty=cfg.disagreement_penalty, disagreement_limit=cfg.disagreement_limit,
     )  # fmt: skip
 

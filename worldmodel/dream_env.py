@@ -154,7 +154,7 @@ class DreamVectorEnv(VectorEnv):
         uniform = None
         if settings.cont_mode == "sample":
             uniform = torch.rand(rows, generator=self.generator).to(device)  # (N,)
-        result = dream_step(self.model, self.state, action, noise)
+        result = dream_step(self.model, self.state, action, noise, cont_temperature=settings.cont_temperature)
         going = still_going(result, settings, uniform)  # (N,)
         reward = result.reward - penalty(result, settings)  # (N,)
 

@@ -219,10 +219,13 @@ def test_latent_noise_has_the_settings_std(model, starts):
 
 @pytest.mark.parametrize("space", [DISCRETE, BOX], ids=["discrete", "box"])
 def test_rewards_equal_the_dream_math_and_rollout(model, starts, space):
-    """A controller acting through the env gets reward = model.reward - penalty * disagreement at every step,
-    from the same start rows, and the episode sums equal `dream.rollout`'s returns."""
-    penalty, horizon, rows = 0.5, 5, 6
-    settings = DreamSettings(horizon=horizon, cont_threshold=1e-6, disagreement_penalty=penalty)
+    """A controller acting through the env gets reward = model.reward - penalty * disagreement at every step and
+    continue probability sigmoid(model.cont / cont_temperature), from the same start rows, and the episode sums
+    equal `dream.rollout`'s returns."""
+    penalty, temperature, horizon, rows = 0.5, 2.0, 5, 6
+    settings = DreamSettings(
+        horizon=horizon, cont_threshold=1e-6, cont_temperature=temperature, disagreement_penalty=penalty
+    )
     weight = torch.randn(FEATURES, ACTIONS, generator=torch.Generator().manual_seed(2))
     discrete = isinstance(space, spaces.Discrete)
 
@@ -244,8 +247,10 @@ def test_rewards_equal_the_dream_math_and_rollout(model, starts, space):
             action = policy(torch.cat([latent, hidden], dim=-1))
             hidden, latent = model.step(hidden, latent, action)
             expected = model.reward(hidden, latent) - penalty * model.disagreement(hidden)
-            observation, reward, _, _, _ = env.step(env_actions(observation))
+            cont = torch.sigmoid(model.cont(hidden, latent) / temperature)
+            observation, reward, _, _, infos = env.step(env_actions(observation))
             np.testing.assert_allclose(reward, expected.numpy(), rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(infos["cont"], cont.numpy(), rtol=1e-6, atol=1e-6)
             np.testing.assert_allclose(observation, torch.cat([latent, hidden], dim=-1).numpy(), rtol=1e-6, atol=1e-6)
             total += reward
         result = rollout(model, policy, start, settings, draw_noise(rows, settings, LATENT))
