@@ -1,0 +1,147 @@
+"""benchmarks/dream_ranking.py: its rank correlation against hand-computed answers, and a quick run on a real debug
+world model that prints every metric it promises."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from run_benchmark import REPO
+
+spec = importlib.util.spec_from_file_location("dream_ranking", REPO / "benchmarks" / "dream_ranking.py")
+dream_ranking = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(dream_ranking)
+
+
+def test_ranks_share_ties():
+    assert dream_ranking.ranks(np.array([30.0, 10.0, 20.0, 10.0])).tolist() == [4.0, 1.5, 3.0, 1.5]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ([1, 2, 3, 4], [10, 20, 30, 40], 1.0),
+        ([1, 2, 3, 4], [4, 3, 2, 1], -1.0),
+        # ranks [1, 2, 3, 4] and [2, 1, 4, 3]: 1 - 6 * (1 + 1 + 1 + 1) / (4 * (16 - 1)) = 0.6
+        ([5, 6, 7, 8], [2.0, 1.0, 9.0, 3.0], 0.6),
+        # ranks [1, 2, 3] and [1.5, 1.5, 3]: centred [-1, 0, 1] and [-0.5, -0.5, 1]; 1.5 / sqrt(2 * 1.5) = 0.866025
+        ([1, 2, 3], [7, 7, 9], 1.5 / math.sqrt(3.0)),
+    ],
+)
+def test_spearman_by_hand(a, b, expected):
+    assert dream_ranking.spearman(np.array(a), np.array(b)) == pytest.approx(expected)
+
+
+def test_spearman_of_a_constant_is_undefined():
+    assert math.isnan(dream_ranking.spearman(np.array([1.0, 2.0, 3.0]), np.array([5.0, 5.0, 5.0])))
+
+
+def test_snapshot_generations_are_evenly_spaced_and_end_at_the_last():
+    assert dream_ranking.snapshot_generations(40, 5) == [8, 16, 24, 32, 40]
+    assert dream_ranking.snapshot_generations(3, 6) == [1, 2, 3]
+    assert dream_ranking.snapshot_generations(7, 1) == [7]
+
+
+def test_pair_agreement_by_hand():
+    """Real 100, 200, 300 with standard errors 10: every pair differs by 100 > 2 * sqrt(200) = 28.3, so all three
+    count. The dream orders (0, 1) and (0, 2) as reality does and ties (1, 2): (1 + 1 + 0.5) / 3."""
+    real, se = np.array([100.0, 200.0, 300.0]), np.full(3, 10.0)
+    assert dream_ranking.pair_agreement(np.array([1.0, 5.0, 5.0]), real, se) == (pytest.approx(2.5 / 3), 3)
+    # Standard errors of 40: only (0, 2) differs by more than 2 * sqrt(3200) = 113.1; the dream orders it wrongly.
+    assert dream_ranking.pair_agreement(np.array([9.0, 5.0, 1.0]), real, np.full(3, 40.0)) == (0.0, 1)
+    agreement, pairs = dream_ranking.pair_agreement(np.array([1.0, 2.0]), np.array([5.0, 6.0]), np.ones(2))
+    assert math.isnan(agreement) and pairs == 0
+
+
+@pytest.fixture(scope="module")
+def world_model(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ranking") / "wm"
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments", "train", "--config", "configs/debug.yaml", "--set", "run.threads=1",
+         "--run-dir", str(run)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def ranking(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "dream_ranking.py"), "--quick", "--threads", "1", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_quick_run_ranks_the_same_controllers_under_every_variant(world_model):
+    result = ranking(
+        "--world-model", str(world_model), "--variant", "dream.cont_mode=expected", "--variant", "dream.reset_starts=1"
+    )  # the second draws a start pool of its own
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all(r["bench"] == "dream_ranking" for r in records)
+    controllers = [r for r in records if r["metric"] == "controller"]
+    # --quick: dream means at generations 1 and 2, the dream's best candidate, the real search's mean after 1
+    assert [r["source"] for r in controllers] == [
+        "dream search, generation 1", "dream search, generation 2", "dream search, best candidate",
+        "real search, generation 1",
+    ]  # fmt: skip
+    variants = ["the run's dream", "dream.cont_mode=expected", "dream.reset_starts=1"]
+    assert all(list(r["dream"]) == variants for r in controllers)
+    real = np.array([r["value"] for r in controllers])
+    for variant in variants:
+        figures = {r["metric"]: r for r in records if r.get("variant") == variant}
+        assert set(figures) == {"rank_correlation", "pair_agreement", "pick_real_return", "pick_regret"}
+        dream = np.array([r["dream"][variant] for r in controllers])
+        pick = int(np.argmax(dream))
+        assert figures["pick_real_return"]["value"] == pytest.approx(real[pick], abs=1e-4)
+        assert figures["pick_real_return"]["pick"] == controllers[pick]["source"]
+        assert figures["pick_regret"]["value"] == pytest.approx(real.max() - real[pick], abs=1e-4)
+        correlation = figures["rank_correlation"]["value"]
+        assert correlation is None if len(set(real)) == 1 else -1 <= correlation <= 1
+        agreement, pairs = figures["pair_agreement"]["value"], figures["pair_agreement"]["pairs"]
+        assert 0 <= pairs <= 6 and (agreement is None if pairs == 0 else 0 <= agreement <= 1)
+    expected_settings = {r["variant"]: r["dream_settings"]["cont_mode"] for r in records if "dream_settings" in r}
+    assert expected_settings == {
+        "the run's dream": "threshold", "dream.cont_mode=expected": "expected", "dream.reset_starts=1": "threshold"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("evolve.sigma=0.5", "is not a dream.* key"),
+        ("dream.cont_temperature=0", "dream.cont_temperature: must be > 0"),
+    ],
+)
+def test_a_bad_variant_is_refused_naming_it(world_model, variant, message):
+    result = ranking("--world-model", str(world_model), "--variant", variant)
+    assert result.returncode != 0 and message in result.stderr and result.stdout == ""
+
+
+def test_a_saved_set_ranks_again_without_the_real_env(world_model, tmp_path):
+    kept = tmp_path / "controllers.npz"
+    first = ranking("--world-model", str(world_model), "--save-controllers", str(kept))
+    assert first.returncode == 0, first.stderr
+    again = ranking("--world-model", str(world_model), "--controllers", str(kept), "--variant", "dream.horizon=5")
+    assert again.returncode == 0, again.stderr
+    assert "real search" not in again.stderr and "real returns" not in again.stderr  # no search, no real episodes
+    before, after = ([json.loads(line) for line in run.stdout.splitlines()] for run in (first, again))
+    baseline = [r for r in before if r.get("variant") == "the run's dream" or r["metric"] == "controller"]
+    assert [{**r, "dream": {"the run's dream": r["dream"]["the run's dream"]}} if "dream" in r else r
+            for r in after if r.get("variant") != "dream.horizon=5"] == baseline  # fmt: skip
+
+
+def test_a_file_that_is_no_saved_set_is_refused(world_model, tmp_path):
+    bad = tmp_path / "controllers.npz"
+    bad.write_bytes(b"not an npz file")
+    result = ranking("--world-model", str(world_model), "--controllers", str(bad))
+    assert result.returncode != 0 and "not a controller set saved by --save-controllers" in result.stderr
+    assert bad.read_bytes() == b"not an npz file"
