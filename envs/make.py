@@ -253,9 +253,12 @@ def _make_rendering(env_id: str, gym_spec: Any, require_images: bool, **kwargs: 
 
     Frames are drawn off screen, so pygame (classic control, Box2D) gets SDL's dummy video driver unless the user
     chose one: without it, SDL looks for a display and on a headless machine prints an error about XDG_RUNTIME_DIR
-    into every run's output.
+    into every run's output. And SDL keeps its hands off signals: where SIGTERM still has its default action when
+    pygame starts, SDL installs a handler that turns it into a quit event nobody reads, so `kill` would no longer
+    stop a process that renders (a benchmark, `wm eval`) and it would run on.
     """
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
     entry = gym_spec.entry_point
     env_class = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
     modes = list(getattr(env_class, "metadata", {}).get("render_modes", []))

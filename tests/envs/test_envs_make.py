@@ -282,6 +282,18 @@ def test_pixels_on_a_headless_machine_print_nothing() -> None:
     assert run.stdout.strip() == "ok" and "XDG_RUNTIME_DIR" not in run.stderr, run.stderr
 
 
+def test_sigterm_still_ends_a_process_that_renders() -> None:
+    """pygame's SDL takes over SIGTERM when classic control's renderer starts it (if nothing else has) and swallows
+    it; a process that renders must still be stopped by it, with the default action (exit status -15)."""
+    code = (
+        "import os, signal, time; from envs import make_env; env, _ = make_env('CartPole-v1', obs='pixels', size=16, "
+        "seed=0); env.reset(); os.kill(os.getpid(), signal.SIGTERM); time.sleep(5); print('still running')"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "SDL_NO_SIGNAL_HANDLERS"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=environment)
+    assert run.returncode == -15 and "still running" not in run.stdout, (run.returncode, run.stdout, run.stderr)
+
+
 def test_spec_validates_its_fields() -> None:
     good = dict(env_id="X-v0", obs_mode="pixels", obs_shape=(8, 8, 3), obs_dtype="uint8", discrete=False,
                 action_dim=2, action_low=(-1.0, -1.0), action_high=(1.0, 1.0), max_episode_steps=None)  # fmt: skip
