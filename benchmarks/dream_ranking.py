@@ -122,8 +122,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def snapshot_generations(generations: int, snapshots: int) -> list[int]:
     """The generations after which a search's mean is kept: up to `snapshots` evenly spaced in 1..generations,
-    ending at the last. Not the start: a cold search starts at zeros, a controller that every dream rates as badly
-    as reality does, which would only flatter the figures."""
+    ending at the last. Not the start: a linear controller's cold start is zeros, a controller that every dream
+    rates as badly as reality does, which would only flatter the figures."""
     return sorted({max(1, round(i * generations / snapshots)) for i in range(1, snapshots + 1)})
 
 
@@ -183,7 +183,8 @@ def build_controller_set(args, cfg: config_lib.Config, world, controller, pool, 
     try:
         generations = ecfg.generations if args.dream_generations is None else args.dream_generations
         dream = DreamScorer(world.model, controller, pool, dream_settings(cfg.dream), args.seed)
-        es = CMAES(np.zeros(controller.num_params), ecfg.sigma, ecfg.population, args.seed, diagonal=ecfg.diagonal)
+        x0 = controller.initial_parameters(args.seed)  # the cold start `wm evolve` searches from
+        es = CMAES(x0, ecfg.sigma, ecfg.population, args.seed, diagonal=ecfg.diagonal)
         keep = snapshot_generations(generations, args.snapshots)
         dream_means = search(es, functools.partial(dream, episodes=ecfg.episodes), generations, keep, "dream search")
         real_es = CMAES(es.mean, ecfg.sigma, args.real_population, args.seed + 1, diagonal=ecfg.diagonal)
