@@ -107,7 +107,7 @@ def pair_agreement(dream: np.ndarray, real: np.ndarray, real_se: np.ndarray, z: 
             if abs(real[i] - real[j]) <= z * math.hypot(real_se[i], real_se[j]):
                 continue
             pairs += 1
-            agree += 1.0 if (dream[i] - dream[j]) * (real[i] - real[j]) > 0 else 0.5 if dream[i] == dream[j] else 0.0
+            agree += (1 + np.sign(dream[i] - dream[j]) * np.sign(real[i] - real[j])) / 2  # 1 same order, 0.5 a tie
     return (agree / pairs if pairs else float("nan")), pairs
 
 
@@ -173,7 +173,7 @@ class ControllerSet(NamedTuple):
     """The world model's checkpoint: a controller means something only over the features it was evolved on."""
 
 
-def build_controller_set(args, cfg: config_lib.Config, world, controller, pool, device) -> ControllerSet:
+def build_controller_set(args, cfg: config_lib.Config, world, controller, pool) -> ControllerSet:
     """Steps 1 and 2: a dream search's means and best candidate, a real search's means from there, and the real
     return of each."""
     ecfg = cfg.evolve
@@ -260,6 +260,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.dream_generations, args.snapshots, args.real_generations = 2, 2, 1
         args.real_population, args.real_episodes, args.dream_episodes = 4, 2, 8
+    least = {"--dream-generations": 1, "--snapshots": 1, "--real-generations": 1, "--real-population": 2,
+             "--real-episodes": 2, "--dream-episodes": 1}  # fmt: skip
+    for flag, minimum in least.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and value < minimum:
+            parser.error(f"{flag} must be >= {minimum}, got {value}")  # 2 real episodes: a standard error needs them
 
     saved = read_checkpoint(world_model_checkpoint(Path(args.world_model)))["config"]
     try:
@@ -276,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.controllers:
         controllers = load_controller_set(Path(args.controllers), world, controller)
     else:
-        controllers = build_controller_set(args, cfg, world, controller, pools[pool_key(cfg.dream)], device)
+        controllers = build_controller_set(args, cfg, world, controller, pools[pool_key(cfg.dream)])
     if args.save_controllers:
         save_controller_set(Path(args.save_controllers), controllers)
     real_mean = controllers.real_returns.mean(axis=1)  # (K,)

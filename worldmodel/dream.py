@@ -269,7 +269,9 @@ def rollout(
         # The drawn noise is standard normal: scale it to the settings' std here.
         latent_noise = None if noise.latent is None else settings.latent_noise * noise.latent[going, t]  # (R, D)
         measure = settings.uses_disagreement or t % DISAGREEMENT_EVERY == 0
-        result = dream_step(model, state, action, latent_noise, measure, settings.cont_temperature)
+        result = dream_step(
+            model, state, action, latent_noise, measure_disagreement=measure, cont_temperature=settings.cont_temperature
+        )
         step_penalty = penalty(result, settings)
         returns[going] += weight * (result.reward - step_penalty)
         penalties[going] += weight * step_penalty

@@ -57,16 +57,27 @@ def test_pair_agreement_by_hand():
     assert math.isnan(agreement) and pairs == 0
 
 
-@pytest.fixture(scope="module")
-def world_model(tmp_path_factory):
-    run = tmp_path_factory.mktemp("ranking") / "wm"
+def train_debug_world_model(run, seed: int = 0):
     result = subprocess.run(
         [sys.executable, "-m", "experiments", "train", "--config", "configs/debug.yaml", "--set", "run.threads=1",
-         "--run-dir", str(run)],
+         "--set", f"run.seed={seed}", "--run-dir", str(run)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return run
+
+
+@pytest.fixture(scope="module")
+def world_model(tmp_path_factory):
+    return train_debug_world_model(tmp_path_factory.mktemp("ranking") / "wm")
+
+
+@pytest.fixture(scope="module")
+def saved_set(world_model, tmp_path_factory):
+    kept = tmp_path_factory.mktemp("set") / "controllers.npz"
+    result = ranking("--world-model", str(world_model), "--save-controllers", str(kept))
+    assert result.returncode == 0, result.stderr
+    return kept, result
 
 
 def ranking(*args: str) -> subprocess.CompletedProcess:
@@ -126,10 +137,8 @@ def test_a_bad_variant_is_refused_naming_it(world_model, variant, message):
     assert result.returncode != 0 and message in result.stderr and result.stdout == ""
 
 
-def test_a_saved_set_ranks_again_without_the_real_env(world_model, tmp_path):
-    kept = tmp_path / "controllers.npz"
-    first = ranking("--world-model", str(world_model), "--save-controllers", str(kept))
-    assert first.returncode == 0, first.stderr
+def test_a_saved_set_ranks_again_without_the_real_env(world_model, saved_set):
+    kept, first = saved_set
     again = ranking("--world-model", str(world_model), "--controllers", str(kept), "--variant", "dream.horizon=5")
     assert again.returncode == 0, again.stderr
     assert "real search" not in again.stderr and "real returns" not in again.stderr  # no search, no real episodes
@@ -145,3 +154,24 @@ def test_a_file_that_is_no_saved_set_is_refused(world_model, tmp_path):
     result = ranking("--world-model", str(world_model), "--controllers", str(bad))
     assert result.returncode != 0 and "not a controller set saved by --save-controllers" in result.stderr
     assert bad.read_bytes() == b"not an npz file"
+
+
+def test_a_saved_set_is_refused_on_another_world_model_or_controller(world_model, saved_set, tmp_path):
+    kept, _ = saved_set
+    other = train_debug_world_model(tmp_path / "other", seed=1)
+    result = ranking("--world-model", str(other), "--controllers", str(kept))
+    assert result.returncode != 0 and "was made on another world model" in result.stderr and result.stdout == ""
+    result = ranking("--world-model", str(world_model), "--controllers", str(kept), "--set", "evolve.controller=mlp")
+    assert result.returncode != 0 and "this config's have" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--real-episodes", "1", "--real-episodes must be >= 2, got 1"), ("--snapshots", "0", "--snapshots must be >= 1")],
+)
+def test_bad_sizes_are_refused_naming_the_flag(world_model, flag, value, message):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "dream_ranking.py"), "--world-model", str(world_model), flag, value],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr and result.stdout == ""
