@@ -3,6 +3,7 @@
     python benchmarks/dream_ranking.py --world-model RUN
     python benchmarks/dream_ranking.py --world-model RUN --variant dream.cont_temperature=0.5 \
         --variant dream.cont_mode=expected
+    python benchmarks/dream_ranking.py --world-model RUN --controllers set.npz --add-controller runs/<wm evolve run>
     python benchmarks/dream_ranking.py --world-model RUN --quick      # tiny sizes: a check that it runs
 
 A search in the dream picks its controller by the dream's return, so what it finds is only as good as the dream's
@@ -29,6 +30,8 @@ and one "controller" line per controller (value: its real return; `dream` holds 
 Controllers are scored once in the real env and reused by every variant, so the variants are compared on the very
 same controllers and real returns. Steps 1 and 2 take minutes (the real env); `--save-controllers NPZ` keeps their
 outcome, and `--controllers NPZ` ranks it again under other variants in seconds (same world model only).
+`--add-controller RUN` puts a `wm evolve` run's controller (evolved on the same world model) into the set: it plays
+the set's real episodes, on the same reset seeds, so that a search's own result is ranked beside the others.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from agents.evolution import CMAES  # noqa: E402
 from envs import make_vector_env  # noqa: E402
 from envs.atomic import atomic_write_bytes  # noqa: E402
 from experiments import config as config_lib  # noqa: E402
-from experiments.checkpoint import read_checkpoint  # noqa: E402
+from experiments.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from experiments.evolve import (  # noqa: E402
     DreamScorer,
     RealScorer,
@@ -73,6 +76,7 @@ from experiments.scoring import run_episodes  # noqa: E402
 BASELINE = "the run's dream"
 REAL_SEARCH_EPISODES = 2  # episodes per candidate in the real-env search (as README's model-free baseline)
 KEY_RANKING = 10_000  # the DreamScorer key of the ranking rollouts: no search generation uses it
+REAL_SEED_OFFSET = 7  # the real episodes that score the set reset from --seed + this (the real search's are --seed)
 
 
 def emit(metric: str, value: float, unit: str, **extra) -> None:
@@ -171,15 +175,34 @@ class ControllerSet(NamedTuple):
     """Real env steps the real-env search took."""
     model_sha256: str
     """The world model's checkpoint: a controller means something only over the features it was evolved on."""
+    real_seed: int | None
+    """The seed of the real episodes' resets (every controller plays the same ones); None in a set saved before it
+    was recorded, which takes no added controllers."""
+
+
+def real_env(cfg: config_lib.Config, world, controller, seed: int):
+    """The vector env and agent that play controllers in the real env (the caller closes the env)."""
+    envs, _ = make_vector_env(cfg.env.id, cfg.evolve.eval_envs, obs=cfg.env.obs, size=cfg.env.size,
+                              action_repeat=cfg.env.action_repeat, seed=seed)  # fmt: skip
+    return envs, LatentAgent(world.model, controller, np.zeros(controller.num_params), cfg.evolve.eval_envs)
+
+
+def real_returns(envs, agent, parameters: np.ndarray, episodes: int, seed: int) -> np.ndarray:
+    """(K, episodes) the real return of each of the (K, n) controllers, every one on the same reset seeds."""
+    returns = np.zeros((len(parameters), episodes))
+    bar = Progress(len(parameters) * episodes, "real returns", unit="episode")
+    for k, controller_parameters in enumerate(parameters):
+        jobs = np.repeat(controller_parameters[None], episodes, axis=0)  # (episodes, n)
+        returns[k] = run_episodes(envs, agent, jobs, seed=seed, on_step=bar.update).returns
+    bar.close()
+    return returns
 
 
 def build_controller_set(args, cfg: config_lib.Config, world, controller, pool) -> ControllerSet:
     """Steps 1 and 2: a dream search's means and best candidate, a real search's means from there, and the real
     return of each."""
     ecfg = cfg.evolve
-    envs, _ = make_vector_env(cfg.env.id, ecfg.eval_envs, obs=cfg.env.obs, size=cfg.env.size,
-                              action_repeat=cfg.env.action_repeat, seed=args.seed)  # fmt: skip
-    agent = LatentAgent(world.model, controller, np.zeros(controller.num_params), ecfg.eval_envs)
+    envs, agent = real_env(cfg, world, controller, args.seed)
     try:
         generations = ecfg.generations if args.dream_generations is None else args.dream_generations
         dream = DreamScorer(world.model, controller, pool, dream_settings(cfg.dream), args.seed)
@@ -195,23 +218,61 @@ def build_controller_set(args, cfg: config_lib.Config, world, controller, pool) 
         sources = ([f"dream search, generation {g}" for g in keep] + ["dream search, best candidate"]
                    + [f"real search, generation {g}" for g in real_keep])  # fmt: skip
         parameters = np.stack(dream_means + [es.best] + real_means)  # (K, n)
-
-        returns = np.zeros((len(parameters), args.real_episodes))  # (K, episodes)
-        bar = Progress(len(parameters) * args.real_episodes, "real returns", unit="episode")
-        for k, controller_parameters in enumerate(parameters):
-            jobs = np.repeat(controller_parameters[None], args.real_episodes, axis=0)  # (episodes, n)
-            returns[k] = run_episodes(envs, agent, jobs, seed=args.seed + 7, on_step=bar.update).returns
-        bar.close()
+        returns = real_returns(envs, agent, parameters, args.real_episodes, args.seed + REAL_SEED_OFFSET)
     finally:
         envs.close()
-    return ControllerSet(sources, parameters, returns, real.env_steps, world.sha256)
+    return ControllerSet(sources, parameters, returns, real.env_steps, world.sha256, args.seed + REAL_SEED_OFFSET)
+
+
+def evolved_controller(run: Path, world, controller) -> np.ndarray:
+    """The (n,) controller a `wm evolve` run kept (its checkpoints/best.pt, or that file), refused unless it was
+    evolved on this world model and has this config's controller shape."""
+    path = run / "checkpoints" / "best.pt" if run.is_dir() else run
+    try:
+        state = read_checkpoint(path)
+    except CheckpointError as error:
+        raise SystemExit(f"--add-controller {run}: {error}") from None
+    if state.get("command") != "evolve":
+        raise SystemExit(f"--add-controller {run}: {path} is a controller of '{state.get('command')}', not of a "
+                         "`wm evolve` run (a `wm cycle` controller sees through its own world model)")  # fmt: skip
+    if state["data"].get("world_model_sha256") != world.sha256:
+        raise SystemExit(
+            f"--add-controller {run} was evolved on another world model ({state['data'].get('world_model')})"
+        )
+    parameters = state["parameters"].numpy().astype(np.float64)
+    if parameters.shape != (controller.num_params,):
+        raise SystemExit(f"--add-controller {run} holds a controller of {parameters.size} parameters, this config's "
+                         f"have {controller.num_params}")  # fmt: skip
+    return parameters
+
+
+def add_controllers(controllers: ControllerSet, runs: list[Path], cfg: config_lib.Config, world, controller,
+                    seed: int) -> ControllerSet:  # fmt: skip
+    """The set with each run's controller added, scored on the set's own real episodes."""
+    if controllers.real_seed is None:
+        raise SystemExit(
+            "--add-controller: this set does not record the seed of its real episodes (it was saved "
+            "before that was kept), so an added controller could not play the same ones; build it again"
+        )
+    parameters = np.stack([evolved_controller(run, world, controller) for run in runs])  # (K', n)
+    envs, agent = real_env(cfg, world, controller, seed)
+    try:
+        returns = real_returns(envs, agent, parameters, controllers.real_returns.shape[1], controllers.real_seed)
+    finally:
+        envs.close()
+    return controllers._replace(
+        sources=controllers.sources + [f"wm evolve run {run}" for run in runs],
+        parameters=np.concatenate([controllers.parameters, parameters]),
+        real_returns=np.concatenate([controllers.real_returns, returns]),
+    )
 
 
 def save_controller_set(path: Path, controllers: ControllerSet) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, sources=np.array(controllers.sources), parameters=controllers.parameters,
              real_returns=controllers.real_returns, search_real_env_steps=controllers.search_real_env_steps,
-             model_sha256=np.array(controllers.model_sha256))  # fmt: skip
+             model_sha256=np.array(controllers.model_sha256),
+             **({} if controllers.real_seed is None else {"real_seed": controllers.real_seed}))  # fmt: skip
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -221,7 +282,8 @@ def load_controller_set(path: Path, world, controller) -> ControllerSet:
         with np.load(path, allow_pickle=False) as saved:
             controllers = ControllerSet([str(source) for source in saved["sources"]], saved["parameters"],
                                         saved["real_returns"], int(saved["search_real_env_steps"]),
-                                        str(saved["model_sha256"]))  # fmt: skip
+                                        str(saved["model_sha256"]),
+                                        int(saved["real_seed"]) if "real_seed" in saved else None)  # fmt: skip
     except (OSError, ValueError, KeyError) as error:
         raise SystemExit(f"--controllers {path}: not a controller set saved by --save-controllers ({error})") from None
     if controllers.model_sha256 != world.sha256:
@@ -251,6 +313,15 @@ def main(argv: list[str] | None = None) -> None:
         "--controllers",
         metavar="NPZ",
         help="rank a set kept by --save-controllers on the same world model (no search, no real env)",
+    )
+    parser.add_argument(
+        "--add-controller",
+        dest="added",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="RUN",
+        help="a `wm evolve` run on the same world model whose controller joins the set (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: the run's run.threads)")
@@ -283,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
         controllers = load_controller_set(Path(args.controllers), world, controller)
     else:
         controllers = build_controller_set(args, cfg, world, controller, pools[pool_key(cfg.dream)])
+    if args.added:
+        controllers = add_controllers(controllers, args.added, cfg, world, controller, args.seed)
     if args.save_controllers:
         save_controller_set(Path(args.save_controllers), controllers)
     real_mean = controllers.real_returns.mean(axis=1)  # (K,)

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from run_benchmark import REPO
 
+from experiments.checkpoint import read_checkpoint
+
 spec = importlib.util.spec_from_file_location("dream_ranking", REPO / "benchmarks" / "dream_ranking.py")
 dream_ranking = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(dream_ranking)
@@ -175,3 +177,54 @@ def test_bad_sizes_are_refused_naming_the_flag(world_model, flag, value, message
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2 and message in result.stderr and result.stdout == ""
+
+
+def evolve_checkpoint(world_model, parameters: np.ndarray, path, sha256: str | None = None):
+    """A `wm evolve` best.pt holding `parameters`, as evolved on `world_model` (or on a model of another `sha256`)."""
+    from experiments.evolve import build_controller, load_world_model, save_controller
+
+    cfg = dream_ranking.config_lib.load_config(
+        [], [], base=read_checkpoint(world_model / "checkpoints" / "latest.pt")["config"]
+    )
+    world = load_world_model(world_model, cfg)
+    provenance = {"world_model": str(world.checkpoint), "world_model_sha256": sha256 or world.sha256}
+    controller = build_controller(world.model, world.spec, cfg.evolve)
+    save_controller(path, "evolve", controller, parameters, cfg, provenance, figures={})
+    return path
+
+
+def test_an_added_controller_plays_the_sets_own_real_episodes(world_model, saved_set, tmp_path):
+    """A `wm evolve` checkpoint that holds the set's second controller, added to the set, gets that controller's real
+    returns episode for episode: it played the same resets."""
+    kept, _ = saved_set
+    with np.load(kept) as saved:
+        parameters, returns = saved["parameters"], saved["real_returns"]
+    added = evolve_checkpoint(world_model, parameters[1], tmp_path / "best.pt")
+    grown = tmp_path / "grown.npz"
+    result = ranking("--world-model", str(world_model), "--controllers", str(kept), "--add-controller", str(added),
+                     "--save-controllers", str(grown))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with np.load(grown) as saved:
+        assert saved["real_returns"].shape == (len(returns) + 1, returns.shape[1])
+        np.testing.assert_array_equal(saved["real_returns"][-1], returns[1])
+        assert str(saved["sources"][-1]) == f"wm evolve run {added}"
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["source"] for r in lines if r["metric"] == "controller"][-1] == f"wm evolve run {added}"
+
+
+def test_an_added_controller_is_refused_from_another_model_or_into_an_old_set(world_model, saved_set, tmp_path):
+    kept, _ = saved_set
+    with np.load(kept) as saved:
+        parameters = saved["parameters"][0]
+        old = {key: saved[key] for key in saved.files if key != "real_seed"}  # a set saved before the seed was kept
+    foreign = evolve_checkpoint(world_model, parameters, tmp_path / "foreign.pt", sha256="0" * 64)
+    result = ranking("--world-model", str(world_model), "--controllers", str(kept), "--add-controller", str(foreign))
+    assert result.returncode != 0 and "was evolved on another world model" in result.stderr and result.stdout == ""
+    np.savez(tmp_path / "old.npz", **old)
+    mine = evolve_checkpoint(world_model, parameters, tmp_path / "mine.pt")
+    result = ranking("--world-model", str(world_model), "--controllers", str(tmp_path / "old.npz"),
+                     "--add-controller", str(mine))  # fmt: skip
+    assert result.returncode != 0 and "does not record the seed of its real episodes" in result.stderr
+    result = ranking("--world-model", str(world_model), "--controllers", str(kept), "--add-controller",
+                     str(world_model))  # a `wm train` run: no controller  # fmt: skip
+    assert result.returncode != 0 and "--add-controller" in result.stderr and result.stdout == ""
