@@ -13,6 +13,7 @@ import pytest
 from run_benchmark import REPO
 
 from experiments.checkpoint import read_checkpoint
+from experiments.evolve import build_controller, load_world_model, save_controller
 
 spec = importlib.util.spec_from_file_location("dream_ranking", REPO / "benchmarks" / "dream_ranking.py")
 dream_ranking = importlib.util.module_from_spec(spec)
@@ -181,8 +182,6 @@ def test_bad_sizes_are_refused_naming_the_flag(world_model, flag, value, message
 
 def evolve_checkpoint(world_model, parameters: np.ndarray, path, sha256: str | None = None):
     """A `wm evolve` best.pt holding `parameters`, as evolved on `world_model` (or on a model of another `sha256`)."""
-    from experiments.evolve import build_controller, load_world_model, save_controller
-
     cfg = dream_ranking.config_lib.load_config(
         [], [], base=read_checkpoint(world_model / "checkpoints" / "latest.pt")["config"]
     )
@@ -227,4 +226,4 @@ def test_an_added_controller_is_refused_from_another_model_or_into_an_old_set(wo
     assert result.returncode != 0 and "does not record the seed of its real episodes" in result.stderr
     result = ranking("--world-model", str(world_model), "--controllers", str(kept), "--add-controller",
                      str(world_model))  # a `wm train` run: no controller  # fmt: skip
-    assert result.returncode != 0 and "--add-controller" in result.stderr and result.stdout == ""
+    assert result.returncode != 0 and "best.pt does not exist" in result.stderr and result.stdout == ""
