@@ -66,6 +66,7 @@ from experiments.evolve import (  # noqa: E402
     build_controller,
     dream_settings,
     load_world_model,
+    read_controller,
     start_pool,
     world_model_checkpoint,
 )
@@ -227,22 +228,17 @@ def build_controller_set(args, cfg: config_lib.Config, world, controller, pool) 
 def evolved_controller(run: Path, world, controller) -> np.ndarray:
     """The (n,) controller a `wm evolve` run kept (its checkpoints/best.pt, or that file), refused unless it was
     evolved on this world model and has this config's controller shape."""
-    path = run / "checkpoints" / "best.pt" if run.is_dir() else run
     try:
-        state = read_checkpoint(path)
+        parameters, state = read_controller(run, controller, flag="--add-controller")
     except CheckpointError as error:
-        raise SystemExit(f"--add-controller {run}: {error}") from None
-    if state.get("command") != "evolve":
-        raise SystemExit(f"--add-controller {run}: {path} is a controller of '{state.get('command')}', not of a "
-                         "`wm evolve` run (a `wm cycle` controller sees through its own world model)")  # fmt: skip
+        raise SystemExit(str(error)) from None
+    if state["command"] != "evolve":
+        raise SystemExit(f"--add-controller {run} is a `wm cycle` controller, which sees through its own world model "
+                         "(add `wm evolve` runs only)")  # fmt: skip
     if state["data"].get("world_model_sha256") != world.sha256:
         raise SystemExit(
             f"--add-controller {run} was evolved on another world model ({state['data'].get('world_model')})"
         )
-    parameters = state["parameters"].numpy().astype(np.float64)
-    if parameters.shape != (controller.num_params,):
-        raise SystemExit(f"--add-controller {run} holds a controller of {parameters.size} parameters, this config's "
-                         f"have {controller.num_params}")  # fmt: skip
     return parameters
 
 

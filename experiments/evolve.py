@@ -411,12 +411,19 @@ def build_controller(model: WorldModel, spec: EnvSpec, cfg: config_lib.EvolveCon
 def read_warm_start(path: Path, controller: Controller) -> np.ndarray:
     """The controller of an earlier `wm evolve` or `wm cycle` run (its checkpoints/best.pt) or of a checkpoint file,
     as x0."""
+    return read_controller(path, controller)[0]
+
+
+def read_controller(path: Path, controller: Controller, flag: str = "--controller") -> tuple[np.ndarray, dict]:
+    """The (n,) parameters of the controller an `evolve` or `cycle` run kept (its checkpoints/best.pt, or that file)
+    and the checkpoint they came from, refused unless `controller` has their shape; errors name `flag`."""
     checkpoint = path / "checkpoints" / "best.pt" if path.is_dir() else path
-    state = read_checkpoint(checkpoint)
+    try:
+        state = read_checkpoint(checkpoint)
+    except CheckpointError as error:
+        raise CheckpointError(f"{flag} {path}: {error}") from None
     if state.get("command") not in ("evolve", "cycle") or "parameters" not in state:
-        raise CheckpointError(
-            f"--controller {checkpoint} holds no evolved controller (use an evolve or cycle run's best.pt)"
-        )
+        raise CheckpointError(f"{flag} {checkpoint} holds no evolved controller (use an evolve or cycle run's best.pt)")
     theirs, ours = state["controller"], controller.describe()
     if theirs != ours:
         differences = [
@@ -425,15 +432,14 @@ def read_warm_start(path: Path, controller: Controller) -> np.ndarray:
             if theirs.get(key) != ours.get(key)
         ]
         raise CheckpointError(
-            f"--controller {checkpoint} is another controller than this config builds:\n  " + "\n  ".join(differences)
+            f"{flag} {checkpoint} is another controller than this config builds:\n  " + "\n  ".join(differences)
         )
     parameters = state["parameters"].double().numpy()
     if parameters.shape != (controller.num_params,):
         raise CheckpointError(
-            f"--controller {checkpoint} holds parameters of shape {parameters.shape}, "
-            f"expected ({controller.num_params},)"
+            f"{flag} {checkpoint} holds parameters of shape {parameters.shape}, expected ({controller.num_params},)"
         )
-    return parameters
+    return parameters, state
 
 
 def evolve(run: Run, stop: GracefulStop, world_model: Path, mode: str, warm_start: Path | None = None,

@@ -180,15 +180,16 @@ def test_bad_sizes_are_refused_naming_the_flag(world_model, flag, value, message
     assert result.returncode == 2 and message in result.stderr and result.stdout == ""
 
 
-def evolve_checkpoint(world_model, parameters: np.ndarray, path, sha256: str | None = None):
-    """A `wm evolve` best.pt holding `parameters`, as evolved on `world_model` (or on a model of another `sha256`)."""
+def evolve_checkpoint(world_model, parameters: np.ndarray, path, sha256: str | None = None, command: str = "evolve"):
+    """A `wm evolve` best.pt holding `parameters`, as evolved on `world_model` (or on a model of another `sha256`; or
+    the best.pt of another `command`)."""
     cfg = dream_ranking.config_lib.load_config(
         [], [], base=read_checkpoint(world_model / "checkpoints" / "latest.pt")["config"]
     )
     world = load_world_model(world_model, cfg)
     provenance = {"world_model": str(world.checkpoint), "world_model_sha256": sha256 or world.sha256}
     controller = build_controller(world.model, world.spec, cfg.evolve)
-    save_controller(path, "evolve", controller, parameters, cfg, provenance, figures={})
+    save_controller(path, command, controller, parameters, cfg, provenance, figures={})
     return path
 
 
@@ -211,7 +212,7 @@ def test_an_added_controller_plays_the_sets_own_real_episodes(world_model, saved
     assert [r["source"] for r in lines if r["metric"] == "controller"][-1] == f"wm evolve run {added}"
 
 
-def test_an_added_controller_is_refused_from_another_model_or_into_an_old_set(world_model, saved_set, tmp_path):
+def test_an_added_controller_is_refused_from_another_model_a_cycle_or_into_an_old_set(world_model, saved_set, tmp_path):
     kept, _ = saved_set
     with np.load(kept) as saved:
         parameters = saved["parameters"][0]
@@ -224,6 +225,12 @@ def test_an_added_controller_is_refused_from_another_model_or_into_an_old_set(wo
     result = ranking("--world-model", str(world_model), "--controllers", str(tmp_path / "old.npz"),
                      "--add-controller", str(mine))  # fmt: skip
     assert result.returncode != 0 and "does not record the seed of its real episodes" in result.stderr
+    cycled = evolve_checkpoint(world_model, parameters, tmp_path / "cycle.pt", command="cycle")
+    result = ranking("--world-model", str(world_model), "--controllers", str(kept), "--add-controller", str(cycled))
+    assert result.returncode != 0 and "is a `wm cycle` controller" in result.stderr and result.stdout == ""
     result = ranking("--world-model", str(world_model), "--controllers", str(kept), "--add-controller",
                      str(world_model))  # a `wm train` run: no controller  # fmt: skip
-    assert result.returncode != 0 and "best.pt does not exist" in result.stderr and result.stdout == ""
+    assert result.returncode != 0 and result.stdout == ""
+    assert (
+        f"--add-controller {world_model}: checkpoint {world_model}/checkpoints/best.pt does not exist" in result.stderr
+    )

@@ -196,6 +196,13 @@ def test_a_warm_start_of_another_shape_is_refused_naming_the_difference(world_mo
     assert not run.exists()  # refused before any work
 
 
+def test_a_warm_start_without_a_controller_is_refused_naming_the_flag(world_model, tmp_path, capsys):
+    run = tmp_path / "warm"
+    stderr = refused(capsys, world_model, run, "--controller", str(world_model))  # a `wm train` run: no best.pt
+    assert f"--controller {world_model}: checkpoint {world_model}/checkpoints/best.pt does not exist" in stderr
+    assert not run.exists()
+
+
 def test_world_models_that_do_not_fit_are_refused_before_a_run_exists(world_model, evolved, tmp_path, capsys):
     run = tmp_path / "run"
     cases = [
