@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from agents.controllers import Controller
-from worldmodel.world_model import WorldModel
+from worldmodel.world_model import WorldModel, restart_at_first
 
 
 class Recording:
@@ -104,11 +104,10 @@ class LatentAgent:
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """obs (N, *obs_shape) -> env actions (N,) ints or (N, A) floats."""
         first = torch.as_tensor(self.first, device=self.device)[:, None]  # (N, 1)
-        hidden = torch.where(first, self.model.initial_state(self.num_envs), self.hidden)
-        latent = torch.where(first, torch.zeros_like(self.latent), self.latent)
-        action = torch.where(first, torch.zeros_like(self.action), self.action)
-        self.hidden, _ = self.model.step(hidden, latent, action)
-        self.latent = self.model.encode(torch.as_tensor(obs, device=self.device)).to(self.dtype)  # (N, D)
+        start = self.model.initial_state(self.num_envs)
+        hidden, latent, action = restart_at_first(first, start, self.hidden, self.latent, self.action)
+        embedding = self.model.encode(torch.as_tensor(obs, device=self.device)).to(self.dtype)  # (N, D or mlp_dim)
+        self.hidden, self.latent = self.model.filter_step(hidden, latent, action, embedding)  # (N, hd), (N, D)
         features = torch.cat([self.latent, self.hidden], dim=-1)[:, None]  # (N, 1, F): N candidates, 1 episode
         self.action = self.controller.act(self.parameters, features)[:, 0]  # (N, A)
         self.action = self._explore(self.action)

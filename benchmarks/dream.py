@@ -113,7 +113,9 @@ def dream_rates(model, controller, pool, settings, candidates, episodes, repeats
     index = np.random.default_rng(0).integers(0, len(pool.latent), size=episodes)
     rows = torch.as_tensor(np.tile(index, population), device=device)  # (P*E,) candidate-major
     starts = pool.select(rows)
-    noise = draw_noise(population * episodes, settings, model.latent_dim, torch.Generator().manual_seed(0))
+    noise = draw_noise(
+        population * episodes, settings, model.latent_dim, torch.Generator().manual_seed(0), stochastic=model.stochastic
+    )
     noise = noise._replace(**{k: None if v is None else v.to(device) for k, v in noise._asdict().items()})
 
     def batched():

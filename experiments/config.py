@@ -286,6 +286,8 @@ class LossWeightsConfig:
     """Weight of the ensemble heads' loss (it trains only the heads: they read a detached h)."""
     sigreg: float = 10.0
     """Weight of SIGReg (collapse_guard 'sigreg' only); the loss is a per-sample mean, LeJEPA's is N times it."""
+    kl: float = 1.0
+    """Weight of the KL between posterior and prior (latent 'stochastic' only)."""
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -308,6 +310,9 @@ WORLD_MODEL_KEYWORDS = (
     "residual",
     "input_blur",
     "pooling",
+    "latent",
+    "free_nats",
+    "kl_balance",
 )
 PREDICTION_DEPTHS = (1, 5, 15)  # open-loop depths k of the pred_error_k* metrics
 
@@ -344,6 +349,15 @@ class WorldModelConfig:
     """Gaussian blur, std in pixels of the ViT's input, of every frame before the encoder (0: none; pixels only)."""
     pooling: Literal["mean", "mean_std"] = "mean"
     """A frame's ViT patch features pooled into their mean, or their mean and standard deviation (pixels only)."""
+    latent: Literal["deterministic", "stochastic"] = "deterministic"
+    """'deterministic': z is the encoder's reading of one frame, and the dynamics predict it. 'stochastic': a
+    recurrent state-space model, z drawn from a posterior that filters each frame with the history and, in the dream,
+    from the dynamics' prior; it predicts the frozen encoder's features (needs freeze_encoder) and ignores horizon,
+    start_stride and burn_in in training (README, `wm evolve` results)."""
+    free_nats: float = 1.0
+    """'stochastic': the KL term counts only above this many nats per step."""
+    kl_balance: float = 0.8
+    """'stochastic': share of the KL's gradient that moves the prior towards the posterior (the rest the reverse)."""
     # -- collection
     collect_steps: int = 20000
     """Random-policy transitions to collect before training (summed over envs; ignored with --episodes)."""
@@ -429,6 +443,15 @@ class WorldModelConfig:
             f"must divide image_size ({self.image_size}), got {self.patch_size}",
         )
         _require(self.burn_in >= 0, "burn_in", f"must be >= 0, got {self.burn_in}")
+        _require(
+            self.latent == "deterministic"
+            or (self.freeze_encoder and not self.residual and self.collapse_guard == "ema"),
+            "latent",
+            "'stochastic' predicts the frozen encoder's features: it needs freeze_encoder: true, residual: false and "
+            f"collapse_guard: ema, got {self.freeze_encoder}, {self.residual} and {self.collapse_guard!r}",
+        )
+        _require(self.free_nats >= 0, "free_nats", f"must be >= 0, got {self.free_nats}")
+        _require(0 <= self.kl_balance <= 1, "kl_balance", f"must be in [0, 1], got {self.kl_balance}")
         _require(self.input_blur >= 0, "input_blur", f"must be >= 0, got {self.input_blur}")
         _require(
             self.sequence_length >= self.burn_in + 2,

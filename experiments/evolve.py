@@ -232,8 +232,9 @@ class DreamScorer:
         index = step_rng(self.seed, key, self.stream).integers(0, len(self.pool.latent), size=episodes)
         rows = torch.as_tensor(np.tile(index, population), device=device)  # (P*E,) candidate-major
         noise = draw_noise(
-            episodes, self.settings, self.model.latent_dim, step_generator(self.seed, key, self.noise_stream)
-        )
+            episodes, self.settings, self.model.latent_dim, step_generator(self.seed, key, self.noise_stream),
+            stochastic=self.model.stochastic,
+        )  # fmt: skip
         noise = noise._replace(**{k: None if v is None else v.repeat(population, *[1] * (v.ndim - 1)).to(device)
                                   for k, v in noise._asdict().items()})  # fmt: skip  # (E, ...) -> (P*E, ...)
         self.last = rollout(self.model, self.controller.policy(params, episodes), self.pool.select(rows), self.settings,

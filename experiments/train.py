@@ -524,6 +524,7 @@ def decoder_step(
     obs: torch.Tensor,
     features: torch.Tensor | None = None,
     weight: float = 1.0,
+    latents: torch.Tensor | None = None,
 ) -> float:
     """One decoder update on the target latents of some frames; the world model is only read, never trained.
 
@@ -533,15 +534,18 @@ def decoder_step(
         weight: under torchrun, this process's share of the step's frames times the world size (the decoder is
             not wrapped in DDP: its gradients are averaged here), so that the losses averaged over processes are the
             whole step's mean; a process with no frame (N = 0) still joins the average.
+        latents: (N, D) the latents to draw, in place of the model's targets of the frames (a stochastic model's
+            latents depend on the history: `WorldModel.real_states` of the frames' windows).
     Returns:
         the decoder's loss (NaN, and no update, when it is not finite).
     """
     optimizer.zero_grad(set_to_none=True)
     loss = torch.zeros((), device=obs.device)
     if len(obs):
-        with torch.no_grad():
-            z = model.targets(features=features) if features is not None else model.targets(obs)  # (N, D)
-        loss = decoder.loss(z, obs) * weight
+        if latents is None:
+            with torch.no_grad():
+                latents = model.targets(features=features) if features is not None else model.targets(obs)  # (N, D)
+        loss = decoder.loss(latents, obs) * weight
     value = distributed.average_over_processes({"decoder": loss})["decoder"]
     if not math.isfinite(value):
         return float("nan")
@@ -771,11 +775,17 @@ class WorldModelTrainer:
         pick = rng.choice(batch_size * T, size=min(self.cfg.world_model.decoder_batch, batch_size * T), replace=False)
         own = pick[(pick >= rows.start * T) & (pick < rows.stop * T)] - rows.start * T  # (n,) into this share's b*T
         obs = torch.as_tensor(windows.obs.reshape(b * T, *windows.obs.shape[2:])[own])  # (b*T, H, W, C) -> (n, ...)
-        features = None
-        if self.use_features and len(own):
+        features = latents = None
+        if self.model.stochastic:  # the posterior's means along the windows
+            with torch.no_grad():
+                _, _, targets = self.model.real_states(batch_from_windows(windows, self.device, self.use_features))
+            latents = targets.reshape(b * T, -1)[torch.as_tensor(own, device=self.device)]  # (b, T, D) -> (n, D)
+        elif self.use_features and len(own):
             features = torch.as_tensor(windows.latent.reshape(b * T, -1)[own], device=self.device)  # (n, F)
         weight = len(own) * distributed.world_size() / len(pick)
-        return decoder_step(self.decoder, self.decoder_optimizer, self.model, obs.to(self.device), features, weight)
+        return decoder_step(
+            self.decoder, self.decoder_optimizer, self.model, obs.to(self.device), features, weight, latents
+        )
 
     def finish_decoder(self, stop: GracefulStop) -> None:
         """Decoder-only steps on the final latents: during training it chased latents that kept moving."""
@@ -787,10 +797,12 @@ class WorldModelTrainer:
         )
         loss = float("nan")
         while self.decoder_step < wcfg.decoder_steps:
-            # Single-step windows: one frame each. Seeds continue after the world model's steps.
+            # Windows of one frame each; a stochastic model's latents need the history, so it gets training-length
+            # windows. Seeds continue after the world model's steps.
             rng = step_rng(seed, wcfg.steps + self.decoder_step, STREAM_DECODER)
             rows = distributed.share(wcfg.decoder_batch)
-            windows = self.data.train_windows(wcfg.decoder_batch, 1, rng, rows)
+            length = wcfg.sequence_length if self.model.stochastic else 1
+            windows = self.data.train_windows(wcfg.decoder_batch, length, rng, rows)
             loss = self.train_decoder(windows, rng, wcfg.decoder_batch, rows)
             self.decoder_step += 1
             bar.update(1, loss=loss)

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from agents.agent import Recording
 from envs.atomic import fsync_directory
 from worldmodel.decoder import Decoder
-from worldmodel.world_model import WorldModel
+from worldmodel.world_model import WorldModel, WorldModelBatch
 
 LABEL_HEIGHT = 16  # pixels of the caption band above the panels
 PANEL_SIDE = 192  # frames are enlarged (nearest neighbour) to about this side so small frames stay visible
@@ -50,13 +50,13 @@ def dream_clip(
     T = len(obs)
     if not 1 <= context < T:
         raise ValueError(f"context must be in [1, {T}) for a clip of {T} frames, got {context}")
-    z = model.encode(obs[None])  # (1, T, D)
-    targets = model.targets(obs[None])  # (1, T, D)
-    is_first = torch.zeros(1, T, dtype=torch.bool, device=obs.device)
+    is_first = torch.zeros(1, context, dtype=torch.bool, device=obs.device)
     is_first[0, 0] = True
-    hidden, _ = model.observe(z[:, :context], action[None, :context], is_first[:, :context])  # (1, context, hd)
-    dream = model.imagine(hidden[:, -1], z[:, context - 1], action[None, context:])  # latents (1, T - context, D)
-    latents = torch.cat([targets[:, :context], dream.latent], dim=1)  # (1, T, D)
+    zeros = torch.zeros(1, context, dtype=action.dtype, device=obs.device)
+    observed = WorldModelBatch(obs[None, :context], action[None, :context], zeros, zeros + 1, is_first)
+    hidden, z, targets = model.real_states(observed)  # (1, context, hd), (1, context, D) twice
+    dream = model.imagine(hidden[:, -1], z[:, -1], action[None, context:])  # latents (1, T - context, D)
+    latents = torch.cat([targets, dream.latent], dim=1)  # (1, T, D)
     return obs.cpu().numpy(), decoder.frames(latents[0]).cpu().numpy()
 
 

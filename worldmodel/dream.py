@@ -4,6 +4,7 @@ A dream state is the pair (h, z) of `WorldModel`'s time convention: at step t, h
 and the action that led to step t, and [z_t, h_t] is what a controller sees. One dream step under action a:
 
     h_{t+1}, ẑ_{t+1} = model.step(h_t, z_t, a)        (+ optional Gaussian noise on ẑ)
+                                                       (a stochastic model: ẑ drawn from its prior p(z | h_{t+1}))
     r_{t+1} = model.reward(h_{t+1}, ẑ_{t+1}),  c_{t+1} = sigmoid(model.cont(h_{t+1}, ẑ_{t+1}) / cont_temperature)
     d_{t+1} = model.disagreement(h_{t+1})              (variance across the ensemble heads)
 
@@ -114,13 +115,12 @@ class DreamNoise(NamedTuple):
     """(N, H, D) standard normal noise for the predicted latents, or None without latent noise."""
     uniform: torch.Tensor | None
     """(N, H) uniforms in [0, 1) for sampled continuation, or None when continuation is thresholded."""
+    prior: torch.Tensor | None = None
+    """(N, H, D) standard normal noise of a stochastic model's prior samples, or None for a deterministic model."""
 
     def rows(self, index: slice | torch.Tensor) -> DreamNoise:
         """The noise of rows `index`."""
-        return DreamNoise(
-            None if self.latent is None else self.latent[index],
-            None if self.uniform is None else self.uniform[index],
-        )
+        return DreamNoise(*(None if value is None else value[index] for value in self))
 
 
 class StepResult(NamedTuple):
@@ -163,8 +163,7 @@ def dream_starts(model: WorldModel, batch: WorldModelBatch) -> DreamState:
     Returns:
         DreamState of M <= B rows.
     """
-    latents = model.encode(batch.obs, features=batch.features)  # (B, T, D)
-    hidden, _ = model.observe(latents, batch.action, batch.is_first)  # (B, T, hidden_dim)
+    hidden, latents, _ = model.real_states(batch)  # (B, T, hidden_dim), (B, T, D)
     alive = batch.cont[:, -1] > 0.5  # (B,)
     if not alive.any():
         raise ValueError("every start window ends in a terminal step; sample windows that end inside an episode")
@@ -172,14 +171,20 @@ def dream_starts(model: WorldModel, batch: WorldModelBatch) -> DreamState:
 
 
 def draw_noise(
-    rows: int, settings: DreamSettings, latent_dim: int, generator: torch.Generator | None = None
+    rows: int,
+    settings: DreamSettings,
+    latent_dim: int,
+    generator: torch.Generator | None = None,
+    stochastic: bool = False,
 ) -> DreamNoise:
-    """All randomness for `rows` rollouts of `settings.horizon` steps, on the CPU (move it with the rollout)."""
+    """All randomness for `rows` rollouts of `settings.horizon` steps, on the CPU (move it with the rollout);
+    `stochastic`: also the prior's noise of a stochastic model (`WorldModel.stochastic`)."""
     latent = None
     if settings.latent_noise > 0:
         latent = torch.randn(rows, settings.horizon, latent_dim, generator=generator)  # (N, H, D)
     uniform = torch.rand(rows, settings.horizon, generator=generator) if settings.cont_mode == "sample" else None
-    return DreamNoise(latent, uniform)
+    prior = torch.randn(rows, settings.horizon, latent_dim, generator=generator) if stochastic else None
+    return DreamNoise(latent, uniform, prior)
 
 
 def dream_step(
@@ -189,11 +194,17 @@ def dream_step(
     latent_noise: torch.Tensor | None = None,
     measure_disagreement: bool = True,
     cont_temperature: float = 1.0,
+    prior_noise: torch.Tensor | None = None,
 ) -> StepResult:
     """One batched dream step from `state` under `action` (N, A); `latent_noise` (N, D) is added to ẑ as is.
     Without `measure_disagreement` the ensemble is not run and the result's disagreement is None. The continue
-    logit is divided by `cont_temperature` (`DreamSettings.cont_temperature`)."""
-    hidden, latent = model.step(state.hidden, state.latent, action)
+    logit is divided by `cont_temperature` (`DreamSettings.cont_temperature`). A stochastic model's ẑ is its prior's
+    sample with `prior_noise` (N, D) standard normal (its mean when None)."""
+    if model.stochastic and prior_noise is not None:
+        hidden, prior = model.transition(state.hidden, state.latent, action)
+        latent = prior.sample(prior_noise)
+    else:
+        hidden, latent = model.step(state.hidden, state.latent, action)
     if latent_noise is not None:
         latent = latent + latent_noise
     return StepResult(
@@ -238,10 +249,10 @@ def rollout(
 
     Args:
         start: N start states (e.g. `dream_starts` rows, repeated per candidate).
-        noise: `draw_noise(N, settings, D)`, moved to the model's device.
+        noise: `draw_noise(N, settings, D, stochastic=model.stochastic)`, moved to the model's device.
     """
     rows = start.latent.shape[0]
-    needed = {"latent": settings.latent_noise > 0, "uniform": settings.cont_mode == "sample"}
+    needed = {"latent": settings.latent_noise > 0, "uniform": settings.cont_mode == "sample", "prior": model.stochastic}
     for name, drawn in noise._asdict().items():
         if needed[name] and drawn is None:
             raise ValueError(f"settings need noise.{name} but it is None; draw it with draw_noise(..., settings, ...)")
@@ -268,9 +279,10 @@ def rollout(
             action = policy(observation)  # (N, A)
         # The drawn noise is standard normal: scale it to the settings' std here.
         latent_noise = None if noise.latent is None else settings.latent_noise * noise.latent[going, t]  # (R, D)
+        prior_noise = None if noise.prior is None else noise.prior[going, t]  # (R, D): a stochastic model's
         measure = settings.uses_disagreement or t % DISAGREEMENT_EVERY == 0
         result = dream_step(
-            model, state, action, latent_noise, measure_disagreement=measure, cont_temperature=settings.cont_temperature
+            model, state, action, latent_noise, measure, settings.cont_temperature, prior_noise=prior_noise
         )
         step_penalty = penalty(result, settings)
         returns[going] += weight * (result.reward - step_penalty)

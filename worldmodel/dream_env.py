@@ -146,7 +146,8 @@ class DreamVectorEnv(VectorEnv):
         settings, rows = self.settings, self.num_envs
         device = self.starts.latent.device
 
-        # The generator's draws happen in a fixed order (noise, uniforms, start rows), so a seed fixes all of them.
+        # The generator's draws happen in a fixed order (noise, uniforms, prior noise, start rows), so a seed fixes
+        # all of them.
         noise = None
         if settings.latent_noise > 0:
             noise = settings.latent_noise * torch.randn(rows, self.model.latent_dim, generator=self.generator)
@@ -154,7 +155,13 @@ class DreamVectorEnv(VectorEnv):
         uniform = None
         if settings.cont_mode == "sample":
             uniform = torch.rand(rows, generator=self.generator).to(device)  # (N,)
-        result = dream_step(self.model, self.state, action, noise, cont_temperature=settings.cont_temperature)
+        prior = None
+        if self.model.stochastic:  # the stochastic model's prior sample
+            prior = torch.randn(rows, self.model.latent_dim, generator=self.generator)
+            prior = prior.to(device=device, dtype=self.starts.latent.dtype)  # (N, D)
+        result = dream_step(
+            self.model, self.state, action, noise, cont_temperature=settings.cont_temperature, prior_noise=prior
+        )
         going = still_going(result, settings, uniform)  # (N,)
         reward = result.reward - penalty(result, settings)  # (N,)
 

@@ -257,7 +257,9 @@ def evaluate_world_model(
     """All metrics of a model on a batch of windows (T >= burn_in + max(ks) + 1 for every k to count).
 
     Open-loop starts are the warm steps (see `warm_mask`), unrolled max(ks) steps as in training; reward and
-    continue are scored at the warm teacher-forced states (h_t, real z_t); collapse on the online z of every step.
+    continue are scored at the warm teacher-forced states (h_t, real z_t); collapse on the online z of every step. A
+    stochastic model's real z are its posterior's means and its open-loop predictions its prior's means
+    (`WorldModel.real_states`, `WorldModel.step`).
 
     Args:
         model: the world model (left in whatever train/eval mode it is in).
@@ -269,8 +271,7 @@ def evaluate_world_model(
             batch's mean.
         state: (B, T, S) true states, to add linear-probe R^2 (needs B >= 2).
     """
-    z, z_target = model.latents(batch)  # (B, T, D)
-    hidden, _ = model.observe(z, batch.action, batch.is_first)  # (B, T, hidden_dim)
+    hidden, z, z_target = model.real_states(batch)  # (B, T, hidden_dim), (B, T, D), (B, T, D)
     warm = warm_mask(batch.is_first, burn_in)  # (B, T)
     T = z.shape[1]
     starts = torch.arange(T - 1, device=z.device)  # (S,)

@@ -18,6 +18,16 @@ projection whose latents are the stop-gradient targets (BYOL, https://arxiv.org/
 https://arxiv.org/abs/2301.08243); "sigreg" keeps no target network, uses the online latents detached as
 targets and adds SIGReg, which pulls the batch of latents towards N(0, I) (LeJEPA,
 https://arxiv.org/abs/2511.08544; LeWorldModel trains a JEPA world model end-to-end from pixels this way).
+
+Two kinds of latent (`latent`). "deterministic" is the above: z is the encoder's reading of one frame, and the
+dynamics predict it. "stochastic" is a recurrent state-space model (PlaNet, https://arxiv.org/abs/1811.04551;
+Dreamer): z is drawn from a posterior q(z_t | h_t, e_t) that filters the frame's embedding e_t with the history, and
+the dynamics give a prior p(z_t | h_t) that the dream samples. It learns by predicting the frozen encoder's features
+of each frame from [z_t, h_t] (a JEPA target: the frozen encoder is its own EMA target; nothing is reconstructed in
+pixels), with a KL term that pulls the prior towards the posterior, and the reward and continue heads on the posterior
+states. A frame does not show velocities: the deterministic model must infer them from how its own latents change,
+and its dream drifts under a good controller (README); the stochastic one filters them, and its dream samples the
+spread it cannot predict.
 """
 
 from __future__ import annotations
@@ -35,6 +45,34 @@ from worldmodel.sigreg import sigreg
 from worldmodel.vit import POOLINGS, VisionTransformer, pool_tokens
 
 COLLAPSE_GUARDS: tuple[str, ...] = ("ema", "sigreg")
+LATENT_KINDS: tuple[str, ...] = ("deterministic", "stochastic")
+MIN_STD = 0.1
+"""Smallest std of the stochastic model's prior and posterior (softplus + this): keeps the KL finite."""
+
+
+class Gaussian(NamedTuple):
+    """A diagonal Gaussian over z: mean and std, each (..., D)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def from_output(cls, output: torch.Tensor) -> Gaussian:
+        """A head's output (..., 2D) -> the Gaussian, std = softplus + MIN_STD."""
+        mean, raw = output.chunk(2, dim=-1)
+        return cls(mean, F.softplus(raw) + MIN_STD)
+
+    def sample(self, noise: torch.Tensor) -> torch.Tensor:
+        """mean + std * noise, noise standard normal (..., D)."""
+        return self.mean + self.std * noise
+
+    def detach(self) -> Gaussian:
+        return Gaussian(self.mean.detach(), self.std.detach())
+
+
+def gaussian_kl(p: Gaussian, q: Gaussian) -> torch.Tensor:
+    """KL(p || q) of diagonal Gaussians, summed over the last dimension: (..., D) -> (...)."""
+    return (torch.log(q.std / p.std) + (p.std.pow(2) + (p.mean - q.mean).pow(2)) / (2 * q.std.pow(2)) - 0.5).sum(-1)
 
 
 class WorldModelBatch(NamedTuple):
@@ -165,6 +203,15 @@ def warm_mask(is_first: torch.Tensor, burn_in: int) -> torch.Tensor:
     return after_first | (torch.arange(T, device=is_first.device) >= burn_in)
 
 
+def restart_at_first(
+    first: torch.Tensor, start: torch.Tensor, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step's inputs (h, z_{t-1}, a_t), with the rows where `first` (B, 1) restarted: h the episode-start state
+    `start`, z and the action zeros (the store keeps zeros as the action that led to a first step)."""
+    zeros = torch.zeros_like
+    return torch.where(first, start, h), torch.where(first, zeros(z), z), torch.where(first, zeros(action), action)
+
+
 def combine_losses(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
     """Weighted sum of a loss dict; the keys must match exactly.
 
@@ -280,6 +327,12 @@ class WorldModel(nn.Module):
             of one env change little from step to step, so this starts every prediction from "nothing changes"
             and spends the head on the motion. Its errors add up over a long rollout, though: measured on CartPole,
             a better 1-step error but dreams that drift off within tens of steps (README), so presets leave it off.
+        latent: "deterministic" or "stochastic" (see the module's docstring). The stochastic model needs a frozen
+            encoder (its features are the prediction targets) and is not residual; `projection` is then the frame's
+            embedding (features -> mlp_dim) and `latent_head` the prior.
+        free_nats: the stochastic model's KL counts only above this many nats per step (Dreamer's free bits).
+        kl_balance: share of the KL's gradient that moves the prior towards the posterior; the rest moves the
+            posterior towards the prior (DreamerV2's KL balancing).
     """
 
     def __init__(
@@ -301,6 +354,9 @@ class WorldModel(nn.Module):
         residual: bool = False,
         input_blur: float = 0.0,
         pooling: str = "mean",
+        latent: str = "deterministic",
+        free_nats: float = 1.0,
+        kl_balance: float = 0.8,
     ):
         super().__init__()
         obs_shape = tuple(int(v) for v in obs_shape)
@@ -312,6 +368,15 @@ class WorldModel(nn.Module):
             raise ValueError(f"input_blur must be >= 0, got {input_blur}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {tuple(POOLINGS)}, got {pooling!r}")
+        if latent not in LATENT_KINDS:
+            raise ValueError(f"latent must be one of {LATENT_KINDS}, got {latent!r}")
+        if latent == "stochastic" and (not freeze_encoder or residual or collapse_guard != "ema"):
+            raise ValueError(
+                "latent='stochastic' predicts the frozen encoder's features: it needs freeze_encoder=True, "
+                f"residual=False and collapse_guard='ema', got {freeze_encoder}, {residual} and {collapse_guard!r}"
+            )
+        if not (free_nats >= 0 and 0 <= kl_balance <= 1):
+            raise ValueError(f"need free_nats >= 0 and kl_balance in [0, 1], got {free_nats} and {kl_balance}")
         if min(action_dim, latent_dim, hidden_dim, mlp_dim, sigreg_directions) < 1 or ensemble_size < 2:
             raise ValueError(
                 "action_dim, latent_dim, hidden_dim, mlp_dim, sigreg_directions must be >= 1 and ensemble_size >= 2, "
@@ -328,6 +393,8 @@ class WorldModel(nn.Module):
         self.residual = residual
         self.input_blur = float(input_blur)
         self.pooling = pooling
+        self.stochastic = latent == "stochastic"
+        self.free_nats, self.kl_balance = float(free_nats), float(kl_balance)
         self.is_pixels = len(obs_shape) == 3
 
         self.backbone: nn.Module
@@ -352,13 +419,17 @@ class WorldModel(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(self.feature_dim))
         self.register_buffer("feature_std", torch.ones(self.feature_dim))
         self.register_buffer("feature_statistics_set", torch.tensor(False))
-        self.projection = nn.Linear(self.feature_dim, latent_dim)
+        # Deterministic: the projection to z. Stochastic: the frame's embedding, which the posterior reads.
+        self.projection = (
+            _mlp(self.feature_dim, mlp_dim, mlp_dim) if self.stochastic else nn.Linear(self.feature_dim, latent_dim)
+        )
 
         # The EMA target: a frozen backbone is its own target (its EMA would equal it), so it is shared and
-        # precomputed features serve online and target latents alike.
+        # precomputed features serve online and target latents alike. The stochastic model's targets are the
+        # frozen features themselves.
         self.target_backbone: nn.Module | None = None
         self.target_projection: nn.Module | None = None
-        if collapse_guard == "ema":
+        if collapse_guard == "ema" and not self.stochastic:
             if not freeze_encoder:
                 self.target_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
             self.target_projection = copy.deepcopy(self.projection).requires_grad_(False)
@@ -367,7 +438,16 @@ class WorldModel(nn.Module):
             nn.Linear(latent_dim + action_dim, mlp_dim), nn.LayerNorm(mlp_dim), nn.SiLU()
         )
         self.gru = nn.GRUCell(mlp_dim, hidden_dim)
-        self.latent_head = _mlp(hidden_dim, mlp_dim, latent_dim)
+        self.latent_head = _mlp(hidden_dim, mlp_dim, 2 * latent_dim if self.stochastic else latent_dim)
+        self.posterior_head: nn.Module | None = None
+        self.feature_head: nn.Module | None = None
+        if self.stochastic:
+            self.posterior_head = _mlp(hidden_dim + mlp_dim, mlp_dim, 2 * latent_dim)
+            width = 2 * mlp_dim
+            self.feature_head = nn.Sequential(
+                nn.Linear(hidden_dim + latent_dim, width), nn.LayerNorm(width), nn.SiLU(),
+                nn.Linear(width, width), nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, self.feature_dim),
+            )  # fmt: skip
         self.reward_head = _mlp(hidden_dim + latent_dim, mlp_dim, 1)
         self.cont_head = _mlp(hidden_dim + latent_dim, mlp_dim, 1)
         self.ensemble_heads = Ensemble(ensemble_size, hidden_dim, mlp_dim, latent_dim)
@@ -378,6 +458,8 @@ class WorldModel(nn.Module):
     def loss_keys(self) -> tuple[str, ...]:
         """The keys `loss` returns, hence the keys a weights dict must have."""
         keys = ("latent", "reward", "cont", "ensemble")
+        if self.stochastic:
+            return keys + ("kl",)
         return keys + ("sigreg",) if self.collapse_guard == "sigreg" else keys
 
     def _check_obs(self, obs: torch.Tensor) -> tuple[int, ...]:
@@ -400,9 +482,9 @@ class WorldModel(nn.Module):
             # as the I-JEPA pretraining evaluates frames (blurred first when input_blur > 0).
             images = gaussian_blur(resize(frames, self.image_size), self.input_blur)
             images = normalize(images, self._pixel_mean, self._pixel_std)
-            features = pool_tokens(backbone(images.to(self.projection.weight.dtype)), self.pooling)  # (N, F)
+            features = pool_tokens(backbone(images.to(self.gru.weight_hh.dtype)), self.pooling)  # (N, F)
         else:
-            states = obs.reshape(-1, self.obs_shape[0]).to(self.projection.weight.dtype)  # (*lead, S) -> (N, S)
+            states = obs.reshape(-1, self.obs_shape[0]).to(self.gru.weight_hh.dtype)  # (*lead, S) -> (N, S)
             features = backbone(symlog(states))  # (N, F)
         return features.reshape(*lead, self.feature_dim)  # (N, F) -> (*lead, F)
 
@@ -434,7 +516,7 @@ class WorldModel(nn.Module):
 
     def _standardized(self, features: torch.Tensor) -> torch.Tensor:
         """(*lead, F) -> (*lead, F) with the statistics of `set_feature_statistics`, in the projection's dtype."""
-        dtype = self.projection.weight.dtype
+        dtype = self.gru.weight_hh.dtype
         return (features.to(dtype) - self.feature_mean.to(dtype)) / self.feature_std.to(dtype)
 
     def encode(self, obs: torch.Tensor | None = None, *, features: torch.Tensor | None = None) -> torch.Tensor:
@@ -450,6 +532,8 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def targets(self, obs: torch.Tensor | None = None, *, features: torch.Tensor | None = None) -> torch.Tensor:
         """Stop-gradient target latents (*lead, D): the EMA network's under "ema", the online ones under "sigreg"."""
+        if self.stochastic:
+            raise ValueError("a stochastic model's latents depend on the history, not one frame: use real_states")
         if self.collapse_guard == "sigreg":
             return self.encode(obs, features=features)
         if features is None:
@@ -494,14 +578,16 @@ class WorldModel(nn.Module):
     def freeze_controller_inputs(self) -> None:
         """Fix the parts that make a controller's inputs: the encoder and projection to z, the recurrence to h.
 
-        A controller acts on [z, h]. Fine-tuning these parts would change what its inputs mean, so a controller
+        A controller acts on [z, h] (the stochastic model's z comes from its posterior, fixed too). Fine-tuning these
+        parts would change what its inputs mean, so a controller
         evolved before would then face different inputs. After this call only the heads (next latent, reward,
         continue, ensemble) keep learning: new data sharpens the predictions, and the old controller's inputs keep
         their meaning. The EMA targets (projection, and backbone where it trains) still move toward the now-fixed
         online parts.
         """
-        for module in (self.backbone, self.projection, self.dynamics_input, self.gru):
-            module.requires_grad_(False)
+        for module in (self.backbone, self.projection, self.dynamics_input, self.gru, self.posterior_head):
+            if module is not None:
+                module.requires_grad_(False)
 
     # ------------------------------------------------------------------ dynamics and heads
 
@@ -518,9 +604,38 @@ class WorldModel(nn.Module):
         Returns:
             h_next (B, hidden_dim) and z_pred (B, D).
         """
+        if self.stochastic:
+            h_next, prior = self.transition(h, z, action)
+            return h_next, prior.mean
         h_next = self.gru(self.dynamics_input(torch.cat([z, action], dim=-1)), h)
         prediction = self.latent_head(h_next)
         return h_next, z + prediction if self.residual else prediction
+
+    def transition(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, Gaussian]:
+        """The stochastic model's step: h_t = f(h_{t-1}, z_{t-1}, a_t) and the prior p(z_t | h_t) (B, D)."""
+        h_next = self.gru(self.dynamics_input(torch.cat([z, action], dim=-1)), h)
+        return h_next, self.prior(h_next)
+
+    def prior(self, h: torch.Tensor) -> Gaussian:
+        """The stochastic model's p(z_t | h_t): h (..., hidden_dim) -> Gaussian (..., D)."""
+        return Gaussian.from_output(self.latent_head(h))
+
+    def posterior(self, h: torch.Tensor, embedding: torch.Tensor) -> Gaussian:
+        """The stochastic model's q(z_t | h_t, e_t): h (..., hidden_dim), e = encode(obs) (..., mlp_dim) -> (..., D)."""
+        return Gaussian.from_output(self.posterior_head(torch.cat([h, embedding], dim=-1)))
+
+    def filter_step(
+        self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor, embedding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of acting in the real env: h_t from (h_{t-1}, z_{t-1}, a_t), then z_t from the new frame.
+
+        Args:
+            h, z, action: as in `step`; embedding: `encode(obs_t)` (B, D), or (B, mlp_dim) when stochastic.
+        Returns:
+            h_t (B, hidden_dim) and z_t (B, D): the frame's latent, or the posterior's mean when stochastic.
+        """
+        h_next, _ = self.step(h, z, action)
+        return h_next, self.posterior(h_next, embedding).mean if self.stochastic else embedding
 
     def reward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Predicted reward of arriving at the step with state h (..., hidden_dim) and latent z (..., D) -> (...)."""
@@ -566,15 +681,63 @@ class WorldModel(nn.Module):
         h, z_prev = (start, torch.zeros_like(latents[:, 0])) if initial is None else initial  # (B, hd), (B, D)
         hidden, predicted = [], []
         for t in range(T):
-            first = is_first[:, t, None]  # (B, 1)
-            h = torch.where(first, start, h)
-            z_prev = torch.where(first, torch.zeros_like(z_prev), z_prev)
-            a = torch.where(first, torch.zeros_like(action[:, t]), action[:, t])
+            h, z_prev, a = restart_at_first(is_first[:, t, None], start, h, z_prev, action[:, t])
             h, z_pred = self.step(h, z_prev, a)
             hidden.append(h)
             predicted.append(z_pred)
             z_prev = latents[:, t]
         return torch.stack(hidden, dim=1), torch.stack(predicted, dim=1)  # (B, T, hidden_dim), (B, T, D)
+
+    def filter(
+        self,
+        embeddings: torch.Tensor,
+        action: torch.Tensor,
+        is_first: torch.Tensor,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, Gaussian, Gaussian]:
+        """The stochastic model along real windows: h_t from (h_{t-1}, z_{t-1}, a_t), then z_t from the posterior.
+
+        Args:
+            embeddings: (B, T, mlp_dim) `encode` of every step; action: (B, T, A); is_first: (B, T) bool (h and z
+                restart from zeros there, as in `observe`).
+            noise: (B, T, D) standard normal: z_t is the posterior's sample with it; None: its mean.
+        Returns:
+            hidden (B, T, hidden_dim), z (B, T, D), and the prior and posterior of every step, (B, T, D) each.
+        """
+        B, T, _ = embeddings.shape
+        start = self.initial_state(B)
+        h, z = start, embeddings.new_zeros(B, self.latent_dim)
+        hidden, latents, priors, posteriors = [], [], [], []
+        for t in range(T):
+            h, z, a = restart_at_first(is_first[:, t, None], start, h, z, action[:, t])
+            h, prior = self.transition(h, z, a)
+            posterior = self.posterior(h, embeddings[:, t])
+            z = posterior.mean if noise is None else posterior.sample(noise[:, t])
+            hidden.append(h)
+            latents.append(z)
+            priors.append(prior)
+            posteriors.append(posterior)
+
+        def stacked(gaussians: list[Gaussian]) -> Gaussian:
+            return Gaussian(torch.stack([g.mean for g in gaussians], 1), torch.stack([g.std for g in gaussians], 1))
+
+        return torch.stack(hidden, dim=1), torch.stack(latents, dim=1), stacked(priors), stacked(posteriors)
+
+    def real_states(self, batch: WorldModelBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The states a controller sees along real windows, teacher-forced, and the latents to predict there.
+
+        Deterministic: z the online latents, the targets the stop-gradient ones, h from `observe`. Stochastic: z the
+        posterior's means (`filter`), and the targets z itself, detached.
+        Returns:
+            hidden (B, T, hidden_dim), z (B, T, D), targets (B, T, D).
+        """
+        if self.stochastic:
+            embeddings = self.encode(batch.obs, features=batch.features)
+            hidden, z, _, _ = self.filter(embeddings, batch.action, batch.is_first)
+            return hidden, z, z.detach()
+        z, targets = self.latents(batch)
+        hidden, _ = self.observe(z, batch.action, batch.is_first)
+        return hidden, z, targets
 
     def open_loop(
         self,
@@ -691,6 +854,8 @@ class WorldModel(nn.Module):
             start_stride: steps between open-loop start points, >= 1.
         Returns:
             {"latent", "reward", "cont", "ensemble"} plus "sigreg" under "sigreg" (see `loss_keys`), scalars.
+
+        The stochastic model learns differently (`_stochastic_loss`); horizon, burn_in and start_stride do not apply.
         """
         if horizon < 1 or burn_in < 0 or start_stride < 1:
             raise ValueError(
@@ -701,6 +866,8 @@ class WorldModel(nn.Module):
         B, T = batch.is_first.shape
         if T < 2:
             raise ValueError(f"windows need at least 2 steps to predict anything, got T={T}")
+        if self.stochastic:
+            return self._stochastic_loss(batch, generator, shard)
         z, z_target = self.latents(batch)  # (B, T, D) each
         hidden, _ = self.observe(z, batch.action, batch.is_first)  # (B, T, hidden_dim)
         warm = warm_mask(batch.is_first, burn_in)  # (B, T)
@@ -736,4 +903,37 @@ class WorldModel(nn.Module):
             if shard is not None:  # SIGReg is a statistic of the whole batch: every share's frames
                 flat = shard.gather(flat)  # (B*T, D) -> (world_size*B*T, D)
             losses["sigreg"] = sigreg(flat, generator, self.sigreg_directions, self.sigreg_points)
+        return losses
+
+    def _stochastic_loss(
+        self, batch: WorldModelBatch, generator: torch.Generator | None, shard: BatchShard | None
+    ) -> dict[str, torch.Tensor]:
+        """The stochastic model's losses, at every step of the windows, along posterior samples (`filter`):
+
+        - "latent": predict the frame's standardised frozen features from [h_t, z_t] (half the squared error,
+          summed over features: a unit-variance Gaussian's negative log-likelihood);
+        - "kl": KL(posterior || prior) per step, each direction at least `free_nats`, balanced by `kl_balance`;
+        - "reward" (MSE) and "cont" (BCE) on [h_t, z_t];
+        - "ensemble": each member regresses the posterior's mean from the detached h_t (disagreement only).
+
+        The posterior's noise is drawn from `generator` (the global generator when None).
+        """
+        features = batch.features if batch.features is not None else self.encode_features(batch.obs)
+        if batch.features is not None:
+            self._check_features(features)
+        target = self._standardized(features).detach()  # (B, T, F)
+        B, T = batch.is_first.shape
+        noise = torch.randn(B, T, self.latent_dim, generator=generator).to(target)  # (B, T, D)
+        hidden, z, prior, posterior = self.filter(self.projection(target), batch.action, batch.is_first, noise)
+        state = torch.cat([hidden, z], dim=-1)  # (B, T, hidden_dim + D)
+        losses = {"latent": _masked_mean(0.5 * (self.feature_head(state) - target).pow(2).sum(-1), None, shard)}
+        kl_prior = gaussian_kl(posterior.detach(), prior).clamp(min=self.free_nats)  # (B, T): moves the prior
+        kl_posterior = gaussian_kl(posterior, prior.detach()).clamp(min=self.free_nats)  # moves the posterior
+        losses["kl"] = _masked_mean(self.kl_balance * kl_prior + (1 - self.kl_balance) * kl_posterior, None, shard)
+        losses["reward"] = _masked_mean((self.reward(hidden, z) - batch.reward).pow(2), None, shard)
+        cont = F.binary_cross_entropy_with_logits(self.cont(hidden, z), batch.cont, reduction="none")
+        losses["cont"] = _masked_mean(cont, None, shard)
+        members = self.ensemble(hidden.detach().reshape(B * T, -1))  # (K, B*T, D)
+        ensemble_error = (members - posterior.mean.detach().reshape(B * T, -1)).pow(2).mean(dim=(0, 2))  # (B*T,)
+        losses["ensemble"] = _masked_mean(ensemble_error, None, shard)
         return losses
