@@ -67,6 +67,7 @@ class Gaussian(NamedTuple):
         return self.mean + self.std * noise
 
     def detach(self) -> Gaussian:
+        """The same Gaussian, cut from the graph."""
         return Gaussian(self.mean.detach(), self.std.detach())
 
 
@@ -515,7 +516,7 @@ class WorldModel(nn.Module):
         self.feature_statistics_set.fill_(True)
 
     def _standardized(self, features: torch.Tensor) -> torch.Tensor:
-        """(*lead, F) -> (*lead, F) with the statistics of `set_feature_statistics`, in the projection's dtype."""
+        """(*lead, F) -> (*lead, F) with the statistics of `set_feature_statistics`, in the model's dtype."""
         dtype = self.gru.weight_hh.dtype
         return (features.to(dtype) - self.feature_mean.to(dtype)) / self.feature_std.to(dtype)
 
@@ -578,12 +579,11 @@ class WorldModel(nn.Module):
     def freeze_controller_inputs(self) -> None:
         """Fix the parts that make a controller's inputs: the encoder and projection to z, the recurrence to h.
 
-        A controller acts on [z, h] (the stochastic model's z comes from its posterior, fixed too). Fine-tuning these
-        parts would change what its inputs mean, so a controller
-        evolved before would then face different inputs. After this call only the heads (next latent, reward,
-        continue, ensemble) keep learning: new data sharpens the predictions, and the old controller's inputs keep
-        their meaning. The EMA targets (projection, and backbone where it trains) still move toward the now-fixed
-        online parts.
+        A controller acts on [z, h] (a stochastic model's z comes from its posterior, which is fixed too). Fine-tuning
+        these parts would change what its inputs mean, so a controller evolved before would then face different
+        inputs. After this call only the heads (next latent or prior, features, reward, continue, ensemble) keep
+        learning: new data sharpens the predictions, and the old controller's inputs keep their meaning. The EMA
+        targets (projection, and backbone where it trains) still move toward the now-fixed online parts.
         """
         for module in (self.backbone, self.projection, self.dynamics_input, self.gru, self.posterior_head):
             if module is not None:
