@@ -604,16 +604,19 @@ class WorldModel(nn.Module):
         Returns:
             h_next (B, hidden_dim) and z_pred (B, D).
         """
+        h_next = self.recur(h, z, action)
         if self.stochastic:
-            h_next, prior = self.transition(h, z, action)
-            return h_next, prior.mean
-        h_next = self.gru(self.dynamics_input(torch.cat([z, action], dim=-1)), h)
+            return h_next, self.prior(h_next).mean
         prediction = self.latent_head(h_next)
         return h_next, z + prediction if self.residual else prediction
 
+    def recur(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The recurrence alone: h_t = f(h_{t-1}, z_{t-1}, a_t), (B, hidden_dim)."""
+        return self.gru(self.dynamics_input(torch.cat([z, action], dim=-1)), h)
+
     def transition(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, Gaussian]:
         """The stochastic model's step: h_t = f(h_{t-1}, z_{t-1}, a_t) and the prior p(z_t | h_t) (B, D)."""
-        h_next = self.gru(self.dynamics_input(torch.cat([z, action], dim=-1)), h)
+        h_next = self.recur(h, z, action)
         return h_next, self.prior(h_next)
 
     def prior(self, h: torch.Tensor) -> Gaussian:
@@ -634,7 +637,7 @@ class WorldModel(nn.Module):
         Returns:
             h_t (B, hidden_dim) and z_t (B, D): the frame's latent, or the posterior's mean when stochastic.
         """
-        h_next, _ = self.step(h, z, action)
+        h_next = self.recur(h, z, action)  # the prediction of z_t is not needed: the frame gives it
         return h_next, self.posterior(h_next, embedding).mean if self.stochastic else embedding
 
     def reward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
