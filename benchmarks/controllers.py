@@ -1,14 +1,21 @@
 """What each controller kind can reach when perception is perfect: CMA-ES on the env's true state, no world model.
 
-    python benchmarks/controllers.py                          # Pendulum-v1, linear and mlp (README figures)
+    python benchmarks/controllers.py                          # Pendulum-v1, linear and mlp (RESULTS.md figures)
     python benchmarks/controllers.py --env CartPole-v1 --generations 30
     python benchmarks/controllers.py --quick                  # 3 generations of 8 x 2: a check that it runs
+    python benchmarks/controllers.py --env Parking-v0 --controller mlp --generations 150 \
+        --hide 0,1,2,3 --scale 6,0.6,20,20,1,1 --success-weight 10   # the car's view alone; parking pays
 
 A controller evolved in the dream acts on [z, h]; here the same `agents.controllers.Controller` acts on the true
 state the env returns (`obs: state`), scored in the real env by the same `agents.evolution.CMAES`. What a kind cannot
 reach here it cannot reach from pixels either: this is the ceiling of the controller class, not of the world model.
 The final controller is the search's mean or its best-ever candidate, whichever scores higher on `--final-episodes`
 fresh episodes (as `wm evolve` chooses in the dream), then scored on `--eval-episodes` other fresh episodes.
+`--hide` keeps state dimensions from the controller (Parking-v0's 0-3 are the car's pose in the lot: hidden, it sees
+what the car itself could, its speed and steering and where the space is from it), `--scale` divides each dimension
+the controller sees by a number (inputs of order one keep the MLP's tanh units out of saturation), and
+`--success-weight W` scores a candidate by its mean return plus W times its share of successful episodes, for an env
+that says (Parking-v0).
 
 Prints JSON lines {"bench": "controllers", "metric", "value", "unit", "env", "controller"}: `num_params`,
 `return_mean` and `return_std` (the chosen controller over the evaluation episodes), `success_rate` for an env that
@@ -21,6 +28,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +43,7 @@ from agents.controllers import CONTROLLER_KINDS, Controller  # noqa: E402
 from agents.evolution import CMAES  # noqa: E402
 from envs.make import make_vector_env  # noqa: E402
 from experiments.evolve import action_space  # noqa: E402
+from experiments.progress import Progress  # noqa: E402
 from experiments.scoring import successes_said  # noqa: E402
 
 FINAL, EVAL = 1, 2  # seed streams of the final choice and the evaluation, apart from the search's generations
@@ -45,18 +54,26 @@ def emit(metric: str, value: float, unit: str, **extra) -> None:
 
 
 def episode_returns(
-    envs, controller: Controller, candidates: np.ndarray, episodes: int, seed: int, successes: np.ndarray | None = None
+    envs,
+    controller: Controller,
+    candidates: np.ndarray,
+    episodes: int,
+    seed: int,
+    successes: np.ndarray | None = None,
+    view: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """The return of one episode per (candidate, episode) pair: candidates (P, n) -> (P, E), the P * E sub-envs
     of `envs` candidate-major, sub-env i reset with seed `seed + i`. `successes` (P * E,) float, if given, receives
-    each episode's `info["success"]` (1 or 0) at its last step, and keeps its NaN where the env does not say."""
+    each episode's `info["success"]` (1 or 0) at its last step, and keeps its NaN where the env does not say.
+    `view` maps the envs' observations (P * E, S) to what the controller sees (P * E, F); by default all of them."""
     population = len(candidates)
     params = torch.as_tensor(candidates, dtype=torch.float32)  # (P, n)
     obs, _ = envs.reset(seed=seed)
     returns = np.zeros(population * episodes)
     going = np.ones(population * episodes, dtype=bool)
     while going.any():
-        features = torch.as_tensor(obs, dtype=torch.float32).reshape(population, episodes, -1)  # (P, E, S)
+        seen = obs if view is None else view(obs)
+        features = torch.as_tensor(seen, dtype=torch.float32).reshape(population, episodes, -1)  # (P, E, F)
         actions = controller.env_actions(controller.act(params, features)).reshape(population * episodes, -1)
         obs, reward, terminated, truncated, info = envs.step(actions.squeeze(-1) if controller.discrete else actions)
         returns += np.where(going, reward, 0.0)
@@ -68,26 +85,51 @@ def episode_returns(
     return returns.reshape(population, episodes)
 
 
+def state_view(size: int, hide: list[int], scale: list[float] | None) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """What the controller sees of a batch of true states (N, size): the dimensions not in `hide`, each divided by
+    its entry of `scale` (one per dimension seen; None: as they are). Returns the view and its width F."""
+    if any(not 0 <= i < size for i in hide):
+        raise SystemExit(f"--hide: state dimensions are 0..{size - 1}, got {hide}")
+    kept = [i for i in range(size) if i not in hide]
+    if not kept:
+        raise SystemExit("--hide: the controller must see at least one state dimension")
+    divisor = np.ones(len(kept), dtype=np.float32) if scale is None else np.asarray(scale, dtype=np.float32)
+    if divisor.shape != (len(kept),) or not (np.isfinite(divisor).all() and (divisor > 0).all()):
+        raise SystemExit(f"--scale: one positive number per state dimension seen ({len(kept)}), got {scale}")
+    return (lambda obs: obs[:, kept] / divisor), len(kept)
+
+
 def evolve_on_state(env_id: str, kind: str, args: argparse.Namespace) -> None:
     """Search, choose and score one controller kind on `env_id`'s true state; emit its figures."""
     search_envs, spec = make_vector_env(env_id, args.population * args.episodes, obs="state")
-    controller = Controller(spec.obs_shape[0], action_space(spec), kind, args.hidden)
+    view, width = state_view(spec.obs_shape[0], args.hide, args.scale)
+    controller = Controller(width, action_space(spec), kind, args.hidden)
+
+    def fitness(envs, candidates: np.ndarray, episodes: int, seed: int) -> np.ndarray:
+        """(P,) mean return over `episodes` each, plus `--success-weight` times the share that succeeded."""
+        successes = np.full(len(candidates) * episodes, np.nan)
+        returns = episode_returns(envs, controller, candidates, episodes, seed, successes, view)
+        rate = np.nan_to_num(successes).reshape(len(candidates), episodes).mean(axis=1)
+        return returns.mean(axis=1) + args.success_weight * rate
+
     es = CMAES(controller.initial_parameters(args.seed), args.sigma, args.population, args.seed)
     start = time.perf_counter()
+    bar = Progress(args.generations, f"search {env_id} {kind}", unit="gen")
     for generation in range(args.generations):
-        es.step(lambda c, g=generation: episode_returns(search_envs, controller, c, args.episodes,
-                                                        args.seed + 100_000 * g).mean(axis=1))  # fmt: skip
+        result = es.step(lambda c, g=generation: fitness(search_envs, c, args.episodes, args.seed + 100_000 * g))
+        bar.update(1, mean=result.mean_fitness, best=result.best_fitness)
+    bar.close()
     search_s = time.perf_counter() - start
     search_envs.close()
     finalists = np.stack([es.mean, es.best])  # (2, n)
     final_envs, _ = make_vector_env(env_id, 2 * args.final_episodes, obs="state")
-    final = episode_returns(final_envs, controller, finalists, args.final_episodes, args.seed + 100_000 * FINAL)
+    final = fitness(final_envs, finalists, args.final_episodes, args.seed + 100_000 * FINAL)
     final_envs.close()
-    chosen = finalists[int(np.argmax(final.mean(axis=1)))]
+    chosen = finalists[int(np.argmax(final))]
     eval_envs, _ = make_vector_env(env_id, args.eval_episodes, obs="state")
     successes = np.full(args.eval_episodes, np.nan)
     seed = args.seed + 100_000 * EVAL
-    returns = episode_returns(eval_envs, controller, chosen[None], args.eval_episodes, seed, successes)[0]
+    returns = episode_returns(eval_envs, controller, chosen[None], args.eval_episodes, seed, successes, view)[0]
     eval_envs.close()
     tags = {"env": env_id, "controller": kind}
     emit("num_params", controller.num_params, "parameters", **tags)
@@ -110,6 +152,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--final-episodes", type=int, default=64)
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--hide",
+        type=lambda text: [int(i) for i in text.split(",")],
+        default=[],
+        help="comma-separated state dimensions the controller does not see",
+    )
+    parser.add_argument(
+        "--scale",
+        type=lambda text: [float(v) for v in text.split(",")],
+        help="comma-separated divisors, one per state dimension the controller sees",
+    )
+    parser.add_argument(
+        "--success-weight", type=float, default=0.0, help="fitness = mean return + this x share of successful episodes"
+    )
     parser.add_argument("--quick", action="store_true", help="3 generations of 8 candidates x 2 episodes")
     args = parser.parse_args(argv)
     if args.quick:

@@ -344,16 +344,17 @@ class WorldModelConfig:
     """Grid points of SIGReg's Epps-Pulley integral ('sigreg' only)."""
     residual: bool = False
     """Predict each next latent as the last one plus a predicted change (else the latent itself); its errors add up
-    over long dreams, so presets leave it off (README)."""
+    over long dreams, so presets leave it off (benchmarks/RESULTS.md)."""
     input_blur: float = 0.0
     """Gaussian blur, std in pixels of the ViT's input, of every frame before the encoder (0: none; pixels only)."""
-    pooling: Literal["mean", "mean_std"] = "mean"
-    """A frame's ViT patch features pooled into their mean, or their mean and standard deviation (pixels only)."""
+    pooling: Literal["mean", "mean_std", "grid2", "grid4"] = "mean"
+    """A frame's ViT patch features pooled into their mean, their mean and standard deviation, or the mean of each
+    cell of a 2 x 2 or 4 x 4 grid over the image, which keeps where things are (pixels only)."""
     latent: Literal["deterministic", "stochastic"] = "deterministic"
     """'deterministic': z is the encoder's reading of one frame, and the dynamics predict it. 'stochastic': a
     recurrent state-space model, z drawn from a posterior that filters each frame with the history and, in the dream,
     from the dynamics' prior; it predicts the frozen encoder's features (needs freeze_encoder) and ignores horizon,
-    start_stride and burn_in in training (README, `wm evolve` results)."""
+    start_stride and burn_in in training (benchmarks/RESULTS.md, `wm evolve`)."""
     free_nats: float = 1.0
     """'stochastic': the KL term counts only above this many nats per step."""
     kl_balance: float = 0.8
@@ -375,7 +376,7 @@ class WorldModelConfig:
     """Steps T per training window (windows may span episodes; is_first marks the seams)."""
     horizon: int = 15
     """Open-loop steps unrolled from every start point of a window, at most sequence_length - 1. The dream runs far
-    longer than this, and how long it stays faithful follows it (CartPole: README, `wm cycle` results)."""
+    longer than this, and how long it stays faithful follows it (CartPole: benchmarks/RESULTS.md, `wm cycle`)."""
     start_stride: int = 1
     """Steps between open-loop start points (1: every step; m: the steps s = burn_in mod m), so that a long horizon
     in a long window can cost what a short one from every step does."""

@@ -39,22 +39,34 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
     return torch.cat(out, dim=1).float()  # (N, D)
 
 
-POOLINGS: dict[str, int] = {"mean": 1, "mean_std": 2}
+POOLINGS: dict[str, int] = {"mean": 1, "mean_std": 2, "grid2": 4, "grid4": 16}
 """The ways `pool_tokens` pools patch features, each with its output width in units of the token width."""
 
 
 def pool_tokens(tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
     """One feature vector per image from its patch features: tokens (B, N, D) -> (B, D) for "mean", (B, 2D) for
-    "mean_std" (the mean, then the standard deviation over the patches).
+    "mean_std" (the mean, then the standard deviation over the patches), (B, k * k * D) for "gridk" (the mean of each
+    cell of a k x k grid over the square patch grid, cells row-major, each cell's D features together).
 
     A small object changes few patches, so it moves the mean little, diluted by the background; the spread of the
-    patch features over the image keeps more of it (measured: benchmarks/pooling.py).
+    patch features over the image keeps more of it, and a grid keeps where in the image it is (measured:
+    benchmarks/pooling.py).
     """
     if pooling == "mean":
         return tokens.mean(dim=1)
     if pooling == "mean_std":
         std, mean = torch.std_mean(tokens, dim=1, correction=0)
         return torch.cat([mean, std], dim=-1)
+    if pooling in ("grid2", "grid4"):
+        batch, count, width = tokens.shape
+        side, cells = math.isqrt(count), int(pooling[4:])
+        if side * side != count or side % cells:
+            raise ValueError(
+                f"pooling {pooling!r} needs a square patch grid whose side {cells} divides, got {count} patches"
+            )
+        # (B, N, D) -> (B, cell row, row in cell, cell column, column in cell, D)
+        grid = tokens.reshape(batch, cells, side // cells, cells, side // cells, width)
+        return grid.mean(dim=(2, 4)).reshape(batch, cells * cells * width)  # (B, k, k, D) -> (B, k * k * D)
     raise ValueError(f"pooling must be one of {tuple(POOLINGS)}, got {pooling!r}")
 
 

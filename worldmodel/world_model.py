@@ -26,8 +26,8 @@ the dynamics give a prior p(z_t | h_t) that the dream samples. It learns by pred
 of each frame from [z_t, h_t] (a JEPA target: the frozen encoder is its own EMA target; nothing is reconstructed in
 pixels), with a KL term that pulls the prior towards the posterior, and the reward and continue heads on the posterior
 states. A frame does not show velocities: the deterministic model must infer them from how its own latents change,
-and its dream drifts under a good controller (README); the stochastic one filters them, and its dream samples the
-spread it cannot predict.
+and its dream drifts under a good controller (benchmarks/RESULTS.md); the stochastic one filters them, and its dream
+samples the spread it cannot predict.
 """
 
 from __future__ import annotations
@@ -320,14 +320,17 @@ class WorldModel(nn.Module):
             only). A thin object that moves fast, such as Pendulum's rod, covers other pixels in every frame, and the
             features of a frozen random-initialised ViT then change about as much from one frame to the next as
             between any two; blurred, they change smoothly with the object's position.
-        pooling: how a frame's patch features become one vector (pixels only): "mean", or "mean_std", their mean
-            and standard deviation over the patches (worldmodel.vit.pool_tokens). A frozen random-initialised ViT's
-            mean dilutes a small object in the background: a linear probe reads CartPole's pole angle from it with
-            R² 0.88-0.90 (three random ViTs), from mean and standard deviation with 0.996 (README).
+        pooling: how a frame's patch features become one vector (pixels only): "mean", "mean_std", their mean
+            and standard deviation over the patches, or "grid2" / "grid4", the mean of each cell of a 2 x 2 / 4 x 4
+            grid over the image (worldmodel.vit.pool_tokens). A frozen random-initialised ViT's mean dilutes a small
+            object in the background: a linear probe reads CartPole's pole angle from it with R² 0.88-0.90 (three
+            random ViTs), from mean and standard deviation with 0.996 (benchmarks/RESULTS.md). A grid keeps where
+            things are in the image.
         residual: predict the change of the latent, ẑ_t = z_{t-1} + g(h_t), instead of the latent itself. Frames
             of one env change little from step to step, so this starts every prediction from "nothing changes"
             and spends the head on the motion. Its errors add up over a long rollout, though: measured on CartPole,
-            a better 1-step error but dreams that drift off within tens of steps (README), so presets leave it off.
+            a better 1-step error but dreams that drift off within tens of steps (benchmarks/RESULTS.md), so presets
+            leave it off.
         latent: "deterministic" or "stochastic" (see the module's docstring). The stochastic model needs a frozen
             encoder (its features are the prediction targets) and is not residual; `projection` is then the frame's
             embedding (features -> mlp_dim) and `latent_head` the prior.
@@ -408,6 +411,9 @@ class WorldModel(nn.Module):
             self.image_size = image_size
             self.backbone = VisionTransformer(image_size, patch_size, channels, vit_size)
             self.feature_dim = self.backbone.width * POOLINGS[pooling]
+            side = image_size // patch_size
+            if pooling.startswith("grid") and side % int(pooling[4:]):
+                raise ValueError(f"pooling {pooling!r} needs a patch grid side it divides, got {side} (image / patch)")
         else:
             self.backbone = nn.Sequential(_mlp(obs_shape[0], mlp_dim, mlp_dim), nn.LayerNorm(mlp_dim), nn.SiLU())
             self.feature_dim = mlp_dim

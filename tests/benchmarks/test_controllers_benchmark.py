@@ -97,6 +97,34 @@ def test_quick_run_on_parking_prints_its_success_rate():
     assert 0.0 <= records["success_rate"]["value"] <= 1.0 and records["success_rate"]["episodes"] == 4
 
 
+def test_the_controllers_view_hides_and_scales_state_dimensions():
+    import pytest
+
+    bench = load_benchmark()
+    states = np.array([[15.0, 0.5, 7.0, -4.0], [-30.0, -1.0, -3.0, 1.0]], dtype=np.float32)
+    view, width = bench.state_view(4, hide=[1], scale=[30.0, 1.0, 5.0])
+    # Dimension 1 hidden; 0 divided by 30, 2 by 1, 3 by 5.
+    assert width == 3
+    np.testing.assert_allclose(view(states), [[0.5, 7.0, -0.8], [-1.0, -3.0, 0.2]])
+    view, width = bench.state_view(4, hide=[], scale=None)
+    assert width == 4 and np.array_equal(view(states), states)
+    with pytest.raises(SystemExit, match=r"--hide: state dimensions are 0..3, got \[4\]"):
+        bench.state_view(4, hide=[4], scale=None)
+    with pytest.raises(SystemExit, match="must see at least one"):
+        bench.state_view(4, hide=[0, 1, 2, 3], scale=None)
+    with pytest.raises(SystemExit, match=r"--scale: one positive number per state dimension seen \(3\), got \[1.0\]"):
+        bench.state_view(4, hide=[1], scale=[1.0])
+    with pytest.raises(SystemExit, match="--scale: one positive number"):
+        bench.state_view(4, hide=[1], scale=[1.0, 0.0, 2.0])
+
+
+def test_quick_run_with_the_cars_view_alone_sees_six_state_dimensions():
+    records = quick_run("controllers.py", "--env", "Parking-v0", "--controller", "linear", "--hide", "0,1,2,3",
+                        "--scale", "6,0.6,20,20,1,1", "--success-weight", "10")  # fmt: skip
+    assert records["num_params"]["value"] == 6 * 9 + 9  # speed, steering and the space from the car, to 9 scores
+    assert 0.0 <= records["success_rate"]["value"] <= 1.0
+
+
 def test_a_population_below_two_is_refused_by_name():
     import subprocess
     import sys

@@ -61,8 +61,26 @@ def test_pool_tokens_matches_hand_computed_mean_and_spread():
     images = torch.randn(2, 3, 16, 16)
     encoder = VisionTransformer(16, 4, 3, "micro")
     torch.testing.assert_close(pool_tokens(encoder(images)), encoder.pooled(images))
-    with pytest.raises(ValueError, match=r"pooling must be one of \('mean', 'mean_std'\), got 'max'"):
+    with pytest.raises(ValueError, match=r"pooling must be one of \('mean', 'mean_std', 'grid2', 'grid4'\), got 'max'"):
         pool_tokens(tokens, "max")
+
+
+def test_grid_pooling_keeps_each_cell_of_the_patch_grid_apart():
+    # A 4 x 4 patch grid whose one channel counts 0..15 row by row: a 2 x 2 grid's cells are the quarters
+    # {0, 1, 4, 5}, {2, 3, 6, 7}, {8, 9, 12, 13}, {10, 11, 14, 15}; the second channel is the first negated.
+    values = torch.arange(16.0)
+    tokens = torch.stack([values, -values], dim=-1)[None]  # (1, 16, 2)
+    quarters = torch.tensor([2.5, 4.5, 10.5, 12.5])
+    torch.testing.assert_close(pool_tokens(tokens, "grid2"), torch.stack([quarters, -quarters], dim=-1).reshape(1, 8))
+    torch.testing.assert_close(pool_tokens(tokens, "grid4"), tokens.reshape(1, 32))  # one patch per cell
+    # The same image mirrored left to right has the same mean but not the same grid.
+    mirrored = tokens.reshape(1, 4, 4, 2).flip(2).reshape(1, 16, 2)
+    torch.testing.assert_close(pool_tokens(mirrored), pool_tokens(tokens))
+    assert not torch.allclose(pool_tokens(mirrored, "grid2"), pool_tokens(tokens, "grid2"))
+    with pytest.raises(ValueError, match="needs a square patch grid whose side 4 divides, got 9 patches"):
+        pool_tokens(torch.zeros(1, 9, 2), "grid4")
+    with pytest.raises(ValueError, match="needs a square patch grid whose side 2 divides, got 12 patches"):
+        pool_tokens(torch.zeros(1, 12, 2), "grid2")
 
 
 def test_sincos_positions_are_distinct_and_bounded():

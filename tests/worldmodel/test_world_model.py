@@ -349,6 +349,23 @@ def test_mean_std_pooling_feeds_the_patch_spread_too_and_keys_its_own_latent_cac
         WorldModel((16, 16, 3), 2, **PIXELS_MICRO, pooling="max")
 
 
+def test_grid_pooling_feeds_each_cell_of_the_image_and_keys_its_own_latent_cache():
+    from experiments.train import encoder_fingerprint
+    from worldmodel.augment import normalize, resize
+
+    torch.manual_seed(0)
+    mean = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
+    grid = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True, pooling="grid2")
+    assert grid.feature_dim == 4 * 64  # four cells of the micro ViT's 64 features
+    grid.backbone.load_state_dict(mean.backbone.state_dict())
+    obs = make_batch((16, 16, 3)).obs[:, :2]  # (3, 2, 16, 16, 3) uint8
+    tokens = mean.backbone(normalize(resize(obs.flatten(0, 1).permute(0, 3, 1, 2), 16)))  # (6, 4, 64): a 2 x 2 grid
+    torch.testing.assert_close(grid.encode_features(obs).flatten(0, 1), tokens.flatten(1))  # one patch per cell
+    assert encoder_fingerprint(mean) != encoder_fingerprint(grid)
+    with pytest.raises(ValueError, match=r"pooling 'grid4' needs a patch grid side it divides, got 2"):
+        WorldModel((16, 16, 3), 2, **PIXELS_MICRO, pooling="grid4")
+
+
 def test_frozen_backbone_is_its_own_target_and_sigreg_has_none():
     frozen = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
     assert frozen.target_backbone is None and frozen.target_projection is not None
