@@ -39,7 +39,9 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
     return torch.cat(out, dim=1).float()  # (N, D)
 
 
-POOLINGS: dict[str, int] = {"mean": 1, "mean_std": 2, "grid2": 4, "grid4": 16}
+GRIDS: dict[str, int] = {"grid2": 2, "grid4": 4}
+"""The grid poolings, each with the cells k along a side of its k x k grid."""
+POOLINGS: dict[str, int] = {"mean": 1, "mean_std": 2, **{name: cells * cells for name, cells in GRIDS.items()}}
 """The ways `pool_tokens` pools patch features, each with its output width in units of the token width."""
 
 
@@ -57,9 +59,9 @@ def pool_tokens(tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
     if pooling == "mean_std":
         std, mean = torch.std_mean(tokens, dim=1, correction=0)
         return torch.cat([mean, std], dim=-1)
-    if pooling in ("grid2", "grid4"):
+    if pooling in GRIDS:
         batch, count, width = tokens.shape
-        side, cells = math.isqrt(count), int(pooling[4:])
+        side, cells = math.isqrt(count), GRIDS[pooling]
         if side * side != count or side % cells:
             raise ValueError(
                 f"pooling {pooling!r} needs a square patch grid whose side {cells} divides, got {count} patches"

@@ -42,7 +42,7 @@ from torch import nn
 
 from worldmodel.augment import IMAGENET_MEAN, IMAGENET_STD, gaussian_blur, normalize, resize
 from worldmodel.sigreg import sigreg
-from worldmodel.vit import POOLINGS, VisionTransformer, pool_tokens
+from worldmodel.vit import GRIDS, POOLINGS, VisionTransformer, pool_tokens
 
 COLLAPSE_GUARDS: tuple[str, ...] = ("ema", "sigreg")
 LATENT_KINDS: tuple[str, ...] = ("deterministic", "stochastic")
@@ -412,7 +412,7 @@ class WorldModel(nn.Module):
             self.backbone = VisionTransformer(image_size, patch_size, channels, vit_size)
             self.feature_dim = self.backbone.width * POOLINGS[pooling]
             side = image_size // patch_size
-            if pooling.startswith("grid") and side % int(pooling[4:]):
+            if pooling in GRIDS and side % GRIDS[pooling]:
                 raise ValueError(f"pooling {pooling!r} needs a patch grid side it divides, got {side} (image / patch)")
         else:
             self.backbone = nn.Sequential(_mlp(obs_shape[0], mlp_dim, mlp_dim), nn.LayerNorm(mlp_dim), nn.SiLU())
