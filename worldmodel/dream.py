@@ -200,11 +200,7 @@ def dream_step(
     Without `measure_disagreement` the ensemble is not run and the result's disagreement is None. The continue
     logit is divided by `cont_temperature` (`DreamSettings.cont_temperature`). A stochastic model's ẑ is its prior's
     sample with `prior_noise` (N, D) standard normal (its mean when None)."""
-    if model.stochastic and prior_noise is not None:
-        hidden, prior = model.transition(state.hidden, state.latent, action)
-        latent = prior.sample(prior_noise)
-    else:
-        hidden, latent = model.step(state.hidden, state.latent, action)
+    hidden, latent = model.step(state.hidden, state.latent, action, prior_noise)
     if latent_noise is not None:
         latent = latent + latent_noise
     return StepResult(

@@ -602,17 +602,22 @@ class WorldModel(nn.Module):
         weight = self.gru.weight_hh
         return torch.zeros(batch, self.hidden_dim, device=weight.device, dtype=weight.dtype)
 
-    def step(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor, prior_noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of the dynamics: h_t = f(h_{t-1}, z_{t-1}, a_t), ẑ_t = g(h_t) (z_{t-1} + g(h_t) when residual).
 
         Args:
             h: (B, hidden_dim) h_{t-1}; z: (B, D) z_{t-1} (real or predicted); action: (B, A) a_t.
+            prior_noise: (B, D) standard normal: a stochastic model's ẑ_t is its prior's sample with it (its mean
+                when None); a deterministic model ignores it.
         Returns:
             h_next (B, hidden_dim) and z_pred (B, D).
         """
-        h_next = self.recur(h, z, action)
         if self.stochastic:
-            return h_next, self.prior(h_next).mean
+            h_next, prior = self.transition(h, z, action)
+            return h_next, prior.mean if prior_noise is None else prior.sample(prior_noise)
+        h_next = self.recur(h, z, action)
         prediction = self.latent_head(h_next)
         return h_next, z + prediction if self.residual else prediction
 

@@ -109,7 +109,7 @@ def test_rollout_steps_only_the_rows_still_going(model, starts, mode):
     noise = draw_noise(P * E, settings, LATENT_DIM, torch.Generator().manual_seed(3))
     stepped = []  # rows in each model step
     real_step = model.step
-    model.step = lambda h, z, action: (stepped.append(len(h)), real_step(h, z, action))[1]
+    model.step = lambda h, z, action, *rest: (stepped.append(len(h)), real_step(h, z, action, *rest))[1]
     try:
         result = rollout(model, controller.policy(params, E), start_rows(starts), settings, noise)
     finally:
