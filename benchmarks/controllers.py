@@ -99,6 +99,12 @@ def state_view(size: int, hide: list[int], scale: list[float] | None) -> tuple[C
     return (lambda obs: obs[:, kept] / divisor), len(kept)
 
 
+def scored(returns: np.ndarray, successes: np.ndarray, success_weight: float) -> np.ndarray:
+    """Each candidate's fitness: returns and successes (P, E) (successes 1, 0, or NaN where the env does not say, which
+    counts as 0) -> (P,) mean return plus `success_weight` times the share of successful episodes."""
+    return returns.mean(axis=1) + success_weight * np.nan_to_num(successes).mean(axis=1)
+
+
 def evolve_on_state(env_id: str, kind: str, args: argparse.Namespace) -> None:
     """Search, choose and score one controller kind on `env_id`'s true state; emit its figures."""
     search_envs, spec = make_vector_env(env_id, args.population * args.episodes, obs="state")
@@ -106,11 +112,10 @@ def evolve_on_state(env_id: str, kind: str, args: argparse.Namespace) -> None:
     controller = Controller(width, action_space(spec), kind, args.hidden)
 
     def fitness(envs, candidates: np.ndarray, episodes: int, seed: int) -> np.ndarray:
-        """(P,) mean return over `episodes` each, plus `--success-weight` times the share that succeeded."""
+        """(P,) the candidates' `scored` returns over `episodes` each."""
         successes = np.full(len(candidates) * episodes, np.nan)
         returns = episode_returns(envs, controller, candidates, episodes, seed, successes, view)
-        rate = np.nan_to_num(successes).reshape(len(candidates), episodes).mean(axis=1)
-        return returns.mean(axis=1) + args.success_weight * rate
+        return scored(returns, successes.reshape(returns.shape), args.success_weight)
 
     es = CMAES(controller.initial_parameters(args.seed), args.sigma, args.population, args.seed)
     start = time.perf_counter()

@@ -118,6 +118,14 @@ def test_the_controllers_view_hides_and_scales_state_dimensions():
         bench.state_view(4, hide=[1], scale=[1.0, 0.0, 2.0])
 
 
+def test_a_success_weight_adds_its_multiple_of_the_share_of_successes_to_the_mean_return():
+    bench = load_benchmark()
+    returns = np.array([[1.0, 3.0], [0.0, 0.0], [2.0, 2.0]])
+    successes = np.array([[1.0, 0.0], [np.nan, np.nan], [1.0, 1.0]])  # the middle env does not say: counts as none
+    np.testing.assert_allclose(bench.scored(returns, successes, 10.0), [2.0 + 5.0, 0.0, 2.0 + 10.0])
+    np.testing.assert_allclose(bench.scored(returns, successes, 0.0), [2.0, 0.0, 2.0])  # the return alone
+
+
 def test_quick_run_with_the_cars_view_alone_sees_six_state_dimensions():
     records = quick_run("controllers.py", "--env", "Parking-v0", "--controller", "linear", "--hide", "0,1,2,3",
                         "--scale", "6,0.6,20,20,1,1", "--success-weight", "10")  # fmt: skip
