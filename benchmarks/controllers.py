@@ -15,7 +15,8 @@ fresh episodes (as `wm evolve` chooses in the dream), then scored on `--eval-epi
 what the car itself could, its speed and steering and where the space is from it), `--scale` divides each dimension
 the controller sees by a number (inputs of order one keep the MLP's tanh units out of saturation), and
 `--success-weight W` scores a candidate by its mean return plus W times its share of successful episodes, for an env
-that says (Parking-v0).
+that says (Parking-v0). The progress bar shows each generation's mean and best fitness and, for such an env, its
+share of successful episodes.
 
 Prints JSON lines {"bench": "controllers", "metric", "value", "unit", "env", "controller"}: `num_params`,
 `return_mean` and `return_std` (the chosen controller over the evaluation episodes), `success_rate` for an env that
@@ -111,10 +112,14 @@ def evolve_on_state(env_id: str, kind: str, args: argparse.Namespace) -> None:
     view, width = state_view(spec.obs_shape[0], args.hide, args.scale)
     controller = Controller(width, action_space(spec), kind, args.hidden)
 
+    said = {}  # the last call's share of successful episodes, where the env says
+
     def fitness(envs, candidates: np.ndarray, episodes: int, seed: int) -> np.ndarray:
         """(P,) the candidates' `scored` returns over `episodes` each."""
         successes = np.full(len(candidates) * episodes, np.nan)
         returns = episode_returns(envs, controller, candidates, episodes, seed, successes, view)
+        if not np.isnan(successes).all():
+            said["success"] = float(np.nan_to_num(successes).mean())
         return scored(returns, successes.reshape(returns.shape), args.success_weight)
 
     es = CMAES(controller.initial_parameters(args.seed), args.sigma, args.population, args.seed)
@@ -122,7 +127,7 @@ def evolve_on_state(env_id: str, kind: str, args: argparse.Namespace) -> None:
     bar = Progress(args.generations, f"search {env_id} {kind}", unit="gen")
     for generation in range(args.generations):
         result = es.step(lambda c, g=generation: fitness(search_envs, c, args.episodes, args.seed + 100_000 * g))
-        bar.update(1, mean=result.mean_fitness, best=result.best_fitness)
+        bar.update(1, mean=result.mean_fitness, best=result.best_fitness, **said)
     bar.close()
     search_s = time.perf_counter() - start
     search_envs.close()

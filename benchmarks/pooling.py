@@ -4,11 +4,14 @@
     python benchmarks/pooling.py --episodes runs/cartpole-ema/episodes   # a `wm train` run's store (RESULTS.md figures)
     python benchmarks/pooling.py --env CartPole-v1 --steps 20000          # collect random-policy episodes first
     python benchmarks/pooling.py --quick                                  # 800 steps, one ViT: a check that it runs
+    python benchmarks/pooling.py --env Parking-v0 --steps 50000 --seeds 1 --in-view   # frames showing the space
 
-Prints JSON lines {"bench": "pooling", "metric", "value", "unit", "pooling", "seed"}: `probe_r2_dim<i>` for each
-state dimension i (CartPole: x, x_dot, theta, theta_dot) and `probe_r2_mean`. Every pooling reads the very same
+Prints JSON lines {"bench": "pooling", "metric", "value", "unit", "pooling", "seed", "frames"}: `probe_r2_dim<i>` for
+each state dimension i (CartPole: x, x_dot, theta, theta_dot) and `probe_r2_mean`. Every pooling reads the very same
 patch features of each ViT (seeds 0, 1, 2: three random initialisations of `--vit-size`), and the probe is the
-project's ridge probe (worldmodel.probe.linear_probe_r2), fitted on the first 75% of the episodes.
+project's ridge probe (worldmodel.probe.linear_probe_r2), fitted on the first 75% of the episodes. `--in-view`
+(Parking-v0) fits and scores the probe on the frames whose target space's centre is on a camera only: what a
+frame cannot show, no pooling of it can say.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch  # noqa: E402
 
 from envs.collect import EpisodeBuffer, RandomPolicy, collect  # noqa: E402
 from envs.make import make_vector_env  # noqa: E402
+from envs.parking import space_in_view  # noqa: E402
 from envs.store import Episode, EpisodeStore  # noqa: E402
 from worldmodel.augment import normalize, resize  # noqa: E402
 from worldmodel.probe import linear_probe_r2  # noqa: E402
@@ -66,13 +70,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--episodes", type=Path, help="an episode store of pixel episodes with true states")
     parser.add_argument("--env", default="CartPole-v1", help="the env to collect from when --episodes is not given")
-    parser.add_argument("--steps", type=int, default=20000, help="random-policy transitions to collect")
+    parser.add_argument("--steps", type=int, help="random-policy transitions to collect (default 20000)")
     parser.add_argument("--vit-size", default="mini")
     parser.add_argument("--seeds", type=int, default=3, help="random ViTs to measure (seeds 0, 1, ...)")
-    parser.add_argument("--quick", action="store_true", help="800 steps and one ViT")
+    parser.add_argument("--in-view", action="store_true", help="Parking-v0: only frames that show the space")
+    parser.add_argument("--quick", action="store_true", help="800 steps (unless --steps says) and one ViT")
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.seeds = 800, 1
+        args.seeds = 1
+    if args.steps is None:
+        args.steps = 800 if args.quick else 20000
 
     if args.episodes is not None:
         if not (args.episodes / "store.json").is_file():
@@ -88,7 +95,15 @@ def main(argv: list[str] | None = None) -> None:
     frames = torch.from_numpy(np.concatenate([episode.obs for episode in episodes]))
     states = torch.from_numpy(np.concatenate([episode.state for episode in episodes]))
     n_train = sum(len(episode.obs) for episode in episodes[:split])
+    if args.in_view:
+        if states.shape[1] != 10:
+            raise SystemExit(f"--in-view is for Parking-v0's true state (10 dimensions), got {states.shape[1]}")
+        shown = torch.from_numpy(space_in_view(states.numpy()))
+        n_train = int(shown[:n_train].sum())
+        frames, states = frames[shown], states[shown]
+        print(f"--in-view: {len(frames)} frames show the space ({n_train} to fit the probe)", file=sys.stderr)
 
+    subset = "in_view" if args.in_view else "all"
     for seed in range(args.seeds):
         torch.manual_seed(seed)
         vit = VisionTransformer(IMAGE_SIZE, PATCH_SIZE, 3, args.vit_size).eval()
@@ -97,8 +112,8 @@ def main(argv: list[str] | None = None) -> None:
             features = pool_tokens(tokens, pooling)
             probe = linear_probe_r2(features[:n_train], states[:n_train], features[n_train:], states[n_train:])
             for i, value in enumerate(probe.per_dim):
-                emit(f"probe_r2_dim{i}", value, pooling=pooling, seed=seed)
-            emit("probe_r2_mean", float(probe.mean), pooling=pooling, seed=seed)
+                emit(f"probe_r2_dim{i}", value, pooling=pooling, seed=seed, frames=subset)
+            emit("probe_r2_mean", float(probe.mean), pooling=pooling, seed=seed, frames=subset)
 
 
 if __name__ == "__main__":

@@ -139,6 +139,17 @@ def _camera_points() -> tuple[np.ndarray, np.ndarray]:
     return points, ego
 
 
+def space_in_view(states: np.ndarray) -> np.ndarray:
+    """Whether the target space's centre lies on a camera's patch, for true states (..., 10) -> bool (...).
+
+    The four patches make a cross around the car: the front and rear ones reach CAMERA_SPAN ahead and behind
+    within half a span to either side, the left and right ones the same across the car.
+    """
+    along, across = np.abs(states[..., 6]), np.abs(states[..., 7])
+    span, half = CAMERA_SPAN, CAMERA_SPAN / 2
+    return ((along <= span) & (across <= half)) | ((along <= half) & (across <= span))
+
+
 class ParkingEnv(gym.Env):
     """Top-down car parking with egocentric cameras; see the module docstring for the full definition."""
 

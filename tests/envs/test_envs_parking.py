@@ -11,7 +11,14 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from envs import EpisodeStore, collect, make_env, make_vector_env, register_envs
-from envs.parking import MAX_FORWARD_SPEED, ParkingEnv, ScriptedParker, ScriptedParkers, parking_pixels
+from envs.parking import (
+    MAX_FORWARD_SPEED,
+    ParkingEnv,
+    ScriptedParker,
+    ScriptedParkers,
+    parking_pixels,
+    space_in_view,
+)
 
 
 def run_episode(env: gym.Env, policy) -> dict:
@@ -189,6 +196,30 @@ def test_camera_pixels_match_the_texture() -> None:
         # float32 rounding may move a point across a texel edge: accept the texel or a neighbour
         window = env._texture[row - 1 : row + 2, col - 1 : col + 2].reshape(-1, 3)
         assert (window == pixel).all(axis=1).any()
+
+
+def test_space_in_view_oracle_and_camera_patches() -> None:
+    """Oracle points, then equivalence: in view exactly where a camera's patch (its pixels' extent) covers."""
+    from envs.parking import CAMERA_PIXELS, CAMERA_SPAN, NUM_CAMERAS, _camera_points
+
+    def states(points: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(points), 10), np.float32)
+        out[:, 6:8] = points
+        return out
+
+    # ahead, behind, left, right, a cross's inner corner; then a patch's outer corner's outside, far away
+    hand = np.array([[10, 0], [-13, 6], [3, 13], [-6, -14], [7, 7], [10, 8], [-8, -8], [15, 0], [0, -14.5]])
+    assert space_in_view(states(hand)).tolist() == [True] * 5 + [False] * 4
+
+    points, _ = _camera_points()
+    half_pixel = CAMERA_SPAN / CAMERA_PIXELS / 2
+    patches = points.reshape(2, NUM_CAMERAS, -1)
+    low, high = patches.min(axis=2) - half_pixel, patches.max(axis=2) + half_pixel  # (2, cameras)
+    rng = np.random.default_rng(0)
+    probe = rng.uniform(-20, 20, size=(5000, 2))
+    covered = ((probe[:, :, None] >= low) & (probe[:, :, None] <= high)).all(axis=1).any(axis=1)
+    assert 0.2 < covered.mean() < 0.8
+    assert (space_in_view(states(probe)) == covered).all()
 
 
 def test_pixels_tile_cameras_and_draw_gauges() -> None:
