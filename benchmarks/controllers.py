@@ -112,7 +112,7 @@ def evolve_on_state(env_id: str, kind: str, args: argparse.Namespace) -> None:
     view, width = state_view(spec.obs_shape[0], args.hide, args.scale)
     controller = Controller(width, action_space(spec), kind, args.hidden)
 
-    said = {}  # the last call's share of successful episodes, where the env says
+    said: dict[str, float] = {}  # the last generation's share of successful episodes, where the env says
 
     def fitness(envs, candidates: np.ndarray, episodes: int, seed: int) -> np.ndarray:
         """(P,) the candidates' `scored` returns over `episodes` each."""

@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
         shown = torch.from_numpy(space_in_view(states.numpy()))
         n_train = int(shown[:n_train].sum())
         frames, states = frames[shown], states[shown]
+        if min(n_train, len(frames) - n_train) < 2:
+            raise SystemExit(f"--in-view: {n_train} fitting and {len(frames) - n_train} held-out frames show the "
+                             "space; the probe needs 2 of each: collect more --steps")  # fmt: skip
         print(f"--in-view: {len(frames)} frames show the space ({n_train} to fit the probe)", file=sys.stderr)
 
     subset = "in_view" if args.in_view else "all"
