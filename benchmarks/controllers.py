@@ -106,6 +106,12 @@ def scored(returns: np.ndarray, successes: np.ndarray, success_weight: float) ->
     return returns.mean(axis=1) + success_weight * np.nan_to_num(successes).mean(axis=1)
 
 
+def success_share(successes: np.ndarray) -> float | None:
+    """The share of successful episodes (NaN where the env does not say counts as none); None when no episode
+    says, an env that reports no success."""
+    return None if np.isnan(successes).all() else float(np.nan_to_num(successes).mean())
+
+
 def evolve_on_state(env_id: str, kind: str, args: argparse.Namespace) -> None:
     """Search, choose and score one controller kind on `env_id`'s true state; emit its figures."""
     search_envs, spec = make_vector_env(env_id, args.population * args.episodes, obs="state")
@@ -118,8 +124,8 @@ def evolve_on_state(env_id: str, kind: str, args: argparse.Namespace) -> None:
         """(P,) the candidates' `scored` returns over `episodes` each."""
         successes = np.full(len(candidates) * episodes, np.nan)
         returns = episode_returns(envs, controller, candidates, episodes, seed, successes, view)
-        if not np.isnan(successes).all():
-            said["success"] = float(np.nan_to_num(successes).mean())
+        if (share := success_share(successes)) is not None:
+            said["success"] = share
         return scored(returns, successes.reshape(returns.shape), args.success_weight)
 
     es = CMAES(controller.initial_parameters(args.seed), args.sigma, args.population, args.seed)
@@ -145,8 +151,8 @@ def evolve_on_state(env_id: str, kind: str, args: argparse.Namespace) -> None:
     emit("num_params", controller.num_params, "parameters", **tags)
     emit("return_mean", float(returns.mean()), "return", episodes=args.eval_episodes, **tags)
     emit("return_std", float(returns.std()), "return", episodes=args.eval_episodes, **tags)
-    if not np.isnan(successes).all():  # the env reports success (Parking-v0)
-        emit("success_rate", float(np.nan_to_num(successes).mean()), "fraction", episodes=args.eval_episodes, **tags)
+    if (share := success_share(successes)) is not None:  # the env reports success (Parking-v0)
+        emit("success_rate", share, "fraction", episodes=args.eval_episodes, **tags)
     emit("search_s", search_s, "s", generations=args.generations, **tags)
 
 

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from envs.collect import EpisodeBuffer, RandomPolicy, collect  # noqa: E402
 from envs.make import make_vector_env  # noqa: E402
-from envs.parking import space_in_view  # noqa: E402
+from envs.parking import STATE_DIM, space_in_view  # noqa: E402
 from envs.store import Episode, EpisodeStore  # noqa: E402
 from worldmodel.augment import normalize, resize  # noqa: E402
 from worldmodel.probe import linear_probe_r2  # noqa: E402
@@ -96,8 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     states = torch.from_numpy(np.concatenate([episode.state for episode in episodes]))
     n_train = sum(len(episode.obs) for episode in episodes[:split])
     if args.in_view:
-        if states.shape[1] != 10:
-            raise SystemExit(f"--in-view is for Parking-v0's true state (10 dimensions), got {states.shape[1]}")
+        if states.shape[1] != STATE_DIM:
+            raise SystemExit(
+                f"--in-view is for Parking-v0's true state ({STATE_DIM} dimensions), got {states.shape[1]}"
+            )
         shown = torch.from_numpy(space_in_view(states.numpy()))
         n_train = int(shown[:n_train].sum())
         frames, states = frames[shown], states[shown]

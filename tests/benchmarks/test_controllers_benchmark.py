@@ -3,10 +3,11 @@ quick run prints every figure for each controller kind."""
 
 import importlib.util
 import math
+import re
 
 import gymnasium as gym
 import numpy as np
-from run_benchmark import REPO, quick_run
+from run_benchmark import REPO, quick_run, records_of, run_script
 
 
 def load_benchmark():
@@ -82,7 +83,9 @@ def test_parking_episodes_report_their_success_and_returns_equal_a_plain_loop():
 
 
 def test_quick_run_prints_each_figure_for_each_controller_kind():
-    records = quick_run("controllers.py", "--env", "CartPole-v1", "--controller", "linear")
+    result = run_script("controllers.py", "--quick", "--env", "CartPole-v1", "--controller", "linear")
+    records = records_of(result)
+    assert "success=" not in result.stderr  # CartPole says nothing of success: the bar shows no share
     assert sorted(records) == ["num_params", "return_mean", "return_std", "search_s"]
     assert all(record["bench"] == "controllers" and record["env"] == "CartPole-v1" for record in records.values())
     assert records["num_params"]["value"] == 4 * 2 + 2  # CartPole's 4 state values to 2 action scores, + 2 biases
@@ -91,7 +94,10 @@ def test_quick_run_prints_each_figure_for_each_controller_kind():
 
 
 def test_quick_run_on_parking_prints_its_success_rate():
-    records = quick_run("controllers.py", "--env", "Parking-v0", "--controller", "linear")
+    result = run_script("controllers.py", "--quick", "--env", "Parking-v0", "--controller", "linear")
+    records = records_of(result)
+    # The progress bar's last line says the last generation's share of parked episodes.
+    assert re.search(r"3/3 .*success=[0-9.e-]+", result.stderr.replace("\r", "\n"))
     assert sorted(records) == ["num_params", "return_mean", "return_std", "search_s", "success_rate"]
     assert records["num_params"]["value"] == 10 * 9 + 9  # the 10 state values to 9 action scores, + 9 biases
     assert 0.0 <= records["success_rate"]["value"] <= 1.0 and records["success_rate"]["episodes"] == 4
@@ -124,6 +130,12 @@ def test_a_success_weight_adds_its_multiple_of_the_share_of_successes_to_the_mea
     successes = np.array([[1.0, 0.0], [np.nan, np.nan], [1.0, 1.0]])  # the middle env does not say: counts as none
     np.testing.assert_allclose(bench.scored(returns, successes, 10.0), [2.0 + 5.0, 0.0, 2.0 + 10.0])
     np.testing.assert_allclose(bench.scored(returns, successes, 0.0), [2.0, 0.0, 2.0])  # the return alone
+
+
+def test_the_success_share_counts_unsaid_episodes_as_failures_and_is_none_when_no_episode_says():
+    bench = load_benchmark()
+    assert bench.success_share(np.array([1.0, 0.0, np.nan, 1.0])) == 0.5
+    assert bench.success_share(np.array([np.nan, np.nan])) is None
 
 
 def test_quick_run_with_the_cars_view_alone_sees_six_state_dimensions():

@@ -2,14 +2,10 @@
 dimension of CartPole and every pooling (the quick run's figures are only checked to be finite: 800 random steps
 are too few for a probe to read the state)."""
 
-import json
 import math
-import os
 import re
-import subprocess
-import sys
 
-from run_benchmark import REPO, quick_run
+from run_benchmark import quick_run, records_of, run_script
 
 
 def test_quick_run_prints_a_probe_r2_per_state_dimension_for_every_pooling():
@@ -23,22 +19,14 @@ def test_quick_run_prints_a_probe_r2_per_state_dimension_for_every_pooling():
     assert math.isclose(records["probe_r2_mean"]["value"], sum(per_dim) / 4, abs_tol=1e-3)
 
 
-def run_pooling(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "pooling.py"), "--quick", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-
-
 def test_in_view_probes_parking_frames_that_show_the_space_and_refuses_other_states():
-    result = run_pooling("--env", "Parking-v0", "--steps", "1200", "--in-view")
-    assert result.returncode == 0, result.stderr
-    records = {record["metric"]: record for record in map(json.loads, result.stdout.splitlines())}
+    result = run_script("pooling.py", "--quick", "--env", "Parking-v0", "--steps", "1200", "--in-view")
+    records = records_of(result)
     assert sorted(records) == sorted(["probe_r2_mean"] + [f"probe_r2_dim{i}" for i in range(10)])
     assert all(record["frames"] == "in_view" for record in records.values())
     said = re.search(r"--in-view: (\d+) frames show the space \((\d+) to fit", result.stderr)
     shown, fitted = int(said[1]), int(said[2])
     assert 0 < fitted < shown < 1200  # some frames show the space, not all; some are held out
 
-    refused = run_pooling("--in-view")  # CartPole's state
+    refused = run_script("pooling.py", "--quick", "--in-view")  # CartPole's state
     assert refused.returncode != 0 and "--in-view is for Parking-v0" in refused.stderr
