@@ -146,9 +146,5 @@ def test_quick_run_with_the_cars_view_alone_sees_six_state_dimensions():
 
 
 def test_a_population_below_two_is_refused_by_name():
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "controllers.py"), "--population", "1"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = run_script("controllers.py", "--population", "1")
     assert result.returncode == 2 and "--population must be >= 2, got 1" in result.stderr
