@@ -4,10 +4,10 @@ Letters: P candidates per generation (the population size), n parameters (the di
 
 Three things pycma leaves to its caller are done here:
 
-* **Its own random generator.** By default pycma draws its samples from numpy's global RNG (and, once unpickled,
+* **Its own random generator.** By default pycma draws its samples from numpy's global RNG (and, once restored,
   from a private copy of it), so a search resumed from a checkpoint would diverge from the uninterrupted one as
   soon as anything else touched the global RNG. Here pycma draws from a `np.random.Generator` seeded from `seed`
-  (the `randn` option), which is pickled along with the search, and `seed=nan` tells pycma to leave the global RNG
+  (the `randn` option), whose state is saved with the search, and `seed=nan` tells pycma to leave the global RNG
   alone.
 * **Non-finite fitness.** pycma replaces NaN by the median of the other values, still updates the distribution
   when *all* values are NaN, and only warns on inf. A diverging rollout is a bad candidate, not an average one:
@@ -16,14 +16,13 @@ Three things pycma leaves to its caller are done here:
 * **Maximisation.** pycma minimises; `tell` passes it `-fitness`.
 
 pycma's stopping criteria (`es.stop()`) are never consulted: a caller runs as many generations as it wants.
-The state is a pickle; load it only from the run's own checkpoint (pickle can run arbitrary code).
+The state holds no pickle: the search is saved as numbers and rebuilt from them (`agents.cma_state`), so loading a
+checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import pickle
 import time
 import warnings
 from collections.abc import Callable
@@ -32,13 +31,18 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from agents import cma_state
+
 with warnings.catch_warnings():
     # pycma warns at import when matplotlib is missing; it is only needed for its plots, which are never used.
     warnings.filterwarnings("ignore", message=".*matplotlib.*", category=UserWarning)
     import cma
 
 STATE_KEYS: tuple[str, ...] = (
-    "pycma",
+    "search",
+    "randn",
+    "x0",
+    "sigma0",
     "best",
     "best_fitness",
     "generation",
@@ -47,36 +51,6 @@ STATE_KEYS: tuple[str, ...] = (
     "diagonal",
     "max_nonfinite_fraction",
 )
-
-
-# What a pickled search may name: pycma's own classes, the numpy types and generators it holds, our generator.
-# Anything else (os.system, builtins.eval, ...) is refused, so a tampered state cannot run code when loaded.
-_PICKLE_NUMPY = {
-    ("numpy", "dtype"),
-    ("numpy", "ndarray"),
-    ("numpy.linalg", "eigh"),
-    ("numpy.random._pcg64", "PCG64"),
-    ("numpy.random._pickle", "__bit_generator_ctor"),
-    ("numpy.random._pickle", "__generator_ctor"),
-    ("numpy.random.bit_generator", "SeedSequence"),
-    ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
-}
-
-
-class _PycmaUnpickler(pickle.Unpickler):
-    """Unpickles a pycma search and refuses every global that is not part of one."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = (
-            module.startswith("cma.")
-            or (module, name) == (__name__, "StandardNormal")
-            or (module, name) in _PICKLE_NUMPY
-            or (module == "builtins" and name in ("range", "slice", "set", "frozenset", "complex"))
-            or (module in ("numpy._core.multiarray", "numpy.core.multiarray") and name in ("_reconstruct", "scalar"))
-        )
-        if not allowed:
-            raise pickle.UnpicklingError(f"CMA-ES state names {module}.{name}, which a pycma search never holds")
-        return super().find_class(module, name)
 
 
 class NonFiniteFitnessError(RuntimeError):
@@ -101,10 +75,7 @@ class Generation(NamedTuple):
 
 
 class StandardNormal:
-    """pycma's `randn` option: `randn(lam, N) -> (lam, N)` standard normal samples from a private generator.
-
-    A class rather than a closure so that it pickles with the search, generator state included.
-    """
+    """pycma's `randn` option: `randn(lam, N) -> (lam, N)` standard normal samples from a private generator."""
 
     def __init__(self, seed: int) -> None:
         self.generator = np.random.default_rng(seed)
@@ -145,6 +116,7 @@ class CMAES:
         _check_popsize(popsize)
         _check_seed(seed)
         _check_max_nonfinite_fraction(max_nonfinite_fraction)
+        self._x0, self._sigma0 = x0.copy(), float(sigma)
         options = {
             "popsize": int(popsize),
             "randn": StandardNormal(int(seed)),
@@ -156,16 +128,11 @@ class CMAES:
             "verb_time": False,
             "signals_filename": "",  # '' (not None, which falls back to the default): never read cma_signals.in
         }
-        es = cma.CMAEvolutionStrategy(x0, float(sigma), options)
-        self._init(es, int(popsize), bool(diagonal), float(max_nonfinite_fraction))
-
-    def _init(self, es: Any, popsize: int, diagonal: bool, max_nonfinite_fraction: float) -> None:
-        """Set the attributes shared by `__init__` and `from_state_dict`."""
-        self._es = es
-        self.popsize = popsize
-        self.dimension = int(es.N)
-        self.diagonal = diagonal
-        self.max_nonfinite_fraction = max_nonfinite_fraction
+        self._es = cma.CMAEvolutionStrategy(x0, float(sigma), options)
+        self.popsize = int(popsize)
+        self.dimension = int(self._es.N)
+        self.diagonal = bool(diagonal)
+        self.max_nonfinite_fraction = float(max_nonfinite_fraction)
         self.generation = 0
         self.best: np.ndarray | None = None
         self.best_fitness = -math.inf
@@ -273,7 +240,7 @@ class CMAES:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the identical search; survives `torch.save` + `torch.load(weights_only=True)`.
 
-        The pycma object (its random generator included) is pickled into a uint8 tensor. Must be called between
+        The pycma object as plain data (`agents.cma_state`) and its generator's state as numbers. Must be called between
         generations, not between `ask` and `tell`.
         """
         if self._asked is not None:
@@ -281,9 +248,11 @@ class CMAES:
                 "state_dict() between ask() and tell(): the asked candidates are not part of the state, so a "
                 "resumed search would differ; save between generations"
             )
-        pycma = torch.frombuffer(bytearray(pickle.dumps(self._es)), dtype=torch.uint8)
         return {
-            "pycma": pycma,
+            "search": cma_state.to_data(self._es),
+            "randn": self._es.opts["randn"].generator.bit_generator.state,
+            "x0": torch.from_numpy(self._x0.copy()),
+            "sigma0": self._sigma0,
             "best": None if self.best is None else torch.from_numpy(self.best.copy()),
             "best_fitness": float(self.best_fitness),
             "generation": int(self.generation),
@@ -295,25 +264,40 @@ class CMAES:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> CMAES:
-        """Rebuild the search saved by `state_dict` (only from a trusted checkpoint: the state is a pickle)."""
+        """Rebuild the search saved by `state_dict`: a fresh search from the saved settings, the saved numbers
+        copied into it. Raises ValueError naming what does not fit."""
+        if "pycma" in state:
+            raise ValueError(
+                "CMA-ES state is pycma's pickle (a checkpoint from before the search was saved as numbers), which is "
+                "refused: loading a pickle can run code. Start the search again"
+            )
         missing = [key for key in STATE_KEYS if key not in state]
         if missing:
             raise ValueError(f"CMA-ES state is missing keys {missing}; expected {list(STATE_KEYS)}")
-        pycma = state["pycma"]
-        if not isinstance(pycma, torch.Tensor) or pycma.dtype != torch.uint8 or pycma.dim() != 1:
-            raise ValueError(f"CMA-ES state 'pycma' must be a 1-D torch.uint8 tensor, got {type(pycma).__name__}")
-        es = _PycmaUnpickler(io.BytesIO(pycma.numpy().tobytes())).load()
         popsize, dimension = int(state["popsize"]), int(state["dimension"])
-        if not isinstance(es, cma.CMAEvolutionStrategy) or es.popsize != popsize or es.N != dimension:
+        x0 = state["x0"]
+        if not isinstance(x0, torch.Tensor) or tuple(x0.shape) != (dimension,):
+            raise ValueError(f"CMA-ES state 'x0' must be a tensor of shape ({dimension},)")
+        self = cls(
+            x0.detach().cpu().numpy(),
+            float(state["sigma0"]),
+            popsize,
+            seed=0,  # the generator's state is restored below
+            diagonal=bool(state["diagonal"]),
+            max_nonfinite_fraction=float(state["max_nonfinite_fraction"]),
+        )
+        try:
+            cma_state.restore(self._es, state["search"])
+            self._es.opts["randn"].generator.bit_generator.state = state["randn"]
+        except (TypeError, ValueError, KeyError) as error:  # CMAStateError is a ValueError
             raise ValueError(
-                f"CMA-ES state 'pycma' does not match popsize={popsize}, dimension={dimension} "
-                f"(got {type(es).__name__} with popsize={getattr(es, 'popsize', None)}, N={getattr(es, 'N', None)})"
-            )
+                f"CMA-ES state does not fit a search of popsize={popsize}, n={dimension}: {error}"
+            ) from error
+        if self._es.popsize != popsize or self._es.N != dimension or np.shape(self._es.mean) != (dimension,):
+            raise ValueError(f"CMA-ES state 'search' does not match popsize={popsize}, dimension={dimension}")
         best = state["best"]
         if best is not None and tuple(best.shape) != (dimension,):
             raise ValueError(f"CMA-ES state 'best' has shape {tuple(best.shape)}, expected ({dimension},)")
-        self = cls.__new__(cls)
-        self._init(es, popsize, bool(state["diagonal"]), float(state["max_nonfinite_fraction"]))
         self.generation = int(state["generation"])
         self.best = None if best is None else best.detach().cpu().numpy().astype(np.float64)
         self.best_fitness = float(state["best_fitness"])

@@ -49,8 +49,8 @@ class RunConfig:
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N', 'mps'."""
     precision: Literal["auto", "bf16", "fp16", "float32"] = "auto"
-    """Training precision; 'auto' takes bf16 where the device has it (CUDA, CPUs with bf16 units), fp16 with
-    loss scaling on older GPUs, else float32."""
+    """Training precision; 'auto' takes bf16 on GPUs that have it, fp16 with loss scaling on older GPUs, and float32
+    on every CPU (bf16 on a CPU with bf16 units cost the default task its result; set 'bf16' to choose it)."""
     threads: int = 0
     """CPU threads for torch; 0 keeps torch's default (one per core; under torchrun, the cores shared by the
     machine's processes)."""
@@ -730,6 +730,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        # No setting means anything at infinity or NaN (null says "none"), and an infinite learning rate would turn
+        # every weight into NaN at the first step: refuse them here, for every field at once.
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -13,6 +13,7 @@ import torch
 
 from experiments import distributed
 from experiments.config import RunConfig
+from experiments.rundir import RunFailure
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,7 +35,7 @@ def resolve_device(name: str) -> torch.device:
 
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX), where bf16 matmuls beat float32.
-    Without those units torch emulates bf16 and it is slower than float32, so 'auto' must not pick it."""
+    Without those units torch emulates bf16 and it is slower than float32. Benchmarks report it beside their figures."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -43,15 +44,18 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' where the device computes in bf16 natively, 'fp16' on older GPUs, else 'float32'."""
+    """'auto' -> 'bf16' on GPUs that have it, 'fp16' on older GPUs, 'float32' on every CPU.
+
+    A CPU with bf16 units runs I-JEPA's matrix multiplies faster in bf16 (benchmarks/pretrain.py), but the world model
+    trained in bf16 costs the result: on such a CPU the default task reached 199.4 in bf16 where float32, same seed
+    and machine, reached 500.0, and bf16 was slower end to end (docs/performance.md). 'bf16' stays available.
+    """
     if name != "auto":
         if name == "fp16" and device.type == "cpu":
             raise RuntimeError("run.precision='fp16' needs a GPU; on CPU use 'bf16' or 'float32'")
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu":
-        return "bf16" if cpu_supports_bf16() else "float32"
     return "float32"
 
 
@@ -61,6 +65,10 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class NonFiniteParametersError(RunFailure):
+    """An optimizer step left NaN or infinite parameters."""
 
 
 class OptimizerStep(NamedTuple):
@@ -102,6 +110,13 @@ def optimizer_step(
         scaler.update()
     else:
         optimizer.step()
+    # A finite gradient times a huge learning rate still makes NaN or infinite weights, which no later step can mend
+    # and no checkpoint may hold: stop here, before anything saves them (RELIABILITY.md, "Numerics").
+    if not torch.isfinite(torch.nn.utils.get_total_norm([p.detach() for p in params])):
+        raise NonFiniteParametersError(
+            "an optimizer step made the parameters non-finite (a learning rate too large for this model?); "
+            "stopping before any checkpoint holds them"
+        )
     return OptimizerStep(grad_norm.item(), skipped=False)
 
 

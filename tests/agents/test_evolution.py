@@ -227,20 +227,87 @@ def test_tell_checks_shapes_and_order():
 
 def test_from_state_dict_names_missing_keys():
     state = make().state_dict()
-    del state["pycma"], state["generation"]
-    with pytest.raises(ValueError, match=r"missing keys \['pycma', 'generation'\]"):
+    del state["search"], state["generation"]
+    with pytest.raises(ValueError, match=r"missing keys \['search', 'generation'\]"):
         CMAES.from_state_dict(state)
 
 
-def test_a_state_that_names_anything_but_pycma_is_refused_unrun():
+def test_resume_deep_into_a_search_is_identical(tmp_path):
+    """Resumed at generation 23 of 40: past pycma's lazy eigendecompositions and step-size history."""
+    uninterrupted, first = make(seed=2), make(seed=2)
+    for _ in range(40):
+        uninterrupted.step(sphere)
+    for _ in range(23):
+        first.step(sphere)
+    torch.save(first.state_dict(), tmp_path / "search.pt")
+    resumed = CMAES.from_state_dict(torch.load(tmp_path / "search.pt", weights_only=True))
+    for _ in range(17):
+        resumed.step(sphere)
+    assert np.array_equal(resumed.mean, uninterrupted.mean) and resumed.sigma == uninterrupted.sigma
+    assert np.array_equal(resumed.best, uninterrupted.best)
+
+
+def pickled_globals(path) -> set[str]:
+    """Every global (module and name) the pickle inside a torch checkpoint names: what loading it may call."""
+    import pickletools
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith("data.pkl")]
+        opcodes = list(pickletools.genops(archive.read(name)))
+    found, strings = set(), []
+    for opcode, argument, _ in opcodes:
+        if opcode.name == "GLOBAL":
+            found.add(argument.replace(" ", "."))
+        elif opcode.name == "STACK_GLOBAL":
+            found.add(".".join(strings[-2:]))
+        if isinstance(argument, str):
+            strings.append(argument)
+    return found
+
+
+def test_a_saved_search_names_no_code_only_torch_storage(tmp_path):
+    """The checkpoint of a search holds numbers, tensors and containers: the only globals its pickle names are
+    torch's tensor rebuilders. pycma's pickle named pycma classes, one of which ran a shell command on resume."""
+    search = make(popsize=4)
+    for _ in range(6):
+        search.step(sphere)
+    torch.save(search.state_dict(), tmp_path / "search.pt")
+    names = pickled_globals(tmp_path / "search.pt")
+    assert names and all(n.startswith(("torch._utils.", "torch.")) or n == "collections.OrderedDict" for n in names)
+    assert not any("cma" in n or "numpy" in n for n in names), names
+
+
+def test_a_tampered_search_is_refused_without_running_anything(tmp_path):
     import os
     import pickle
 
     class Payload:
         def __reduce__(self):
-            return (os.system, ("echo should never run",))
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
 
+    # The old format's pickle, under the old key or the new one: refused, never unpickled.
+    for key in ("pycma", "search"):
+        state = make().state_dict()
+        state[key] = torch.frombuffer(bytearray(pickle.dumps(Payload())), dtype=torch.uint8)
+        with pytest.raises(ValueError, match="CMA-ES state"):
+            CMAES.from_state_dict(state)
+    # A record that names a pycma class with a shell command in it (ShowInFolder.open_path calls os.system) where a
+    # fresh search holds none: refused.
     state = make().state_dict()
-    state["pycma"] = torch.frombuffer(bytearray(pickle.dumps(Payload())), dtype=torch.uint8)
-    with pytest.raises(pickle.UnpicklingError, match="os.system|posix.system"):
+    state["search"]["attributes"]["gadget"] = {"kind": "object", "class": "cma.utilities.utils.ShowInFolder"}
+    with pytest.raises(
+        ValueError, match=r"es.gadget holds a cma.utilities.utils.ShowInFolder where a fresh search holds nothing"
+    ):
         CMAES.from_state_dict(state)
+    # Where a fresh search holds another class: refused too.
+    state = make().state_dict()
+    state["search"]["attributes"]["sp"]["class"] = "cma.utilities.utils.ShowInFolder"
+    with pytest.raises(ValueError, match="es.sp holds a cma.utilities.utils.ShowInFolder"):
+        CMAES.from_state_dict(state)
+    # A string where the search holds an array is no saved value.
+    state = make().state_dict()
+    state["search"]["attributes"]["mean"] = "__import__('os').system('true')"
+    with pytest.raises(ValueError, match="es.mean is a str, not a saved value"):
+        CMAES.from_state_dict(state)
+    assert not (tmp_path / "ran").exists()

@@ -114,9 +114,10 @@ def test_quick_run_ranks_the_same_controllers_under_every_variant(world_model):
         figures = {r["metric"]: r for r in records if r.get("variant") == variant}
         assert set(figures) == {"rank_correlation", "pair_agreement", "pick_real_return", "pick_regret"}
         dream = np.array([r["dream"][variant] for r in controllers])
-        pick = int(np.argmax(dream))
+        # The pick is a controller the dream rates best; which one of a tie depends on rounding (bf16 or float32).
+        pick = [r["source"] for r in controllers].index(figures["pick_real_return"]["pick"])
+        assert dream[pick] == pytest.approx(dream.max(), abs=1e-4)
         assert figures["pick_real_return"]["value"] == pytest.approx(real[pick], abs=1e-4)
-        assert figures["pick_real_return"]["pick"] == controllers[pick]["source"]
         assert figures["pick_regret"]["value"] == pytest.approx(real.max() - real[pick], abs=1e-4)
         correlation = figures["rank_correlation"]["value"]
         assert correlation is None if len(set(real)) == 1 else -1 <= correlation <= 1

@@ -4,7 +4,9 @@ assertions: every figure is only checked to be a positive finite number)."""
 import math
 
 import pytest
-from run_benchmark import quick_run
+from run_benchmark import REPO, quick_run
+
+from experiments.config import load_config
 
 PROMISED = {
     "worldmodel.py": [
@@ -47,3 +49,20 @@ def test_a_variant_is_timed_beside_the_preset_and_named_in_its_figures():
     for name in ("variant_train_frames_per_s", "variant_speed_ratio"):
         assert metrics[name]["variant"] == variant
         assert math.isfinite(metrics[name]["value"]) and metrics[name]["value"] > 0, metrics[name]
+
+
+PRESETS = sorted(path.name for path in (REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_world_model_benchmark_runs_on_every_preset(preset):
+    """It once failed on its own default preset (the stochastic latent has no single-frame targets for the decoder)."""
+    small = ["--set", "world_model.batch_size=2", "--set", "world_model.decoder_batch=2"]
+    metrics = quick_run("worldmodel.py", "--config", str(REPO / "configs" / preset), *small)
+    assert metrics["train_sequences_per_s_frozen_cached"]["config"] == preset
+    stochastic = load_config([REPO / "configs" / preset]).world_model.latent == "stochastic"
+    # The stochastic latent predicts the frozen encoder's features: it has no fine-tuned twin to time.
+    assert ("train_sequences_per_s_fine_tuned" in metrics) == (not stochastic)
+    for name, record in metrics.items():
+        assert record["value"] is not None and math.isfinite(record["value"]) and record["value"] > 0, name

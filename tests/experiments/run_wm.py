@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-DEBUG = ["--config", str(REPO / "configs/debug.yaml"), "--set", "run.threads=1"]
+# `pytest --precision bf16` (tests/conftest.py) runs every command in bf16, as a CPU with bf16 units would choose to.
+PRECISION = os.environ.get("WM_TEST_PRECISION", "auto")
+DEBUG = ["--config", str(REPO / "configs/debug.yaml"), "--set", "run.threads=1", "--set", f"run.precision={PRECISION}"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the machine has 2 cores; tests must not fight over them
 
 

@@ -56,6 +56,11 @@ def test_unknown_key_names_path_and_close_match():
         ("world_model.latent=bayesian", ["world_model.latent", "deterministic", "stochastic"]),
         ("world_model.free_nats=-1", ["world_model.free_nats", ">= 0, got -1"]),
         ("world_model.kl_balance=1.5", ["world_model.kl_balance", "[0, 1], got 1.5"]),
+        # An infinite learning rate made every weight NaN at the first step, and the run saved them.
+        ("world_model.lr=inf", ["world_model.lr", "a finite number", "inf"]),
+        ("pretrain.optim.lr=.inf", ["pretrain.optim.lr", "a finite number"]),
+        ("world_model.decoder_lr=nan", ["world_model.decoder_lr", "a finite number"]),
+        ("evolve.sigma=-.inf", ["evolve.sigma", "a finite number"]),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(override, words):

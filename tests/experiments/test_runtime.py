@@ -1,8 +1,9 @@
 import math
 
+import pytest
 import torch
 
-from experiments.runtime import optimizer_step
+from experiments.runtime import NonFiniteParametersError, optimizer_step, resolve_precision
 
 
 def setup(value: float = 1.0):
@@ -33,3 +34,23 @@ def test_non_finite_loss_or_gradient_takes_no_step():
     assert update.skipped and math.isinf(update.grad_norm)
     assert weight.tolist() == [1.0, 0.0]
     assert weight.grad is None  # cleared, so nothing leaks into the next step
+
+
+def test_a_step_that_makes_the_weights_non_finite_stops_the_run():
+    """Gradient (3, 4), finite; times a learning rate of 1e38 the second weight overflows float32 (-4e38): the step
+    must raise before any caller can save it."""
+    weight = torch.nn.Parameter(torch.tensor([1.0, 0.0]))
+    optimizer = torch.optim.SGD([weight], lr=1e38)
+    optimizer.zero_grad(set_to_none=True)
+    with pytest.raises(NonFiniteParametersError, match="non-finite"):
+        optimizer_step(3 * weight[0] + 4 * weight[1], optimizer, None, grad_clip=0.0)
+    assert not torch.isfinite(weight).all()  # what the check caught
+
+
+def test_auto_precision_is_float32_on_every_cpu():
+    """bf16 cost the default task its result on a CPU with bf16 units: 'auto' must not depend on the CPU's kind."""
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "float32"
+    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("float32", cpu) == "float32"
+    with pytest.raises(RuntimeError, match="fp16"):
+        resolve_precision("fp16", cpu)
