@@ -10,9 +10,13 @@ run time (observation and action spaces) travel separately as an `EnvSpec`.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import importlib.resources
+import inspect
 import math
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -790,8 +794,74 @@ def from_dict(data: dict) -> Config:
     return cfg
 
 
+def shipped_presets() -> dict[str, Path]:
+    """The presets installed with the toolkit (the `configs` package), by name: {'debug': .../debug.yaml, ...}."""
+    folder = Path(importlib.resources.files("configs"))
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
+
+
+def preset_purpose(path: Path) -> str:
+    """A preset's first comment sentence: what it is for."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(lines).split(". ")[0].rstrip(".")
+    return text if len(text) <= 100 else text[:100].rsplit(" ", 1)[0] + " ..."
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The one-line documentation of each field of a config dataclass: the string literal below the field."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for statement, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(statement, ast.AnnAssign)
+            and isinstance(statement.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[statement.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def describe(cfg: Any, prefix: str = "") -> list[str]:
+    """Every field of `cfg` as `key: value  # documentation` lines, sections in order (what `wm config` prints)."""
+    docs = field_docs(type(cfg))
+    lines = []
+    for item in dataclasses.fields(cfg):
+        value, doc = getattr(cfg, item.name), docs.get(item.name, "")
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{prefix}{item.name}:  # {doc}")
+            lines += describe(value, prefix + "  ")
+        else:
+            shown = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True)
+            shown = shown.strip().removesuffix("...").strip()
+            lines.append(f"{prefix}{item.name}: {shown}  # {doc}")
+    return lines
+
+
+def resolve_preset(name_or_path: str | Path) -> Path:
+    """A YAML path as given, or the name of a shipped preset (`debug`, `cartpole`, ...) from any directory."""
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path
+    presets = shipped_presets()
+    if str(name_or_path) not in presets:
+        close = difflib.get_close_matches(str(name_or_path), presets, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"--config {str(name_or_path)!r} is neither a file nor a shipped preset{hint}; the presets are "
+            f"{', '.join(presets)} (`wm presets` says what each is for)"
+        )
+    return presets[str(name_or_path)]
+
+
 def _read_yaml(path: str | Path) -> dict:
-    path = Path(path)
+    path = resolve_preset(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
