@@ -87,7 +87,16 @@ class _Saver:
         if isinstance(value, np.ndarray):
             if value.dtype.kind not in "biuf":
                 raise CMAStateError(f"CMA-ES state: {path} is an array of {value.dtype}, not of numbers")
-            return {"kind": "array", "value": torch.from_numpy(value.copy())}
+            base = value.base
+            if isinstance(base, np.ndarray) and base.dtype == value.dtype and _contiguous(base):
+                # A view (pycma's dC is the diagonal of C): rebuilt as a view of the same array, so that it follows
+                # the array's updates in place as it did before the save.
+                offset = value.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+                return {"kind": "view", "base": self.save(base, f"{path} base"), "offset": offset,
+                        "shape": list(value.shape), "strides": list(value.strides)}  # fmt: skip
+            # The memory layout too: a Fortran-ordered matrix (pycma's eigenvectors) multiplies in another order
+            # than its C-ordered copy, and the search then drifts by rounding after a resume.
+            return {"kind": "array", "value": torch.from_numpy(value.copy(order="K"))}
         record: dict[str, Any] = {"kind": "object", "class": _class_name(value)} if _is_pycma(value) else {}
         if isinstance(value, dict):
             record.setdefault("kind", "dict")
@@ -142,7 +151,9 @@ class _Loader:
 
     def _build(self, fresh: Any, data: dict, kind: str, path: str) -> Any:
         if kind == "array":
-            return _tensor(data.get("value"), path).numpy().copy()
+            return _tensor(data.get("value"), path).numpy().copy(order="K")
+        if kind == "view":
+            return _view(self.load(None, data.get("base"), f"{path} base"), data, path)
         items = data.get("items", [])
         if not isinstance(items, list):
             raise CMAStateError(f"CMA-ES state: {path} has items that are not a list")
@@ -220,3 +231,31 @@ def _load_key(key: Any, path: str) -> Any:
     if isinstance(key, list):
         return tuple(_load_key(k, path) for k in key)
     raise CMAStateError(f"CMA-ES state: {path} has a key of type {type(key).__name__}")
+
+
+def _view(base: Any, data: dict, path: str) -> np.ndarray:
+    """The view `data` describes into `base`, after checking that every element it reaches lies inside `base`."""
+    offset, shape, strides = data.get("offset"), data.get("shape"), data.get("strides")
+    numbers = [offset, *(shape or []), *(strides or [])]
+    if (
+        not isinstance(base, np.ndarray)
+        or not _contiguous(base)
+        or not isinstance(shape, list)
+        or not isinstance(strides, list)
+        or len(shape) != len(strides)
+        or not all(type(n) is int for n in numbers)
+        or any(n < 0 for n in shape)
+    ):
+        raise CMAStateError(f"CMA-ES state: {path} is not a view of a saved array")
+    low = offset + sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s < 0 and n > 0)
+    high = offset + sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s > 0 and n > 0)
+    if 0 in shape:
+        return np.zeros(shape, base.dtype)
+    if not (0 <= low and high + base.itemsize <= base.nbytes) or offset % base.itemsize:
+        raise CMAStateError(f"CMA-ES state: {path} reaches outside the array it views")
+    memory = base.ravel(order="K")  # a view of the base's memory in memory order (C- or Fortran-contiguous)
+    return np.lib.stride_tricks.as_strided(memory[offset // base.itemsize :], shape, strides)
+
+
+def _contiguous(array: np.ndarray) -> bool:
+    return array.flags.c_contiguous or array.flags.f_contiguous

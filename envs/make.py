@@ -149,14 +149,30 @@ def _parking_image(env: gym.Env, obs: Any, size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------- validation
 
 
+class EnvUnavailableError(ValueError):
+    """The env cannot be made here: its id is not registered, or a package it needs is not installed."""
+
+
 def _check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
     register_envs()
     if not isinstance(env_id, str) or env_id not in gym.registry:
         known = sorted(gym.registry)
         close = difflib.get_close_matches(str(env_id), known, n=5, cutoff=0.5)
         hint = f"did you mean: {', '.join(close)}?" if close else f"{len(known)} ids are registered, e.g. CartPole-v1"
-        raise ValueError(f"unknown env id {env_id!r}; {hint}")
+        raise EnvUnavailableError(f"unknown env id {env_id!r}; {hint}")
     return gym.spec(env_id)
+
+
+def _unavailable(env_id: str, error: Exception) -> EnvUnavailableError:
+    """The error for an env whose module (or a package that module imports) failed to import."""
+    missing = None
+    cause: BaseException | None = error
+    while cause is not None and missing is None:  # gymnasium wraps the ImportError in DependencyNotInstalled
+        if isinstance(cause, ModuleNotFoundError) and cause.name:
+            missing = cause.name.split(".")[0]
+        cause = cause.__cause__ or cause.__context__
+    what = f"the package {missing!r}, which is not installed" if missing else "a package that fails to import"
+    return EnvUnavailableError(f"env id {env_id!r} cannot be made here: it needs {what} ({error})")
 
 
 def _check_args(obs: str, size: int, action_repeat: int, seed: int | None) -> None:
@@ -201,6 +217,9 @@ def make_env(
     Returns:
         (env, spec). `info["state"]`, float32 (spec.state_dim,), is present at reset and every step when
         spec.state_dim is not None.
+    Raises:
+        EnvUnavailableError: an unknown id, or one whose package is not installed (naming it).
+        ValueError: settings the env cannot serve (obs mode, size, action space).
     """
     gym_spec = _check_env_id(env_id)
     _check_args(obs, size, action_repeat, seed)
@@ -260,13 +279,16 @@ def _make_rendering(env_id: str, gym_spec: Any, require_images: bool, **kwargs: 
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
     entry = gym_spec.entry_point
-    env_class = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
-    modes = list(getattr(env_class, "metadata", {}).get("render_modes", []))
-    if "rgb_array" in modes:
-        return gym.make(env_id, render_mode="rgb_array", **kwargs)
-    if require_images:
-        raise ValueError(f"{env_id} cannot render images (its render modes are {modes}); use obs: state")
-    return gym.make(env_id, **kwargs)
+    try:  # an env's module imports its engine (mujoco, Box2D, jax) when loaded or made
+        env_class = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+        modes = list(getattr(env_class, "metadata", {}).get("render_modes", []))
+        if "rgb_array" in modes:
+            return gym.make(env_id, render_mode="rgb_array", **kwargs)
+        if require_images:
+            raise ValueError(f"{env_id} cannot render images (its render modes are {modes}); use obs: state")
+        return gym.make(env_id, **kwargs)
+    except (ImportError, gym.error.DependencyNotInstalled) as error:
+        raise _unavailable(env_id, error) from None
 
 
 def _spec_of(

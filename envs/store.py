@@ -6,6 +6,8 @@ Layout of `runs/<run>/episodes/`:
     index.jsonl         one line per shard: its file name, sequence number, sha256 and each episode's step count
     shards/NNNNNN-<sha16>.npz   np.savez_compressed of a few whole episodes, written atomically; obs are split
                         into pieces of OBS_CHUNK steps so a window decodes only what it needs
+    shards/*.npz.corrupt        a damaged shard set aside, kept for inspection and never loaded
+    aside.jsonl         one line per shard set aside: its file, the episodes it held and why
     latents/<key>/      cached encoder outputs, one float32 .npy per episode (see `LatentCache`)
 
 Conventions (the world model depends on them). An episode of L transitions holds L+1 steps; step t has
@@ -18,7 +20,9 @@ Crash safety: a shard is written to a temp file, fsynced and renamed, then its i
 fsynced. A crash mid-write leaves only a temp file (reported, never loaded); a crash between the rename
 and the index append leaves a complete shard that the next open re-indexes after checking the sha256 that
 its name carries. Every shard's sha256 is checked when it is read (and, by default, for all shards at open),
-so a damaged shard is reported with a warning naming it and never loaded. One writer at a time; readers in other
+so a damaged shard is reported with a warning naming it and never loaded. A shard found damaged at open is set
+aside, and every later open warns how many shards and episodes are set aside, so no run trains on fewer episodes
+than were collected without being told. One writer at a time; readers in other
 processes see what it added after `refresh` (how the processes of a torchrun job share a store).
 
 Memory: only the index (per-episode step counts) lives in memory; obs pieces and the small per-episode arrays
@@ -48,6 +52,7 @@ FORMAT_VERSION = 1
 OBS_CHUNK = 32  # steps per separately compressed piece of an episode's obs: a window decodes 1-2 pieces, not all
 _SHARD_NAME = re.compile(r"^(\d{6})-([0-9a-f]{16})\.npz")  # the name's start; ".npz" ends a live shard
 _ASIDE = ".corrupt"  # suffix of a damaged shard moved out of the way
+_ASIDE_LOG = "aside.jsonl"  # what each set-aside shard held: its episodes are unreadable once it is damaged
 _TEMP_NAME = re.compile(r"^\.(.+)\.tmp-(\d+)$")
 _LATENT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FIELDS = ("obs", "action", "reward", "is_first", "is_last", "is_terminal", "state")
@@ -302,7 +307,9 @@ class EpisodeStore:
         self._episode_slot: list[int] = []  # position inside its shard
         self._episode_steps: list[int] = []  # L+1
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None  # (steps (E,), starts (E,)) for the lists above
+        self._set_aside_now: set[str] = set()  # set aside by this open, so already reported
         self._load_index(verify)
+        self._warn_set_aside()
 
     def refresh(self) -> None:
         """Re-read the index, to see the episodes another process added since this one opened the store (the writer
@@ -409,7 +416,7 @@ class EpisodeStore:
                 self._report(f"shard {name} is in the index but missing from {self.shard_dir}; its episodes are lost")
                 rewrite = True
             elif verify and sha256_file(self.shard_dir / name) != shard.sha256:
-                self._set_aside(name, "fails its sha256 check (damaged on disk)")
+                self._set_aside(name, "fails its sha256 check (damaged on disk)", len(shard.steps))
                 rewrite = True
             else:
                 shards.append(shard)
@@ -426,11 +433,49 @@ class EpisodeStore:
         if rewrite:
             self._rewrite_index(shards)
 
-    def _set_aside(self, name: str, why: str) -> None:
-        """Report a damaged shard and rename it out of the way (kept for inspection, never loaded, reported once)."""
+    def _set_aside(self, name: str, why: str, episodes: int | None = None) -> None:
+        """Report a damaged shard and rename it out of the way (kept for inspection, never loaded); `aside.jsonl`
+        keeps how many episodes it held, for the warning of every later open."""
         path = self.shard_dir / name
         self._report(f"shard {path} {why}; ignored, moved aside to {name}{_ASIDE}")
+        record = {"shard": name + _ASIDE, "episodes": episodes, "why": why}
+        with open(self.path / _ASIDE_LOG, "ab") as log:
+            log.write((json.dumps(record) + "\n").encode())
+            log.flush()
+            os.fsync(log.fileno())
         os.replace(path, path.with_name(name + _ASIDE))
+        self._set_aside_now.add(name + _ASIDE)
+
+    def set_aside(self) -> dict[str, int | None]:
+        """The shards set aside as damaged and still in the shard directory: file name -> the episodes it held (None
+        when unknown: a shard that was in no index, or one set aside by an older version)."""
+        held: dict[str, int | None] = {}
+        log = self.path / _ASIDE_LOG
+        if log.exists():
+            for line in log.read_bytes().splitlines():
+                try:
+                    record = json.loads(line)
+                    held[record["shard"]] = None if record["episodes"] is None else int(record["episodes"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn line: that shard's episodes are simply unknown
+        names = sorted(entry.name for entry in os.scandir(self.shard_dir) if entry.name.endswith(_ASIDE))
+        return {name: held.get(name) for name in names if _SHARD_NAME.match(name)}
+
+    def _warn_set_aside(self) -> None:
+        """Say at every open that shards are set aside: reported once, a loss would go unnoticed by later runs."""
+        aside = self.set_aside()
+        if not set(aside) - self._set_aside_now:  # none, or only those this open set aside and just reported
+            return
+        lost = sum(n for n in aside.values() if n is not None)
+        unknown = sum(n is None for n in aside.values())
+        held = f"{lost} episodes" + (f" (and those of {unknown} shard(s) of unrecorded size)" if unknown else "")
+        warnings.warn(
+            f"episode store {self.path}: {len(aside)} damaged shard(s) set aside, holding {held} that are not used; "
+            f"this store serves the other {len(self)} episodes. The shards are kept in {self.shard_dir} "
+            f"({', '.join(aside)}); delete them once they are no longer needed to silence this warning",
+            StoreWarning,
+            stacklevel=3,
+        )
 
     def _recover_shard(self, name: str) -> _Shard | None:
         """A complete shard the index does not list (crash between rename and index append): check and re-index."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from experiments.config import ConfigError
@@ -14,7 +15,11 @@ COMMANDS = {
     "eval": ("experiments.evaluate", "score a run's controller in the real env again"),
     "video": ("experiments.video_run", "a video of a run's controller in the real env beside its dream"),
     "runs": ("experiments.runs", "print a table of the runs in a directory"),
+    "config": ("experiments.show_config", "print the resolved config, every field with its documentation"),
+    "presets": ("experiments.presets", "list the shipped presets (--config NAME) and what each is for"),
 }
+# What the disk or its permissions, not the code, refused: a run directory that cannot be written, a full disk.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def usage() -> str:
@@ -34,12 +39,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import importlib
 
-    from experiments.checkpoint import CheckpointError
-    from experiments.rundir import RunError
+    from experiments.threads import share_the_machine
 
+    share_the_machine()  # before the command's module loads torch
     module = importlib.import_module(COMMANDS[command][0])
     try:
         return module.main(rest)
-    except (ConfigError, RunError, CheckpointError) as error:
-        print(f"wm {command}: error: {error}", file=sys.stderr)
+    except Exception as error:
+        message = input_error_message(error)
+        if message is None:
+            raise  # a bug: its traceback is what a fix needs
+        print(f"wm {command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def input_error_message(error: Exception) -> str | None:
+    """The one line for an error that the input or the machine caused (reported with exit code 2), or None for any
+    other error. Every command goes through here, so none has its own list."""
+    from experiments.checkpoint import CheckpointError
+    from experiments.inputs import InputError
+    from experiments.rundir import RunError
+
+    if isinstance(error, (ConfigError, RunError, CheckpointError, InputError)):
+        return str(error)
+    make = sys.modules.get("envs.make")  # not imported: no env was made, so none failed (and `wm runs` stays fast)
+    if make is not None and isinstance(error, make.EnvUnavailableError):  # `wm eval`/`wm video` of a run's env
+        return f"env: {error}"
+    if isinstance(error, OSError) and error.errno in DISK_ERRNOS:
+        where = f" ({error.filename})" if error.filename else ""
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        advice = "free some space, or write runs elsewhere (--runs)" if full else "check the permissions and the disk"
+        return f"{error.strerror}{where}; {advice}"
+    return None

@@ -87,6 +87,7 @@ from experiments.rundir import (
     add_run_arguments,
     execute,
     open_run,
+    path_in_run,
 )
 from experiments.runtime import prepare_runtime, rng_state, set_rng_state, step_seed
 from experiments.train import (
@@ -258,7 +259,7 @@ class Cycle:
 
     def build_trainer(self) -> WorldModelTrainer:
         """The world model's trainer (its data is set per iteration, see `windows`)."""
-        provenance = {"episodes": str(self.store.path.resolve()), "num_episodes": self.split.num_episodes,
+        provenance = {"episodes": path_in_run(self.store.path, self.run.path), "num_episodes": self.split.num_episodes,
                       "encoder": self.encoder_path, "latent_key": self.latent_key, "collected": None}  # fmt: skip
         return WorldModelTrainer(self.model, self.decoder, self.windows(), self.cfg, self.run, self.spec, self.device,
                                  self.precision, provenance, checkpointer=self.save)  # fmt: skip
@@ -384,7 +385,9 @@ class Cycle:
                 parts = "the world model's heads"
             self.announce(f"fine-tune {parts} {cfg.cycle.train_steps} steps on {self.episodes - held_out} episodes "
                           f"({held_out} more held out)")  # fmt: skip
-            results = trainer.train(stop, until=begin + cfg.cycle.train_steps, constant_lr=cfg.cycle.lr, begin=begin)
+            results = trainer.train(
+                stop, until=begin + cfg.cycle.train_steps, constant_lr=cfg.cycle.lr, begin=begin, lr_key="cycle.lr"
+            )
         print_model_metrics(results["model"])
         self.record.update(train_step=trainer.step, model=results["model"])
         self.phase = "evolve"
@@ -723,11 +726,12 @@ def cycle(run: Run, stop: GracefulStop, encoder: dict[str, torch.Tensor] | None 
     else:
         if encoder is not None:
             load_encoder(model, encoder, str(encoder_path))
+            encoder_path = path_in_run(encoder_path, run.path)  # as `wm train` records it
         latent_key = encoder_fingerprint(model) if cfg.world_model.freeze_encoder else None
     store = open_store(run.path / "episodes", spec)
     loop = Cycle(run, spec, store, model, decoder, device, precision, latent_key, encoder_path)
     run.write_summary(device=str(device), precision=precision, env=spec.to_dict(),
-                      data={"episodes": str(store.path.resolve()), "encoder": encoder_path,
+                      data={"episodes": path_in_run(store.path, run.path), "encoder": encoder_path,
                             "latent_key": latent_key})  # fmt: skip
     if resume is not None:
         loop.load_state(*resume)

@@ -67,7 +67,7 @@ from experiments.runtime import (
     step_seed,
 )
 from experiments.scoring import run_episodes
-from experiments.train import build_model, env_spec
+from experiments.train import build_model, env_spec, recorded_store
 from worldmodel.dream import DreamSettings, DreamState, Rollout, draw_noise, dream_starts, rollout
 from worldmodel.world_model import WorldModel, batch_from_windows
 
@@ -98,7 +98,8 @@ class LoadedWorldModel:
 
 
 def world_model_checkpoint(path: Path) -> Path:
-    """A `wm train` (or `wm cycle`) run directory (its checkpoints/latest.pt) or a checkpoint file."""
+    """A `wm train` (or `wm cycle`) run directory (its checkpoints/latest.pt) or a checkpoint file (in its run's
+    checkpoints/, where the paths the run recorded relative to itself are found)."""
     if path.is_dir():
         return path / "checkpoints" / "latest.pt"
     return path
@@ -133,7 +134,7 @@ def load_world_model(path: Path, cfg: Config, device: torch.device | None = None
     if not bool(model.feature_statistics_set):
         raise CheckpointError(f"--world-model {checkpoint} was saved before training started (step {state['step']})")
     data = state["data"]
-    store = EpisodeStore(data["episodes"], spec)
+    store = EpisodeStore(recorded_store(data["episodes"], checkpoint.parent.parent), spec)  # <run>/checkpoints/*.pt
     return LoadedWorldModel(model, spec, checkpoint, store, data["latent_key"], sha256_file(checkpoint))
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import NamedTuple
 
 import torch
@@ -83,18 +84,19 @@ def build_dataset(cfg: DataConfig, image_size: int, seed: int, show_progress: bo
 
 
 def make_loader(
-    dataset: Dataset, cfg: PretrainConfig, seed: int, start_step: int, rows: slice = slice(None)
-) -> DataLoader:
+    dataset: Dataset, cfg: PretrainConfig, seed: int, start_step: int, rows: slice = slice(None),
+    skip: Collection[int] = (),
+) -> DataLoader:  # fmt: skip
     """Batches for steps start_step .. steps-1, in an order fixed by (seed, step); only rows `rows` of each (this
-    process's share under torchrun) are loaded."""
-    sampler = StepBatchSampler(len(dataset), cfg.optim.batch_size, seed, start_step, cfg.optim.steps, rows)
+    process's share under torchrun) are loaded, less the indices in `skip` (images known to be unreadable)."""
+    sampler = StepBatchSampler(len(dataset), cfg.optim.batch_size, seed, start_step, cfg.optim.steps, rows, skip)
     # In-memory sources gain nothing from worker processes; decoding an image folder does.
     workers = cfg.data.workers if isinstance(dataset, ImageFolderDataset) else 0
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_images,
+        collate_fn=functools.partial(collate_images, image_shape=dataset.image_shape),
         timeout=300 if workers else 0,
         persistent_workers=False,
     )
@@ -244,7 +246,10 @@ def build_probe_set(dataset: Dataset, cfg: PretrainConfig, seed: int) -> ProbeSe
     index = torch.from_numpy(step_rng(seed, 0, STREAM_PROBE).permutation(len(dataset))[:count])
     items = [dataset[int(i)] for i in index]
     kept = [k for k, item in enumerate(items) if item.ok]
-    images = torch.stack([items[k].image for k in kept])
+    if len(kept) < 2:  # the probes split train from test: a subset this unreadable cannot be scored
+        print(f"no probes: only {len(kept)} of the {count} probe images can be read", file=sys.stderr)
+        return None
+    images = torch.stack([items[k].image for k in kept])  # (N, C, h, w)
     index = index[kept]
     train, test = probe.split_train_test(len(index), cfg.eval.test_fraction, seed)
     return ProbeSet(
@@ -317,7 +322,7 @@ class Pretrainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": rng_state(),
-            "counters": {**self.nonfinite.state_dict(), "bad_images": self.bad_images.num_bad},
+            "counters": {**self.nonfinite.state_dict(), **self.bad_images.state_dict()},
         }
 
     def save(self) -> None:
@@ -335,7 +340,7 @@ class Pretrainer:
         set_rng_state(state["rng"])
         counters = state["counters"]
         self.nonfinite.load_state_dict(counters)
-        self.bad_images.num_bad = counters["bad_images"]
+        self.bad_images.load_state_dict(counters)
         self.step = state["step"]
         distributed.barrier()  # every process has read the checkpoint before rank 0 may replace it
         print(f"resumed from {path} at step {self.step}", file=sys.stderr)
@@ -363,7 +368,7 @@ class Pretrainer:
         pcfg, seed = self.cfg.pretrain, self.cfg.run.seed
         total = pcfg.optim.steps
         self.run.start_at(self.step)
-        loader = make_loader(self.dataset, pcfg, seed, self.step, self.rows)
+        loader = make_loader(self.dataset, pcfg, seed, self.step, self.rows, skip=self.bad_images.bad)
         loss_fn = distributed.data_parallel(self.model, self.device, self.cfg.run.grad_compression)
         bar = Progress(total, "pretrain", initial=self.step, unit="step", enabled=self.cfg.run.progress)
         window_start, window_images = time.monotonic(), 0
@@ -442,16 +447,18 @@ class Pretrainer:
         return Placement(sum(counts), slice(start, start + len(batch.images)), min(counts))
 
     def count_bad_images(self, indices: list[int], errors: list[str]) -> None:
-        """Skip unreadable images with a note; too many stop the run (the budget names the files)."""
+        """Skip unreadable images with a note the first time each is met (the loader skips it thereafter); too many
+        distinct ones stop the run (the budget names the files)."""
         if not indices:
             return
-        if distributed.is_main():
-            for index, error in zip(indices, errors, strict=True):
-                print(f"skipped unreadable image {self.dataset.describe(index)}: {error}", file=sys.stderr)
         try:
-            self.bad_images.record(indices, errors)
+            new = self.bad_images.record(indices, errors)
         except RuntimeError as error:
             raise RunFailure(f"{error}\n(raise pretrain.data.max_bad_images to allow more)") from None
+        if distributed.is_main():
+            why = dict(zip(indices, errors, strict=True))
+            for index in new:
+                print(f"skipped unreadable image {self.dataset.describe(index)}: {why[index]}", file=sys.stderr)
 
 
 def pretrain(run: Run, stop: GracefulStop) -> dict:

@@ -6,9 +6,14 @@
       tb/              tensorboard events
       checkpoints/     latest.pt (+ previous.pt), each with a .sha256 beside it
       summary.json     status, command, step, wall_seconds and the command's results
+      .lock            locked (fcntl.flock) by the one process writing the run, and holding its pid
 
 A new run refuses a directory that already holds one; `--resume` refuses a directory without one and a
-config that differs from the saved one. Nothing starts over or continues silently.
+config that differs from the saved one. Nothing starts over or continues silently. One process at a time writes a
+run: a second one, new or `--resume`, is refused while the first holds the lock.
+
+Paths inside a run (its episode store, an encoder it holds) are recorded relative to it (`path_in_run`) and read
+against where the run lies now (`recorded_path`), so a moved or copied run reads its own files.
 
 Under torchrun every process opens the run, but only rank 0 writes to it (see experiments/distributed.py).
 """
@@ -16,7 +21,9 @@ Under torchrun every process opens the run, but only rank 0 writes to it (see ex
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import re
 import signal
 import sys
@@ -31,11 +38,13 @@ import yaml
 from envs.atomic import atomic_write_text
 from experiments import config as config_lib
 from experiments import distributed
+from experiments.inputs import check_inputs
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Keys that may change when a run is resumed: they change how it reports, not what it computes.
 RESUMABLE_CHANGES = ("run.device", "run.threads", "run.progress", "run.log_every")
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+LOCK_NAME = ".lock"
 
 
 class RunError(RuntimeError):
@@ -76,6 +85,75 @@ class NonFiniteGuard:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.total, self.streak = state["nonfinite_total"], state["nonfinite_streak"]
+
+
+class RunLock:
+    """An exclusive `fcntl.flock` on `<run>/.lock`, which holds the holder's pid: one writer per run directory.
+
+    The kernel drops the lock when its holder ends, however it ends (SIGKILL included), so a dead run never keeps
+    another out; the file itself stays (removing it would let two processes lock two different files).
+    """
+
+    def __init__(self, run: Path):
+        self.path = run / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise RunError naming the process that holds it; never waits."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            who = f"process {holder}" if holder.isdigit() else "another process"  # empty: it has just locked
+            raise RunError(
+                f"{self.path.parent} is in use: {who} is writing it (it holds {self.path}); wait for it to end or "
+                "stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def lock_run(path: Path, resume: bool) -> RunLock:
+    """Lock a run directory (created for a new run), then check that it holds a run (`resume`) or none: checked under
+    the lock, or two runs started together would both find it empty."""
+    if resume and not path.is_dir():
+        raise RunError(f"--resume: {path} holds no run (no config.yaml); start it without --resume")
+    path.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(path)
+    lock.acquire()
+    holds = (path / "config.yaml").exists() or (path / "summary.json").exists()
+    if resume and not (path / "config.yaml").is_file():
+        lock.release()
+        raise RunError(f"--resume: {path} holds no run (no config.yaml); start it without --resume")
+    if not resume and holds:
+        lock.release()
+        raise RunError(f"{path} already holds a run; pass --resume to continue it, or choose another --name")
+    return lock
+
+
+def path_in_run(path: str | os.PathLike, run: Path) -> str:
+    """How a run records a path: relative to the run when it lies inside it (a moved or copied run then reads its own
+    files), absolute otherwise."""
+    absolute = Path(path).resolve()
+    try:
+        return absolute.relative_to(run.resolve()).as_posix()
+    except ValueError:
+        return str(absolute)
+
+
+def recorded_path(recorded: str, run: Path) -> Path:
+    """A path a run recorded (`path_in_run`), read against where the run lies now; an absolute one (outside the run,
+    or written by an older version, which recorded every path so) as it is."""
+    path = Path(recorded)
+    return path if path.is_absolute() else run / path
 
 
 def checkpoint_differences(state: dict, path: Path, command: str, cfg: config_lib.Config) -> list[str]:
@@ -160,11 +238,13 @@ class _Discard:
 class Run:
     """Writes one run directory. Created by `open_run`; commands log through it.
 
-    Under torchrun only rank 0 writes (`writes`); on the other ranks logging and summaries do nothing.
+    Under torchrun only rank 0 writes (`writes`); on the other ranks logging and summaries do nothing. The writer
+    holds the run's `lock` until `close`.
     """
 
-    def __init__(self, path: Path, command: str, cfg: config_lib.Config, resumed: bool):
+    def __init__(self, path: Path, command: str, cfg: config_lib.Config, resumed: bool, lock: RunLock | None = None):
         self.path, self.command, self.cfg, self.resumed = path, command, cfg, resumed
+        self.lock = lock
         self.writes = distributed.is_main()
         self.checkpoint_dir = path / "checkpoints"
         if self.writes:
@@ -224,10 +304,15 @@ class Run:
             atomic_write_text(self.path / "summary.json", json.dumps(self.summary, indent=2) + "\n")
 
     def close(self) -> None:
+        """Close the logs and release the lock: the last thing a run does (see `execute`)."""
         if self._metrics is not None:
             self._metrics.close()
+            self._metrics = None
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+        if self.lock is not None:
+            self.lock.release()
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -236,7 +321,11 @@ class Run:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", action="append", default=[], metavar="YAML", help="a preset to apply (repeatable, applied in order)"
+        "--config",
+        action="append",
+        default=[],
+        metavar="NAME|YAML",
+        help="a shipped preset by name (`wm presets` lists them) or a YAML file (repeatable, applied in order)",
     )
     parser.add_argument(
         "--set",
@@ -244,7 +333,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         dest="overrides",
-        help="override one config value, e.g. --set pretrain.optim.steps=500 (repeatable)",
+        help="override one config value, e.g. --set pretrain.optim.steps=500 (repeatable; `wm config` shows them all)",
     )
     parser.add_argument("--name", help="run name under --runs (default: <command>-<timestamp>)")
     parser.add_argument("--run-dir", help="explicit run directory (instead of --runs/--name)")
@@ -268,8 +357,8 @@ def run_path(args: argparse.Namespace, command: str) -> Path:
 def open_run(args: argparse.Namespace, command: str) -> Run:
     """Resolve the config (with the resume rules) and open the run directory.
 
-    Under torchrun this is where the processes join their process group: every process checks the directory, they
-    wait for each other, then rank 0 alone creates it.
+    Under torchrun this is where the processes join their process group: rank 0 alone locks, creates and checks the
+    directory (`lock_run`), and the others learn its answer.
     """
     path = run_path(args, command)
     if args.resume:
@@ -291,15 +380,20 @@ def open_run(args: argparse.Namespace, command: str) -> Run:
             raise RunError(f"--resume: {path} is a run of another command, not '{command}'")
     else:
         cfg = config_lib.load_config(args.config, args.overrides)
+    check_inputs(cfg, command, path)  # a missing folder, an env that cannot be made: refused before anything exists
     if distributed.init(cfg.run.device):
         path = distributed.broadcast_object(path)  # a default name holds the time of day: rank 0's
         distributed.check_config(cfg, command)
-    if not args.resume and ((path / "config.yaml").exists() or (path / "summary.json").exists()):
-        raise RunError(f"{path} already holds a run; pass --resume to continue it, or choose another --name")
-    distributed.barrier()  # every process has checked the directory before rank 0 writes into it
+    lock, refusal = None, None
     if distributed.is_main():
-        path.mkdir(parents=True, exist_ok=True)
-    return Run(path, command, cfg, resumed=args.resume)
+        try:
+            lock = lock_run(path, args.resume)
+        except RunError as error:
+            refusal = str(error)
+    refusal = distributed.broadcast_object(refusal)  # the processes of a torchrun job are refused together
+    if refusal is not None:
+        raise RunError(refusal)
+    return Run(path, command, cfg, resumed=args.resume, lock=lock)
 
 
 def execute(run: Run, body: Callable[[Run, GracefulStop], dict]) -> int:
@@ -321,8 +415,9 @@ def execute(run: Run, body: Callable[[Run, GracefulStop], dict]) -> int:
                 status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(limit=8)
             )
             raise
+        else:
+            run.write_summary(status="done", **results)  # before `close` releases the lock
         finally:
             run.close()
             distributed.teardown()
-    run.write_summary(status="done", **results)
     return 0

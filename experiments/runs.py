@@ -1,88 +1,155 @@
-"""`wm runs`: one line per run directory, read from its summary.json, so an experiment table is one command."""
+"""`wm runs`: one line per run directory, read from its summary.json, so an experiment table is one command.
+
+A summary.json is read, not trusted: one that cannot be read, or whose fields have the wrong types, is a row that
+says what is wrong, and the rest of the table prints.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 COLUMNS = ("name", "command", "env", "status", "iterations", "env_steps", "best_return", "wall", "result")
+KINDS = {
+    "number": lambda value: isinstance(value, (int, float)) and not isinstance(value, bool),
+    "object": lambda value: isinstance(value, dict),
+    "list": lambda value: isinstance(value, list),
+}
+
+
+class MalformedSummary(ValueError):
+    """A summary.json that is not an object, or a field of it of the wrong type (the message names the field)."""
+
+
+def field(mapping: dict, key: str, kind: str, where: str = "", required: bool = False) -> Any:
+    """`mapping[key]` checked to be a `kind` (see KINDS); None when absent (or null) and not `required`.
+
+    `where` is the dotted path of `mapping` inside the summary, for the message.
+    """
+    value = mapping.get(key)
+    if value is None and not required:
+        return None
+    if value is None or not KINDS[kind](value):
+        got = "missing" if value is None else f"{value!r:.40}"
+        raise MalformedSummary(f"{where}{key} is {got}, not {'an' if kind[0] in 'aeiou' else 'a'} {kind}")
+    return value
 
 
 def headline(summary: dict) -> str:
     """The one figure that says how a run did."""
-    probe = summary.get("probe") or {}
+    probe = field(summary, "probe", "object") or {}
     for key in ("knn_top1", "state_r2"):
         if key in probe:
-            return f"{key} {probe[key]:.3f} (random {probe[key + '_random']:.3f})"
-    if "eval_return_mean" in summary:  # a controller: its real return beside what the dream promised
-        text = f"real {summary['eval_return_mean']:.1f} ± {summary.get('eval_return_std', float('nan')):.1f}"
-        if "eval_success_rate" in summary:
-            text += f" ({100 * summary['eval_success_rate']:.0f}% successful)"
-        if "dream_return" in summary:
-            text += f", dream {summary['dream_return']:.1f}"
+            figure, random = (field(probe, k, "number", "probe.", required=True) for k in (key, key + "_random"))
+            return f"{key} {figure:.3f} (random {random:.3f})"
+    real = field(summary, "eval_return_mean", "number")
+    if real is not None:  # a controller: its real return beside what the dream promised
+        spread = field(summary, "eval_return_std", "number")
+        text = f"real {real:.1f} ± {float('nan') if spread is None else spread:.1f}"
+        success = field(summary, "eval_success_rate", "number")
+        if success is not None:
+            text += f" ({100 * success:.0f}% successful)"
+        dream = field(summary, "dream_return", "number")
+        if dream is not None:
+            text += f", dream {dream:.1f}"
         return text
-    model = summary.get("model") or {}
-    if "pred_error_k5" in model:  # a world model: its 5-step dream error beside "nothing changes"
-        figure = f"pred_error_k5 {model['pred_error_k5']:.3f} (no-change {model['pred_error_k5_baseline']:.3f})"
-        return figure + (" COLLAPSED" if model.get("collapsed") else "")
+    model = field(summary, "model", "object") or {}
+    error = field(model, "pred_error_k5", "number", "model.")
+    if error is not None:  # a world model: its 5-step dream error beside "nothing changes"
+        baseline = field(model, "pred_error_k5_baseline", "number", "model.", required=True)
+        collapsed = " COLLAPSED" if model.get("collapsed") else ""
+        return f"pred_error_k5 {error:.3f} (no-change {baseline:.3f}){collapsed}"
     return ""
 
 
-def env_steps(summary: dict) -> int | str:
+def env_steps(summary: dict) -> int | float | str:
     """Real env steps the run used: the cycle's count, a model-free search's, or a world model's collection."""
-    if "env_steps" in summary:
-        return summary["env_steps"]
-    if "real_env_steps" in summary:
-        return summary["real_env_steps"]
-    collected = (summary.get("data") or {}).get("collected") or {}
-    return collected.get("env_steps", collected.get("steps", ""))
+    for key in ("env_steps", "real_env_steps"):
+        steps = field(summary, key, "number")
+        if steps is not None:
+            return steps
+    collected = field(field(summary, "data", "object") or {}, "collected", "object", "data.") or {}
+    for key in ("env_steps", "steps"):
+        steps = field(collected, key, "number", "data.collected.")
+        if steps is not None:
+            return steps
+    return ""
 
 
 def best_return(summary: dict) -> str:
     """The best real return: a finished run's own figure, else (an interrupted cycle) its history's best."""
-    best = summary.get("best_eval_return", summary.get("eval_return_mean"))
-    history = summary.get("history") or []
+    best = field(summary, "best_eval_return", "number")
+    if best is None:
+        best = field(summary, "eval_return_mean", "number")
+    history = history_of(summary)
     if best is None and history:
-        best = max(record["eval_return_mean"] for record in history)
+        best = max(field(record, "eval_return_mean", "number", f"history[{i}].", required=True)
+                   for i, record in enumerate(history))  # fmt: skip
     return "" if best is None else f"{best:.1f}"
 
 
-def iterations(summary: dict) -> int | str:
+def history_of(summary: dict) -> list[dict]:
+    """The evaluations of a cycle so far (each an object), or []."""
+    history = field(summary, "history", "list") or []
+    for i, record in enumerate(history):
+        if not isinstance(record, dict):
+            raise MalformedSummary(f"history[{i}] is {record!r:.40}, not an object")
+    return history
+
+
+def iterations(summary: dict) -> int | float | str:
     """Iterations of a cycle (those evaluated so far, when interrupted) or generations of a search."""
-    if "iterations" in summary:
-        return summary["iterations"]
-    if summary.get("history"):
-        return len(summary["history"])
-    return summary.get("generations", "")
+    count = field(summary, "iterations", "number")
+    if count is not None:
+        return count
+    history = history_of(summary)
+    if history:
+        return len(history)
+    count = field(summary, "generations", "number")
+    return "" if count is None else count
 
 
 def wall(seconds: float | None) -> str:
-    if seconds is None:
+    if seconds is None or not math.isfinite(seconds):
         return ""
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
 def read_runs(root: Path) -> list[dict]:
+    """One row per run under `root`; a summary that cannot be read or is malformed is a row saying so."""
     rows = []
     for path in sorted(root.glob("*/summary.json")):
         try:
             summary = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or bytes that are not UTF-8
             rows.append({"name": path.parent.name, "status": f"unreadable summary: {error}"})
             continue
-        rows.append({
-            **summary,
-            "name": path.parent.name,
-            "env": (summary.get("env") or {}).get("env_id", ""),
-            "iterations": iterations(summary),
-            "env_steps": env_steps(summary),
-            "best_return": best_return(summary),
-            "wall": wall(summary.get("wall_seconds")),
-            "result": headline(summary),
-        })  # fmt: skip
+        try:
+            rows.append(summary_row(summary, path.parent.name))
+        except MalformedSummary as error:
+            rows.append({"name": path.parent.name, "status": f"malformed summary: {error}"})
     return rows
+
+
+def summary_row(summary: Any, name: str) -> dict:
+    """The table's row of one run's summary; MalformedSummary names the first field of the wrong type."""
+    if not isinstance(summary, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(summary), "a number")
+        raise MalformedSummary(f"the file holds {kind}, not an object")
+    return {
+        **summary,
+        "name": name,
+        "env": (field(summary, "env", "object") or {}).get("env_id", ""),
+        "iterations": iterations(summary),
+        "env_steps": env_steps(summary),
+        "best_return": best_return(summary),
+        "wall": wall(field(summary, "wall_seconds", "number")),
+        "result": headline(summary),
+    }
 
 
 def format_table(rows: list[dict]) -> str:

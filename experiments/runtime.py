@@ -14,6 +14,7 @@ import torch
 from experiments import distributed
 from experiments.config import RunConfig
 from experiments.rundir import RunFailure
+from experiments.threads import ThreadShare
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,13 +161,29 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_thread_share: ThreadShare | None = None
+
+
 def set_threads(cfg: RunConfig, device: torch.device) -> None:
-    """run.threads torch threads; without it, torch's default, except in a CPU process under torchrun, which takes
-    its share of the machine's cores (torchrun itself would leave it one thread)."""
+    """run.threads torch threads. Without it: a CPU process under torchrun takes its share of the machine's cores
+    (torchrun itself would leave it one thread); a CPU process alone takes the cores other processes leave free,
+    counted again whenever a loop calls `rebalance_threads` (experiments/threads.py says why)."""
+    global _thread_share
+    _thread_share = None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     elif distributed.active() and device.type == "cpu":
         torch.set_num_threads(distributed.default_threads())
+    elif device.type == "cpu":
+        _thread_share = ThreadShare(torch.set_num_threads)
+        _thread_share.start()
+
+
+def rebalance_threads() -> None:
+    """Between steps of a long loop: follow the cores the other processes leave free (a no-op when run.threads fixes
+    the count, and between looks at the machine)."""
+    if _thread_share is not None:
+        _thread_share.rebalance()
 
 
 def prepare_runtime(cfg: RunConfig, run_path: Path) -> tuple[torch.device, str]:

@@ -4,11 +4,12 @@
     wm train --config configs/cartpole.yaml --encoder runs/<pretrain run>/checkpoints/latest.pt
     wm train --config configs/cartpole.yaml --episodes runs/<earlier run>/episodes
 
-The life of a run: collect random-policy episodes into `<run>/episodes` (or reuse a store) -> split the store
-by episode, the last `eval_fraction` held out -> save a step-0 checkpoint -> with a frozen encoder, encode every
-frame once into the store's latent cache -> train (the decoder beside it every `decoder_every` steps), evaluating
-on the held-out episodes every `eval_every` steps -> train the decoder alone for `decoder_steps` more steps -> final
-evaluation into summary.json's `model` section -> videos/dream_vs_real.mp4.
+The life of a run: save a checkpoint of the initial model -> collect random-policy episodes into `<run>/episodes`
+(or reuse a store), stored shard by shard, so that a run stopped while collecting resumes the collection -> split
+the store by episode, the last `eval_fraction` held out -> save a step-0 checkpoint -> with a frozen encoder, encode
+every frame once into the store's latent cache -> train (the decoder beside it every `decoder_every` steps),
+evaluating on the held-out episodes every `eval_every` steps -> train the decoder alone for `decoder_steps` more
+steps -> final evaluation into summary.json's `model` section -> videos/dream_vs_real.mp4.
 
 Every random draw of a training step (window starts, SIGReg directions, the decoder's frames) comes from
 generators seeded by (seed, step), so a resumed run repeats exactly what an uninterrupted run would have done.
@@ -65,8 +66,11 @@ from experiments.rundir import (
     checkpoint_differences,
     execute,
     open_run,
+    path_in_run,
+    recorded_path,
 )
 from experiments.runtime import (
+    NonFiniteParametersError,
     autocast,
     optimizer_step,
     prepare_runtime,
@@ -74,6 +78,7 @@ from experiments.runtime import (
     set_rng_state,
     step_generator,
     step_rng,
+    step_seed,
 )
 from experiments.video import dream_clip, side_by_side, write_mp4
 from worldmodel import schedules
@@ -83,6 +88,9 @@ from worldmodel.world_model import WorldModel, WorldModelBatch, batch_from_windo
 
 # Streams of per-step randomness (see runtime.step_seed): one each, so that adding one never shifts another.
 STREAM_WINDOWS, STREAM_SIGREG, STREAM_DECODER, STREAM_FEATURE_STATISTICS = 1, 2, 3, 4
+STREAM_COLLECT = 5  # the seed of a collection continued after a stop (see `collect_episodes`)
+COLLECT_PHASE = "collect"  # the phase of the checkpoint saved before the episodes are collected (see `train`)
+SHARD_FRACTION, MIN_SHARD_STEPS, MAX_SHARD_STEPS = 8, 256, 4096  # shards of a collection: see `collect_share`
 ENCODE_BATCH = 256  # frames per encoder call when filling the latent cache
 FEATURE_STATISTICS_WINDOWS = 64  # training windows whose features set the model's feature standardisation
 VIDEO_FPS = 15
@@ -108,18 +116,47 @@ PolicyFactory = Callable[[int, int], Policy]
 
 
 def collect_episodes(cfg: Config, store: EpisodeStore, stop: GracefulStop) -> CollectStats:
-    """Random-policy rollouts of `world_model.collect_steps` transitions into `store` (seeded by run.seed), each
-    action held for `world_model.collect_hold` steps."""
+    """Random-policy rollouts until `store` holds `world_model.collect_steps` transitions (seeded by run.seed), each
+    action held for `world_model.collect_hold` steps; stored shard by shard as they fill, so a stop keeps them.
+
+    A store that holds some already (a run stopped while collecting) is continued, and the figures returned count
+    its episodes too. The continuation is seeded by (run.seed, episodes stored), so it does not draw the episodes an
+    uninterrupted run would have: those depend on each sub-env's state at the stop (its open episode is lost, its RNG
+    has moved on), which no shard records. Making it exact would mean saving every env's state with every shard; the
+    data stays random-policy rollouts from the same envs either way, which is all training assumes.
+    """
     wcfg = cfg.world_model
+    kept = stored_collection(store)
+    if kept.steps >= wcfg.collect_steps:
+        return kept
+    seed = cfg.run.seed
+    if len(store):
+        seed = step_seed(cfg.run.seed, len(store), STREAM_COLLECT) % 2**31
+        print(f"continuing the collection: {store.path} holds {kept.steps} of its {wcfg.collect_steps} steps",
+              file=sys.stderr)  # fmt: skip
 
     def policy(num_envs: int, seed: int) -> RandomPolicy:
         return RandomPolicy(store.spec, seed=seed, hold=wcfg.collect_hold)
 
-    return collect_into(
-        store, cfg.env, policy, wcfg.collect_steps, wcfg.num_envs, cfg.run.seed, stop, cfg.run.progress,
-        stopped=f"stopped while collecting, before the first checkpoint: this run cannot be resumed; start a new one "
-        f"(the episodes stored so far stay in {store.path})",
+    new = collect_into(
+        store, cfg.env, policy, wcfg.collect_steps - kept.steps, wcfg.num_envs, seed, stop, cfg.run.progress,
+        stopped=f"stopped while collecting; the episodes stored so far stay in {store.path}",
     )  # fmt: skip
+    return CollectStats.combine([kept, new])
+
+
+def stored_collection(store: EpisodeStore) -> CollectStats:
+    """The figures of the episodes a store holds, as `collect` counts them (each as an episode that ended).
+
+    Reads every episode once: done only when a stopped collection is continued."""
+    episodes = [(episode.length, episode.total_return, episode.terminated) for episode in store]
+    return CollectStats(
+        steps=sum(length for length, _, _ in episodes),
+        episodes=len(episodes),
+        returns=tuple(total for _, total, _ in episodes),
+        lengths=tuple(length for length, _, _ in episodes),
+        terminated=sum(terminated for _, _, terminated in episodes),
+    )
 
 
 def collect_into(
@@ -155,10 +192,14 @@ def collect_share(
             raise Interrupted
 
     # `collect` stops within one vector step of `steps`, so a buffer of more than steps + num_envs steps (each episode
-    # holds one more step than transitions, at most all of them) is only written at the end.
-    shard = {"shard_steps": 2 * (steps + len(envs))} if all_at_once else {}
+    # holds one more step than transitions, at most all of them) is only written at the end. Otherwise a shard holds
+    # about an eighth of the collection, within bounds: a kill loses at most one shard's worth, and a store of small
+    # collections does not split into many tiny files.
+    shard_steps = min(max(steps // SHARD_FRACTION, MIN_SHARD_STEPS), MAX_SHARD_STEPS)
+    if all_at_once:
+        shard_steps = 2 * (steps + len(envs))
     try:
-        return collect(vector, policy, steps, target, on_step=on_step, **shard)
+        return collect(vector, policy, steps, target, on_step=on_step, shard_steps=shard_steps)
     finally:
         bar.close()
         vector.close()
@@ -198,6 +239,15 @@ def collect_shared(
     if not distributed.is_main():
         store.refresh()
     return CollectStats.combine(distributed.all_gather_object(stats))
+
+
+def recorded_store(recorded: str, run: Path) -> Path:
+    """Where the episode store that a run recorded lies now (see `recorded_path`); a RunError naming it when it is
+    missing, never a new empty store made in its place."""
+    path = recorded_path(recorded, run)
+    if not (path / "store.json").is_file():
+        raise RunError(f"the episode store {path} is missing (the run {run} recorded it as {recorded!r})")
+    return path
 
 
 def open_store(path: Path, spec: EnvSpec) -> EpisodeStore:
@@ -560,6 +610,11 @@ def decoder_step(
 # The trainer
 
 
+def nonfinite_advice(lr_key: str) -> str:
+    """What a run stopped by non-finite losses tells the user, naming the learning rate that was in use."""
+    return f"lower {lr_key} or check the data"
+
+
 @dataclass
 class WorldModelTrainer:
     """Trains `model` (and `decoder`) on windows from `data` and logs to `run`. Parts are injected.
@@ -596,7 +651,7 @@ class WorldModelTrainer:
         self.use_features = self.provenance.get("latent_key") is not None
         self.step = 0
         self.decoder_step = 0  # decoder-only steps done after the world model finished
-        self.nonfinite = NonFiniteGuard(self.cfg.world_model.max_nonfinite, "lower world_model.lr or check the data")
+        self.nonfinite = NonFiniteGuard(self.cfg.world_model.max_nonfinite, nonfinite_advice("world_model.lr"))
         self._eval_batch: tuple[WorldModelBatch, torch.Tensor | None] | None = None
         # Under torchrun: this process's rows of every batch, how the losses combine, the loss through DDP (made at
         # the first step, where every process is).
@@ -688,17 +743,19 @@ class WorldModelTrainer:
 
     # -- training --------------------------------------------------------------------------------------
     def train(self, stop: GracefulStop, until: int | None = None, constant_lr: float | None = None,
-              begin: int = 0) -> dict:  # fmt: skip
+              begin: int = 0, lr_key: str = "world_model.lr") -> dict:  # fmt: skip
         """Train up to step `until` (default world_model.steps), finish the decoder and evaluate.
 
         Args:
             constant_lr: fine-tuning past the schedule: this learning rate and the final EMA momentum throughout.
             begin: the step this stretch of training began at (where its progress bar starts).
+            lr_key: the config key of the learning rate in use, which the advice names when training diverges.
         Returns:
             the step reached, results and the held-out model metrics (summary.json's `model`).
         """
         wcfg, seed = self.cfg.world_model, self.cfg.run.seed
         total = wcfg.steps if until is None else until
+        self.nonfinite.advice = nonfinite_advice(lr_key)
         self.run.start_at(self.step + self.log_offset)
         bar = Progress(total - begin, "train", initial=self.step - begin, unit="step", enabled=self.cfg.run.progress)
         window_start, window_sequences = time.monotonic(), 0
@@ -710,20 +767,23 @@ class WorldModelTrainer:
             )
             batch = batch_from_windows(windows, self.device, use_features=self.use_features)
             scheduled = apply_schedules(self.optimizer, wcfg, step, constant_lr)
-            result = train_step(
-                self.model,
-                self.optimizer,
-                self.scaler,
-                batch,
-                self.weights,
-                scheduled["ema"],
-                wcfg,
-                step_generator(seed, step, STREAM_SIGREG),
-                self.device,
-                self.precision,
-                self.loss_fn,
-                self.shard,
-            )
+            try:
+                result = train_step(
+                    self.model,
+                    self.optimizer,
+                    self.scaler,
+                    batch,
+                    self.weights,
+                    scheduled["ema"],
+                    wcfg,
+                    step_generator(seed, step, STREAM_SIGREG),
+                    self.device,
+                    self.precision,
+                    self.loss_fn,
+                    self.shard,
+                )
+            except NonFiniteParametersError as error:  # diverged too: name the learning rate in use as well
+                raise NonFiniteParametersError(f"step {step}: {error}; {self.nonfinite.advice}") from None
             self.nonfinite.record(result.skipped, self.step, result.total)
             if step % wcfg.decoder_every == 0:
                 decoder_loss = self.train_decoder(
@@ -850,7 +910,12 @@ def train(
     run: Run, stop: GracefulStop, encoder: dict[str, torch.Tensor] | None = None, encoder_path: str | None = None,
     episodes: Path | None = None,
 ) -> dict:  # fmt: skip
-    """Build the parts from the run's config (collecting episodes first, unless given some) and train."""
+    """Build the parts from the run's config (collecting episodes first, unless given some) and train.
+
+    Before collecting, a checkpoint of phase "collect" holds the initial model (a pretrained encoder included) and
+    where the episodes go: `--resume` of a run stopped while collecting continues the collection from what the store
+    holds, then trains as an uninterrupted run would.
+    """
     cfg, wcfg = run.cfg, run.cfg.world_model
     device, precision = prepare_runtime(run.cfg.run, run.path)
     spec = env_spec(cfg.env)
@@ -860,20 +925,30 @@ def train(
     decoder = build_decoder(wcfg, spec)
     decoder = decoder.to(device) if decoder is not None else None
     if resume is not None:
-        provenance = resume[0]["data"]
-        store = open_store(Path(provenance["episodes"]), spec)
+        provenance = dict(resume[0]["data"])
+        store = open_store(recorded_store(provenance["episodes"], run.path), spec)
+        collects = resume[0].get("collects", False)
     else:
         if encoder is not None:
             load_encoder(model, encoder, str(encoder_path))
         store = open_store(episodes or run.path / "episodes", spec)
-        collected = None if episodes is not None else collect_episodes(cfg, store, stop)
+        collects = episodes is None
         provenance = {
-            "episodes": str(store.path.resolve()),
-            "num_episodes": len(store),
-            "encoder": encoder_path,
+            "episodes": path_in_run(store.path, run.path),  # relative inside the run: a moved run reads its own
+            "num_episodes": None if collects else len(store),  # a collection's, once collected
+            "encoder": None if encoder_path is None else path_in_run(encoder_path, run.path),
             "latent_key": encoder_fingerprint(model) if wcfg.freeze_encoder else None,
-            "collected": None if collected is None else collection_figures(collected, cfg.env.action_repeat),
+            "collected": None,
         }
+        save_checkpoint(run.checkpoint_dir / "latest.pt", collection_state(model, cfg, spec, provenance, collects))
+    if resume is None or resume[0].get("phase") == COLLECT_PHASE:
+        if resume is not None:
+            model.load_state_dict(resume[0]["model"])
+            set_rng_state(resume[0]["rng"])  # where a run that never stopped stands before collecting
+            print(f"resumed from {resume[1]} before training", file=sys.stderr)
+        if collects:
+            collected = collect_episodes(cfg, store, stop)
+            provenance.update(num_episodes=len(store), collected=collection_figures(collected, cfg.env.action_repeat))
     if len(store) < provenance["num_episodes"]:
         raise RunFailure(f"{store.path} holds {len(store)} episodes, fewer than the {provenance['num_episodes']} used")
     split = split_episodes(store.episode_steps[: provenance["num_episodes"]], wcfg.eval_fraction)
@@ -891,7 +966,7 @@ def train(
             "held_out_steps": split.total_steps - split.train_steps,
         },
     )
-    if resume is not None:
+    if resume is not None and resume[0].get("phase") != COLLECT_PHASE:
         trainer.load_state(*resume)
     else:
         trainer.save()  # step 0: the episodes are collected, so a resume never collects again
@@ -910,6 +985,23 @@ def train(
         results["video"] = video
     print_model_metrics(results["model"])
     return results
+
+
+def collection_state(model: WorldModel, cfg: Config, spec: EnvSpec, provenance: dict, collects: bool) -> dict:
+    """The checkpoint of a run about to collect (phase "collect"): its initial model, its RNG state and where its
+    episodes go (`collects`: whether it collects them). Step 0 and no feature statistics: no command loads it as a
+    world model."""
+    return {
+        "command": "train",
+        "phase": COLLECT_PHASE,
+        "step": 0,
+        "collects": collects,
+        "config": config_lib.to_dict(cfg),
+        "env_spec": spec.to_dict(),
+        "data": provenance,
+        "model": model.state_dict(),
+        "rng": rng_state(),
+    }
 
 
 def collection_figures(stats: CollectStats, action_repeat: int = 1) -> dict[str, float | int]:

@@ -3,9 +3,10 @@
 Every source is a `torch.utils.data.Dataset` whose item `i` is an `ImageItem(image, index, ok)` with
 `image` a uint8 tensor `(C, H, W)`, C = 3, at the source's stored resolution. `collate_images` turns
 a list of items into an `ImageBatch`, dropping the items that failed to decode, so one collate serves
-every source and a DataLoader worker never dies on a bad file. Labels and true states are not put in
-the batch: index them with `batch.indices` (`source.labels[batch.indices]`), which stays correct after
-failed items are dropped.
+every source and a DataLoader worker never dies on a bad file; `BadImageBudget` counts each unreadable
+item once and remembers it, so a sampler can skip it thereafter (`StepBatchSampler(skip=...)`). Labels and
+true states are not put in the batch: index them with `batch.indices` (`source.labels[batch.indices]`),
+which stays correct after failed items are dropped.
 
 Sources:
     ImageFolderDataset  a folder of jpg/jpeg/png/webp files, class subfolders used as labels
@@ -21,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -83,23 +84,26 @@ class ImageSource(Protocol):
         ...
 
 
-def collate_images(items: Sequence[ImageItem]) -> ImageBatch:
+def collate_images(items: Sequence[ImageItem], image_shape: tuple[int, int, int] | None = None) -> ImageBatch:
     """Stack the good items of a batch and report the failed ones; use as a DataLoader `collate_fn`.
 
     Args:
         items: ImageItems with images of one shape (C, H, W).
+        image_shape: (C, H, W) of the source, which lets an empty list (a batch whose every item a sampler skipped)
+            collate to an empty batch; without it an empty list is an error.
     Returns:
         ImageBatch with images (B, C, H, W) uint8 and indices (B,) int64 of the items with `ok`.
     """
-    if len(items) == 0:
+    if len(items) == 0 and image_shape is None:
         raise ValueError("collate_images got an empty list of items; a batch needs at least one item")
     good = [item for item in items if item.ok]
     bad = [item for item in items if not item.ok]
     if good:
         images = torch.stack([item.image for item in good])  # B x (C, H, W) -> (B, C, H, W)
     else:
-        # Every item failed: keep the image shape so downstream code can still see (0, C, H, W).
-        images = torch.empty((0, *items[0].image.shape), dtype=torch.uint8)
+        # Every item failed (or none was asked for): keep the image shape so downstream code sees (0, C, H, W).
+        shape = tuple(items[0].image.shape) if items else tuple(image_shape)
+        images = torch.empty((0, *shape), dtype=torch.uint8)
     return ImageBatch(
         images=images,
         indices=torch.tensor([item.index for item in good], dtype=torch.int64),
@@ -110,10 +114,12 @@ def collate_images(items: Sequence[ImageItem]) -> ImageBatch:
 
 
 class BadImageBudget:
-    """Counts failed items in the main process and raises once there are more than `max_bad`.
+    """Counts distinct failed items in the main process and raises once there are more than `max_bad`.
 
     Skipping a few unreadable files is fine; a dataset that is mostly corrupt is a broken run and
     must stop with the files named (RELIABILITY.md: "skip and count up to a limit, then raise").
+    A file counts once however often it is read: counting reads would stop any run long enough to
+    meet the same few bad files every epoch. The known ones are in `bad`, for a sampler to skip.
     """
 
     def __init__(self, source: ImageSource, max_bad: int, keep: int = 100) -> None:
@@ -122,19 +128,34 @@ class BadImageBudget:
         self.source = source
         self.max_bad = max_bad
         self.keep = keep
-        self.num_bad = 0
+        self.bad: set[int] = set()
+        """Source indices of the items known to be unreadable."""
         self.bad_items: list[str] = []
         """'<origin>: <error>' for the first `keep` failures."""
 
-    def update(self, batch: ImageBatch) -> None:
-        """Record the failures of one batch; raise RuntimeError when the total exceeds `max_bad`."""
-        self.record(batch.bad_indices, batch.bad_errors)
+    @property
+    def num_bad(self) -> int:
+        """Distinct unreadable items met so far."""
+        return len(self.bad)
 
-    def record(self, indices: Sequence[int], errors: Sequence[str]) -> None:
-        """Record failed items (source indices, why each failed); raise RuntimeError when the total exceeds
-        `max_bad`."""
-        self.num_bad += len(indices)
+    def update(self, batch: ImageBatch) -> list[int]:
+        """Record the failures of one batch (see `record`)."""
+        return self.record(batch.bad_indices, batch.bad_errors)
+
+    def record(self, indices: Sequence[int], errors: Sequence[str]) -> list[int]:
+        """Record failed items (source indices, why each failed); items already known are not counted again.
+
+        Returns:
+            The indices not known before, in order.
+        Raises:
+            RuntimeError: the distinct unreadable items now exceed `max_bad`.
+        """
+        new = []
         for index, error in zip(indices, errors, strict=True):
+            if index in self.bad:
+                continue
+            self.bad.add(index)
+            new.append(index)
             if len(self.bad_items) < self.keep:
                 self.bad_items.append(f"{self.source.describe(index)}: {error}")
         if self.num_bad > self.max_bad:
@@ -143,6 +164,35 @@ class BadImageBudget:
                 f"{self.num_bad} unreadable images in source {self.source.name!r}, more than the allowed "
                 f"{self.max_bad}; first ones:\n  {listed}"
             )
+        return new
+
+    def state_dict(self) -> dict[str, list]:
+        return {"bad_image_indices": sorted(self.bad), "bad_image_items": list(self.bad_items)}
+
+    def load_state_dict(self, state: dict[str, list]) -> None:
+        # A checkpoint from before files were told apart holds only a count of reads: those files are met again.
+        self.bad = {int(index) for index in state.get("bad_image_indices", [])}
+        self.bad_items = list(state.get("bad_image_items", []))
+
+
+def find_readable(source: ImageSource, count: int) -> tuple[list[int], list[str]]:
+    """Decode items in order until `count` of them are readable: a cheap check that a source can feed training.
+
+    Returns:
+        The indices of the readable items found (fewer than `count` only when the whole source holds fewer), and
+        '<origin>: <error>' for each unreadable item met on the way.
+    """
+    readable: list[int] = []
+    failures: list[str] = []
+    for index in range(len(source)):
+        item = source[index]
+        if item.ok:
+            readable.append(index)
+            if len(readable) == count:
+                break
+        else:
+            failures.append(f"{source.describe(index)}: {item.error}")
+    return readable, failures
 
 
 # ------------------------------------------------------------------------------------------------
@@ -655,11 +705,13 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
         total_steps: stop before this step; None iterates forever.
         rows: yield only these positions of each batch: one process's share of a batch split across several
             (the batches themselves stay those of `batch_size`, so the shares put together are one batch).
+        skip: indices left out of every batch (read when each batch is drawn, so it may grow during a run):
+            items known to be unreadable, which would only fail again. A batch may then be short, even empty.
     """
 
     def __init__(
         self, num_items: int, batch_size: int, seed: int, start_step: int = 0, total_steps: int | None = None,
-        rows: slice = slice(None),
+        rows: slice = slice(None), skip: Collection[int] = (),
     ) -> None:  # fmt: skip
         if batch_size < 1 or num_items < batch_size:
             raise ValueError(f"batch_size must be in [1, num_items={num_items}], got {batch_size}")
@@ -676,6 +728,7 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.start_step = start_step
         self.total_steps = total_steps
         self.rows = rows
+        self.skip = skip
         self.steps_per_epoch = num_items // batch_size
         self._cached_epoch = -1
         self._cached_permutation = np.empty(0, dtype=np.int64)
@@ -698,7 +751,7 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         step = self.start_step
         while self.total_steps is None or step < self.total_steps:
-            yield self.batch_indices(step)[self.rows]
+            yield [index for index in self.batch_indices(step)[self.rows] if index not in self.skip]
             step += 1
 
     def __len__(self) -> int:

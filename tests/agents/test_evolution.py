@@ -310,4 +310,39 @@ def test_a_tampered_search_is_refused_without_running_anything(tmp_path):
     state["search"]["attributes"]["mean"] = "__import__('os').system('true')"
     with pytest.raises(ValueError, match="es.mean is a str, not a saved value"):
         CMAES.from_state_dict(state)
+    # A view (pycma's dC, the diagonal of C) that would reach past the array it views: refused, never read.
+    search = make()
+    for _ in range(3):
+        search.step(sphere)
+    state = search.state_dict()
+    view = state["search"]["attributes"]["dC"]
+    assert view["kind"] == "view"
+    view["offset"] += 8 * DIMENSION * DIMENSION
+    with pytest.raises(ValueError, match="es.dC reaches outside the array it views"):
+        CMAES.from_state_dict(state)
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_restored_search_holds_the_same_arrays_in_the_same_memory_layout(tmp_path):
+    """Same values are not enough: pycma's eigenvectors are Fortran-ordered, and a C-ordered copy multiplies in
+    another order, so a resumed `wm evolve` drifted from the uninterrupted one by rounding (1e-16, then 1e-9)."""
+    search = make(popsize=6)
+    for _ in range(12):
+        search.step(sphere)
+    torch.save(search.state_dict(), tmp_path / "search.pt")
+    restored = CMAES.from_state_dict(torch.load(tmp_path / "search.pt", weights_only=True))
+
+    def arrays(value, path="es", depth=0):
+        if isinstance(value, np.ndarray):
+            yield path, value
+        elif hasattr(value, "__dict__") and type(value).__module__.startswith("cma") and depth < 3:
+            for name, attribute in vars(value).items():
+                if name not in ("opts", "inputargs", "logger"):
+                    yield from arrays(attribute, f"{path}.{name}", depth + 1)
+
+    original = dict(arrays(search._es))
+    again = dict(arrays(restored._es))
+    assert original.keys() == again.keys() and any(a.flags.f_contiguous and a.ndim == 2 for a in original.values())
+    for path, array in original.items():
+        assert np.array_equal(array, again[path]), path
+        assert array.strides == again[path].strides and array.dtype == again[path].dtype, path
