@@ -1,0 +1,135 @@
+"""A busy machine: the default task's world-model training and latent-cache fill alone and beside CPU-bound
+neighbours, under torch's own thread settings and under the toolkit's.
+
+    python benchmarks/contention.py            # neighbours 0, 1 and 3; both thread settings
+    python benchmarks/contention.py --quick    # the debug preset, one neighbour, a second each: a check that it runs
+
+Prints JSON lines {"bench": "contention", "metric", "value", "unit", ...the setting}.
+
+Each measurement runs in a fresh process (the OpenMP settings are read when torch loads) that builds the default
+preset's world model (configs/default.yaml) and times, for --seconds each:
+    train    `experiments.train.train_step` on a batch of cached features (what `wm cycle` trains on)
+    encode   the frozen encoder over a batch of frames (what fills the latent cache)
+Neighbours are single-thread busy loops started before and stopped after it. Settings:
+    torch      torch's defaults: one thread per core, OpenMP's default wait policy (threads spin at barriers)
+    toolkit    what every `wm` command does (`experiments.runtime.share_the_machine`, before torch loads, and
+               `set_threads`)
+Metrics: <phase>_per_s for each setting and neighbour count, and <phase>_ratio: the rate beside N neighbours over the
+rate alone, in the same setting and run. A neighbour that takes one of 2 cores leaves a fair share of about 0.5 to
+0.67; three leave about 0.4 of one core... each ratio is read against the machine's cores (field "cores").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+if sys.path and Path(sys.path[0]).resolve() == _REPO / "benchmarks":
+    sys.path[0] = str(_REPO)
+
+BUSY_LOOP = "while True: pass"
+
+
+def emit(metric: str, value: float, unit: str, **extra) -> None:
+    print(json.dumps({"bench": "contention", "metric": metric, "value": round(value, 4), "unit": unit, **extra}),
+          flush=True)  # fmt: skip
+
+
+def worker(preset: str, setting: str, seconds: float) -> dict[str, float]:
+    """Rates of the training step and the cache fill in this process (torch not yet loaded)."""
+    if setting == "toolkit":
+        from experiments.runtime import share_the_machine
+
+        share_the_machine()
+    import torch
+
+    from benchmarks.worldmodel import random_batch
+    from experiments.config import load_config
+    from experiments.runtime import set_threads
+    from experiments.train import apply_schedules, build_model, build_optimizer, env_spec, train_step
+
+    cfg = load_config([preset])
+    if setting == "toolkit":
+        set_threads(cfg.run, torch.device("cpu"))
+    torch.manual_seed(0)
+    wcfg, spec, device = cfg.world_model, env_spec(cfg.env), torch.device("cpu")
+    model = build_model(wcfg, spec)
+    optimizer = build_optimizer(model, wcfg)
+    weights = wcfg.loss_weight_dict(model.loss_keys)
+    batch = random_batch(cfg, spec.obs_shape, spec.action_dim, device, episode_length=23)
+    frames = batch.obs.reshape(-1, *spec.obs_shape)  # (B, T, H, W, C) -> (B*T, H, W, C)
+    with torch.no_grad():
+        features = model.encode_features(frames).float()  # (B*T, F)
+    batch = batch._replace(obs=None, features=features.reshape(*batch.is_first.shape, -1))  # (B, T, F)
+    generator = torch.Generator().manual_seed(0)
+
+    def train(i: int) -> None:
+        scheduled = apply_schedules(optimizer, wcfg, i)
+        train_step(model, optimizer, None, batch, weights, scheduled["ema"], wcfg, generator, device, "float32")
+
+    def encode(i: int) -> None:
+        with torch.no_grad():
+            model.encode_features(frames)
+
+    rates = {"threads": torch.get_num_threads()}
+    for name, work, per_call in (("train_steps", train, 1), ("encode_frames", encode, len(frames))):
+        work(0)  # warm-up
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            work(calls + 1)
+            calls += 1
+        rates[name] = calls * per_call / (time.perf_counter() - start)
+    return rates
+
+
+def measure(preset: str, setting: str, seconds: float, neighbours: int) -> dict[str, float]:
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(neighbours)]
+    try:
+        time.sleep(0.5 if neighbours else 0.0)  # the neighbours are running before the work starts
+        command = [sys.executable, __file__, "--worker", setting, "--config", preset, "--seconds", str(seconds)]
+        environment = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+        result = subprocess.run(command, capture_output=True, text=True, check=True, env=environment, cwd=_REPO)
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(_REPO / "configs/default.yaml"), help="preset whose model to time")
+    parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per phase and measurement")
+    parser.add_argument("--neighbours", default="0,1,3", help="comma-separated neighbour counts (0 is always run)")
+    parser.add_argument("--settings", default="torch,toolkit", help="comma-separated: torch, toolkit")
+    parser.add_argument("--quick", action="store_true", help="the debug preset, 1 neighbour, 1 s: a check that it runs")
+    parser.add_argument("--worker", choices=("torch", "toolkit"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.config, args.worker, args.seconds)))
+        return
+    if args.quick:
+        args.config, args.seconds, args.neighbours = str(_REPO / "configs/debug.yaml"), 1.0, "1"
+    counts = sorted({0, *(int(n) for n in args.neighbours.split(","))})
+    cores = len(os.sched_getaffinity(0))
+    for setting in args.settings.split(","):
+        alone = None
+        for neighbours in counts:
+            rates = measure(args.config, setting, args.seconds, neighbours)
+            alone = alone or rates
+            common = {"setting": setting, "neighbours": neighbours, "cores": cores, "threads": rates["threads"],
+                      "config": Path(args.config).name}  # fmt: skip
+            for phase, unit in (("train_steps", "steps/s"), ("encode_frames", "frames/s")):
+                emit(f"{phase}_per_s", rates[phase], unit, **common)
+                if neighbours:
+                    emit(f"{phase}_ratio", rates[phase] / alone[phase], "rate beside / alone", **common)
+
+
+if __name__ == "__main__":
+    main()
