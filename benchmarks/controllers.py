@@ -1,6 +1,6 @@
 """What each controller kind can reach when perception is perfect: CMA-ES on the env's true state, no world model.
 
-    python benchmarks/controllers.py                          # Pendulum-v1, linear and mlp (RESULTS.md figures)
+    python benchmarks/controllers.py                          # Pendulum-v1, linear and mlp: docs/dream-and-evolution.md
     python benchmarks/controllers.py --env CartPole-v1 --generations 30
     python benchmarks/controllers.py --quick                  # 3 generations of 8 x 2: a check that it runs
     python benchmarks/controllers.py --env Parking-v0 --controller mlp --generations 150 \

@@ -75,7 +75,7 @@ from experiments.runtime import resolve_device, seed_everything  # noqa: E402
 from experiments.scoring import run_episodes  # noqa: E402
 
 BASELINE = "the run's dream"
-REAL_SEARCH_EPISODES = 2  # episodes per candidate in the real-env search (as the model-free baseline in RESULTS.md)
+REAL_SEARCH_EPISODES = 2  # episodes per candidate in the real-env search (as the model-free baseline in docs/)
 KEY_RANKING = 10_000  # the DreamScorer key of the ranking rollouts: no search generation uses it
 REAL_SEED_OFFSET = 7  # the real episodes that score the set reset from --seed + this (the real search's are --seed)
 

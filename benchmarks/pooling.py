@@ -1,7 +1,7 @@
 """How much of an env's true state a frozen random-initialised ViT's pooled frame features say, for each
 `world_model.pooling`: the linear-probe R² of every state dimension, on episodes held out from the probe's fit.
 
-    python benchmarks/pooling.py --episodes runs/cartpole-ema/episodes   # a `wm train` run's store (RESULTS.md figures)
+    python benchmarks/pooling.py --episodes runs/cartpole-ema/episodes   # a `wm train` run's store (docs/perception.md)
     python benchmarks/pooling.py --env CartPole-v1 --steps 20000          # collect random-policy episodes first
     python benchmarks/pooling.py --quick                                  # 800 steps, one ViT: a check that it runs
     python benchmarks/pooling.py --env Parking-v0 --steps 50000 --seeds 1 --in-view   # frames showing the space

@@ -56,8 +56,9 @@ class RunConfig:
     """Training precision; 'auto' takes bf16 on GPUs that have it, fp16 with loss scaling on older GPUs, and float32
     on every CPU (bf16 on a CPU with bf16 units cost the default task its result; set 'bf16' to choose it)."""
     threads: int = 0
-    """CPU threads for torch; 0 keeps torch's default (one per core; under torchrun, the cores shared by the
-    machine's processes)."""
+    """CPU threads for torch; 0 takes the cores other processes leave free, looking again every few seconds
+    (experiments/threads.py; under torchrun, the process's share of the cores). Fix it for runs that must repeat bit
+    for bit: the count changes the order of sums."""
     log_every: int = 10
     """Steps between metric log lines."""
     checkpoint_every: int = 100
@@ -348,7 +349,7 @@ class WorldModelConfig:
     """Grid points of SIGReg's Epps-Pulley integral ('sigreg' only)."""
     residual: bool = False
     """Predict each next latent as the last one plus a predicted change (else the latent itself); its errors add up
-    over long dreams, so presets leave it off (benchmarks/RESULTS.md)."""
+    over long dreams, so presets leave it off (docs/world-model.md)."""
     input_blur: float = 0.0
     """Gaussian blur, std in pixels of the ViT's input, of every frame before the encoder (0: none; pixels only)."""
     pooling: Literal["mean", "mean_std", "grid2", "grid4"] = "mean"
@@ -358,7 +359,7 @@ class WorldModelConfig:
     """'deterministic': z is the encoder's reading of one frame, and the dynamics predict it. 'stochastic': a
     recurrent state-space model, z drawn from a posterior that filters each frame with the history and, in the dream,
     from the dynamics' prior; it predicts the frozen encoder's features (needs freeze_encoder) and ignores horizon,
-    start_stride and burn_in in training (benchmarks/RESULTS.md, `wm evolve`)."""
+    start_stride and burn_in in training (docs/dream-and-evolution.md, `wm evolve`)."""
     free_nats: float = 1.0
     """'stochastic': the KL term counts only above this many nats per step."""
     kl_balance: float = 0.8
@@ -380,7 +381,7 @@ class WorldModelConfig:
     """Steps T per training window (windows may span episodes; is_first marks the seams)."""
     horizon: int = 15
     """Open-loop steps unrolled from every start point of a window, at most sequence_length - 1. The dream runs far
-    longer than this, and how long it stays faithful follows it (CartPole: benchmarks/RESULTS.md, `wm cycle`)."""
+    longer than this, and how long it stays faithful follows it (CartPole: docs/cycle.md, `wm cycle`)."""
     start_stride: int = 1
     """Steps between open-loop start points (1: every step; m: the steps s = burn_in mod m), so that a long horizon
     in a long window can cost what a short one from every step does."""

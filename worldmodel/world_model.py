@@ -26,7 +26,7 @@ the dynamics give a prior p(z_t | h_t) that the dream samples. It learns by pred
 of each frame from [z_t, h_t] (a JEPA target: the frozen encoder is its own EMA target; nothing is reconstructed in
 pixels), with a KL term that pulls the prior towards the posterior, and the reward and continue heads on the posterior
 states. A frame does not show velocities: the deterministic model must infer them from how its own latents change,
-and its dream drifts under a good controller (benchmarks/RESULTS.md); the stochastic one filters them, and its dream
+and its dream drifts under a good controller (docs/world-model.md); the stochastic one filters them, and its dream
 samples the spread it cannot predict.
 """
 
@@ -324,12 +324,12 @@ class WorldModel(nn.Module):
             and standard deviation over the patches, or "grid2" / "grid4", the mean of each cell of a 2 x 2 / 4 x 4
             grid over the image (worldmodel.vit.pool_tokens). A frozen random-initialised ViT's mean dilutes a small
             object in the background: a linear probe reads CartPole's pole angle from it with R² 0.88-0.90 (three
-            random ViTs), from mean and standard deviation with 0.996 (benchmarks/RESULTS.md). A grid keeps where
+            random ViTs), from mean and standard deviation with 0.996 (docs/perception.md). A grid keeps where
             things are in the image.
         residual: predict the change of the latent, ẑ_t = z_{t-1} + g(h_t), instead of the latent itself. Frames
             of one env change little from step to step, so this starts every prediction from "nothing changes"
             and spends the head on the motion. Its errors add up over a long rollout, though: measured on CartPole,
-            a better 1-step error but dreams that drift off within tens of steps (benchmarks/RESULTS.md), so presets
+            a better 1-step error but dreams that drift off within tens of steps (docs/world-model.md), so presets
             leave it off.
         latent: "deterministic" or "stochastic" (see the module's docstring). The stochastic model needs a frozen
             encoder (its features are the prediction targets) and is not residual; `projection` is then the frame's
