@@ -57,6 +57,7 @@ from experiments.rundir import (
     open_run,
 )
 from experiments.runtime import (
+    rebalance_threads,
     resolve_device,
     rng_state,
     seed_everything,
@@ -364,6 +365,7 @@ class Evolution:
         self.run.start_at(self.es.generation + self.log_offset)
         bar = Progress(total, "evolve", initial=self.es.generation, unit="gen", enabled=self.cfg.run.progress)
         while self.es.generation < total:
+            rebalance_threads()  # a neighbour that came or went since the last look
             key = self.es.generation
             start = time.monotonic()
             try:

@@ -43,6 +43,7 @@ from experiments.runtime import (
     autocast,
     optimizer_step,
     prepare_runtime,
+    rebalance_threads,
     rng_state,
     set_rng_state,
     step_generator,
@@ -373,6 +374,7 @@ class Pretrainer:
         bar = Progress(total, "pretrain", initial=self.step, unit="step", enabled=self.cfg.run.progress)
         window_start, window_images = time.monotonic(), 0
         for batch in loader:
+            rebalance_threads()  # a neighbour that came or went since the last look
             step = self.step
             place = self.place(batch)
             # Fewer than two readable images in the batch, or (under torchrun) none in some process's share: a step

@@ -58,3 +58,19 @@ def test_the_agent_in_the_real_env_sees_the_latents_the_model_was_trained_on(rec
         agent(frame[None])
         seen.append(agent.latent[0])
     np.testing.assert_allclose(torch.stack(seen).numpy(), trained_on.numpy(), rtol=0, atol=1e-5)
+
+
+def test_episodes_encoded_together_equal_each_encoded_alone(recorded, monkeypatch, tmp_path):
+    """The cache fill batches frames across episodes (ENCODE_BATCH at a time, splitting episodes between batches);
+    each episode's features must be the ones its frames give alone."""
+    import experiments.train
+
+    model, _, store, _ = recorded
+    assert len(store) >= 3 and store.episode_steps.max() + 1 > 7  # batches of 7 frames cut through episodes
+    monkeypatch.setattr(experiments.train, "ENCODE_BATCH", 7)
+    key = "batched-by-7"
+    assert fill_latent_cache(model, store, key, torch.device("cpu"), GracefulStop(), show_progress=False) == len(store)
+    for index in range(len(store)):
+        with torch.no_grad():
+            alone = model.encode_features(torch.as_tensor(store.episode(index).obs)).numpy()
+        np.testing.assert_allclose(store.latents(key).get(index), alone, rtol=0, atol=1e-6)
