@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import math
 import os
 import time
@@ -31,15 +32,22 @@ from envs.wrappers import (
 
 OBS_MODES = ("pixels", "state")
 MIN_SIZE, MAX_SIZE = 8, 1024
-PARKING_ID = "Parking-v0"
+NAMESPACE = "wm"
+"""The toolkit's own envs live in this gymnasium namespace: `gymnasium.make("wm/Parking-v0")` after `import envs`,
+or `gymnasium.make("envs:wm/Parking-v0")` with no import at all (gymnasium imports the module first)."""
+PARKING_ID = f"{NAMESPACE}/Parking-v0"
+LEGACY_IDS = {"Parking-v0": PARKING_ID}
+"""Ids the toolkit's envs had before the namespace, kept so that the runs and presets that name them still work."""
 
 
 def register_envs() -> None:
-    """Register our own envs (Parking-v0) with gymnasium. Idempotent; `make_env` calls it."""
-    if PARKING_ID not in gym.registry:
-        from envs.parking import MAX_STEPS
+    """Register the toolkit's envs with gymnasium (importing `envs` does it, as gymnasium 1.x packages do).
+    Idempotent."""
+    from envs.parking import MAX_STEPS
 
-        gym.register(id=PARKING_ID, entry_point="envs.parking:ParkingEnv", max_episode_steps=MAX_STEPS)
+    for env_id in (PARKING_ID, *LEGACY_IDS):
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point="envs.parking:ParkingEnv", max_episode_steps=MAX_STEPS)
 
 
 # ---------------------------------------------------------------------------- per-env knowledge
@@ -154,13 +162,27 @@ class EnvUnavailableError(ValueError):
 
 
 def _check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of `env_id`: a registered id, a namespaced one (`wm/Parking-v0`), or `module:id`, for
+    which the module is imported first so that it can register the env (as `gymnasium.make` does)."""
     register_envs()
-    if not isinstance(env_id, str) or env_id not in gym.registry:
+    if not isinstance(env_id, str):
+        raise EnvUnavailableError(f"env id must be a string, got {env_id!r}")
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise EnvUnavailableError(
+                f"env id {env_id!r}: its module {module!r} cannot be imported ({error}); the module must be importable "
+                "from where the command runs (on PYTHONPATH) and register the env when imported"
+            ) from None
+    if name not in gym.registry:
         known = sorted(gym.registry)
-        close = difflib.get_close_matches(str(env_id), known, n=5, cutoff=0.5)
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
         hint = f"did you mean: {', '.join(close)}?" if close else f"{len(known)} ids are registered, e.g. CartPole-v1"
-        raise EnvUnavailableError(f"unknown env id {env_id!r}; {hint}")
-    return gym.spec(env_id)
+        where = f" after importing {module!r}" if module else ""
+        raise EnvUnavailableError(f"unknown env id {name!r}{where}; {hint}")
+    return gym.spec(name)
 
 
 def _unavailable(env_id: str, error: Exception) -> EnvUnavailableError:
@@ -205,7 +227,8 @@ def make_env(
     """Make a gymnasium env whose observations are images or state vectors.
 
     Args:
-        env_id: any registered gymnasium id, or "Parking-v0".
+        env_id: any id gymnasium can make: registered ("CartPole-v1"), namespaced ("wm/Parking-v0", the toolkit's
+            own), or "module:EnvId-v0" (the module is imported first and registers the env).
         obs: "pixels": uint8 (size, size, 3) images, from `render()` (or the env's own image observation when it
             already is one, e.g. CarRacing, which saves a second render); Parking-v0 gives its tiled cameras with
             speed and steering gauges. "state": the env's own low-dimensional observation as float32 (S,)
