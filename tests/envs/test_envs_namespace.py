@@ -52,8 +52,8 @@ def test_make_env_takes_module_ids_and_names_what_fails():
 @pytest.mark.slow
 def test_wm_cycle_on_a_user_s_env_from_outside_the_clone(tmp_path):
     """The README's main command with the debug preset by name, on an env the toolkit has never heard of."""
-    command = [sys.executable, "-m", "experiments", "cycle", "--config", "debug", "--set", "run.threads=1",
-               "--set", "env.id=custom_env:ShortPole-v0", "--runs", str(tmp_path / "runs"), "--name", "mine"]  # fmt: skip
+    command = [sys.executable, "-m", "experiments", "cycle", "--config", "debug", "--set", "run.threads=1", "--set",
+               "env.id=custom_env:ShortPole-v0", "--runs", str(tmp_path / "runs"), "--name", "mine"]  # fmt: skip
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
