@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from agents.controllers import Controller
-from worldmodel.world_model import WorldModel, restart_at_first
+from worldmodel.dynamics.world_model import WorldModel, restart_at_first
 
 
 class Recording:

@@ -2,21 +2,23 @@
 neighbours, under torch's own thread settings and under the toolkit's.
 
     python benchmarks/contention.py            # neighbours 0, 1 and 3; both thread settings
-    python benchmarks/contention.py --quick    # the debug preset, one neighbour, a second each: a check that it runs
+    python benchmarks/contention.py --quick    # one neighbour, half a second each: a check that it runs
 
 Prints JSON lines {"bench": "contention", "metric", "value", "unit", ...the setting}.
 
 Each measurement runs in a fresh process (the OpenMP settings are read when torch loads) that builds the default
 preset's world model (configs/default.yaml) and times, for --seconds each:
     train    `experiments.train.train_step` on a batch of cached features (what `wm cycle` trains on)
-    encode   the frozen encoder over a batch of frames (what fills the latent cache)
+    encode   the frozen encoder over one batch of B x T frames (the preset's training batch)
+    fill     `experiments.train.fill_latent_cache` over 40 episodes of 23 random frames (CartPole's random play)
 Neighbours are single-thread busy loops started before and stopped after it. Settings:
     torch      torch's defaults: one thread per core, OpenMP's default wait policy (threads spin at barriers)
-    toolkit    what every `wm` command does (`experiments.runtime.share_the_machine`, before torch loads, and
+    toolkit    what every `wm` command does (`experiments.threads.share_the_machine`, before torch loads, and
                `set_threads`)
-Metrics: <phase>_per_s for each setting and neighbour count, and <phase>_ratio: the rate beside N neighbours over the
-rate alone, in the same setting and run. A neighbour that takes one of 2 cores leaves a fair share of about 0.5 to
-0.67; three leave about 0.4 of one core... each ratio is read against the machine's cores (field "cores").
+Metrics: <phase>_per_s for each setting and neighbour count; <phase>_ratio, the rate beside N neighbours over the
+rate alone, in the same setting and run; cache_fill_share_of_batched, the fill's frames/s over the one-batch encode's.
+Read each ratio against the machine's cores (field "cores"): on 2 cores one busy neighbour leaves a fair share of
+about 0.5 to 0.67 of the rate alone, three about 0.4 to 0.5 of one core.
 """
 
 from __future__ import annotations
@@ -44,15 +46,24 @@ def emit(metric: str, value: float, unit: str, **extra) -> None:
 def worker(preset: str, setting: str, seconds: float) -> dict[str, float]:
     """Rates of the training step and the cache fill in this process (torch not yet loaded)."""
     if setting == "toolkit":
-        from experiments.runtime import share_the_machine
+        from experiments.threads import share_the_machine
 
         share_the_machine()
     import torch
 
-    from benchmarks.worldmodel import random_batch
+    from benchmarks.world_model_speed import random_batch
     from experiments.config import load_config
+    from experiments.rundir import GracefulStop
     from experiments.runtime import set_threads
-    from experiments.train import apply_schedules, build_model, build_optimizer, env_spec, train_step
+    from experiments.train import (
+        apply_schedules,
+        build_model,
+        build_optimizer,
+        encoder_fingerprint,
+        env_spec,
+        fill_latent_cache,
+        train_step,
+    )
 
     cfg = load_config([preset])
     if setting == "toolkit":
@@ -77,8 +88,20 @@ def worker(preset: str, setting: str, seconds: float) -> dict[str, float]:
         with torch.no_grad():
             model.encode_features(frames)
 
+    store = short_episodes(spec, 23, 40)  # CartPole's random episodes are about 23 frames
+    key, stop = encoder_fingerprint(model), GracefulStop()
+
+    def fill(i: int) -> None:
+        fill_latent_cache(model, store, f"{key}-{i}", device, stop, show_progress=False)  # a new cache: all missing
+
     rates = {"threads": torch.get_num_threads()}
-    for name, work, per_call in (("train_steps", train, 1), ("encode_frames", encode, len(frames))):
+    fill_frames = int(store.episode_steps.sum()) + len(store)
+    phases = (
+        ("train_steps", train, 1),
+        ("encode_frames", encode, len(frames)),
+        ("cache_fill_frames", fill, fill_frames),
+    )
+    for name, work, per_call in phases:
         work(0)  # warm-up
         calls, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -86,6 +109,26 @@ def worker(preset: str, setting: str, seconds: float) -> dict[str, float]:
             calls += 1
         rates[name] = calls * per_call / (time.perf_counter() - start)
     return rates
+
+
+def short_episodes(spec, frames: int, count: int):
+    """A store in a temporary folder holding `count` episodes of `frames` random frames each."""
+    import tempfile
+
+    import numpy as np
+
+    from envs.store import Episode, EpisodeStore
+
+    rng = np.random.default_rng(0)
+    store = EpisodeStore(Path(tempfile.mkdtemp(prefix="contention-")) / "episodes", spec=spec)
+    actions = np.eye(spec.action_dim, dtype=np.float32)[rng.integers(0, spec.action_dim, (count, frames - 1))]
+    store.add_episodes([
+        Episode.from_transitions(rng.integers(0, 256, (frames, *spec.obs_shape), dtype=np.uint8), actions[i],
+                                 np.ones(frames - 1, np.float32), terminated=True,
+                                 states=np.zeros((frames, spec.state_dim), np.float32) if spec.state_dim else None)
+        for i in range(count)
+    ])  # fmt: skip
+    return store
 
 
 def measure(preset: str, setting: str, seconds: float, neighbours: int) -> dict[str, float]:
@@ -108,14 +151,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per phase and measurement")
     parser.add_argument("--neighbours", default="0,1,3", help="comma-separated neighbour counts (0 is always run)")
     parser.add_argument("--settings", default="torch,toolkit", help="comma-separated: torch, toolkit")
-    parser.add_argument("--quick", action="store_true", help="the debug preset, 1 neighbour, 1 s: a check that it runs")
+    parser.add_argument("--quick", action="store_true", help="1 neighbour, 0.5 s: a check that it runs")
     parser.add_argument("--worker", choices=("torch", "toolkit"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.config, args.worker, args.seconds)))
         return
     if args.quick:
-        args.config, args.seconds, args.neighbours = str(_REPO / "configs/debug.yaml"), 1.0, "1"
+        args.seconds, args.neighbours = 0.5, "1"
     counts = sorted({0, *(int(n) for n in args.neighbours.split(","))})
     cores = len(os.sched_getaffinity(0))
     for setting in args.settings.split(","):
@@ -125,10 +168,14 @@ def main(argv: list[str] | None = None) -> None:
             alone = alone or rates
             common = {"setting": setting, "neighbours": neighbours, "cores": cores, "threads": rates["threads"],
                       "config": Path(args.config).name}  # fmt: skip
-            for phase, unit in (("train_steps", "steps/s"), ("encode_frames", "frames/s")):
+            for phase, unit in (("train_steps", "steps/s"), ("encode_frames", "frames/s"),
+                                ("cache_fill_frames", "frames/s")):  # fmt: skip
                 emit(f"{phase}_per_s", rates[phase], unit, **common)
                 if neighbours:
                     emit(f"{phase}_ratio", rates[phase] / alone[phase], "rate beside / alone", **common)
+            # The fill encodes episode by episode: its rate beside the encoder's on one large batch.
+            emit("cache_fill_share_of_batched", rates["cache_fill_frames"] / rates["encode_frames"], "fraction",
+                 **common)  # fmt: skip
 
 
 if __name__ == "__main__":

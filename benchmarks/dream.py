@@ -8,7 +8,7 @@ full CMA-ES generation, and the same generation scored in the real env.
 Prints JSON lines {"bench": "dream", "metric", "value", "unit", ...the setting: device, threads, P, E, H}.
 
 Metrics (P candidates x E episodes x H steps; a linear controller over [z, h], as `wm evolve` builds it):
-    dream_transitions_per_s   one `worldmodel.dream.rollout` of all P*E rows at once (median of --repeats)
+    dream_transitions_per_s   one `worldmodel.dream.rollout.rollout` of all P*E rows at once (median of --repeats)
     loop_transitions_per_s    the same rollouts candidate by candidate, E rows each (same model, starts, noise)
     batched_over_loop         their ratio; `max_return_diff` on it says how far the two returns drifted apart
     generation_s              one CMA-ES generation through `CMAES.step` with `experiments.evolve.DreamScorer`,
@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
-# Run as a file, this script's folder is sys.path[0], where "envs" and "worldmodel" would name benchmark files.
+# Run as a file, this script's folder is sys.path[0]: put the repository there instead.
 if sys.path and Path(sys.path[0]).resolve() == _REPO / "benchmarks":
     sys.path[0] = str(_REPO)
 
@@ -64,8 +64,8 @@ from experiments.evolve import (  # noqa: E402
 from experiments.runtime import resolve_device  # noqa: E402
 from experiments.scoring import run_episodes  # noqa: E402
 from experiments.train import build_model, env_spec  # noqa: E402
-from worldmodel.dream import DreamSettings, DreamState, draw_noise, rollout  # noqa: E402
-from worldmodel.world_model import WorldModel  # noqa: E402
+from worldmodel.dream.rollout import DreamSettings, DreamState, draw_noise, rollout  # noqa: E402
+from worldmodel.dynamics.world_model import WorldModel  # noqa: E402
 
 SIGMA = 0.1  # spread of the benchmark's candidates around zero (evolve.sigma's default)
 POOL = 1024  # random start states of an untrained model

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 _REPO = Path(__file__).resolve().parents[1]
-# Run as a file, this script's folder is sys.path[0], where "envs" and "worldmodel" would name benchmark files.
+# Run as a file, this script's folder is sys.path[0]: put the repository there instead.
 if sys.path and Path(sys.path[0]).resolve() == _REPO / "benchmarks":
     sys.path[0] = str(_REPO)
 

@@ -1,7 +1,7 @@
 """Speed of the real world: env steps/s as pixels, and window sampling from the episode store.
 
-Run: `python benchmarks/envs.py [--quick]` (or `python -m benchmarks.envs`). Prints one JSON line per
-measurement: {"bench": "envs", "metric": ..., "value": ..., "unit": ...}.
+Run: `python benchmarks/env_speed.py [--quick]` (or `python -m benchmarks.env_speed`). Prints one JSON line per
+measurement: {"bench": "env_speed", "metric": ..., "value": ..., "unit": ...}.
 
 Metrics:
     steps_per_s.<env>.sync_1env    collect() with a random policy, 1 env in this process
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
-# Run as a file, this script's folder is sys.path[0], and there "envs" would name this very file.
+# Run as a file, this script's folder is sys.path[0]: put the repository there instead.
 if sys.path and Path(sys.path[0]).resolve() == _REPO / "benchmarks":
     sys.path[0] = str(_REPO)
 
@@ -35,7 +35,8 @@ ENV_IDS = ("CartPole-v1", "Pendulum-v1", "CarRacing-v3", "Parking-v0")
 
 
 def emit(metric: str, value: float, unit: str) -> None:
-    print(json.dumps({"bench": "envs", "metric": metric, "value": round(float(value), 3), "unit": unit}), flush=True)
+    record = {"bench": "env_speed", "metric": metric, "value": round(float(value), 3), "unit": unit}
+    print(json.dumps(record), flush=True)
 
 
 def env_steps_per_second(env_id: str, num_envs: int, asynchronous: bool, steps: int) -> float:

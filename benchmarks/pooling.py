@@ -9,9 +9,9 @@
 Prints JSON lines {"bench": "pooling", "metric", "value", "unit", "pooling", "seed", "frames"}: `probe_r2_dim<i>` for
 each state dimension i (CartPole: x, x_dot, theta, theta_dot) and `probe_r2_mean`. Every pooling reads the very same
 patch features of each ViT (seeds 0, 1, 2: three random initialisations of `--vit-size`), and the probe is the
-project's ridge probe (worldmodel.probe.linear_probe_r2), fitted on the first 75% of the episodes. `--in-view`
-(Parking-v0) fits and scores the probe on the frames whose target space's centre is on a camera only: what a
-frame cannot show, no pooling of it can say.
+project's ridge probe (worldmodel.perception.probe.linear_probe_r2), fitted on the first 75% of the episodes.
+`--in-view` (Parking-v0) fits and scores the probe on the frames whose target space's centre is on a camera only:
+what a frame cannot show, no pooling of it can say.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from envs.collect import EpisodeBuffer, RandomPolicy, collect  # noqa: E402
 from envs.make import make_vector_env  # noqa: E402
 from envs.parking import STATE_DIM, space_in_view  # noqa: E402
 from envs.store import Episode, EpisodeStore  # noqa: E402
-from worldmodel.augment import normalize, resize  # noqa: E402
-from worldmodel.probe import linear_probe_r2  # noqa: E402
-from worldmodel.vit import POOLINGS, VisionTransformer, pool_tokens  # noqa: E402
+from worldmodel.perception.augment import normalize, resize  # noqa: E402
+from worldmodel.perception.probe import linear_probe_r2  # noqa: E402
+from worldmodel.perception.vit import POOLINGS, VisionTransformer, pool_tokens  # noqa: E402
 
 TRAIN_FRACTION = 0.75
 IMAGE_SIZE, PATCH_SIZE = 64, 8  # the presets' ViT input

@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
-# Run as a file, this script's folder is sys.path[0], where "envs" and "worldmodel" would name the benchmark
-# scripts of the same names instead of the packages.
+# Run as a file, this script's folder is sys.path[0]: put the repository there instead.
 if sys.path and Path(sys.path[0]).resolve() == _REPO / "benchmarks":
     sys.path[0] = str(_REPO)
 
@@ -30,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from experiments.config import load_config  # noqa: E402
 from experiments.pretrain import apply_schedules, build_model, build_optimizer, train_step  # noqa: E402
 from experiments.runtime import cpu_supports_bf16, resolve_device  # noqa: E402
-from worldmodel.masks import MultiBlockMaskSampler  # noqa: E402
+from worldmodel.perception.masks import MultiBlockMaskSampler  # noqa: E402
 
 
 def emit(metric: str, value: float, unit: str, **extra) -> None:

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
-# Run as a file, this script's folder is sys.path[0], where "envs" and "worldmodel" would name benchmark files.
+# Run as a file, this script's folder is sys.path[0]: put the repository there instead.
 if sys.path and Path(sys.path[0]).resolve() == _REPO / "benchmarks":
     sys.path[0] = str(_REPO)
 
@@ -52,8 +52,8 @@ from experiments.evolve import DreamScorer, Evolution, build_controller, dream_s
 from experiments.pretrain import apply_schedules, build_model, build_optimizer, train_step  # noqa: E402
 from experiments.train import build_model as build_world_model  # noqa: E402
 from experiments.train import env_spec  # noqa: E402
-from worldmodel.dream import DreamState  # noqa: E402
-from worldmodel.masks import MultiBlockMaskSampler  # noqa: E402
+from worldmodel.dream.rollout import DreamState  # noqa: E402
+from worldmodel.perception.masks import MultiBlockMaskSampler  # noqa: E402
 
 POOL = 1024  # random start states of the untrained world model
 CPU = torch.device("cpu")

@@ -1,14 +1,15 @@
 """World-model training throughput: a frozen encoder trained from cached features versus a fine-tuned one,
 and each one's share of this device's measured matmul peak.
 
-    python benchmarks/worldmodel.py                  # the configs/cartpole.yaml world model (64 px, mini ViT)
-    python benchmarks/worldmodel.py --quick          # the debug preset, a few steps: a check that it runs
-    python benchmarks/worldmodel.py --quick --config configs/parking.yaml --set world_model.batch_size=2  # any preset
-    python benchmarks/worldmodel.py --variant world_model.horizon=31 \
+    python benchmarks/world_model_speed.py            # the configs/cartpole.yaml world model (64 px, mini ViT)
+    python benchmarks/world_model_speed.py --quick    # the debug preset, a few steps: a check that it runs
+    python benchmarks/world_model_speed.py --quick --config configs/parking.yaml \
+        --set world_model.batch_size=2                # any preset
+    python benchmarks/world_model_speed.py --variant world_model.horizon=31 \
         --variant world_model.sequence_length=64,world_model.horizon=63,world_model.start_stride=8
 
-Prints JSON lines {"bench": "worldmodel", "metric", "value", "unit"}. One timed step is what `wm train` does
-per step apart from reading windows from the episode store (benchmarks/envs.py measures that): the world
+Prints JSON lines {"bench": "world_model_speed", "metric", "value", "unit"}. One timed step is what `wm train` does
+per step apart from reading windows from the episode store (benchmarks/env_speed.py measures that): the world
 model's optimizer step and EMA update, then the decoder's step. Frozen: the batch carries the encoder's cached
 features, computed once per frame beforehand (that encoding is reported as its own rate). Fine-tuned: the
 batch carries uint8 frames and the ViT runs forward and backward every step. The windows hold episodes of
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
-# Run as a file, this script's folder is sys.path[0], and there "worldmodel" would name this very file.
+# Run as a file, this script's folder is sys.path[0]: put the repository there instead.
 if sys.path and Path(sys.path[0]).resolve() == _REPO / "benchmarks":
     sys.path[0] = str(_REPO)
 
@@ -49,13 +50,13 @@ from experiments.train import (  # noqa: E402
     env_spec,
     train_step,
 )
-from worldmodel.world_model import WorldModelBatch  # noqa: E402
+from worldmodel.dynamics.world_model import WorldModelBatch  # noqa: E402
 
 PRECISION_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def emit(metric: str, value: float, unit: str, **extra) -> None:
-    record = {"bench": "worldmodel", "metric": metric, "value": round(value, 4), "unit": unit, **extra}
+    record = {"bench": "world_model_speed", "metric": metric, "value": round(value, 4), "unit": unit, **extra}
     print(json.dumps(record), flush=True)
 
 

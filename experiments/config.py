@@ -82,7 +82,7 @@ class RunConfig:
 @dataclass(frozen=True)
 class EncoderConfig:
     size: Literal["micro", "mini", "tiny", "small", "base"] = "mini"
-    """ViT size preset (width, depth, heads) from worldmodel.vit.VIT_SIZES."""
+    """ViT size preset (width, depth, heads) from worldmodel.perception.vit.VIT_SIZES."""
     image_size: int = 64
     """Side of the square input image in pixels."""
     patch_size: int = 8
@@ -336,7 +336,7 @@ class WorldModelConfig:
     ensemble_size: int = 5
     """Next-latent heads K whose disagreement measures model uncertainty (>= 2)."""
     vit_size: Literal["micro", "mini", "tiny", "small", "base"] = "mini"
-    """ViT size preset of the pixel encoder (worldmodel.vit.VIT_SIZES)."""
+    """ViT size preset of the pixel encoder (worldmodel.perception.vit.VIT_SIZES)."""
     image_size: int = 64
     """The ViT's input side in pixels; frames of another size are resized."""
     patch_size: int = 8

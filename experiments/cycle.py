@@ -110,8 +110,8 @@ from experiments.train import (
     standardize_features,
 )
 from experiments.video import recorded_clip, write_mp4
-from worldmodel.decoder import Decoder
-from worldmodel.world_model import WorldModel
+from worldmodel.dynamics.decoder import Decoder
+from worldmodel.dynamics.world_model import WorldModel
 
 STREAM_ITERATION = 11  # seeds of iterations >= 1 (see `iteration_seed`)
 DEFAULT_PRESET = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"  # `wm cycle` without --config
@@ -480,7 +480,8 @@ class Cycle:
                             {"iteration": k}, record, world_model)  # fmt: skip
         self.latest, self.latest_iteration = self.chosen, k
         self.history.append(record)
-        self.run.log(self.cycle_step(), iteration_metrics(record, self.best_return))
+        # tensorboard's axis: the real env steps collected, the x of a sample-efficiency curve, comparable across runs
+        self.run.log(self.cycle_step(), iteration_metrics(record, self.best_return), tb_step=self.env_steps)
         if self.run.writes:  # rank 0 alone under torchrun
             write_learning_curve(self.run.path / CURVE_PATH, self.history, cfg.env.id, cfg.cycle.target_return)
         self.announce(
@@ -553,8 +554,10 @@ def improves(chosen: np.ndarray, best: np.ndarray | None, real_return: float, be
 
 
 def iteration_metrics(record: dict, best_return: float) -> dict[str, float]:
-    """The cycle/ log line of an evaluated iteration."""
-    success = {"cycle/success_rate": record["eval_success_rate"]} if "eval_success_rate" in record else {}
+    """The log line of an evaluated iteration: cycle/ figures, and the real evaluation as eval/ (as `wm evolve`)."""
+    success = {}
+    if "eval_success_rate" in record:
+        success = {"cycle/success_rate": record["eval_success_rate"], "eval/success_rate": record["eval_success_rate"]}
     return {
         "cycle/iteration": record["iteration"],
         "cycle/env_steps": record["env_steps"],
@@ -566,6 +569,8 @@ def iteration_metrics(record: dict, best_return: float) -> dict[str, float]:
         "cycle/best_return": best_return,
         "cycle/collect_steps": record["collect_steps"],
         "cycle/eval_env_steps": record["eval_env_steps"],
+        "eval/return_mean": record["eval_return_mean"],
+        "eval/return_std": record["eval_return_std"],
         **success,
     }
 

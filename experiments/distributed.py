@@ -268,7 +268,7 @@ class _GatherRows(torch.autograd.Function):
 
 
 class Shard:
-    """This process's share of a batch split across the processes (`worldmodel.world_model.BatchShard`).
+    """This process's share of a batch split across the processes (`worldmodel.dynamics.world_model.BatchShard`).
 
     A loss that is a mean over the batch is computed per process as its share of the whole batch's sum, divided by
     the whole batch's count and multiplied by the world size: DDP averages gradients over processes, so the

@@ -35,8 +35,8 @@ from experiments.cycle import iteration_seed
 from experiments.evolve import build_controller, load_world_model, score_in_env, success_text, world_model_checkpoint
 from experiments.rundir import RunError
 from experiments.train import build_decoder, build_model
-from worldmodel.decoder import Decoder
-from worldmodel.world_model import WorldModel
+from worldmodel.dynamics.decoder import Decoder
+from worldmodel.dynamics.world_model import WorldModel
 
 PLAYABLE = ("train", "evolve", "cycle")  # commands whose runs hold a world model
 

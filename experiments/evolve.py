@@ -69,8 +69,8 @@ from experiments.runtime import (
 )
 from experiments.scoring import run_episodes
 from experiments.train import build_model, env_spec, recorded_store
-from worldmodel.dream import DreamSettings, DreamState, Rollout, draw_noise, dream_starts, rollout
-from worldmodel.world_model import WorldModel, batch_from_windows
+from worldmodel.dream.rollout import DreamSettings, DreamState, Rollout, draw_noise, dream_starts, rollout
+from worldmodel.dynamics.world_model import WorldModel, batch_from_windows
 
 # Streams of per-generation randomness (see runtime.step_seed).
 STREAM_POOL, STREAM_STARTS, STREAM_NOISE, STREAM_REAL, STREAM_FINAL, STREAM_EVAL = 1, 2, 3, 4, 5, 6
@@ -148,8 +148,8 @@ def start_pool(world: LoadedWorldModel, cfg: Config, device: torch.device) -> Dr
 def encode_start_pool(model: WorldModel, store: EpisodeStore, latent_key: str | None, cfg: config_lib.DreamConfig,
                       device: torch.device, seed: int, episodes: int | None = None) -> DreamState:  # fmt: skip
     """Real start states from the first `episodes` episodes of `store` (default all), encoded and observed (see
-    `worldmodel.dream.dream_starts`): `reset_starts` of the `start_windows` are episodes' first steps, the others
-    windows of burn_in + 1 steps from anywhere (they may span episodes)."""
+    `worldmodel.dream.rollout.dream_starts`): `reset_starts` of the `start_windows` are episodes' first steps, the
+    others windows of burn_in + 1 steps from anywhere (they may span episodes)."""
     length = cfg.burn_in + 1
     episode_steps = store.episode_steps[:episodes]
     steps = int(episode_steps.sum())

@@ -59,7 +59,7 @@ def check_image_source(cfg: PretrainConfig) -> None:
         count = data.num_images if data.kind == "env" else whole_classes
         check_batch(count, cfg.optim.batch_size, "pretrain.data.num_images")
         return
-    from worldmodel.data import ImageFolderDataset, find_readable  # only image folders need torch and Pillow
+    from worldmodel.perception.data import ImageFolderDataset, find_readable  # only image folders need torch and Pillow
 
     try:
         folder = ImageFolderDataset(data.target, data.stored_size)

@@ -9,8 +9,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from experiments.runtime import step_rng
-from worldmodel import augment
-from worldmodel.masks import MultiBlockMaskSampler
+from worldmodel.perception import augment
+from worldmodel.perception.masks import MultiBlockMaskSampler
 
 TARGET_COLOURS = [(255, 64, 64), (64, 160, 255), (255, 200, 0), (64, 220, 120), (220, 80, 255), (255, 140, 0)]
 STREAM_PICTURE = 4

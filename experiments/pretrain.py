@@ -49,8 +49,9 @@ from experiments.runtime import (
     step_generator,
     step_rng,
 )
-from worldmodel import augment, probe, schedules
-from worldmodel.data import (
+from worldmodel import schedules
+from worldmodel.perception import augment, probe
+from worldmodel.perception.data import (
     BadImageBudget,
     FractalDataset,
     ImageFolderDataset,
@@ -58,9 +59,9 @@ from worldmodel.data import (
     TensorImageDataset,
     collate_images,
 )
-from worldmodel.ijepa import IJEPA
-from worldmodel.masks import MultiBlockMaskSampler
-from worldmodel.vit import VisionTransformer
+from worldmodel.perception.ijepa import IJEPA
+from worldmodel.perception.masks import MultiBlockMaskSampler
+from worldmodel.perception.vit import VisionTransformer
 
 # Streams of per-step randomness (see runtime.step_seed): one each, so that adding one never shifts another.
 STREAM_CROPS, STREAM_MASKS, STREAM_PROBE = 1, 2, 3

@@ -279,8 +279,9 @@ class Run:
             self._tb = SummaryWriter(log_dir=str(self.path / "tb"), purge_step=self._tb_start or None)
         return self._tb
 
-    def log(self, step: int, metrics: dict[str, float], tensorboard: bool = True) -> None:
-        """One JSON line in metrics.jsonl, and each number as a tensorboard scalar."""
+    def log(self, step: int, metrics: dict[str, float], tensorboard: bool = True, tb_step: int | None = None) -> None:
+        """One JSON line in metrics.jsonl, and each number as a tensorboard scalar at `tb_step` (default `step`):
+        the cycle plots its figures against real env steps, so that runs compare by sample efficiency."""
         if not self.writes:
             return
         record = {"step": step, "time": round(self.wall_seconds, 3), **metrics}
@@ -289,7 +290,7 @@ class Run:
         if tensorboard:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.tb.add_scalar(key, value, step)
+                    self.tb.add_scalar(key, value, step if tb_step is None else tb_step)
 
     @property
     def wall_seconds(self) -> float:

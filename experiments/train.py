@@ -83,9 +83,9 @@ from experiments.runtime import (
 )
 from experiments.video import dream_clip, side_by_side, write_mp4
 from worldmodel import schedules
-from worldmodel.decoder import Decoder
-from worldmodel.model_metrics import evaluate_world_model
-from worldmodel.world_model import WorldModel, WorldModelBatch, batch_from_windows, combine_losses
+from worldmodel.dynamics.decoder import Decoder
+from worldmodel.dynamics.metrics import evaluate_world_model
+from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch, batch_from_windows, combine_losses
 
 # Streams of per-step randomness (see runtime.step_seed): one each, so that adding one never shifts another.
 STREAM_WINDOWS, STREAM_SIGREG, STREAM_DECODER, STREAM_FEATURE_STATISTICS = 1, 2, 3, 4
@@ -428,10 +428,10 @@ def fill_latent_cache(
     """Encode every frame of the episodes missing from the cache `key`, once, in float32 (FEATURE_PRECISION).
     Returns how many were encoded.
 
-    Episodes are encoded together, ENCODE_BATCH frames at a time: CartPole's random episodes are about 23 frames, and
-    the encoder ran 3-10x slower on batches that small (benchmarks/contention.py times the fill). Under torchrun
-    process r of W encodes missing episodes r, r + W, ... (each writes only its episodes' files), reading one episode
-    per round so that every process checks for a stop as often, and then every process re-reads the cache.
+    Episode by episode, in ENCODE_BATCH frames at most: batches across CartPole's short episodes (about 27 frames)
+    were no faster here (benchmarks/contention.py and docs/performance.md: the fill runs at the encoder's batched rate).
+    Under torchrun process r of W encodes missing episodes r, r + W, ... (each writes only its episodes' files), all
+    of them in rounds of one episode each, and then every process re-reads the cache.
     """
     cache = store.latents(key)
     missing = cache.missing()
@@ -441,28 +441,18 @@ def fill_latent_cache(
     workers = distributed.world_size()
     own = missing[distributed.rank() :: workers]
     bar = Progress(int(store.episode_steps[own].sum()), "encode", unit="frame", enabled=show_progress)
-    pending: list[tuple[int, torch.Tensor]] = []  # episodes read, not yet encoded: (index, (L+1, *obs_shape))
-
-    def encode_pending() -> None:
-        frames = torch.cat([obs for _, obs in pending])  # (sum of L+1, *obs_shape)
-        features = torch.cat([model.encode_features(frames[start : start + ENCODE_BATCH].to(device)).float().cpu()
-                              for start in range(0, len(frames), ENCODE_BATCH)])  # fmt: skip
-        for (episode, obs), episode_features in zip(pending, features.split([len(o) for _, o in pending]), strict=True):
-            cache.put(episode, episode_features.numpy())  # (L+1, F)
-            bar.update(len(obs))
-        pending.clear()
-
     for turn in range(-(-len(missing) // workers)):
         rebalance_threads()
         if turn < len(own):
-            pending.append((own[turn], torch.as_tensor(store.episode(own[turn]).obs)))
-            if sum(len(obs) for _, obs in pending) >= ENCODE_BATCH:
-                encode_pending()
+            obs = torch.as_tensor(store.episode(own[turn]).obs)  # (L+1, *obs_shape)
+            features = []
+            for start in range(0, len(obs), ENCODE_BATCH):
+                features.append(model.encode_features(obs[start : start + ENCODE_BATCH].to(device)).float().cpu())
+            cache.put(own[turn], torch.cat(features).numpy())  # (L+1, F)
+            bar.update(len(obs))
         if stop.check():  # the step-0 checkpoint exists; a resume encodes only what is still missing
             bar.close()
             raise Interrupted
-    if pending:
-        encode_pending()
     bar.close()
     if distributed.active():
         distributed.barrier()

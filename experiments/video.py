@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw
 
 from agents.agent import Recording
 from envs.atomic import fsync_directory
-from worldmodel.decoder import Decoder
-from worldmodel.world_model import WorldModel, WorldModelBatch
+from worldmodel.dynamics.decoder import Decoder
+from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch
 
 LABEL_HEIGHT = 16  # pixels of the caption band above the panels
 PANEL_SIDE = 192  # frames are enlarged (nearest neighbour) to about this side so small frames stay visible

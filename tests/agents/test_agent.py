@@ -12,7 +12,7 @@ from gymnasium import spaces
 from agents.agent import LatentAgent
 from agents.controllers import Controller
 from envs import EpisodeStore, RandomPolicy, collect, make_vector_env
-from worldmodel.world_model import WorldModel
+from worldmodel.dynamics.world_model import WorldModel
 
 TINY = dict(latent_dim=8, hidden_dim=16, mlp_dim=16, ensemble_size=3)
 OBS_DIM, LATENT_DIM, HIDDEN_DIM = 4, 8, 16

@@ -4,11 +4,12 @@ meets each of them every epoch, and must neither stop for it nor keep decoding t
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from battery_helpers import DEBUG, summary, wm
 from PIL import Image
 
-from worldmodel.data import BadImageBudget, ImageFolderDataset, StepBatchSampler, collate_images
+from worldmodel.perception.data import BadImageBudget, ImageFolderDataset, StepBatchSampler, collate_images
 
 GOOD, BAD, LIMIT = 14, 2, 3
 
@@ -50,6 +51,7 @@ def test_a_batch_whose_every_item_is_skipped_collates_to_an_empty_batch():
     assert batch.images.shape == (0, 3, 8, 8) and batch.indices.shape == (0,) and batch.num_bad == 0
 
 
+@pytest.mark.slow
 def test_a_long_pretrain_over_a_few_bad_files_finishes_counting_each_once(tmp_path):
     folder = mixed_folder(tmp_path / "images")
     run = tmp_path / "run"

@@ -48,6 +48,7 @@ def image_folder(root: Path, good: int, bad: int, classes: tuple[str, ...] = ("c
 # Image folders
 
 
+@pytest.mark.slow
 def test_an_all_corrupt_labelled_folder_is_refused_before_the_run_directory(tmp_path):
     folder = image_folder(tmp_path / "images", good=0, bad=6)
     runs = tmp_path / "runs"
@@ -58,6 +59,7 @@ def test_an_all_corrupt_labelled_folder_is_refused_before_the_run_directory(tmp_
     assert not runs.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "empty", "only text files", "one readable image", "less than a batch"])
 def test_a_folder_that_cannot_feed_training_is_refused_naming_it(tmp_path, case):
     folder = tmp_path / "images"
@@ -80,6 +82,7 @@ def test_a_folder_that_cannot_feed_training_is_refused_naming_it(tmp_path, case)
     assert not run.exists()
 
 
+@pytest.mark.slow
 def test_a_folder_gone_before_resume_is_refused_and_the_run_keeps_its_status(tmp_path):
     folder = image_folder(tmp_path / "images", good=5, bad=0)
     run = tmp_path / "run"
@@ -92,6 +95,7 @@ def test_a_folder_gone_before_resume_is_refused_and_the_run_keeps_its_status(tmp
     assert (run / "summary.json").read_text() == before  # not turned into a failed run
 
 
+@pytest.mark.slow
 def test_a_synthetic_source_smaller_than_a_batch_is_refused(tmp_path):
     run = tmp_path / "run"
     result = wm("pretrain", *DEBUG, "--run-dir", str(run), "--set", "pretrain.data.num_images=8",
@@ -100,6 +104,7 @@ def test_a_synthetic_source_smaller_than_a_batch_is_refused(tmp_path):
     assert not run.exists()
 
 
+@pytest.mark.slow
 def test_corrupt_images_met_in_training_stop_the_run_with_a_clear_error_past_the_limit(tmp_path):
     folder = image_folder(tmp_path / "images", good=2, bad=6, classes=("all",))
     run = tmp_path / "run"
@@ -128,6 +133,7 @@ def test_an_env_whose_package_is_missing_names_it():
         make_env("CartPoel-v1")
 
 
+@pytest.mark.slow
 @not_installed("jax")
 @not_installed("mujoco")
 @pytest.mark.parametrize(
@@ -155,6 +161,7 @@ def test_an_env_error_in_a_command_without_a_run_directory_is_one_line():
 # The disk
 
 
+@pytest.mark.slow
 def test_a_runs_directory_under_a_file_is_refused(tmp_path):
     (tmp_path / "a-file").write_text("not a directory")
     result = wm("pretrain", *DEBUG, "--runs", str(tmp_path / "a-file" / "runs"), "--name", "run")
@@ -180,12 +187,14 @@ def read_only_runs(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["pretrain", "train"])
 def test_a_read_only_runs_directory_is_refused(tmp_path, command):
     result = read_only_runs(tmp_path, command, *DEBUG, "--name", "run")
     refused(result, command, "is not writable")
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_up_during_a_run_is_one_line(tmp_path):
     # The run's metrics file is /dev/full, where every write fails as on a full disk (ENOSPC).
     run = tmp_path / "run"

@@ -5,6 +5,7 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 from battery_helpers import DEBUG, REPO, start, stored_steps, summary, wait_until, wm
 
 from envs import EpisodeStore, make_env
@@ -42,6 +43,7 @@ def assert_resumes_to_the_whole_collection(run: Path) -> None:
     assert done["data"]["collected"]["steps"] == transitions  # the figures count the kept episodes too
 
 
+@pytest.mark.slow
 def test_sigkill_during_the_first_collection_then_resume_completes_the_run(tmp_path):
     run = tmp_path / "run"
     code, _ = stop_while_collecting(run, signal.SIGKILL)
@@ -49,6 +51,7 @@ def test_sigkill_during_the_first_collection_then_resume_completes_the_run(tmp_p
     assert_resumes_to_the_whole_collection(run)
 
 
+@pytest.mark.slow
 def test_sigterm_during_the_first_collection_says_one_thing_and_resumes(tmp_path):
     run = tmp_path / "run"
     code, stderr = stop_while_collecting(run, signal.SIGTERM)

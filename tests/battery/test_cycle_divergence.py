@@ -4,6 +4,8 @@ iteration 0's (world_model.lr)."""
 import pytest
 from battery_helpers import DEBUG, summary, wm
 
+pytestmark = pytest.mark.slow  # each test starts `wm` subprocesses
+
 # Two iterations as short as the debug preset allows, and a fine-tune that stops at its second bad step.
 CYCLE = ["--set", "world_model.steps=6", "--set", "world_model.decoder_steps=2", "--set", "world_model.eval_every=0",
          "--set", "evolve.generations=1", "--set", "evolve.final_episodes=2", "--set", "cycle.iterations=2",

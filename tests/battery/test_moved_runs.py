@@ -27,6 +27,7 @@ def runs(tmp_path_factory) -> tuple[Path, Path, Path]:
     return original, copy, moved
 
 
+@pytest.mark.slow
 def test_a_moved_world_model_serves_evolve_from_its_own_store(runs, tmp_path):
     original, _, moved = runs
     result = wm("evolve", *DEBUG, *EVOLVE, "--world-model", str(moved), "--run-dir", str(tmp_path / "evolve"))
@@ -35,6 +36,7 @@ def test_a_moved_world_model_serves_evolve_from_its_own_store(runs, tmp_path):
     assert not original.exists()  # no empty store was made at the old place
 
 
+@pytest.mark.slow
 def test_a_moved_run_that_is_done_resumes_to_done(runs):
     _, _, moved = runs
     result = wm("train", "--resume", "--set", "run.threads=1", "--run-dir", str(moved))
@@ -42,6 +44,7 @@ def test_a_moved_run_that_is_done_resumes_to_done(runs):
     assert summary(moved)["status"] == "done"
 
 
+@pytest.mark.slow
 def test_a_copied_run_reads_its_own_store_and_a_missing_store_is_named(runs, tmp_path):
     _, copy, moved = runs
     data = read_checkpoint(copy / "checkpoints/latest.pt")["data"]

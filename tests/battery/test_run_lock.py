@@ -13,6 +13,7 @@ from experiments.rundir import RunError, add_run_arguments, open_run
 SHORT = ["--set", "world_model.steps=10", "--set", "world_model.decoder_steps=2", "--set", "world_model.eval_every=0"]
 
 
+@pytest.mark.slow
 def test_a_second_train_and_a_resume_of_a_running_run_are_refused_naming_the_holder(tmp_path):
     run = tmp_path / "run"
     first = start("train", *DEBUG, "--set", "world_model.steps=120", "--run-dir", str(run))
@@ -32,6 +33,7 @@ def test_a_second_train_and_a_resume_of_a_running_run_are_refused_naming_the_hol
     assert done["status"] == "done" and done["step"] == 120
 
 
+@pytest.mark.slow
 def test_a_run_directory_locked_before_it_holds_a_run_keeps_a_new_run_out(tmp_path):
     """Two runs started together: the one that locked first has not written config.yaml yet, and the other must not
     pass the "already holds a run" check in that moment."""

@@ -52,6 +52,7 @@ def test_each_malformed_summary_is_a_row_naming_what_is_wrong(runs):
     assert len(format_table(list(rows.values())).splitlines()) == len(rows) + 1
 
 
+@pytest.mark.slow
 def test_wm_runs_prints_the_whole_table(runs):
     result = wm("runs", "--runs", str(runs))
     assert result.returncode == 0, result.stderr

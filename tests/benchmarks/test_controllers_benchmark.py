@@ -7,6 +7,7 @@ import re
 
 import gymnasium as gym
 import numpy as np
+import pytest
 from run_benchmark import REPO, quick_run, records_of, run_script
 
 
@@ -82,6 +83,7 @@ def test_parking_episodes_report_their_success_and_returns_equal_a_plain_loop():
     assert [terminated for terminated, _ in ends] == [True, True, False, False]
 
 
+@pytest.mark.slow
 def test_quick_run_prints_each_figure_for_each_controller_kind():
     result = run_script("controllers.py", "--quick", "--env", "CartPole-v1", "--controller", "linear")
     records = records_of(result)
@@ -93,6 +95,7 @@ def test_quick_run_prints_each_figure_for_each_controller_kind():
     assert records["return_std"]["value"] >= 0 and math.isfinite(records["search_s"]["value"])
 
 
+@pytest.mark.slow
 def test_quick_run_on_parking_prints_its_success_rate():
     result = run_script("controllers.py", "--quick", "--env", "Parking-v0", "--controller", "linear")
     records = records_of(result)
@@ -138,6 +141,7 @@ def test_the_success_share_counts_unsaid_episodes_as_failures_and_is_none_when_n
     assert bench.success_share(np.array([np.nan, np.nan])) is None
 
 
+@pytest.mark.slow
 def test_quick_run_with_the_cars_view_alone_sees_six_state_dimensions():
     records = quick_run("controllers.py", "--env", "Parking-v0", "--controller", "linear", "--hide", "0,1,2,3",
                         "--scale", "6,0.6,20,20,1,1", "--success-weight", "10")  # fmt: skip
@@ -145,6 +149,7 @@ def test_quick_run_with_the_cars_view_alone_sees_six_state_dimensions():
     assert 0.0 <= records["success_rate"]["value"] <= 1.0
 
 
+@pytest.mark.slow
 def test_a_population_below_two_is_refused_by_name():
     result = run_script("controllers.py", "--population", "1")
     assert result.returncode == 2 and "--population must be >= 2, got 1" in result.stderr

@@ -2,7 +2,10 @@
 
 import math
 
+import pytest
 from run_benchmark import quick_run
+
+pytestmark = pytest.mark.slow  # each test runs a benchmark script as a file
 
 METRICS = (
     "dream_transitions_per_s",

@@ -94,6 +94,7 @@ def ranking(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_quick_run_ranks_the_same_controllers_under_every_variant(world_model):
     result = ranking(
         "--world-model", str(world_model), "--variant", "dream.cont_mode=expected", "--variant", "dream.reset_starts=1"
@@ -129,6 +130,7 @@ def test_quick_run_ranks_the_same_controllers_under_every_variant(world_model):
     }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("variant", "message"),
     [
@@ -141,6 +143,7 @@ def test_a_bad_variant_is_refused_naming_it(world_model, variant, message):
     assert result.returncode != 0 and message in result.stderr and result.stdout == ""
 
 
+@pytest.mark.slow
 def test_a_saved_set_ranks_again_without_the_real_env(world_model, saved_set):
     kept, first = saved_set
     again = ranking("--world-model", str(world_model), "--controllers", str(kept), "--variant", "dream.horizon=5")
@@ -152,6 +155,7 @@ def test_a_saved_set_ranks_again_without_the_real_env(world_model, saved_set):
             for r in after if r.get("variant") != "dream.horizon=5"] == baseline  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_file_that_is_no_saved_set_is_refused(world_model, tmp_path):
     bad = tmp_path / "controllers.npz"
     bad.write_bytes(b"not an npz file")
@@ -160,6 +164,7 @@ def test_a_file_that_is_no_saved_set_is_refused(world_model, tmp_path):
     assert bad.read_bytes() == b"not an npz file"
 
 
+@pytest.mark.slow
 def test_a_saved_set_is_refused_on_another_world_model_or_controller(world_model, saved_set, tmp_path):
     kept, _ = saved_set
     other = train_debug_world_model(tmp_path / "other", seed=1)
@@ -169,6 +174,7 @@ def test_a_saved_set_is_refused_on_another_world_model_or_controller(world_model
     assert result.returncode != 0 and "this config's have" in result.stderr and result.stdout == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [("--real-episodes", "1", "--real-episodes must be >= 2, got 1"), ("--snapshots", "0", "--snapshots must be >= 1")],
@@ -194,6 +200,7 @@ def evolve_checkpoint(world_model, parameters: np.ndarray, path, sha256: str | N
     return path
 
 
+@pytest.mark.slow
 def test_an_added_controller_plays_the_sets_own_real_episodes(world_model, saved_set, tmp_path):
     """A `wm evolve` checkpoint that holds the set's second controller, added to the set, gets that controller's real
     returns episode for episode: it played the same resets."""
@@ -213,6 +220,7 @@ def test_an_added_controller_plays_the_sets_own_real_episodes(world_model, saved
     assert [r["source"] for r in lines if r["metric"] == "controller"][-1] == f"wm evolve run {added}"
 
 
+@pytest.mark.slow
 def test_an_added_controller_is_refused_from_another_model_a_cycle_or_into_an_old_set(world_model, saved_set, tmp_path):
     kept, _ = saved_set
     with np.load(kept) as saved:

@@ -5,11 +5,14 @@ are too few for a probe to read the state)."""
 import math
 import re
 
+import pytest
 from run_benchmark import quick_run, records_of, run_script
+
+pytestmark = pytest.mark.slow  # each test runs a benchmark script as a file
 
 
 def test_quick_run_prints_a_probe_r2_per_state_dimension_for_every_pooling():
-    from worldmodel.vit import POOLINGS
+    from worldmodel.perception.vit import POOLINGS
 
     records = quick_run("pooling.py")  # keyed by metric: the last pooling's records remain
     assert sorted(records) == ["probe_r2_dim0", "probe_r2_dim1", "probe_r2_dim2", "probe_r2_dim3", "probe_r2_mean"]

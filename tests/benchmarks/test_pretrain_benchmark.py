@@ -4,7 +4,10 @@ while the other core was busy (the tests run two at a time). The figures are pri
 
 import math
 
+import pytest
 from run_benchmark import quick_run
+
+pytestmark = pytest.mark.slow  # each test runs a benchmark script as a file
 
 
 def test_quick_run_prints_every_metric_as_json():

@@ -1,5 +1,5 @@
-"""benchmarks/worldmodel.py and benchmarks/envs.py run as files and print the metrics they promise (no timing
-assertions: every figure is only checked to be a positive finite number)."""
+"""benchmarks/world_model_speed.py and benchmarks/env_speed.py run as files and print the metrics they promise (no
+timing assertions: every figure is only checked to be a positive finite number)."""
 
 import math
 
@@ -8,8 +8,10 @@ from run_benchmark import REPO, quick_run
 
 from experiments.config import load_config
 
+pytestmark = pytest.mark.slow  # each test runs a benchmark script as a file
+
 PROMISED = {
-    "worldmodel.py": [
+    "world_model_speed.py": [
         "matmul_peak_{precision}",  # the precision it resolved `auto` to: bf16 on a CPU with bf16 units
         *(
             f"train_{what}_{encoder}"
@@ -19,7 +21,7 @@ PROMISED = {
         "cache_encode_frames_per_s",
         "frozen_cached_speedup",
     ],  # fmt: skip
-    "envs.py": [
+    "env_speed.py": [
         "steps_per_s.Parking-v0.raw",
         *(
             f"steps_per_s.{env}.{mode}"
@@ -35,7 +37,7 @@ PROMISED = {
 @pytest.mark.parametrize("script", sorted(PROMISED))
 def test_quick_run_prints_every_promised_metric(script):
     metrics = quick_run(script)
-    (precision,) = {record.get("precision") for record in metrics.values()}  # one for every figure; envs.py has none
+    (precision,) = {record.get("precision") for record in metrics.values()}  # one for all figures; env_speed.py: none
     for template in PROMISED[script]:
         name = template.format(precision=precision)
         value = metrics[name]["value"]
@@ -45,7 +47,7 @@ def test_quick_run_prints_every_promised_metric(script):
 
 def test_a_variant_is_timed_beside_the_preset_and_named_in_its_figures():
     variant = "world_model.sequence_length=12,world_model.horizon=11,world_model.start_stride=4"
-    metrics = quick_run("worldmodel.py", "--variant", variant)
+    metrics = quick_run("world_model_speed.py", "--variant", variant)
     for name in ("variant_train_frames_per_s", "variant_speed_ratio"):
         assert metrics[name]["variant"] == variant
         assert math.isfinite(metrics[name]["value"]) and metrics[name]["value"] > 0, metrics[name]
@@ -54,12 +56,11 @@ def test_a_variant_is_timed_beside_the_preset_and_named_in_its_figures():
 PRESETS = sorted(path.name for path in (REPO / "configs").glob("*.yaml"))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_the_world_model_benchmark_runs_on_every_preset(preset):
     """It once failed on its own default preset (the stochastic latent has no single-frame targets for the decoder)."""
     small = ["--set", "world_model.batch_size=2", "--set", "world_model.decoder_batch=2"]
-    metrics = quick_run("worldmodel.py", "--config", str(REPO / "configs" / preset), *small)
+    metrics = quick_run("world_model_speed.py", "--config", str(REPO / "configs" / preset), *small)
     assert metrics["train_sequences_per_s_frozen_cached"]["config"] == preset
     stochastic = load_config([REPO / "configs" / preset]).world_model.latent == "stochastic"
     # The stochastic latent predicts the frozen encoder's features: it has no fine-tuned twin to time.

@@ -22,9 +22,9 @@ from experiments import distributed
 from experiments.config import ConfigError
 from experiments.evolve import DreamScorer, Evolution
 from experiments.train import decoder_step
-from worldmodel.decoder import Decoder
-from worldmodel.dream import DreamSettings, DreamState
-from worldmodel.world_model import WorldModel, WorldModelBatch, combine_losses
+from worldmodel.dream.rollout import DreamSettings, DreamState
+from worldmodel.dynamics.decoder import Decoder
+from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch, combine_losses
 
 B, T, OBS, ACTIONS = 6, 8, 4, 2  # a world-model batch: 6 windows of 8 steps of a 4-dim state
 POPULATION, EPISODES = 5, 3  # an ES generation: 5 candidates do not split evenly over 2 processes

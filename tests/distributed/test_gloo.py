@@ -13,6 +13,8 @@ import pytest
 import torch
 from gloo_workers import POPULATION, alone, every_case, run_processes
 
+pytestmark = pytest.mark.slow  # each test starts gloo worker processes
+
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
 

@@ -5,7 +5,10 @@ import math
 import subprocess
 import sys
 
+import pytest
 from launch import ENV, REPO
+
+pytestmark = pytest.mark.slow  # each test runs a benchmark script as a file
 
 RATES = ("pretrain_images_per_s", "es_candidates_per_s")
 

@@ -17,6 +17,8 @@ from launch import DEBUG, max_difference, metrics, start, summary, wait_for_step
 from agents.evolution import CMAES
 from experiments.checkpoint import read_checkpoint
 
+pytestmark = pytest.mark.slow  # each test starts `wm` under torchrun
+
 # Two processes equal one only up to float32 rounding: pin float32, which `run.precision: auto` would replace with bf16
 # on a CPU with bf16 units (bf16 rounds the shares' sums far more coarsely than TOLERANCE).
 FLOAT32 = ["--set", "run.precision=float32"]

@@ -262,13 +262,18 @@ def test_spec_round_trips_through_plain_types() -> None:
         EnvSpec.from_dict({**spec.to_dict(), "colour": 1})
 
 
-def test_import_registers_nothing_and_register_envs_is_idempotent() -> None:
-    code = "import envs, gymnasium; print('Parking-v0' in gymnasium.registry)"
+def test_import_registers_the_namespace_and_nothing_else_and_register_envs_is_idempotent() -> None:
+    """Importing envs registers the toolkit's envs (the gymnasium 1.x convention) and no other env."""
+    code = (
+        "import gymnasium; before = set(gymnasium.registry); import envs; "
+        "print(sorted(set(gymnasium.registry) - before))"
+    )
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert fresh.stdout.strip() == "False"  # importing envs has no side effects
+    assert fresh.stdout.strip() == "['Parking-v0', 'wm/Parking-v0']"
+    before = dict(gym.registry)
     register_envs()
     register_envs()
-    assert "Parking-v0" in gym.registry
+    assert dict(gym.registry) == before and "wm/Parking-v0" in gym.registry
 
 
 def test_pixels_on_a_headless_machine_print_nothing() -> None:

@@ -43,6 +43,7 @@ def test_every_field_is_described_and_the_description_loads_back(tmp_path):
     assert load_config([saved]) == cfg
 
 
+@pytest.mark.slow
 def test_wm_config_and_wm_presets_work_from_outside_the_clone(tmp_path):
     result = wm_in(tmp_path, "config", "--config", "cartpole", "--set", "run.seed=7")
     assert result.returncode == 0, result.stderr

@@ -84,6 +84,7 @@ def cycled(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return run, result
 
 
+@pytest.mark.slow
 def test_debug_cycle_leaves_a_complete_run_directory(cycled):
     run, result = cycled
     bars = ("collect CartPole-v1 100%", "encode 100%", "train 100%", "evolve 100%", "screen 100%", "evaluate 100%",
@@ -133,6 +134,11 @@ def test_debug_cycle_leaves_a_complete_run_directory(cycled):
     assert len([r for r in records if "model/pred_error_k5" in r]) >= 2
     events = tensorboard_events(run)
     assert "cycle/return_mean" in events.Tags()["scalars"]
+    # tensorboard plots the cycle's figures against the real env steps collected, not an internal counter.
+    for tag in ("cycle/return_mean", "eval/return_mean"):
+        assert [e.step for e in events.Scalars(tag)] == [r["env_steps"] for r in history], tag
+    returns = [e.value for e in events.Scalars("eval/return_mean")]
+    assert returns == pytest.approx([r["eval_return_mean"] for r in history])
     assert "_hparams_/experiment" in events.PluginTagToContent("hparams")  # the config as hparams
     assert events.Tags()["images"] == ["video/real_vs_dream"] and len(events.Images("video/real_vs_dream")) == 2
 
@@ -151,6 +157,7 @@ def test_debug_cycle_leaves_a_complete_run_directory(cycled):
     assert best["figures"]["eval_return_mean"] == done["best_eval_return"]
 
 
+@pytest.mark.slow
 def test_screening_chooses_the_finalist_with_the_best_real_return(cycled):
     """cycle.screen_episodes=1: each finalist (mean, best, and after iteration 0 the start) plays one real episode;
     the highest return chooses (the first of equals), and the dream's figures of that finalist are reported."""
@@ -175,6 +182,7 @@ def test_a_controller_chosen_again_keeps_its_first_score():
     assert not improves(other, best, 100.0, 100.0)
 
 
+@pytest.mark.slow
 def test_eval_replays_the_best_iterations_evaluation_with_that_iterations_model(cycled):
     run, _ = cycled
     result = wm("eval", "--run", str(run), "--threads", "1")
@@ -185,6 +193,7 @@ def test_eval_replays_the_best_iterations_evaluation_with_that_iterations_model(
     assert f"(iteration {best['iteration']})" in ours["controller"]
 
 
+@pytest.mark.slow
 def test_a_best_controller_without_its_world_model_is_refused_by_eval(cycled, tmp_path, capsys):
     """A cycle's best.pt from before they carried their iteration's model names none: refused, not guessed."""
     run = tmp_path / "old"
@@ -196,6 +205,7 @@ def test_a_best_controller_without_its_world_model_is_refused_by_eval(cycled, tm
     assert code == 2 and "names no world model and carries none" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_ends_in_the_state_of_an_uninterrupted_cycle(cycled, tmp_path):
     whole, _ = cycled
     killed = tmp_path / "killed"
@@ -251,6 +261,7 @@ def first_iteration_only(tmp_path_factory) -> tuple[Path, subprocess.CompletedPr
     return run, result
 
 
+@pytest.mark.slow
 def test_the_cycle_stops_at_its_target(first_iteration_only):
     run, result = first_iteration_only
     done = summary(run)
@@ -260,6 +271,7 @@ def test_the_cycle_stops_at_its_target(first_iteration_only):
     assert (run / "learning_curve.png").is_file()
 
 
+@pytest.mark.slow
 def test_iteration_zero_is_wm_train_then_wm_evolve(first_iteration_only, tmp_path):
     run, _ = first_iteration_only
     trained, evolved = tmp_path / "train", tmp_path / "evolve"
@@ -279,6 +291,7 @@ def test_iteration_zero_is_wm_train_then_wm_evolve(first_iteration_only, tmp_pat
     assert record["start_states"] == theirs["data"]["start_states"]
 
 
+@pytest.mark.slow
 def test_fine_tuning_the_heads_alone_keeps_the_controllers_inputs(first_iteration_only, tmp_path):
     """cycle.finetune=heads: after iteration 0 (the same as `first_iteration_only`'s) the encoder (trainable in the
     debug preset) and projection to z and the recurrence to h stay as they were, bit for bit, while every head goes
@@ -298,6 +311,7 @@ def test_fine_tuning_the_heads_alone_keeps_the_controllers_inputs(first_iteratio
         assert learned and not all(torch.equal(after["model"][n], before["model"][n]) for n in learned), head
 
 
+@pytest.mark.slow
 def test_a_fresh_search_starts_each_iteration_at_the_cold_start(tmp_path):
     """cycle.search=fresh: iteration 1 evolves from the controller's cold start, as iteration 0 does, and chooses
     between its own search's mean and best alone (the best controller so far competes in the real env)."""
@@ -310,6 +324,7 @@ def test_a_fresh_search_starts_each_iteration_at_the_cold_start(tmp_path):
     assert second["chosen"] in ("mean", "best") and "dream_return_start_candidate" not in second
 
 
+@pytest.mark.slow
 def test_collecting_with_the_latest_controller_differs_only_after_an_iteration_that_did_not_improve(tmp_path):
     """cycle.collect_with=latest: iteration 2 collects with iteration 1's controller although iteration 0's scored
     better (seed 0 of these settings), so its actions differ from those the best controller takes; iterations 0 and 1
@@ -341,6 +356,7 @@ def test_collecting_with_the_latest_controller_differs_only_after_an_iteration_t
     assert not np.array_equal(later["best"], later["latest"])
 
 
+@pytest.mark.slow
 def test_the_cycle_stops_before_it_would_exceed_its_env_step_budget(tmp_path):
     run = tmp_path / "budget"
     quick = ["world_model.steps=4", "world_model.warmup_steps=1", "world_model.decoder_steps=0",
@@ -353,6 +369,7 @@ def test_the_cycle_stops_before_it_would_exceed_its_env_step_budget(tmp_path):
     assert "would take the env steps past cycle.max_env_steps" in result.stderr
 
 
+@pytest.mark.slow
 def test_with_an_action_repeat_the_budget_counts_env_steps_not_agent_steps(tmp_path):
     run = tmp_path / "repeat"
     # 200 random-policy transitions of 2 env steps each (about 400), then 100 more transitions would take the count
@@ -422,6 +439,7 @@ def test_the_budget_keeps_room_for_screening_and_needs_an_episode_limit(tmp_path
     assert not run.exists()
 
 
+@pytest.mark.slow
 def test_each_later_iteration_keeps_room_for_its_screening(tmp_path):
     """After iteration 0 (400 random steps and two short screening episodes) another collection of 100 steps would fit
     a budget of 2,000, but not with its three finalists' screening at CartPole's limit of 500 steps each."""
@@ -464,6 +482,7 @@ def test_training_windows_skip_the_held_out_episodes_of_iteration_zero(tmp_path)
     assert set(np.unique(earlier.obs).tolist()) <= set(range(7)) | {10}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("env_id", "obs"), [("Acrobot-v1", "pixels"), ("LunarLanderContinuous-v3", "state"), ("Parking-v0", "pixels")]
 )
@@ -515,3 +534,4 @@ def test_iteration_metrics_carry_a_success_rate_only_where_the_env_reports_one()
     assert "cycle/success_rate" not in plain and plain["cycle/best_return"] == 4.0
     parking = iteration_metrics({**record, "eval_success_rate": 0.25}, best_return=4.0)
     assert parking["cycle/success_rate"] == 0.25 and parking.items() >= plain.items()
+    assert parking["eval/success_rate"] == 0.25 and plain["eval/return_mean"] == 3.5

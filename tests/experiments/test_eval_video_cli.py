@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from run_wm import DEBUG, mp4_frames, summary, wm
 
+pytestmark = pytest.mark.slow  # each test starts `wm` subprocesses
+
 QUICK = ["--set", "world_model.steps=6", "--set", "world_model.eval_every=0", "--set", "world_model.decoder_steps=2"]
 
 

@@ -19,6 +19,8 @@ from agents.evolution import CMAES
 from experiments import cli
 from experiments.checkpoint import read_checkpoint, save_checkpoint
 
+pytestmark = pytest.mark.slow  # each test starts `wm` subprocesses
+
 LONG = ["--set", "evolve.generations=40"]  # long enough (a few seconds) to be stopped after a checkpoint
 SUMMARY_KEYS = {"dream_return", "eval_return_mean", "eval_return_std", "eval_episodes", "dream_real_gap"}
 LINEAR_PARAMS = (16 + 32) * 2 + 2  # a linear controller over [z, h] of the debug world model, CartPole's 2 actions

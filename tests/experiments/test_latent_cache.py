@@ -11,7 +11,7 @@ from envs import EpisodeStore, RandomPolicy, collect, make_vector_env
 from experiments.evolve import action_space
 from experiments.rundir import GracefulStop
 from experiments.train import encoder_fingerprint, fill_latent_cache
-from worldmodel.world_model import WorldModel
+from worldmodel.dynamics.world_model import WorldModel
 
 SIZE = 32
 

@@ -5,11 +5,14 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from run_wm import DEBUG, start, summary, tensors_equal, wait_for_step, wm
 
 from experiments.checkpoint import read_checkpoint
+
+pytestmark = pytest.mark.slow  # each test starts `wm` subprocesses
 
 
 def same_parameters(a: Path, b: Path) -> bool:

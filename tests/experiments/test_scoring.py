@@ -18,7 +18,7 @@ from envs.parking import ScriptedParker, ScriptedParkers
 from experiments.evolve import STREAM_EVAL, STREAM_REAL, RealScorer, score_in_env
 from experiments.runtime import step_seed
 from experiments.scoring import EpisodeResults, run_episodes
-from worldmodel.world_model import WorldModel
+from worldmodel.dynamics.world_model import WorldModel
 
 TINY = dict(latent_dim=8, hidden_dim=16, mlp_dim=16, ensemble_size=3)
 FEATURES = 8 + 16

@@ -13,8 +13,8 @@ from agents.evolution import CMAES
 from envs import EpisodeStore, RandomPolicy, collect, make_vector_env
 from experiments.config import DreamConfig
 from experiments.evolve import STREAM_FINAL, STREAM_FINAL_NOISE, DreamScorer, choose_controller, encode_start_pool
-from worldmodel.dream import DreamSettings
-from worldmodel.world_model import WorldModel
+from worldmodel.dream.rollout import DreamSettings
+from worldmodel.dynamics.world_model import WorldModel
 
 
 @pytest.fixture(scope="module")

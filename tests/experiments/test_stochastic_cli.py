@@ -23,6 +23,7 @@ def trained(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_train_logs_the_kl_and_scores_the_posterior(trained):
     done = summary(trained)
     assert done["status"] == "done" and done["step"] == 30
@@ -36,6 +37,7 @@ def test_train_logs_the_kl_and_scores_the_posterior(trained):
     assert len(mp4_frames(trained / done["video"]["path"])) == 16  # the dream beside reality, decoded
 
 
+@pytest.mark.slow
 def test_evolve_in_the_stochastic_dream(trained, tmp_path):
     run = tmp_path / "evolve"
     result = wm("evolve", *DEBUG, *STOCHASTIC, "--world-model", str(trained), "--run-dir", str(run))
@@ -45,6 +47,7 @@ def test_evolve_in_the_stochastic_dream(trained, tmp_path):
     assert read_checkpoint(run / "checkpoints/best.pt")["parameters"].shape == (LINEAR_PARAMS,)
 
 
+@pytest.mark.slow
 def test_a_cycle_with_the_stochastic_model(tmp_path):
     run = tmp_path / "cycle"
     result = wm("cycle", *DEBUG, *STOCHASTIC, "--set", "cycle.iterations=2", "--set", "cycle.collect_steps=300",

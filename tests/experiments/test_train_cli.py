@@ -46,6 +46,7 @@ def pretrained(tmp_path_factory) -> Path:
     return run / "checkpoints/latest.pt"
 
 
+@pytest.mark.slow
 def test_debug_run_leaves_a_complete_run_directory(debug_run):
     run, result = debug_run
     assert "collect CartPole-v1 100%" in result.stderr and "train 100%" in result.stderr  # the progress bars
@@ -82,6 +83,7 @@ def test_debug_run_leaves_a_complete_run_directory(debug_run):
     assert frames[0].shape[1] == 2 * (frames[0].shape[0] - 16)  # real | dream, under a caption band
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_ends_with_the_parameters_of_an_uninterrupted_run(debug_run, tmp_path):
     whole, _ = debug_run
     broken = tmp_path / "broken"
@@ -101,6 +103,7 @@ def test_sigkill_then_resume_ends_with_the_parameters_of_an_uninterrupted_run(de
     assert summary(broken)["model"] == summary(whole)["model"]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_marks_the_run_interrupted(tmp_path):
     run = tmp_path / "run"
     process = start("train", *DEBUG, "--set", "world_model.steps=400", "--run-dir", str(run))
@@ -113,6 +116,7 @@ def test_sigterm_saves_and_marks_the_run_interrupted(tmp_path):
     assert read_checkpoint(run / "checkpoints/latest.pt")["step"] == stopped["step"]
 
 
+@pytest.mark.slow
 def test_an_encoder_that_does_not_fit_is_refused_naming_what_differs(debug_run, pretrained, tmp_path):
     run = tmp_path / "run"
     result = wm(
@@ -125,6 +129,7 @@ def test_an_encoder_that_does_not_fit_is_refused_naming_what_differs(debug_run, 
     assert not_pretrain.returncode == 2 and "not of 'pretrain'" in not_pretrain.stderr
 
 
+@pytest.mark.slow
 def test_frozen_pretrained_encoder_on_reused_episodes_caches_latents_and_stays_unchanged(
     debug_run, pretrained, tmp_path
 ):
@@ -149,6 +154,7 @@ def test_frozen_pretrained_encoder_on_reused_episodes_caches_latents_and_stays_u
     assert tensors_equal(backbone, encoder)  # neither training nor the decoder moved the frozen encoder
 
 
+@pytest.mark.slow
 def test_episodes_from_another_env_are_refused(debug_run, tmp_path):
     run = tmp_path / "run"
     result = wm(

@@ -4,7 +4,7 @@ import torch
 
 from experiments.config import load_config
 from experiments.train import build_model, build_optimizer, env_spec, train_step
-from worldmodel.world_model import WorldModelBatch
+from worldmodel.dynamics.world_model import WorldModelBatch
 
 
 def test_train_step_reports_the_loss_of_the_configured_start_stride():

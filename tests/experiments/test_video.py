@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from experiments.video import LABEL_HEIGHT, dream_clip, side_by_side, write_mp4
-from worldmodel.decoder import Decoder
-from worldmodel.world_model import WorldModel
+from worldmodel.dynamics.decoder import Decoder
+from worldmodel.dynamics.world_model import WorldModel
 
 
 def tiny_model_and_decoder() -> tuple[WorldModel, Decoder]:

@@ -5,7 +5,7 @@ N environments is that of one batched model call. `DreamEnv` is the single-envir
 checkers (gymnasium's `check_env`) that take a `gymnasium.Env`.
 
 Each episode starts from a state drawn uniformly from a pool of real start states (`dream_starts` rows), so that h
-carries real history, and runs the dream as `worldmodel.dream.rollout` does:
+carries real history, and runs the dream as `worldmodel.dream.rollout.rollout` does:
 
     obs = [z, h]                                      what a controller sees (`DreamState.observation`)
     reward = model.reward - disagreement_penalty * disagreement
@@ -33,8 +33,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from worldmodel.dream import DreamSettings, DreamState, dream_step, penalty, still_going
-from worldmodel.world_model import WorldModel
+from worldmodel.dream.rollout import DreamSettings, DreamState, dream_step, penalty, still_going
+from worldmodel.dynamics.world_model import WorldModel
 
 # The observation bounds: any finite float32. Not ±inf: gymnasium's `check_env` warns on infinite Box bounds
 # (`check_space_limit`), and finite bounds also make `obs in observation_space` reject inf, not only nan.

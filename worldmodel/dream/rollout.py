@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import torch
 
-from worldmodel.world_model import WorldModel, WorldModelBatch
+from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch
 
 CONT_MODES: tuple[str, ...] = ("threshold", "sample", "expected")
 EXPECTED_MIN_WEIGHT = 1e-3

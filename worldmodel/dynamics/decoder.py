@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodel.augment import resize
+from worldmodel.perception.augment import resize
 
 BASE_SIDE = 4  # side of the first feature map, before any upsampling
 MAX_CHANNELS = 256

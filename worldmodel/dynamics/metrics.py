@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import torch
 
-from worldmodel.probe import linear_probe_r2, split_train_test
-from worldmodel.world_model import WorldModel, WorldModelBatch, open_loop_valid, warm_mask
+from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch, open_loop_valid, warm_mask
+from worldmodel.perception.probe import linear_probe_r2, split_train_test
 
 
 def total_variance(latents: torch.Tensor) -> torch.Tensor:

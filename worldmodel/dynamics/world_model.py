@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodel.augment import IMAGENET_MEAN, IMAGENET_STD, gaussian_blur, normalize, resize
-from worldmodel.sigreg import sigreg
-from worldmodel.vit import GRIDS, POOLINGS, VisionTransformer, pool_tokens
+from worldmodel.dynamics.sigreg import sigreg
+from worldmodel.perception.augment import IMAGENET_MEAN, IMAGENET_STD, gaussian_blur, normalize, resize
+from worldmodel.perception.vit import GRIDS, POOLINGS, VisionTransformer, pool_tokens
 
 COLLAPSE_GUARDS: tuple[str, ...] = ("ema", "sigreg")
 LATENT_KINDS: tuple[str, ...] = ("deterministic", "stochastic")
@@ -309,7 +309,7 @@ class WorldModel(nn.Module):
         collapse_guard: "ema" (EMA target network, stop-gradient targets) or "sigreg" (no target network;
             detached online targets plus a SIGReg loss).
         ensemble_size: K >= 2 next-latent heads whose disagreement measures model uncertainty.
-        vit_size: ViT preset from worldmodel.vit.VIT_SIZES (pixels only).
+        vit_size: ViT preset from worldmodel.perception.vit.VIT_SIZES (pixels only).
         image_size: the ViT's input side; frames of another size are resized (pixels only).
         patch_size: the ViT's patch side, dividing image_size (pixels only).
         freeze_encoder: keep the encoder backbone (ViT or state MLP) fixed; only the projection to z learns.
@@ -322,10 +322,10 @@ class WorldModel(nn.Module):
             between any two; blurred, they change smoothly with the object's position.
         pooling: how a frame's patch features become one vector (pixels only): "mean", "mean_std", their mean
             and standard deviation over the patches, or "grid2" / "grid4", the mean of each cell of a 2 x 2 / 4 x 4
-            grid over the image (worldmodel.vit.pool_tokens). A frozen random-initialised ViT's mean dilutes a small
-            object in the background: a linear probe reads CartPole's pole angle from it with R² 0.88-0.90 (three
-            random ViTs), from mean and standard deviation with 0.996 (docs/perception.md). A grid keeps where
-            things are in the image.
+            grid over the image (worldmodel.perception.vit.pool_tokens). A frozen random-initialised ViT's mean
+            dilutes a small object in the background: a linear probe reads CartPole's pole angle from it with R²
+            0.88-0.90 (three random ViTs), from mean and standard deviation with 0.996 (docs/perception.md). A grid
+            keeps where things are in the image.
         residual: predict the change of the latent, ẑ_t = z_{t-1} + g(h_t), instead of the latent itself. Frames
             of one env change little from step to step, so this starts every prediction from "nothing changes"
             and spends the head on the motion. Its errors add up over a long rollout, though: measured on CartPole,

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodel.masks import MaskBatch
-from worldmodel.vit import Predictor, VisionTransformer, gather_tokens
+from worldmodel.perception.masks import MaskBatch
+from worldmodel.perception.vit import Predictor, VisionTransformer, gather_tokens
 
 
 class IJEPA(nn.Module):

@@ -9,9 +9,9 @@ from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.utils.env_checker import check_env
 
-from worldmodel.dream import DreamSettings, DreamState, draw_noise, dream_starts, rollout
-from worldmodel.dream_env import DreamEnv, DreamVectorEnv
-from worldmodel.world_model import WorldModel, WorldModelBatch
+from worldmodel.dream.gym_env import DreamEnv, DreamVectorEnv
+from worldmodel.dream.rollout import DreamSettings, DreamState, draw_noise, dream_starts, rollout
+from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch
 
 LATENT, HIDDEN, ACTIONS = 8, 16, 2
 FEATURES = LATENT + HIDDEN

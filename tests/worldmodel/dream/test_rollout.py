@@ -1,5 +1,6 @@
-"""The dream (worldmodel/dream.py) on a real tiny WorldModel: the batched rollout equals a loop over candidates and
-a rollout by hand, ends where the continue head says, counts the disagreement penalty exactly; real start states."""
+"""The dream's rollout (worldmodel/dream/rollout.py) on a real tiny WorldModel: the batched rollout equals a loop over
+candidates and a rollout by hand, ends where the continue head says, counts the disagreement penalty exactly; real
+start states."""
 
 import math
 
@@ -8,7 +9,7 @@ import torch
 from gymnasium import spaces
 
 from agents.controllers import Controller
-from worldmodel.dream import (
+from worldmodel.dream.rollout import (
     DISAGREEMENT_EVERY,
     EXPECTED_MIN_WEIGHT,
     DreamNoise,
@@ -18,7 +19,7 @@ from worldmodel.dream import (
     dream_starts,
     rollout,
 )
-from worldmodel.world_model import WorldModel, WorldModelBatch
+from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch
 
 TINY = dict(latent_dim=8, hidden_dim=16, mlp_dim=16, ensemble_size=3)
 OBS_DIM, ACTION_DIM, LATENT_DIM, HIDDEN_DIM = 4, 2, 8, 16

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from worldmodel.decoder import Decoder
-from worldmodel.world_model import WorldModel
+from worldmodel.dynamics.decoder import Decoder
+from worldmodel.dynamics.world_model import WorldModel
 
 
 @pytest.mark.parametrize("side", [16, 32, 48, 64])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from worldmodel.model_metrics import (
+from worldmodel.dynamics.metrics import (
     collapse_metrics,
     cont_metrics,
     effective_rank,
@@ -19,7 +19,7 @@ from worldmodel.model_metrics import (
     state_probe_r2,
     total_variance,
 )
-from worldmodel.world_model import WorldModel, WorldModelBatch, open_loop_valid
+from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch, open_loop_valid
 
 
 def test_auc_hand_worked_cases():

@@ -13,9 +13,9 @@ from gymnasium.utils.env_checker import check_env
 
 from agents.agent import LatentAgent
 from agents.controllers import Controller
-from worldmodel.dream import DreamSettings, DreamState, draw_noise, dream_starts, dream_step, rollout
-from worldmodel.dream_env import DreamEnv
-from worldmodel.world_model import MIN_STD, Gaussian, WorldModel, WorldModelBatch, gaussian_kl
+from worldmodel.dream.gym_env import DreamEnv
+from worldmodel.dream.rollout import DreamSettings, DreamState, draw_noise, dream_starts, dream_step, rollout
+from worldmodel.dynamics.world_model import MIN_STD, Gaussian, WorldModel, WorldModelBatch, gaussian_kl
 
 OBS_DIM, ACTIONS, LATENT, HIDDEN, MLP = 4, 2, 8, 16, 16
 FEATURES = LATENT + HIDDEN

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodel.vit import VisionTransformer
-from worldmodel.world_model import (
+from worldmodel.dynamics.world_model import (
     WorldModel,
     WorldModelBatch,
     batch_from_windows,
@@ -17,6 +16,7 @@ from worldmodel.world_model import (
     open_loop_valid,
     warm_mask,
 )
+from worldmodel.perception.vit import VisionTransformer
 
 TINY = dict(latent_dim=8, hidden_dim=16, mlp_dim=16, ensemble_size=3)
 PIXELS_MICRO = dict(TINY, vit_size="micro", image_size=16, patch_size=8)
@@ -312,7 +312,7 @@ def test_ema_update_matches_hand_computation():
 
 def test_input_blur_blurs_the_frames_the_encoder_sees_and_keys_its_own_latent_cache():
     from experiments.train import encoder_fingerprint
-    from worldmodel.augment import gaussian_blur, normalize, resize
+    from worldmodel.perception.augment import gaussian_blur, normalize, resize
 
     torch.manual_seed(0)
     sharp = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
@@ -331,7 +331,7 @@ def test_input_blur_blurs_the_frames_the_encoder_sees_and_keys_its_own_latent_ca
 
 def test_mean_std_pooling_feeds_the_patch_spread_too_and_keys_its_own_latent_cache():
     from experiments.train import encoder_fingerprint
-    from worldmodel.augment import normalize, resize
+    from worldmodel.perception.augment import normalize, resize
 
     torch.manual_seed(0)
     mean = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
@@ -351,7 +351,7 @@ def test_mean_std_pooling_feeds_the_patch_spread_too_and_keys_its_own_latent_cac
 
 def test_grid_pooling_feeds_each_cell_of_the_image_and_keys_its_own_latent_cache():
     from experiments.train import encoder_fingerprint
-    from worldmodel.augment import normalize, resize
+    from worldmodel.perception.augment import normalize, resize
 
     torch.manual_seed(0)
     mean = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
@@ -444,6 +444,7 @@ def train(model: WorldModel, batch: WorldModelBatch, steps: int, seed: int = 0) 
     return history
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guard", ["ema", "sigreg"])
 def test_tiny_model_overfits_one_batch(guard):
     torch.manual_seed(0)

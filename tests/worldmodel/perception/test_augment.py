@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worldmodel.augment import (
+from worldmodel.perception.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CropBoxes,

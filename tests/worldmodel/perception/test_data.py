@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from worldmodel.data import (
+from worldmodel.perception.data import (
     IMAGE_EXTENSIONS,
     BadImageBudget,
     FractalDataset,
@@ -22,7 +22,7 @@ from worldmodel.data import (
     collate_images,
     load_image,
 )
-from worldmodel.probe import knn_top1, split_train_test
+from worldmodel.perception.probe import knn_top1, split_train_test
 
 
 def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (24, 16), mode: str = "RGB") -> Path:

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodel.ijepa import IJEPA
-from worldmodel.masks import MultiBlockMaskSampler
-from worldmodel.vit import VIT_SIZES, VisionTransformer, pool_tokens, sincos_pos_embed_2d
+from worldmodel.perception.ijepa import IJEPA
+from worldmodel.perception.masks import MultiBlockMaskSampler
+from worldmodel.perception.vit import VIT_SIZES, VisionTransformer, pool_tokens, sincos_pos_embed_2d
 
 
 def test_ema_update_matches_hand_computation():
@@ -90,6 +90,7 @@ def test_sincos_positions_are_distinct_and_bounded():
     assert torch.cdist(pos, pos).add(torch.eye(16) * 10).min() > 0.1  # every patch has its own code
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
     model = IJEPA(16, 4, size="micro", predictor_width=32, predictor_depth=1, predictor_heads=2)

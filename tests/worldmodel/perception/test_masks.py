@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from worldmodel.masks import MultiBlockMaskSampler
+from worldmodel.perception.masks import MultiBlockMaskSampler
 
 
 def draw(seed=0, batch=16, grid=14, **kwargs):

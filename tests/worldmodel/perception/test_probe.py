@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from worldmodel.probe import (
+from worldmodel.perception.probe import (
     ProbeR2,
     knn_predict,
     knn_top1,
