@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         print(json.dumps(worker(args.config, args.worker, args.seconds)))
         return
+    # SIGTERM as an exception, so that `finally` stops the busy neighbours rather than leaving them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         args.seconds, args.neighbours = 0.5, "1"
     counts = sorted({0, *(int(n) for n in args.neighbours.split(","))})

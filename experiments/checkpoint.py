@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import io
 import os
+import pickletools
 import shutil
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,6 +109,27 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} is not a format-{FORMAT_VERSION} checkpoint of this toolkit")
     return state
+
+
+def pickled_globals(path: str | os.PathLike) -> set[str]:
+    """Every global ("module.name") that the pickle inside a torch checkpoint names: all that loading it could call.
+
+    A checkpoint of this toolkit names only torch's tensor rebuilders and storages (tests/battery checks every
+    command's); `weights_only=True` refuses anything else when loading, and this says what a file holds without
+    loading it.
+    """
+    with zipfile.ZipFile(path) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith("data.pkl")]
+        opcodes = list(pickletools.genops(archive.read(name)))
+    found, strings = set(), []
+    for opcode, argument, _ in opcodes:
+        if opcode.name == "GLOBAL":
+            found.add(argument.replace(" ", "."))
+        elif opcode.name == "STACK_GLOBAL":  # module and name are the two strings pushed last
+            found.add(".".join(strings[-2:]))
+        if isinstance(argument, str):
+            strings.append(argument)
+    return found
 
 
 def load_latest(directory: str | os.PathLike) -> tuple[dict, Path]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from agents.evolution import CMAES, Generation, NonFiniteFitnessError
+from experiments.checkpoint import pickled_globals
 
 DIMENSION = 10
 TARGET = np.linspace(-1.0, 1.0, DIMENSION)  # (n,) the known optimum
@@ -245,25 +246,6 @@ def test_resume_deep_into_a_search_is_identical(tmp_path):
         resumed.step(sphere)
     assert np.array_equal(resumed.mean, uninterrupted.mean) and resumed.sigma == uninterrupted.sigma
     assert np.array_equal(resumed.best, uninterrupted.best)
-
-
-def pickled_globals(path) -> set[str]:
-    """Every global (module and name) the pickle inside a torch checkpoint names: what loading it may call."""
-    import pickletools
-    import zipfile
-
-    with zipfile.ZipFile(path) as archive:
-        (name,) = [n for n in archive.namelist() if n.endswith("data.pkl")]
-        opcodes = list(pickletools.genops(archive.read(name)))
-    found, strings = set(), []
-    for opcode, argument, _ in opcodes:
-        if opcode.name == "GLOBAL":
-            found.add(argument.replace(" ", "."))
-        elif opcode.name == "STACK_GLOBAL":
-            found.add(".".join(strings[-2:]))
-        if isinstance(argument, str):
-            strings.append(argument)
-    return found
 
 
 def test_a_saved_search_names_no_code_only_torch_storage(tmp_path):
