@@ -19,13 +19,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from cma.utilities.utils import ElapsedWCTime
 
 # Rebuilt from the settings by the fresh search, never taken from a file.
 SKIPPED_ATTRIBUTES = frozenset({"opts", "inputargs", "logger"})
 
-# The objects a search makes after it starts (the wall-clock timer, at the first `ask`), by name.
-_BUILT_LATER = {"cma.utilities.utils.ElapsedWCTime": ElapsedWCTime}
+
+def _built_later() -> dict[str, type]:
+    """The objects a search makes after it starts (the wall-clock timer, at the first `ask`), by name. Imported here,
+    not at the top, so that pycma is first imported by agents.evolution, which quiets its warning about matplotlib."""
+    from cma.utilities.utils import ElapsedWCTime
+
+    return {"cma.utilities.utils.ElapsedWCTime": ElapsedWCTime}
+
 
 _CALLABLES = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, type, types.ModuleType)
 
@@ -167,8 +172,8 @@ class _Loader:
             raise CMAStateError(f"CMA-ES state: {path} is of unknown kind {kind!r}")
         # Only ever an object the fresh search built itself, or one of the few it builds later, made here by its own
         # constructor: a file cannot make one of its choosing.
-        if fresh is None and data.get("class") in _BUILT_LATER:
-            fresh = _BUILT_LATER[data["class"]]()
+        if fresh is None and data.get("class") in _built_later():
+            fresh = _built_later()[data["class"]]()
         if not _is_pycma(fresh) or _class_name(fresh) != data.get("class"):
             raise CMAStateError(
                 f"CMA-ES state: {path} holds a {data.get('class')} where a fresh search holds "
