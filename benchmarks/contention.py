@@ -12,11 +12,11 @@ preset's world model (configs/default.yaml) and times, for --seconds each:
     encode   the frozen encoder over one batch of B x T frames (the preset's training batch)
     fill     `experiments.train.fill_latent_cache` over 40 episodes of 23 random frames (CartPole's random play)
 Neighbours are single-thread busy loops started before and stopped after it. Settings:
-    torch      torch's defaults: one thread per core, OpenMP's default wait policy (threads spin at barriers)
-    toolkit    what every `wm` command does (`experiments.threads.share_the_machine`, before torch loads, and
-               `set_threads`)
+    torch      torch's defaults: one thread per core
+    toolkit    what every `wm` command does (`experiments.runtime.set_threads`: the cores other processes leave free)
 Metrics: <phase>_per_s for each setting and neighbour count; <phase>_ratio, the rate beside N neighbours over the
-rate alone, in the same setting and run; cache_fill_share_of_batched, the fill's frames/s over the one-batch encode's.
+rate alone under torch's defaults (the machine's best alone), measured in the same run; cache_fill_share_of_batched,
+the fill's frames/s over the one-batch encode's.
 Read each ratio against the machine's cores (field "cores"): on 2 cores one busy neighbour leaves a fair share of
 about 0.5 to 0.67 of the rate alone, three about 0.4 to 0.5 of one core.
 """
@@ -46,10 +46,6 @@ def emit(metric: str, value: float, unit: str, **extra) -> None:
 
 def worker(preset: str, setting: str, seconds: float) -> dict[str, float]:
     """Rates of the training step and the cache fill in this process (torch not yet loaded)."""
-    if setting == "toolkit":
-        from experiments.threads import share_the_machine
-
-        share_the_machine()
     import torch
 
     from benchmarks.world_model_speed import random_batch
@@ -164,18 +160,19 @@ def main(argv: list[str] | None = None) -> None:
         args.seconds, args.neighbours = 0.5, "1"
     counts = sorted({0, *(int(n) for n in args.neighbours.split(","))})
     cores = len(os.sched_getaffinity(0))
+    alone = None  # torch's defaults alone: the rate every ratio is read against
     for setting in args.settings.split(","):
-        alone = None
         for neighbours in counts:
             rates = measure(args.config, setting, args.seconds, neighbours)
-            alone = alone or rates
+            if alone is None or (setting == "torch" and neighbours == 0):
+                alone = rates
             common = {"setting": setting, "neighbours": neighbours, "cores": cores, "threads": rates["threads"],
                       "config": Path(args.config).name}  # fmt: skip
             for phase, unit in (("train_steps", "steps/s"), ("encode_frames", "frames/s"),
                                 ("cache_fill_frames", "frames/s")):  # fmt: skip
                 emit(f"{phase}_per_s", rates[phase], unit, **common)
-                if neighbours:
-                    emit(f"{phase}_ratio", rates[phase] / alone[phase], "rate beside / alone", **common)
+                if neighbours or setting != "torch":
+                    emit(f"{phase}_ratio", rates[phase] / alone[phase], "rate / torch's alone", **common)
             # The fill encodes episode by episode: its rate beside the encoder's on one large batch.
             emit("cache_fill_share_of_batched", rates["cache_fill_frames"] / rates["encode_frames"], "fraction",
                  **common)  # fmt: skip

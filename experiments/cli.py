@@ -40,9 +40,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import importlib
 
-    from experiments.threads import share_the_machine
-
-    share_the_machine()  # before the command's module loads torch
     module = importlib.import_module(COMMANDS[command][0])
     try:
         return module.main(rest)

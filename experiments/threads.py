@@ -1,25 +1,18 @@
-"""Sharing a busy machine: OpenMP threads that do not spin, and as many torch threads as there are free cores.
+"""Sharing a busy machine: as many torch threads as there are free cores.
 
-With torch's defaults a run takes one thread per core and OpenMP's threads spin while they wait for each other. On a
-2-core machine beside one CPU-bound neighbour, every parallel region then waits for a thread that the neighbour
-holds off its core: the default task trained at 0.29 of its speed alone (fair share: about 0.67), and beside three
-neighbours at 0.086. So every `wm` command, before torch loads, asks OpenMP's threads to sleep when they wait
-(OMP_WAIT_POLICY=PASSIVE), and takes as many threads as the cores the other processes leave free, counted again at
-every `rebalance` (a loop calls it often; it looks at the machine every `interval` seconds). `run.threads` fixes the
-count instead; a user's OMP_WAIT_POLICY stays. `python benchmarks/contention.py` measures both settings.
+With torch's defaults a run takes one thread per core, and OpenMP's threads wait for each other at the end of every
+parallel region. On a 2-core machine beside one CPU-bound neighbour, every region then waits for a thread that the
+neighbour holds off its core: the default task's training step ran at 0.23 of its speed alone, and beside three
+neighbours at 0.08 (benchmarks/contention.py, docs/performance.md). One thread has no one to wait for. So a command
+takes as many threads as the cores the other processes leave free, counted again at every `rebalance` (a loop calls
+it often; it looks at the machine every `interval` seconds). `run.threads` fixes the count instead.
 
-This module imports no torch at the top: `share_the_machine` must run before torch loads.
+OpenMP's passive wait policy (threads sleep at once when they wait) was measured too and dropped: alone, it made
+the world model's small matrix products 2.4x slower at 2 threads.
 """
-
-from __future__ import annotations
 
 import os
 import time
-
-
-def share_the_machine() -> None:
-    """Sleeping OpenMP waits, unless the user chose a policy; call before torch is imported (it reads them once)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def usable_cores() -> int:

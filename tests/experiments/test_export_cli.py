@@ -88,7 +88,6 @@ def test_missing_export_packages_name_the_extra(monkeypatch, capsys, tmp_path):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what cli.main sets, restored after the test
     assert cli.main(["export", "--run", str(tmp_path)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == "wm export: error: ONNX export needs onnxruntime: pip install 'worldmodel-toolkit[export]'"

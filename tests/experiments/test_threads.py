@@ -1,13 +1,9 @@
 """experiments/threads.py: the cores other processes keep busy, from hand-made /proc/stat snapshots, and the thread
 count that follows from them."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from experiments.threads import ThreadShare, share_the_machine
+from experiments.threads import ThreadShare
 
 
 def share(cores: int = 2) -> tuple[ThreadShare, list[int]]:
@@ -45,21 +41,3 @@ def test_rebalance_looks_only_every_interval_and_sets_only_changes():
     for _ in range(100):
         assert threads.rebalance() == first  # within the interval: no look, no call
     assert counts == [first]
-
-
-def test_the_wait_policy_is_set_before_torch_loads_and_a_users_choice_stays():
-    code = "import os, sys; from experiments.cli import main; main(['presets']); print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
-    assert out.splitlines()[-1] == "PASSIVE"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"}).stdout  # fmt: skip
-    assert out.splitlines()[-1] == "ACTIVE"
-    saved = os.environ.pop("OMP_WAIT_POLICY", None)
-    try:
-        share_the_machine()
-        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    finally:
-        os.environ.pop("OMP_WAIT_POLICY")
-        if saved is not None:
-            os.environ["OMP_WAIT_POLICY"] = saved
