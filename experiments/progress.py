@@ -6,10 +6,12 @@ users read ("pretrain 100%|...| 300/300 [00:41<00:00, 7.30 step/s] loss=0.21").
 
 from __future__ import annotations
 
+import re
 import sys
 
 from tqdm import tqdm
 
+_CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar:24}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]{postfix}"
 
 
@@ -20,7 +22,7 @@ class _Lines:
         self.stream = stream
 
     def write(self, text: str) -> None:
-        text = text.replace("\r", "").rstrip("\n")
+        text = _CURSOR_MOVES.sub("", text.replace("\r", "")).rstrip("\n")  # nested bars move the cursor up
         if text.strip():
             self.stream.write(text + "\n")
 
