@@ -160,13 +160,46 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def sort_rows(rows: list[dict], key: str, descending: bool = False) -> list[dict]:
+    """Rows ordered by a column or summary field, numbers as numbers (before texts). Rows without the field (or with
+    an empty one) come last either way."""
+
+    def value(row: dict) -> float | str | None:
+        raw = row.get(key)
+        if isinstance(raw, bool) or raw in (None, "") or isinstance(raw, (dict, list)):
+            return None
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            return str(raw)
+
+    present = [row for row in rows if value(row) is not None]
+    numbers = [row for row in present if isinstance(value(row), float)]
+    texts = [row for row in present if isinstance(value(row), str)]
+    ordered = sorted(numbers, key=value, reverse=descending) + sorted(texts, key=value, reverse=descending)
+    return ordered + [row for row in rows if value(row) is None]
+
+
+def json_line(row: dict) -> str:
+    """A row for machines: the table's columns, then every field of the summary, as one JSON object."""
+    ordered = {column: row.get(column, "") for column in COLUMNS}
+    return json.dumps({**ordered, **{k: v for k, v in row.items() if k not in ordered}}, default=str)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wm runs", description="A table of runs.")
     parser.add_argument("--runs", default="runs", help="the directory holding runs (default: runs)")
+    parser.add_argument("--sort", metavar="KEY", help="order by a column or summary field, e.g. best_return or "
+                        "wall_seconds (rows without it last)")  # fmt: skip
+    parser.add_argument("--reverse", action="store_true", help="with --sort: largest first")
+    parser.add_argument("--json", action="store_true", help="one JSON object per run (every summary field) per line")
     args = parser.parse_args(argv)
     root = Path(args.runs)
     if not root.is_dir():
         print(f"no runs directory {root}")
         return 1
-    print(format_table(read_runs(root)))
+    rows = read_runs(root)
+    if args.sort:
+        rows = sort_rows(rows, args.sort, descending=args.reverse)
+    print("\n".join(json_line(row) for row in rows) if args.json else format_table(rows))
     return 0
