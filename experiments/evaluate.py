@@ -156,14 +156,27 @@ def positive(text: str) -> int:
     return value
 
 
+PLAYER_SETTINGS = ("run.threads", "run.progress")
+"""What `--set` may change for a command that plays a run's controller: the run's own config says the rest."""
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """--threads and --no-progress, shared by `wm eval` and `wm video`."""
-    parser.add_argument("--threads", type=positive, help="torch threads (default: torch's choice)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    """`--set run.threads=N` and `--set run.progress=false`, as every command takes them; shared by `wm eval`,
+    `wm video` and `wm export`."""
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help=f"one of {', '.join(PLAYER_SETTINGS)} (repeatable), e.g. --set run.threads=1")  # fmt: skip
 
 
 def open_player(args: argparse.Namespace) -> Player:
-    """Apply --threads and load the player of --run."""
+    """Apply the --set run settings (as `args.threads` and `args.progress`) and load the player of --run."""
+    for text in args.overrides:
+        key = text.split("=", 1)[0].strip()
+        if key not in PLAYER_SETTINGS:
+            raise config_lib.ConfigError(
+                f"--set {key}: this command takes only {', '.join(PLAYER_SETTINGS)}; the run's config says the rest"
+            )
+    settings = config_lib.load_config([], args.overrides).run
+    args.threads, args.progress = settings.threads or None, settings.progress
     if args.threads:
         torch.set_num_threads(args.threads)
     return load_player(args.run)
@@ -184,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ecfg = player.cfg.evolve
     episodes, envs_count = args.episodes or ecfg.eval_episodes, args.envs or ecfg.eval_envs
     print(f"evaluating {player.source} on {player.cfg.env.id} over {episodes} episodes", file=sys.stderr)
-    figures = evaluate(player, episodes, envs_count, evaluation_seed(player, args.seed), not args.no_progress)
+    figures = evaluate(player, episodes, envs_count, evaluation_seed(player, args.seed), args.progress)
     atomic_write_text(args.run / "eval.json", json.dumps(figures, indent=2) + "\n")
     print(
         f"real return {figures['eval_return_mean']:.1f} ± {figures['eval_return_std']:.1f} over {episodes} episodes"

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.run / "videos" / ("controller.mp4" if player.parameters is not None else "random.mp4")
     who = "random actions" if player.parameters is None else "the controller"
     print(f"playing {who} of {player.source} on {player.cfg.env.id}", file=sys.stderr)
-    recording, rendered, total = play(player, args.steps, args.seed, not args.no_progress)
+    recording, rendered, total = play(player, args.steps, args.seed, args.progress)
     if player.decoder is not None:
         context = args.context or player.cfg.world_model.video_context
         frames = recorded_clip(player.model, player.decoder, recording, context)

@@ -185,7 +185,7 @@ def test_a_controller_chosen_again_keeps_its_first_score():
 @pytest.mark.slow
 def test_eval_replays_the_best_iterations_evaluation_with_that_iterations_model(cycled):
     run, _ = cycled
-    result = wm("eval", "--run", str(run), "--threads", "1")
+    result = wm("eval", "--run", str(run), "--set", "run.threads=1")
     assert result.returncode == 0, result.stderr
     best = max(summary(run)["history"], key=lambda r: r["eval_return_mean"])  # the first of equals stays best
     ours = json.loads((run / "eval.json").read_text())

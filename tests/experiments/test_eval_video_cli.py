@@ -28,7 +28,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_eval_replays_the_runs_own_evaluation_exactly(runs):
-    result = wm("eval", "--run", str(runs["evolve"]), "--threads", "1")
+    result = wm("eval", "--run", str(runs["evolve"]), "--set", "run.threads=1")
     assert result.returncode == 0, result.stderr
     assert "evaluate 100%" in result.stderr and "real return" in result.stderr
     ours, theirs = json.loads((runs["evolve"] / "eval.json").read_text()), summary(runs["evolve"])
@@ -40,7 +40,8 @@ def test_eval_replays_the_runs_own_evaluation_exactly(runs):
 
 
 def test_eval_with_another_seed_and_count_plays_those_episodes(runs):
-    result = wm("eval", "--run", str(runs["evolve"]), "--episodes", "3", "--envs", "1", "--seed", "5", "--threads", "1")
+    result = wm("eval", "--run", str(runs["evolve"]), "--episodes", "3", "--envs", "1", "--seed", "5",
+                "--set", "run.threads=1")  # fmt: skip
     assert result.returncode == 0, result.stderr
     ours = json.loads((runs["evolve"] / "eval.json").read_text())
     assert ours["eval_episodes"] == len(ours["eval_returns"]) == 3 and ours["seed"] == 5
@@ -48,7 +49,7 @@ def test_eval_with_another_seed_and_count_plays_those_episodes(runs):
 
 def test_video_shows_the_controllers_episode_beside_the_dream(runs):
     out = runs["evolve"] / "clip.mp4"
-    result = wm("video", "--run", str(runs["evolve"]), "--steps", "12", "--out", str(out), "--threads", "1")
+    result = wm("video", "--run", str(runs["evolve"]), "--steps", "12", "--out", str(out), "--set", "run.threads=1")
     assert result.returncode == 0, result.stderr
     steps = int(result.stderr.split(" over ")[-1].split(" steps")[0])
     assert 1 <= steps <= 12
@@ -57,7 +58,7 @@ def test_video_shows_the_controllers_episode_beside_the_dream(runs):
 
 
 def test_video_of_a_run_without_a_controller_plays_random_actions(runs):
-    result = wm("video", "--run", str(runs["train"]), "--steps", "8", "--threads", "1")
+    result = wm("video", "--run", str(runs["train"]), "--steps", "8", "--set", "run.threads=1")
     assert result.returncode == 0, result.stderr
     assert "playing random actions" in result.stderr
     frames = mp4_frames(runs["train"] / "videos" / "random.mp4")
@@ -65,7 +66,7 @@ def test_video_of_a_run_without_a_controller_plays_random_actions(runs):
 
 
 def test_video_of_a_state_run_shows_the_rendered_env_alone(runs):
-    result = wm("video", "--run", str(runs["state"]), "--steps", "8", "--threads", "1")
+    result = wm("video", "--run", str(runs["state"]), "--steps", "8", "--set", "run.threads=1")
     assert result.returncode == 0, result.stderr
     frames = mp4_frames(runs["state"] / "videos" / "random.mp4")
     assert 2 <= len(frames) <= 9
@@ -91,8 +92,15 @@ def test_eval_of_a_run_with_an_action_repeat_replays_it_and_counts_env_steps(tmp
     assert result.returncode == 0, result.stderr
     result = wm("evolve", *DEBUG, *QUICK, *repeat, "--world-model", str(train), "--run-dir", str(evolve))
     assert result.returncode == 0, result.stderr
-    result = wm("eval", "--run", str(evolve), "--threads", "1")
+    result = wm("eval", "--run", str(evolve), "--set", "run.threads=1")
     assert result.returncode == 0, result.stderr
     ours, theirs = json.loads((evolve / "eval.json").read_text()), summary(evolve)
     assert ours["eval_returns"] == theirs["eval_returns"] and ours["eval_lengths"] == theirs["eval_lengths"]
     assert ours["eval_env_steps"] == theirs["eval_env_steps"] == 2 * sum(ours["eval_lengths"])  # agent steps x 2
+
+
+def test_eval_takes_only_the_run_settings_by_set_and_names_them(runs):
+    """`--set` as every command takes it, but a player's only: the run's own config says the rest."""
+    result = wm("eval", "--run", str(runs["evolve"]), "--set", "evolve.eval_episodes=3")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--set evolve.eval_episodes: this command takes only run.threads, run.progress" in result.stderr

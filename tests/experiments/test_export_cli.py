@@ -25,7 +25,7 @@ def cycle_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(cycle_run) -> tuple[Path, dict]:
-    result = wm("export", "--run", str(cycle_run), "--steps", "200", "--threads", "1", timeout=300)
+    result = wm("export", "--run", str(cycle_run), "--steps", "200", "--set", "run.threads=1", timeout=300)
     assert result.returncode == 0, result.stderr
     assert "chose PyTorch's env action on all 200 real steps" in result.stderr
     return cycle_run / "export", json.loads((cycle_run / "export" / "export.json").read_text())
