@@ -83,7 +83,8 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     # reducing_gap=1: Pillow first box-averages by the largest integer factor (cheap, and a proper area filter), then
     # resamples the remaining < 2x bilinearly; about 2x faster than a full bilinear filter and looks the same.
     pil = Image.fromarray(np.ascontiguousarray(image))
-    return np.asarray(pil.resize((size, size), Image.BILINEAR, reducing_gap=1.0))
+    # np.array, not np.asarray: Pillow's buffer comes back read-only, and torch warns on every such frame it wraps.
+    return np.array(pil.resize((size, size), Image.BILINEAR, reducing_gap=1.0))
 
 
 class PixelObservation(gym.ObservationWrapper):

@@ -309,3 +309,14 @@ def test_spec_validates_its_fields() -> None:
         EnvSpec(**{**good, "action_low": (-1.0,)})
     with pytest.raises(ValueError, match="None exactly when the actions are discrete"):
         EnvSpec(**{**good, "discrete": True})
+
+
+@pytest.mark.parametrize("size", [16, 600])  # the 600 x 400 render shrunk, and stretched
+def test_pixel_observations_are_ordinary_writable_arrays(size) -> None:
+    """Pillow hands back a read-only buffer; an observation that is one made torch warn on every frame it wrapped
+    (`wm video`) and would break any user's in-place preprocessing."""
+    env, _ = make_env("CartPole-v1", obs="pixels", size=size, seed=0)
+    first, _ = env.reset()
+    after, *_ = env.step(0)
+    env.close()
+    assert first.flags.writeable and after.flags.writeable and first.shape == (size, size, 3)
