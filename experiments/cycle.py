@@ -50,6 +50,7 @@ import functools
 import io
 import math
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -167,6 +168,9 @@ class Cycle:
         self.iteration, self.phase = 0, "collect"
         self.env_steps = 0  # env steps of the collected transitions (the budget)
         self.eval_env_steps = 0  # steps of the evaluation episodes (reported, not budgeted)
+        # Wall seconds spent in each phase, over every session, up to the last checkpoint (a profile of the run).
+        self.phase_seconds = dict.fromkeys(PHASES, 0.0)
+        self.running, self.running_since = "collect", time.monotonic()  # the phase being timed
         self.episodes_at_start = 0  # episodes in the store when this iteration's collection began
         self.episodes = 0  # episodes this iteration trains and evolves on (all, once it has collected)
         self.split: EpisodeSplit | None = None  # iteration 0's training / held-out split
@@ -199,6 +203,7 @@ class Cycle:
             "phase": self.phase,
             "env_steps": self.env_steps,
             "eval_env_steps": self.eval_env_steps,
+            "phase_seconds": dict(self.phase_seconds),
             "episodes_at_start": self.episodes_at_start,
             "episodes": self.episodes,
             "split": None if self.split is None else asdict(self.split),
@@ -222,9 +227,13 @@ class Cycle:
         }
 
     def save(self) -> None:
+        now = time.monotonic()
+        self.phase_seconds[self.running] += now - self.running_since
+        self.running_since = now
         save_checkpoint(self.run.checkpoint_dir / "latest.pt", self.state_dict())
         self.run.write_summary(step=self.cycle_step(), iteration=self.iteration, phase=self.phase,
-                               env_steps=self.env_steps, history=self.history)  # fmt: skip
+                               env_steps=self.env_steps, history=self.history,
+                               phase_seconds=rounded(self.phase_seconds))  # fmt: skip
 
     def load_state(self, state: dict, path: Path) -> None:
         """Continue from a checkpoint that `read_resume_state` checked."""
@@ -233,6 +242,7 @@ class Cycle:
                            "start a new run")  # fmt: skip
         self.iteration, self.phase, self.env_steps = state["iteration"], state["phase"], state["env_steps"]
         self.eval_env_steps = state["eval_env_steps"]
+        self.phase_seconds.update(state.get("phase_seconds", {}))  # absent in checkpoints from before the profile
         self.episodes_at_start, self.episodes = state["episodes_at_start"], state["episodes"]
         self.split = None if state["split"] is None else EpisodeSplit(**state["split"])
         if state["trainer"] is not None:
@@ -278,6 +288,7 @@ class Cycle:
         phases = {"collect": self.collect, "train": self.train, "evolve": self.evolve, "evaluate": self.evaluate}
         while self.stopped is None:
             phase = self.phase
+            self.running, self.running_since = phase, time.monotonic()
             phases[phase](stop)
             self.resuming = False
             if phase == "evaluate":
@@ -539,11 +550,20 @@ class Cycle:
             "best_eval_return": self.best_return,
             "best_iteration": self.best_iteration,
             "history": self.history,
+            "phase_seconds": rounded(self.phase_seconds),
             "model": last["model"],
             "learning_curve": CURVE_PATH,
             "phase": "done",
             "step": self.cycle_step(),
         }
+
+
+PHASES = ("collect", "train", "evolve", "evaluate")
+"""An iteration's phases; train includes filling the latent cache, evaluate the video."""
+
+
+def rounded(seconds: dict[str, float]) -> dict[str, float]:
+    return {phase: round(value, 2) for phase, value in seconds.items()}
 
 
 def improves(chosen: np.ndarray, best: np.ndarray | None, real_return: float, best_return: float) -> bool:

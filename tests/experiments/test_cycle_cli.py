@@ -95,6 +95,10 @@ def test_debug_cycle_leaves_a_complete_run_directory(cycled):
     done = summary(run)
     assert done["status"] == "done" and done["command"] == "cycle" and done["stopped"] == "iterations"
     assert isinstance(done["wall_seconds"], float) and done["wall_seconds"] > 0
+    # The profile of where the time went, phase by phase, within the run's own wall time.
+    profile = done["phase_seconds"]
+    assert list(profile) == ["collect", "train", "evolve", "evaluate"] and all(v > 0 for v in profile.values())
+    assert sum(profile.values()) <= done["wall_seconds"]
     assert isinstance(done["env_steps"], int) and isinstance(done["iterations"], int) and done["iterations"] == 2
     for key in ("eval_return_mean", "eval_return_std", "best_eval_return"):
         assert isinstance(done[key], float) and np.isfinite(done[key]), key
