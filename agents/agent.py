@@ -19,6 +19,30 @@ from agents.controllers import Controller
 from worldmodel.dynamics.world_model import WorldModel, restart_at_first
 
 
+def decide(
+    model: WorldModel,
+    controller: Controller,
+    parameters: torch.Tensor,
+    hidden: torch.Tensor,
+    latent: torch.Tensor,
+    action: torch.Tensor,
+    first: torch.Tensor,
+    obs: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decision for N envs: restart the state where an episode starts, filter the frame into it, act on [z, h].
+
+    parameters (N, n), hidden (N, hidden_dim), latent (N, D), action (N, A) the previous decision's, first (N, 1) bool,
+    obs (N, *obs_shape) -> the action vector (N, A), hidden (N, hidden_dim), latent (N, D). `LatentAgent` and the
+    exported `agents.policy.PolicyStep` both act through it.
+    """
+    start = model.initial_state(obs.shape[0])
+    hidden, latent, action = restart_at_first(first, start, hidden, latent, action)
+    embedding = model.encode(obs).to(hidden.dtype)  # (N, D or mlp_dim)
+    hidden, latent = model.filter_step(hidden, latent, action, embedding)  # (N, hd), (N, D)
+    features = torch.cat([latent, hidden], dim=-1)[:, None]  # (N, 1, F): N candidates, 1 episode each
+    return controller.act(parameters, features)[:, 0], hidden, latent  # (N, 1, A) -> (N, A)
+
+
 class Recording:
     """Sub-env 0's observations and the action vectors chosen on them, from its first episode after
     `LatentAgent.record`, up to `limit` steps (the episode's last observation included)."""
@@ -104,13 +128,11 @@ class LatentAgent:
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """obs (N, *obs_shape) -> env actions (N,) ints or (N, A) floats."""
         first = torch.as_tensor(self.first, device=self.device)[:, None]  # (N, 1)
-        start = self.model.initial_state(self.num_envs)
-        hidden, latent, action = restart_at_first(first, start, self.hidden, self.latent, self.action)
-        embedding = self.model.encode(torch.as_tensor(obs, device=self.device)).to(self.dtype)  # (N, D or mlp_dim)
-        self.hidden, self.latent = self.model.filter_step(hidden, latent, action, embedding)  # (N, hd), (N, D)
-        features = torch.cat([self.latent, self.hidden], dim=-1)[:, None]  # (N, 1, F): N candidates, 1 episode
-        self.action = self.controller.act(self.parameters, features)[:, 0]  # (N, A)
-        self.action = self._explore(self.action)
+        frames = torch.as_tensor(obs, device=self.device)
+        action, self.hidden, self.latent = decide(
+            self.model, self.controller, self.parameters, self.hidden, self.latent, self.action, first, frames
+        )
+        self.action = self._explore(action)
         if self.recording is not None:
             self.recording.add(obs[0], self.action[0].float().cpu().numpy())
         self.first[:] = False

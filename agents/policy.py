@@ -13,33 +13,32 @@ ImageNet normalisation, pooling and the feature standardisation (or symlog for s
 the action vector: for a discrete space its argmax (plus the space's `start`), for a continuous one the vector
 itself, already within the bounds (`Controller.env_actions`; `PolicyStep.env_actions`).
 
-`export_onnx` writes it as an ONNX graph (`torch.onnx.export(..., dynamo=True)`, batch N dynamic) that
-`OnnxPolicy` runs with onnxruntime; `export_program` writes a `torch.export` program (.pt2) that
+`export_onnx` makes it an ONNX graph (`torch.onnx.export(..., dynamo=True)`, batch N dynamic) that
+`OnnxPolicy` runs with onnxruntime; `export_program` makes a `torch.export` program (.pt2) that
 `torch.export.load(path).module()` runs in PyTorch without this package. Both need the export extra
 (`pip install 'worldmodel-toolkit[export]'`: onnx, onnxruntime, onnxscript); the program alone needs only torch.
 
-Files are written atomically: to a temp name in the same folder, flushed, then renamed (envs/atomic.py does the same
-for the run's files; agents/ may not import envs/).
+Both return the file's bytes; the caller writes them (`wm export` atomically, with envs/atomic.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import NamedTuple
 
 import gymnasium
 import numpy as np
 import torch
 
-from agents.agent import LatentAgent
+from agents.agent import LatentAgent, decide
 from agents.controllers import Controller
-from worldmodel.dynamics.world_model import WorldModel, restart_at_first
+from worldmodel.dynamics.world_model import WorldModel
 
 EXPORT_EXTRA = "pip install 'worldmodel-toolkit[export]'"
 EXPORT_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
@@ -95,14 +94,8 @@ class PolicyStep(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """obs (N, *obs_shape), hidden (N, hd), latent (N, D), action (N, A), is_first (N,) bool -> the action
         vector (N, A) and the next hidden (N, hd) and latent (N, D)."""
-        n = obs.shape[0]
-        start = self.model.initial_state(n)
-        hidden, latent, action = restart_at_first(is_first[:, None], start, hidden, latent, action)
-        embedding = self.model.encode(obs).to(hidden.dtype)  # (N, D or mlp_dim)
-        hidden, latent = self.model.filter_step(hidden, latent, action, embedding)  # (N, hd), (N, D)
-        features = torch.cat([latent, hidden], dim=-1)[:, None]  # (N, 1, F): N candidates, 1 episode each
-        action = self.controller.act(self.controller_parameters.expand(n, -1), features)[:, 0]  # (N, 1, A) -> (N, A)
-        return action, hidden, latent
+        parameters = self.controller_parameters.expand(obs.shape[0], -1)  # (1, n) -> (N, n)
+        return decide(self.model, self.controller, parameters, hidden, latent, action, is_first[:, None], obs)
 
     def initial_state(self, n: int) -> PolicyState:
         """The state before an episode's first step (zeros; the first step restarts it anyway), for N envs."""
@@ -131,27 +124,6 @@ def dynamic_shapes() -> dict[str, dict[int, torch.export.Dim]]:
     return {name: {0: batch} for name in ("obs", "hidden", "latent", "action", "is_first")}
 
 
-def _atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Run `write(temp)` on a temp name beside `path`, flush it to disk and rename it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # keeps the suffix torch.export.save checks
-    try:
-        write(temp)
-        with open(temp, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path
-
-
 @contextlib.contextmanager
 def quiet_export() -> Iterator[None]:
     """Silence what torch's exporters say about themselves, not about the model: that every input shares the one batch
@@ -168,15 +140,16 @@ def quiet_export() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def export_program(step: PolicyStep, path: str | os.PathLike, example_obs: np.ndarray | torch.Tensor):
-    """`torch.export` the step (batch dynamic) and save it as a .pt2 at `path`; returns the ExportedProgram.
+def export_program(step: PolicyStep, example_obs: np.ndarray | torch.Tensor) -> bytes:
+    """`torch.export` the step (batch dynamic): the bytes of a .pt2 file.
 
     Load it with `torch.export.load(path).module()`, called as `PolicyStep` is.
     """
+    buffer = io.BytesIO()
     with torch.no_grad(), quiet_export():
         program = torch.export.export(step, example_inputs(step, example_obs), dynamic_shapes=dynamic_shapes())
-        _atomic(path, lambda temp: torch.export.save(program, temp))
-    return program
+        torch.export.save(program, buffer)
+    return buffer.getvalue()
 
 
 def require_export_packages() -> None:
@@ -186,9 +159,9 @@ def require_export_packages() -> None:
         raise ModuleNotFoundError(f"ONNX export needs {', '.join(missing)}: {EXPORT_EXTRA}")
 
 
-def export_onnx(step: PolicyStep, path: str | os.PathLike, example_obs: np.ndarray | torch.Tensor) -> None:
-    """Export the step as one ONNX graph at `path` (inputs `INPUT_NAMES`, outputs `OUTPUT_NAMES`, batch dynamic),
-    weights inside the file."""
+def export_onnx(step: PolicyStep, example_obs: np.ndarray | torch.Tensor) -> bytes:
+    """Export the step as one ONNX graph (inputs `INPUT_NAMES`, outputs `OUTPUT_NAMES`, batch dynamic), weights inside:
+    the bytes of a .onnx file."""
     require_export_packages()
     with torch.no_grad(), quiet_export():
         program = torch.onnx.export(
@@ -201,7 +174,7 @@ def export_onnx(step: PolicyStep, path: str | os.PathLike, example_obs: np.ndarr
             dynamo=True,
             verbose=False,
         )
-    _atomic(path, lambda temp: program.save(temp, external_data=False))
+    return program.model_proto.SerializeToString()
 
 
 class OnnxPolicy:
@@ -209,7 +182,7 @@ class OnnxPolicy:
     `LatentAgent` does): `reset(is_first)` marks the envs whose next observation starts an episode.
 
     Args:
-        path: the ONNX file `export_onnx` wrote.
+        path: an ONNX file of `export_onnx`'s bytes.
         num_envs: N.
         threads: onnxruntime's intra-op threads (default: its own choice).
     """

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        export_onnx(step, Path(folder) / "policy.onnx", frames[:1])
+        (Path(folder) / "policy.onnx").write_bytes(export_onnx(step, frames[:1]))
         emit("export_s", time.perf_counter() - start, "s", **setting)
         runtimes = {
             "pytorch": StatefulStep(step, step.initial_state(1)),

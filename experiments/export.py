@@ -38,7 +38,7 @@ from agents.policy import (
     require_export_packages,
 )
 from envs import make_env
-from envs.atomic import atomic_write_text, sha256_file
+from envs.atomic import atomic_write_bytes, atomic_write_text, sha256_file
 from experiments.evaluate import Player, add_common_arguments, open_player, positive
 from experiments.inputs import InputError
 from experiments.progress import Progress
@@ -65,8 +65,9 @@ def export_and_check(player: Player, out: Path, steps: int, seed: int, threads: 
         env.close()
     step = PolicyStep(player.model, player.controller, player.parameters)
     print(f"exporting to {out / ONNX_NAME} and {out / PROGRAM_NAME}", file=sys.stderr)
-    export_onnx(step, out / ONNX_NAME, recorded.obs[:1])
-    export_program(step, out / PROGRAM_NAME, recorded.obs[:1])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / ONNX_NAME, export_onnx(step, recorded.obs[:1]))
+    atomic_write_bytes(out / PROGRAM_NAME, export_program(step, recorded.obs[:1]))
     runtimes = {
         "onnxruntime": OnnxPolicy(out / ONNX_NAME, 1, threads),
         "torch.export": StatefulStep(torch.export.load(out / PROGRAM_NAME).module(), step.initial_state(1)),

@@ -219,8 +219,8 @@ def test_the_onnx_graph_and_the_program_choose_the_same_actions(pixel_run, tmp_p
     pytest.importorskip("onnxruntime")
     step, played = pixel_run
     recorded = recorded_of(played)
-    export_onnx(step, tmp_path / "policy.onnx", recorded.obs[:1])
-    export_program(step, tmp_path / "policy.pt2", recorded.obs[:1])
+    (tmp_path / "policy.onnx").write_bytes(export_onnx(step, recorded.obs[:1]))
+    (tmp_path / "policy.pt2").write_bytes(export_program(step, recorded.obs[:1]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.onnx", "policy.pt2"]  # no temp file left
 
     loaded = torch.export.load(tmp_path / "policy.pt2").module()
