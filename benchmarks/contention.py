@@ -50,6 +50,7 @@ def worker(preset: str, setting: str, seconds: float) -> dict[str, float]:
 
     from benchmarks.world_model_speed import random_batch
     from experiments.config import load_config
+    from experiments.inputs import env_spec
     from experiments.rundir import GracefulStop
     from experiments.runtime import set_threads
     from experiments.train import (
@@ -57,7 +58,6 @@ def worker(preset: str, setting: str, seconds: float) -> dict[str, float]:
         build_model,
         build_optimizer,
         encoder_fingerprint,
-        env_spec,
         fill_latent_cache,
         train_step,
     )

@@ -61,9 +61,10 @@ from experiments.evolve import (  # noqa: E402
     start_pool,
     world_model_checkpoint,
 )
+from experiments.inputs import env_spec  # noqa: E402
 from experiments.runtime import resolve_device  # noqa: E402
 from experiments.scoring import run_episodes  # noqa: E402
-from experiments.train import build_model, env_spec  # noqa: E402
+from experiments.train import build_model  # noqa: E402
 from worldmodel.dream.rollout import DreamSettings, DreamState, draw_noise, rollout  # noqa: E402
 from worldmodel.dynamics.world_model import WorldModel  # noqa: E402
 

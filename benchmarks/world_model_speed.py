@@ -40,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.pretrain import matmul_peak, synchronize  # noqa: E402
 from experiments.config import Config, load_config  # noqa: E402
+from experiments.inputs import env_spec  # noqa: E402
 from experiments.runtime import autocast, cpu_supports_bf16, resolve_device, resolve_precision  # noqa: E402
 from experiments.train import (  # noqa: E402
     apply_schedules,
@@ -47,7 +48,6 @@ from experiments.train import (  # noqa: E402
     build_model,
     build_optimizer,
     decoder_step,
-    env_spec,
     train_step,
 )
 from worldmodel.dynamics.world_model import WorldModelBatch  # noqa: E402

@@ -78,6 +78,7 @@ from experiments.evolve import (
     score_in_env,
     success_text,
 )
+from experiments.inputs import env_spec
 from experiments.progress import Progress
 from experiments.rundir import (
     GracefulStop,
@@ -100,7 +101,6 @@ from experiments.train import (
     build_model,
     collect_into,
     encoder_fingerprint,
-    env_spec,
     fill_latent_cache,
     load_encoder,
     load_encoder_weights,

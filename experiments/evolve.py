@@ -44,6 +44,7 @@ from experiments import config as config_lib
 from experiments import distributed
 from experiments.checkpoint import CheckpointError, load_latest, read_checkpoint, save_checkpoint
 from experiments.config import WORLD_MODEL_KEYWORDS, Config
+from experiments.inputs import env_spec
 from experiments.progress import Progress
 from experiments.rundir import (
     GracefulStop,
@@ -68,7 +69,7 @@ from experiments.runtime import (
     step_seed,
 )
 from experiments.scoring import run_episodes
-from experiments.train import build_model, env_spec, recorded_store
+from experiments.train import build_model, recorded_store
 from worldmodel.dream.rollout import DreamSettings, DreamState, Rollout, draw_noise, dream_starts, rollout
 from worldmodel.dynamics.world_model import WorldModel, batch_from_windows
 

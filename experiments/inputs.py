@@ -8,11 +8,16 @@ is one line naming what is wrong (`InputError`, exit 2 in experiments/cli.py) an
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from experiments.config import Config, EnvConfig, PretrainConfig
+
+if TYPE_CHECKING:  # envs imports gymnasium: only the env commands pay for it
+    from envs.spec import EnvSpec
 
 ENV_COMMANDS = ("train", "evolve", "cycle")
 """The commands that make `cfg.env`."""
@@ -30,7 +35,7 @@ def check_inputs(cfg: Config, command: str, path: Path) -> None:
     if command == "pretrain":
         check_image_source(cfg.pretrain)
     if command in ENV_COMMANDS:
-        check_env(cfg.env)
+        env_spec(cfg.env)
 
 
 def check_writable(path: Path) -> None:
@@ -53,7 +58,7 @@ def check_image_source(cfg: PretrainConfig) -> None:
     """`pretrain.data.source` names a folder with readable images, or an env that can be made, and holds a batch."""
     data = cfg.data
     if data.kind == "env":
-        check_env(EnvConfig(id=data.target, obs="pixels", size=cfg.encoder.image_size), "pretrain.data.source")
+        env_spec(EnvConfig(id=data.target, obs="pixels", size=cfg.encoder.image_size), "pretrain.data.source")
     if data.kind != "folder":
         whole_classes = math.ceil(data.num_images / data.num_classes) * data.num_classes  # as build_dataset makes them
         count = data.num_images if data.kind == "env" else whole_classes
@@ -80,12 +85,18 @@ def check_batch(images: int, batch_size: int, source: str) -> None:
         raise InputError(f"{source}: {images} images, fewer than a batch (pretrain.optim.batch_size={batch_size})")
 
 
-def check_env(cfg: EnvConfig, key: str = "env") -> None:
-    """The env can be made here as configured (registered, its package installed, the observation available)."""
+@functools.lru_cache(maxsize=16)
+def env_spec(cfg: EnvConfig, key: str = "env") -> EnvSpec:
+    """The spec of the env `cfg` names, made once to check that it can be made here as configured (registered, its
+    package installed, the observation available); InputError naming `key` otherwise.
+
+    Cached (the config and the spec are frozen): the check before the run directory and the command's own call make
+    the env once."""
     from envs.make import make_env  # only env commands need gymnasium
 
     try:
-        env, _ = make_env(cfg.id, obs=cfg.obs, size=cfg.size, action_repeat=cfg.action_repeat)
+        env, spec = make_env(cfg.id, obs=cfg.obs, size=cfg.size, action_repeat=cfg.action_repeat)
     except ValueError as error:
         raise InputError(f"{key}: {error}") from None
     env.close()
+    return spec

@@ -45,7 +45,6 @@ from envs import (
     RandomPolicy,
     Windows,
     collect,
-    make_env,
     make_vector_env,
 )
 from envs.collect import EpisodeBuffer
@@ -53,7 +52,8 @@ from envs.store import LATENT_DTYPE
 from experiments import config as config_lib
 from experiments import distributed
 from experiments.checkpoint import CheckpointError, load_latest, read_checkpoint, save_checkpoint
-from experiments.config import PREDICTION_DEPTHS, Config, ConfigError, EnvConfig, WorldModelConfig
+from experiments.config import PREDICTION_DEPTHS, Config, EnvConfig, WorldModelConfig
+from experiments.inputs import env_spec
 from experiments.progress import Progress
 from experiments.rundir import (
     GracefulStop,
@@ -100,16 +100,6 @@ VIDEO_PATH = "videos/dream_vs_real.mp4"
 
 # ------------------------------------------------------------------------------------------------------
 # The env and its episodes
-
-
-def env_spec(cfg: EnvConfig) -> EnvSpec:
-    """The spec of the env the config names; an unknown id or impossible setting is a ConfigError."""
-    try:
-        env, spec = make_env(cfg.id, obs=cfg.obs, size=cfg.size, action_repeat=cfg.action_repeat)
-    except ValueError as error:
-        raise ConfigError(f"env: {error}") from None
-    env.close()
-    return spec
 
 
 PolicyFactory = Callable[[int, int], Policy]

@@ -3,7 +3,8 @@
 import torch
 
 from experiments.config import load_config
-from experiments.train import build_model, build_optimizer, env_spec, train_step
+from experiments.inputs import env_spec
+from experiments.train import build_model, build_optimizer, train_step
 from worldmodel.dynamics.world_model import WorldModelBatch
 
 
