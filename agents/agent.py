@@ -118,9 +118,9 @@ class LatentAgent:
             raise ValueError(f"controller parameters must end in {self.controller.num_params}, got {values.shape}")
         self.parameters[torch.as_tensor(envs, dtype=torch.long)] = values
 
-    def reset(self, is_first: np.ndarray) -> None:
-        """Mark the sub-envs (N,) bool whose next observation is the first of an episode."""
-        self.first = np.asarray(is_first, dtype=bool).copy()
+    def reset(self, is_first: np.ndarray | None = None) -> None:
+        """Mark the sub-envs (N,) bool whose next observation is the first of an episode (None: all of them)."""
+        self.first = np.ones(self.num_envs, dtype=bool) if is_first is None else np.asarray(is_first, dtype=bool).copy()
         if self.recording is not None and self.first[0] and self.recording.obs:
             self.recording.closed = True
 

@@ -7,7 +7,7 @@ neighbours, under torch's own thread settings and under the toolkit's.
 Prints JSON lines {"bench": "contention", "metric", "value", "unit", ...the setting}.
 
 Each measurement runs in a fresh process (the OpenMP settings are read when torch loads) that builds the default
-preset's world model (configs/default.yaml) and times, for --seconds each:
+world model of the defaults (or of --config) and times, for --seconds each:
     train    `experiments.train.train_step` on a batch of cached features (what `wm cycle` trains on)
     encode   the frozen encoder over one batch of B x T frames (the preset's training batch)
     fill     `experiments.train.fill_latent_cache` over 40 episodes of 23 random frames (CartPole's random play)
@@ -62,7 +62,7 @@ def worker(preset: str, setting: str, seconds: float) -> dict[str, float]:
         train_step,
     )
 
-    cfg = load_config([preset])
+    cfg = load_config([preset] if preset else [])
     if setting == "toolkit":
         set_threads(cfg.run, torch.device("cpu"))
     torch.manual_seed(0)
@@ -144,7 +144,7 @@ def measure(preset: str, setting: str, seconds: float, neighbours: int) -> dict[
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(_REPO / "configs/default.yaml"), help="preset whose model to time")
+    parser.add_argument("--config", default="", help="preset whose model to time (default: the defaults')")
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per phase and measurement")
     parser.add_argument("--neighbours", default="0,1,3", help="comma-separated neighbour counts (0 is always run)")
     parser.add_argument("--settings", default="torch,toolkit", help="comma-separated: torch, toolkit")
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             if alone is None or (setting == "torch" and neighbours == 0):
                 alone = rates
             common = {"setting": setting, "neighbours": neighbours, "cores": cores, "threads": rates["threads"],
-                      "config": Path(args.config).name}  # fmt: skip
+                      "config": args.config or "defaults"}  # fmt: skip
             for phase, unit in (("train_steps", "steps/s"), ("encode_frames", "frames/s"),
                                 ("cache_fill_frames", "frames/s")):  # fmt: skip
                 emit(f"{phase}_per_s", rates[phase], unit, **common)

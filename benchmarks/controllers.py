@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from agents.controllers import CONTROLLER_KINDS, Controller  # noqa: E402
 from agents.evolution import CMAES  # noqa: E402
 from envs.make import make_vector_env  # noqa: E402
-from experiments.evolve import action_space  # noqa: E402
+from experiments.load import action_space  # noqa: E402
 from experiments.progress import Progress  # noqa: E402
 from experiments.scoring import successes_said  # noqa: E402
 

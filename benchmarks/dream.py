@@ -53,15 +53,9 @@ from benchmarks.pretrain import synchronize  # noqa: E402
 from envs import EnvSpec, make_vector_env  # noqa: E402
 from experiments import config as config_lib  # noqa: E402
 from experiments.checkpoint import read_checkpoint  # noqa: E402
-from experiments.evolve import (  # noqa: E402
-    DreamScorer,
-    action_space,
-    dream_settings,
-    load_world_model,
-    start_pool,
-    world_model_checkpoint,
-)
+from experiments.evolve import DreamScorer  # noqa: E402
 from experiments.inputs import env_spec  # noqa: E402
+from experiments.load import action_space, dream_settings, load_world_model, run_checkpoint, start_pool  # noqa: E402
 from experiments.runtime import resolve_device  # noqa: E402
 from experiments.scoring import run_episodes  # noqa: E402
 from experiments.train import build_model  # noqa: E402
@@ -102,7 +96,7 @@ def untrained_model(cfg: config_lib.Config, device: torch.device) -> tuple[World
 
 def trained_model(path: Path, device: torch.device) -> tuple[WorldModel, EnvSpec, DreamState, config_lib.Config]:
     """A `wm train` run's world model and start states from its episodes, under the run's own config."""
-    cfg = config_lib.from_dict(read_checkpoint(world_model_checkpoint(path))["config"])
+    cfg = config_lib.from_dict(read_checkpoint(run_checkpoint(path))["config"])
     world = load_world_model(path, cfg, device)
     return world.model, world.spec, start_pool(world, cfg, device), cfg
 

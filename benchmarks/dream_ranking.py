@@ -1,7 +1,7 @@
 """How well the dream ranks controllers: the same controllers scored in the dream and in the real env.
 
     python benchmarks/dream_ranking.py --world-model RUN
-    python benchmarks/dream_ranking.py --world-model RUN --variant dream.cont_temperature=0.5 \
+    python benchmarks/dream_ranking.py --world-model RUN --variant dream.latent_noise=0.1 \
         --variant dream.cont_mode=expected
     python benchmarks/dream_ranking.py --world-model RUN --controllers set.npz --add-controller runs/<wm evolve run>
     python benchmarks/dream_ranking.py --world-model RUN --quick      # tiny sizes: a check that it runs
@@ -60,16 +60,8 @@ from envs import make_vector_env  # noqa: E402
 from envs.atomic import atomic_write_bytes  # noqa: E402
 from experiments import config as config_lib  # noqa: E402
 from experiments.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
-from experiments.evolve import (  # noqa: E402
-    DreamScorer,
-    RealScorer,
-    build_controller,
-    dream_settings,
-    load_world_model,
-    read_controller,
-    start_pool,
-    world_model_checkpoint,
-)
+from experiments.evolve import DreamScorer, RealScorer, read_controller  # noqa: E402
+from experiments.load import build_controller, dream_settings, load_world_model, run_checkpoint, start_pool  # noqa: E402
 from experiments.progress import Progress  # noqa: E402
 from experiments.runtime import resolve_device, seed_everything  # noqa: E402
 from experiments.scoring import run_episodes  # noqa: E402
@@ -147,7 +139,7 @@ def search(es: CMAES, score, generations: int, keep: list[int], label: str) -> l
 
 
 def pool_key(cfg: config_lib.DreamConfig) -> tuple:
-    """The dream settings that decide the start pool (`experiments.evolve.encode_start_pool`)."""
+    """The dream settings that decide the start pool (`experiments.load.encode_start_pool`)."""
     return cfg.burn_in, cfg.start_windows, cfg.reset_starts
 
 
@@ -334,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         if value is not None and value < minimum:
             parser.error(f"{flag} must be >= {minimum}, got {value}")  # 2 real episodes: a standard error needs them
 
-    saved = read_checkpoint(world_model_checkpoint(Path(args.world_model)))["config"]
+    saved = read_checkpoint(run_checkpoint(Path(args.world_model)))["config"]
     try:
         cfg = config_lib.load_config([], args.overrides, base=saved)
     except config_lib.ConfigError as error:

@@ -1,6 +1,6 @@
 """Latency of one decision of an exported policy: the same step in PyTorch and in onnxruntime.
 
-    python benchmarks/policy_latency.py                 # configs/default.yaml's world model (untrained) and controller
+    python benchmarks/policy_latency.py                 # the defaults' world model (untrained) and controller
     python benchmarks/policy_latency.py --threads 2     # both runtimes on 2 threads
     python benchmarks/policy_latency.py --quick         # the debug preset, a few decisions: a check that it runs
 
@@ -37,8 +37,8 @@ import torch  # noqa: E402
 from agents.policy import OnnxPolicy, PolicyStep, StatefulStep, export_onnx  # noqa: E402
 from envs import make_env  # noqa: E402
 from experiments.config import Config, load_config  # noqa: E402
-from experiments.evolve import build_controller  # noqa: E402
 from experiments.inputs import env_spec  # noqa: E402
+from experiments.load import build_controller  # noqa: E402
 from experiments.train import build_model  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def time_decisions(policy: OnnxPolicy | StatefulStep, frames: np.ndarray, firsts
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(_REPO / "configs/default.yaml"), help="preset whose policy to time")
+    parser.add_argument("--config", default="", help="preset whose policy to time (default: the defaults')")
     parser.add_argument("--steps", type=int, default=200, help="timed decisions per runtime (median)")
     parser.add_argument("--warmup", type=int, default=20, help="decisions before the timed ones")
     parser.add_argument("--threads", type=int, default=1, help="threads of each runtime (default 1)")
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             f"need --steps >= 1, --warmup >= 0, --threads >= 1, got {args.steps}, {args.warmup}, {args.threads}"
         )
     torch.set_num_threads(args.threads)
-    cfg = load_config([args.config])
+    cfg = load_config([args.config] if args.config else [])
     spec = env_spec(cfg.env)
     torch.manual_seed(0)
     model = build_model(cfg.world_model, spec)
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     parameters = np.random.default_rng(0).normal(0.0, 0.1, controller.num_params)
     step = PolicyStep(model, controller, parameters)
     frames, firsts = real_frames(cfg, args.warmup + args.steps)
-    setting = {"batch": 1, "threads": args.threads, "model": f"untrained {Path(args.config).name}",
+    preset = Path(args.config).stem if args.config else "defaults"
+    setting = {"batch": 1, "threads": args.threads, "model": f"untrained {preset}",
                "obs_shape": list(spec.obs_shape), "controller": controller.kind, "steps": args.steps}  # fmt: skip
 
     with tempfile.TemporaryDirectory() as folder:

@@ -48,8 +48,9 @@ import torch.multiprocessing as mp  # noqa: E402
 from agents.evolution import CMAES  # noqa: E402
 from experiments import distributed  # noqa: E402
 from experiments.config import Config, load_config  # noqa: E402
-from experiments.evolve import DreamScorer, Evolution, build_controller, dream_settings  # noqa: E402
+from experiments.evolve import DreamScorer, Evolution  # noqa: E402
 from experiments.inputs import env_spec  # noqa: E402
+from experiments.load import build_controller, dream_settings  # noqa: E402
 from experiments.pretrain import apply_schedules, build_model, build_optimizer, train_step  # noqa: E402
 from experiments.train import build_model as build_world_model  # noqa: E402
 from worldmodel.dream.rollout import DreamState  # noqa: E402

@@ -6,7 +6,7 @@ and each one's share of this device's measured matmul peak.
     python benchmarks/world_model_speed.py --quick --config configs/parking.yaml \
         --set world_model.batch_size=2                # any preset
     python benchmarks/world_model_speed.py --variant world_model.horizon=31 \
-        --variant world_model.sequence_length=64,world_model.horizon=63,world_model.start_stride=8
+        --variant world_model.sequence_length=64,world_model.horizon=63
 
 Prints JSON lines {"bench": "world_model_speed", "metric", "value", "unit"}. One timed step is what `wm train` does
 per step apart from reading windows from the episode store (benchmarks/env_speed.py measures that): the world

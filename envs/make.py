@@ -290,6 +290,14 @@ def make_env(
     return env, _spec_of(env, env_id, obs, state_dim, action_repeat, gym_spec.max_episode_steps)
 
 
+def reward_threshold(env_id: str) -> float | None:
+    """The return at which the env's registration calls it solved (CartPole-v1: 475), None where it names none.
+
+    Raises EnvUnavailableError as `make_env` does for an id gymnasium cannot resolve."""
+    threshold = _check_env_id(env_id).reward_threshold
+    return None if threshold is None else float(threshold)
+
+
 def _make_rendering(env_id: str, gym_spec: Any, require_images: bool, **kwargs: Any) -> gym.Env:
     """gym.make with render_mode="rgb_array" where the env supports it (for pixels, and for videos in state mode).
 

@@ -42,6 +42,20 @@ def _range(value: tuple[float, float], key: str, low: float, high: float) -> Non
     _require(low <= value[0] <= value[1] <= high, key, f"expected {low} <= min <= max <= {high}, got {list(value)}")
 
 
+# Every setting of a switch (a choice between ways of doing a thing) is the default (the recommended setting), one a
+# shipped preset makes, or one of these alternatives, kept for the reason given (docs/README.md); any other was
+# deleted (tests/experiments/test_config_commands.py checks). A numeric switch is named with a value that turns it on.
+KEPT_ALTERNATIVES: dict[str, tuple[Any, str]] = {
+    "env.obs": ("state", "the env's true low-dimensional state instead of pixels, to tell a perception failure apart"),
+    "world_model.collapse_guard": ("sigreg", "SIGReg, not EMA targets (LeJEPA, LeWorldModel); deterministic latent"),
+    "world_model.freeze_encoder": (False, "the encoder trained end to end, not frozen; deterministic latent"),
+    "world_model.pooling": ("grid2", "the grid pooling of grid4 (one code path) on a coarser grid"),
+    "dream.cont_mode": ("expected", "the dream's termination by the continue head: sampled, expected or thresholded"),
+    "dream.latent_noise": (0.1, "dream latent noise, which keeps a controller off the model's exact predictions"),
+    "dream.disagreement_penalty": (1.0, "the ensemble-disagreement penalty on the dream's reward"),
+    "dream.disagreement_limit": (1.0, "the ensemble-disagreement limit that ends a dream rollout"),
+}
+
 # --------------------------------------------------------------------------------------------------
 # Sections
 
@@ -65,9 +79,6 @@ class RunConfig:
     """Steps between checkpoints (one is always written at the end and on interruption)."""
     progress: bool = True
     """Draw a progress bar on stderr."""
-    grad_compression: Literal["none", "bf16"] = "none"
-    """Under torchrun: gradients travel between processes as float32 ('none') or rounded to bf16 ('bf16', half the
-    bytes, through DDP's bf16 compression hook)."""
 
     def __post_init__(self):
         _require(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
@@ -285,8 +296,9 @@ class LossWeightsConfig:
     """Weight of the multi-step open-loop latent prediction loss."""
     reward: float = 1.0
     """Weight of the reward regression loss."""
-    cont: float = 1.0
-    """Weight of the continue (not terminal) classification loss."""
+    cont: float = 5.0
+    """Weight of the continue (not terminal) classification loss: episodes end on few steps, and a dream ended by the
+    continue head is only as good as that head (CartPole: docs/dream-and-evolution.md)."""
     ensemble: float = 1.0
     """Weight of the ensemble heads' loss (it trains only the heads: they read a detached h)."""
     sigreg: float = 10.0
@@ -312,7 +324,6 @@ WORLD_MODEL_KEYWORDS = (
     "freeze_encoder",
     "sigreg_directions",
     "sigreg_points",
-    "residual",
     "input_blur",
     "pooling",
     "latent",
@@ -325,11 +336,11 @@ PREDICTION_DEPTHS = (1, 5, 15)  # open-loop depths k of the pred_error_k* metric
 @dataclass(frozen=True)
 class WorldModelConfig:
     # -- the model: WorldModel's keywords (see WORLD_MODEL_KEYWORDS)
-    latent_dim: int = 128
+    latent_dim: int = 32
     """Size D of the latent z."""
-    hidden_dim: int = 256
+    hidden_dim: int = 128
     """Size of the recurrent history state h."""
-    mlp_dim: int = 256
+    mlp_dim: int = 128
     """Hidden width of every MLP (state encoder, dynamics input, heads, ensemble members)."""
     collapse_guard: Literal["ema", "sigreg"] = "ema"
     """Keep latents from collapsing with an EMA target network ('ema') or with the SIGReg loss ('sigreg')."""
@@ -341,31 +352,29 @@ class WorldModelConfig:
     """The ViT's input side in pixels; frames of another size are resized."""
     patch_size: int = 8
     """The ViT's patch side in pixels; must divide image_size."""
-    freeze_encoder: bool = False
-    """Keep the encoder backbone fixed (its features are computed once per frame and cached); else fine-tune it."""
+    freeze_encoder: bool = True
+    """Keep the encoder backbone fixed (its features are computed once per frame and cached); else fine-tune it, at
+    a far higher cost per step (the ViT runs forward and backward on every frame of every window)."""
     sigreg_directions: int = 256
     """Random 1-D projections per SIGReg call ('sigreg' only)."""
     sigreg_points: int = 17
     """Grid points of SIGReg's Epps-Pulley integral ('sigreg' only)."""
-    residual: bool = False
-    """Predict each next latent as the last one plus a predicted change (else the latent itself); its errors add up
-    over long dreams, so presets leave it off (docs/world-model.md)."""
     input_blur: float = 0.0
     """Gaussian blur, std in pixels of the ViT's input, of every frame before the encoder (0: none; pixels only)."""
     pooling: Literal["mean", "mean_std", "grid2", "grid4"] = "mean"
     """A frame's ViT patch features pooled into their mean, their mean and standard deviation, or the mean of each
     cell of a 2 x 2 or 4 x 4 grid over the image, which keeps where things are (pixels only)."""
-    latent: Literal["deterministic", "stochastic"] = "deterministic"
+    latent: Literal["deterministic", "stochastic"] = "stochastic"
     """'deterministic': z is the encoder's reading of one frame, and the dynamics predict it. 'stochastic': a
     recurrent state-space model, z drawn from a posterior that filters each frame with the history and, in the dream,
-    from the dynamics' prior; it predicts the frozen encoder's features (needs freeze_encoder) and ignores horizon,
-    start_stride and burn_in in training (docs/dream-and-evolution.md, `wm evolve`)."""
+    from the dynamics' prior; it predicts the frozen encoder's features (needs freeze_encoder) and ignores horizon
+    and burn_in in training (docs/dream-and-evolution.md, `wm evolve`)."""
     free_nats: float = 1.0
     """'stochastic': the KL term counts only above this many nats per step."""
     kl_balance: float = 0.8
     """'stochastic': share of the KL's gradient that moves the prior towards the posterior (the rest the reverse)."""
     # -- collection
-    collect_steps: int = 20000
+    collect_steps: int = 12000
     """Random-policy transitions to collect before training (summed over envs; ignored with --episodes)."""
     collect_hold: int = 1
     """Env steps each random action is held for (1: a fresh action every step). Held actions push an env further
@@ -375,16 +384,13 @@ class WorldModelConfig:
     # -- training
     steps: int = 2000
     """Optimizer steps in total."""
-    batch_size: int = 16
+    batch_size: int = 32
     """Windows per step."""
     sequence_length: int = 32
     """Steps T per training window (windows may span episodes; is_first marks the seams)."""
     horizon: int = 15
     """Open-loop steps unrolled from every start point of a window, at most sequence_length - 1. The dream runs far
     longer than this, and how long it stays faithful follows it (CartPole: docs/cycle.md, `wm cycle`)."""
-    start_stride: int = 1
-    """Steps between open-loop start points (1: every step; m: the steps s = burn_in mod m), so that a long horizon
-    in a long window can cost what a short one from every step does."""
     burn_in: int = 5
     """Teacher-forced steps at a window's start whose history state is too young to train on."""
     lr: float = 3e-4
@@ -406,7 +412,7 @@ class WorldModelConfig:
     max_nonfinite: int = 5
     """Stop the run after this many non-finite losses in a row (each one skips its step)."""
     # -- evaluation
-    eval_every: int = 500
+    eval_every: int = 300
     """Steps between held-out evaluations during training; 0 evaluates only at the end."""
     eval_fraction: float = 0.2
     """Share of the episodes (the last ones stored) held out for evaluation, never trained on."""
@@ -417,7 +423,7 @@ class WorldModelConfig:
     collapse_rank: float = 2.0
     """Effective rank of the latents below which the run is reported as collapsed."""
     # -- decoder and video
-    decoder_width: int = 16
+    decoder_width: int = 8
     """Channels of the decoder's last (full-resolution) layer; each halving of resolution doubles them."""
     decoder_lr: float = 1e-3
     """Learning rate of the decoder (its own Adam, on detached latents)."""
@@ -426,9 +432,9 @@ class WorldModelConfig:
     decoder_every: int = 4
     """The decoder trains beside the world model at every this-many-th training step (it is for pictures only, and
     a step of it costs about a third of a world-model step on the CartPole preset); then `decoder_steps` more."""
-    decoder_steps: int = 200
+    decoder_steps: int = 100
     """Decoder-only steps after the world model has finished, on its final latents."""
-    video_steps: int = 64
+    video_steps: int = 200
     """Frames in videos/dream_vs_real.mp4; 0 writes no video."""
     video_context: int = 5
     """Real steps the model observes before it dreams open-loop in the video."""
@@ -436,7 +442,7 @@ class WorldModelConfig:
     def __post_init__(self):
         positive = (
             "latent_dim hidden_dim mlp_dim sigreg_directions collect_steps collect_hold num_envs steps batch_size "
-            "horizon start_stride eval_batch_size decoder_width decoder_batch decoder_every max_nonfinite"
+            "horizon eval_batch_size decoder_width decoder_batch decoder_every max_nonfinite"
         )
         for key in positive.split():
             _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
@@ -450,11 +456,10 @@ class WorldModelConfig:
         )
         _require(self.burn_in >= 0, "burn_in", f"must be >= 0, got {self.burn_in}")
         _require(
-            self.latent == "deterministic"
-            or (self.freeze_encoder and not self.residual and self.collapse_guard == "ema"),
+            self.latent == "deterministic" or (self.freeze_encoder and self.collapse_guard == "ema"),
             "latent",
-            "'stochastic' predicts the frozen encoder's features: it needs freeze_encoder: true, residual: false and "
-            f"collapse_guard: ema, got {self.freeze_encoder}, {self.residual} and {self.collapse_guard!r}",
+            "'stochastic' predicts the frozen encoder's features: it needs freeze_encoder: true and collapse_guard: "
+            f"ema, got {self.freeze_encoder} and {self.collapse_guard!r}",
         )
         _require(self.free_nats >= 0, "free_nats", f"must be >= 0, got {self.free_nats}")
         _require(0 <= self.kl_balance <= 1, "kl_balance", f"must be in [0, 1], got {self.kl_balance}")
@@ -505,7 +510,7 @@ class WorldModelConfig:
 
 @dataclass(frozen=True)
 class DreamConfig:
-    horizon: int = 200
+    horizon: int = 500
     """Dream steps at most per rollout."""
     burn_in: int = 5
     """Real steps observed teacher-forced before a rollout starts, so that h carries real history."""
@@ -515,16 +520,12 @@ class DreamConfig:
     """Share of the start states that are real first steps of episodes (h = its value at a reset), the rest drawn
     from anywhere in the episodes: a real episode always begins at a reset, so the controller must meet that state
     in the dream too (uniform windows hold few of them: one per episode)."""
-    cont_mode: Literal["threshold", "sample", "expected"] = "threshold"
+    cont_mode: Literal["threshold", "sample", "expected"] = "sample"
     """End a rollout when the continue probability falls below cont_threshold ('threshold'), or at random with
     probability 1 - continue probability at each step ('sample'); or weight each reward by the probability that
     the episode is still going ('expected': the mean of 'sample' without its noise)."""
     cont_threshold: float = 0.5
     """Continue probability below which a rollout ends ('threshold' only)."""
-    cont_temperature: float = 1.0
-    """Divides the continue head's logit before its sigmoid. Above 1 it moves every step's continue probability
-    towards 1/2, so a rollout goes on for long only through states the model is very sure of (a more pessimistic
-    dream); below 1 towards 0 or 1. No effect on 'threshold' at cont_threshold 0.5, which reads the logit's sign."""
     latent_noise: float = 0.0
     """Std of Gaussian noise added to every predicted latent, in latent units (keeps a controller from relying on
     the model's exact predictions)."""
@@ -538,7 +539,6 @@ class DreamConfig:
             _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         _require(self.burn_in >= 0, "burn_in", f"must be >= 0, got {self.burn_in}")
         _require(0 < self.cont_threshold < 1, "cont_threshold", f"must be in (0, 1), got {self.cont_threshold}")
-        _require(self.cont_temperature > 0, "cont_temperature", f"must be > 0, got {self.cont_temperature}")
         _require(0 <= self.reset_starts <= 1, "reset_starts", f"must be in [0, 1], got {self.reset_starts}")
         for key in ("latent_noise", "disagreement_penalty", "disagreement_limit"):
             _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
@@ -554,7 +554,7 @@ class EvolveConfig:
     """Candidates per CMA-ES generation (pycma's popsize)."""
     episodes: int = 16
     """Rollouts per candidate per generation; a candidate's fitness is their mean return."""
-    generations: int = 50
+    generations: int = 20
     """CMA-ES generations."""
     sigma: float = 0.1
     """CMA-ES initial step size."""
@@ -564,7 +564,7 @@ class EvolveConfig:
     """Stop the run when more than this share of a generation's fitness values is non-finite."""
     final_episodes: int = 256
     """Dream rollouts (fresh starts) that score the final candidates: the ES mean and the best-ever candidate."""
-    eval_episodes: int = 20
+    eval_episodes: int = 10
     """Real-env episodes that score the chosen controller."""
     eval_envs: int = 4
     """Sub-envs of the real-env vector env (evaluation and --in real)."""
@@ -588,47 +588,28 @@ class EvolveConfig:
 
 @dataclass(frozen=True)
 class CycleConfig:
-    iterations: int = 10
+    iterations: int = 2
     """Iterations at most; iteration 0 trains the world model on random-policy data (world_model.*) and evolves
-    (evolve.*), each later one collects with the best controller (or the latest: cycle.collect_with), fine-tunes
-    and evolves warm-started."""
-    collect_steps: int = 5000
-    """Transitions collected per iteration after the first, with the controller cycle.collect_with names (summed over
-    envs)."""
+    (evolve.*), each later one collects with the best controller, fine-tunes and evolves warm-started."""
+    collect_steps: int = 3000
+    """Transitions collected per iteration after the first, with the best controller so far (summed over envs)."""
     exploration: float = 0.1
     """Collection noise: discrete, the probability of a random action; continuous, the noise std as a fraction of
     the action range."""
-    train_steps: int = 500
+    train_steps: int = 200
     """World-model fine-tuning steps per iteration after the first, on every training episode so far."""
     lr: float = 1e-4
     """Constant learning rate of fine-tuning (iteration 0's warmup-cosine schedule has ended at final_lr)."""
-    finetune: Literal["all", "heads"] = "all"
-    """What fine-tuning trains: "all" of the world model, or "heads" alone. "heads" fixes the encoder and projection
-    to z and the recurrence to h after iteration 0 (`WorldModel.freeze_controller_inputs`), so every controller keeps
-    the inputs it was evolved on."""
-    generations: int = 20
+    generations: int = 10
     """CMA-ES generations per iteration after the first (iteration 0 runs evolve.generations)."""
     sigma: float = 0.05
     """CMA-ES initial step size around the best controller after the first iteration (iteration 0 uses
     evolve.sigma)."""
-    collect_with: Literal["best", "latest"] = "best"
-    """Which controller collects after the first iteration: "best", the one with the best real return so far;
-    "latest", the one the previous iteration evolved and evaluated, even when it did worse than the best, so that the
-    model learns from the states that controller reaches, its failures included (World Models' iterative procedure
-    collects with the current controller). The two differ only after an iteration that did not improve."""
-    search: Literal["warm", "fresh"] = "warm"
-    """Where each search after the first starts: "warm", at the best controller with step size cycle.sigma; "fresh",
-    at the controller's cold start with evolve.sigma, as iteration 0's does (the best controller stays the one to
-    beat in the real env)."""
-    screen_episodes: int = 0
-    """Real episodes each finalist of a search plays before the choice (its mean and its best-ever candidate, and in a
-    warm-started search its start, the best controller so far), without exploration noise: 0 chooses by the dream
-    return alone; more chooses the finalist with the best real return over them. These episodes count towards
-    cycle.max_env_steps (they steer the learning) but do not enter the store; every iteration, the first included,
-    keeps room for them at the env's episode limit (so it needs an env with one)."""
     target_return: float | None = None
-    """Stop once the real-env eval return mean reaches this; null: no target."""
-    max_env_steps: int = 100000
+    """Stop once the real-env eval return mean reaches this; null: the env's registered reward_threshold (CartPole-v1:
+    475, CarRacing-v3: 900), no target where it names none. Set it above the best possible return to run every
+    iteration."""
+    max_env_steps: int = 30000
     """Real env steps the agent may learn from (every collected transition, iteration 0's random ones included);
     the cycle stops before an iteration whose collection would exceed them. Evaluation episodes are not counted
     (they never enter the store); summary.json reports them as eval_env_steps_total."""
@@ -637,7 +618,6 @@ class CycleConfig:
         for key in ("iterations", "collect_steps", "train_steps", "generations", "max_env_steps"):
             _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         _require(0 <= self.exploration <= 1, "exploration", f"must be in [0, 1], got {self.exploration}")
-        _require(self.screen_episodes >= 0, "screen_episodes", f"must be >= 0, got {self.screen_episodes}")
         _require(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be a finite number > 0, got {self.lr}")
         _require(
             math.isfinite(self.sigma) and self.sigma > 0, "sigma", f"must be a finite number > 0, got {self.sigma}"

@@ -9,22 +9,18 @@ random-policy steps, the world model trained world_model.steps steps on them (th
 metrics), a controller evolved in its dream (evolve.*, dream.*) and scored in the real env over evolve.eval_episodes
 episodes. Each later iteration:
 
-    collect   cycle.collect_steps steps with the best controller so far (with cycle.collect_with=latest, the one
-              the previous iteration evaluated) plus cycle.exploration noise;
+    collect   cycle.collect_steps steps with the best controller so far plus cycle.exploration noise;
     train     cycle.train_steps more steps of the same model and optimizer, at the constant rate cycle.lr, on the
               training episodes of iteration 0 and every episode collected since (iteration 0's held-out episodes
-              stay held out, so every iteration's model metrics are measured on the same episodes); with
-              cycle.finetune=heads the heads alone learn, and the controllers' inputs z and h keep their meaning;
-    evolve    cycle.generations generations of a new CMA-ES around the best controller (step size cycle.sigma;
-              with cycle.search=fresh, from the cold start as in iteration 0), its dream starts drawn from every
-              episode so far, so they include the states the controller visits;
-              with cycle.screen_episodes > 0 the search's finalists play that many real episodes each (counted in
-              the budget, not stored) and the best real return among them, not the dream's, chooses;
+              stay held out, so every iteration's model metrics are measured on the same episodes);
+    evolve    cycle.generations generations of a new CMA-ES around the best controller (step size cycle.sigma),
+              its dream starts drawn from every episode so far, so they include the states the controller visits;
     evaluate  the chosen controller in the real env; the best real return so far names the controller to beat
               (a controller evaluated before keeps its first score).
 
 The feature standardisation of iteration 0 is never changed: the controller's inputs must keep their meaning. The
-cycle stops when an evaluation reaches cycle.target_return, before an iteration whose collection would take the
+cycle stops when an evaluation reaches cycle.target_return (by default the env's registered reward_threshold, as
+CartPole-v1's 475), before an iteration whose collection would take the
 env steps past cycle.max_env_steps, or after cycle.iterations iterations. The budget counts the env steps the agent
 learns from (every collected transition, times env.action_repeat); evaluation episodes only measure, never enter
 the store, and are reported apart (`eval_env_steps_total`), as model-based RL papers count interaction.
@@ -62,23 +58,14 @@ from agents.agent import LatentAgent, Recording
 from agents.evolution import CMAES
 from envs import EnvSpec, EpisodeStore, RandomPolicy, make_vector_env
 from envs.atomic import atomic_write_bytes
+from envs.make import reward_threshold
 from experiments import config as config_lib
 from experiments.board import add_gif, write_hparams
 from experiments.checkpoint import save_checkpoint
 from experiments.config import Config, ConfigError
-from experiments.evolve import (
-    STREAM_SCREEN,
-    DreamScorer,
-    Evolution,
-    build_controller,
-    choose_controller,
-    dream_settings,
-    encode_start_pool,
-    save_controller,
-    score_in_env,
-    success_text,
-)
+from experiments.evolve import DreamScorer, Evolution, choose_controller, save_controller, score_in_env, success_text
 from experiments.inputs import env_spec
+from experiments.load import build_controller, dream_settings, encode_start_pool
 from experiments.progress import Progress
 from experiments.rundir import (
     GracefulStop,
@@ -90,6 +77,7 @@ from experiments.rundir import (
     execute,
     open_run,
     path_in_run,
+    start_run,
 )
 from experiments.runtime import prepare_runtime, rng_state, set_rng_state, step_seed
 from experiments.train import (
@@ -115,7 +103,6 @@ from worldmodel.dynamics.decoder import Decoder
 from worldmodel.dynamics.world_model import WorldModel
 
 STREAM_ITERATION = 11  # seeds of iterations >= 1 (see `iteration_seed`)
-DEFAULT_PRESET = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"  # `wm cycle` without --config
 CURVE_PATH = "learning_curve.png"
 
 
@@ -164,6 +151,8 @@ class Cycle:
         self.model, self.decoder, self.device, self.precision = model, decoder, device, precision
         self.latent_key, self.encoder_path = latent_key, encoder_path  # the frozen encoder's cache key, its source
         self.controller = build_controller(model, spec, self.cfg.evolve)
+        target = self.cfg.cycle.target_return
+        self.target = target if target is not None else reward_threshold(self.cfg.env.id)  # the return that stops it
         # What a checkpoint holds:
         self.iteration, self.phase = 0, "collect"
         self.env_steps = 0  # env steps of the collected transitions (the budget)
@@ -179,8 +168,6 @@ class Cycle:
         self.chosen: np.ndarray | None = None  # the controller the search chose, to evaluate
         self.best: np.ndarray | None = None  # the controller with the best real return so far
         self.best_return, self.best_iteration = -math.inf, -1
-        self.latest: np.ndarray | None = None  # the controller evaluated last, and its iteration
-        self.latest_iteration = -1
         self.record: dict = {}  # this iteration's figures so far
         self.history: list[dict] = []  # one record per evaluated iteration
         self.generations_done = 0  # generations of the searches finished so far
@@ -217,8 +204,6 @@ class Cycle:
             "best": None if self.best is None else torch.as_tensor(self.best),
             "best_return": self.best_return,
             "best_iteration": self.best_iteration,
-            "latest": None if self.latest is None else torch.as_tensor(self.latest),
-            "latest_iteration": self.latest_iteration,
             "record": self.record,
             "history": self.history,
             "generations_done": self.generations_done,
@@ -254,9 +239,6 @@ class Cycle:
         self.chosen = None if state["chosen"] is None else state["chosen"].numpy()
         self.best = None if state["best"] is None else state["best"].numpy()
         self.best_return, self.best_iteration = state["best_return"], state["best_iteration"]
-        # Checkpoints from before cycle.collect_with lack "latest": their config collects with the best controller.
-        self.latest = None if state.get("latest") is None else state["latest"].numpy()
-        self.latest_iteration = state.get("latest_iteration", -1)
         self.record, self.history = state["record"], state["history"]
         self.generations_done, self.stopped = state["generations_done"], state["stopped"]
         set_rng_state(state["rng"])
@@ -305,8 +287,7 @@ class Cycle:
 
     def collect(self, stop: GracefulStop) -> None:
         """Collect this iteration's episodes into the store in one add (random actions in iteration 0, else the
-        controller cycle.collect_with names, with exploration noise), or accept those a killed run had already
-        added."""
+        best controller so far, with exploration noise), or accept those a killed run had already added."""
         cfg, k = self.cfg, self.iteration
         seed = iteration_seed(cfg.run.seed, k)
         num_envs = cfg.world_model.num_envs
@@ -324,9 +305,9 @@ class Cycle:
             if k == 0:
                 self.announce(f"collect {steps} steps with random actions")
             else:
-                which, iteration, _ = self.collector()
+                iteration = self.best_iteration
                 real = self.history[iteration]["eval_return_mean"]
-                self.announce(f"collect {steps} steps with the {which} controller (iteration {iteration}, real return "
+                self.announce(f"collect {steps} steps with the best controller (iteration {iteration}, real return "
                               f"{real:.1f}) and exploration {cfg.cycle.exploration}")  # fmt: skip
             collect_into(self.store, cfg.env, policy, steps, num_envs, seed, stop, cfg.run.progress,
                          stopped="stopped while collecting: nothing of this collection was stored; --resume collects "
@@ -357,17 +338,9 @@ class Cycle:
         builds it for its share of the sub-envs)."""
         return RandomPolicy(self.spec, seed=seed, hold=self.cfg.world_model.collect_hold)
 
-    def collector(self) -> tuple[str, int, np.ndarray]:
-        """Which controller collects after iteration 0 (cycle.collect_with): its name, the iteration that evolved
-        it, its parameters."""
-        if self.cfg.cycle.collect_with == "latest":
-            return "latest", self.latest_iteration, self.latest
-        return "best", self.best_iteration, self.best
-
     def controller_policy(self, num_envs: int, seed: int) -> LatentAgent:
-        """Later iterations' collection policy: the controller cycle.collect_with names, with exploration noise."""
-        parameters = self.collector()[2]
-        return LatentAgent(self.model, self.controller, parameters, num_envs, self.cfg.cycle.exploration, seed)
+        """Later iterations' collection policy: the best controller so far, with exploration noise."""
+        return LatentAgent(self.model, self.controller, self.best, num_envs, self.cfg.cycle.exploration, seed)
 
     def train(self, stop: GracefulStop) -> None:
         """Iteration 0: train the world model as `wm train` does. Later: fine-tune the same model and optimizer
@@ -390,12 +363,8 @@ class Cycle:
         else:
             begin = wcfg.steps + (k - 1) * cfg.cycle.train_steps
             held_out = self.split.num_episodes - self.split.first_held_out
-            parts = "the world model"
-            if cfg.cycle.finetune == "heads":
-                trainer.freeze_controller_inputs()
-                parts = "the world model's heads"
-            self.announce(f"fine-tune {parts} {cfg.cycle.train_steps} steps on {self.episodes - held_out} episodes "
-                          f"({held_out} more held out)")  # fmt: skip
+            self.announce(f"fine-tune the world model {cfg.cycle.train_steps} steps on {self.episodes - held_out} "
+                          f"episodes ({held_out} more held out)")  # fmt: skip
             results = trainer.train(
                 stop, until=begin + cfg.cycle.train_steps, constant_lr=cfg.cycle.lr, begin=begin, lr_key="cycle.lr"
             )
@@ -414,7 +383,7 @@ class Cycle:
             fill_latent_cache(self.model, self.store, self.latent_key, self.device, stop, False)
         pool = encode_start_pool(self.model, self.store, self.latent_key, cfg.dream, self.device, seed, self.episodes)
         dream = DreamScorer(self.model, self.controller, pool, dream_settings(cfg.dream), seed)
-        warm = k > 0 and cfg.cycle.search == "warm"
+        warm = k > 0
         if self.es is None:
             if warm:
                 x0, sigma = self.best, cfg.cycle.sigma
@@ -428,34 +397,12 @@ class Cycle:
         evolution = Evolution(self.es, dream, self.controller, cfg, self.run, "dream", {}, checkpointer=self.save,
                               log_offset=offset)  # fmt: skip
         evolution.evolve(stop, generations)
-        screen = functools.partial(self.screen, seed) if cfg.cycle.screen_episodes > 0 else None
-        self.chosen, figures = choose_controller(self.es, dream, ecfg.final_episodes, warm=warm, screen=screen)
+        self.chosen, figures = choose_controller(self.es, dream, ecfg.final_episodes, warm=warm)
         self.record.update(figures, start_states=len(pool.latent))
         self.generations_done += generations
         self.es = None
         self.phase = "evaluate"
         self.save()
-
-    def screen(self, seed: int, finalists: np.ndarray) -> np.ndarray:
-        """The real return (K,) of each finalist (K, n) over cycle.screen_episodes episodes without exploration
-        noise, every finalist's from the same reset seeds; their env steps count towards the budget. A stop request
-        waits for the end of the phase, as in `evaluate`."""
-        cfg, episodes = self.cfg, self.cfg.cycle.screen_episodes
-        self.announce(f"screen {len(finalists)} finalists in the real env, {episodes} episodes each")
-        envs = self.real_envs(seed)
-        try:
-            agent = LatentAgent(self.model, self.controller, finalists[0], cfg.evolve.eval_envs)
-            scores = [score_in_env(envs, agent, finalist, episodes, step_seed(seed, 0, STREAM_SCREEN), cfg.run.progress,
-                                   label="screen") for finalist in finalists]  # fmt: skip
-        finally:
-            envs.close()
-        returns = np.array([score["eval_return_mean"] for score in scores])
-        env_steps = sum(score["eval_env_steps"] for score in scores)
-        self.env_steps += env_steps
-        self.record.update(screen_env_steps=env_steps, screen_episodes=episodes)
-        print(f"iteration {self.iteration}: screened: real returns {', '.join(f'{r:.1f}' for r in returns)} over "
-              f"{episodes} episodes each, {env_steps} env steps", file=sys.stderr)  # fmt: skip
-        return returns
 
     def real_envs(self, seed: int):
         """evolve.eval_envs real envs for scoring controllers, seeded by `seed`."""
@@ -489,12 +436,11 @@ class Cycle:
                            "decoder": None if self.decoder is None else self.decoder.state_dict()}  # fmt: skip
             save_controller(self.run.checkpoint_dir / "best.pt", "cycle", self.controller, self.best, cfg,
                             {"iteration": k}, record, world_model)  # fmt: skip
-        self.latest, self.latest_iteration = self.chosen, k
         self.history.append(record)
         # tensorboard's axis: the real env steps collected, the x of a sample-efficiency curve, comparable across runs
         self.run.log(self.cycle_step(), iteration_metrics(record, self.best_return), tb_step=self.env_steps)
         if self.run.writes:  # rank 0 alone under torchrun
-            write_learning_curve(self.run.path / CURVE_PATH, self.history, cfg.env.id, cfg.cycle.target_return)
+            write_learning_curve(self.run.path / CURVE_PATH, self.history, cfg.env.id, self.target)
         self.announce(
             f"real return {record['eval_return_mean']:.1f} ± {record['eval_return_std']:.1f}{success_text(record)} "
             f"(dream {record['dream_return']:.1f}); {self.env_steps} env steps collected so far; best "
@@ -524,13 +470,12 @@ class Cycle:
     def stop_reason(self) -> str | None:
         """Why the cycle ends after the iteration just evaluated, or None to go on."""
         ccfg, last = self.cfg.cycle, self.history[-1]
-        if ccfg.target_return is not None and last["eval_return_mean"] >= ccfg.target_return:
+        if self.target is not None and last["eval_return_mean"] >= self.target:
             return "target"
         if len(self.history) >= ccfg.iterations:
             return "iterations"
-        # The next iteration's collection, which may end up to num_envs - 1 steps late, and its screening.
+        # The next iteration's collection, which may end up to num_envs - 1 steps late.
         planned = (ccfg.collect_steps + self.cfg.world_model.num_envs - 1) * self.cfg.env.action_repeat
-        planned += screen_reserve(self.cfg, self.spec, self.iteration + 1)
         if self.env_steps + planned > ccfg.max_env_steps:
             return "budget"
         return None
@@ -540,6 +485,7 @@ class Cycle:
         last = self.history[-1]
         return {
             "stopped": self.stopped,
+            "target_return": self.target,
             "iterations": len(self.history),
             "env_steps": self.env_steps,
             "eval_env_steps_total": self.eval_env_steps,
@@ -598,8 +544,9 @@ def iteration_metrics(record: dict, best_return: float) -> dict[str, float]:
 HPARAM_METRICS = ("cycle/return_mean", "cycle/best_return", "cycle/dream_return", "cycle/env_steps")
 
 STOP_REASONS = {
-    "target": "the real return reached cycle.target_return",
-    "budget": "the next iteration's collection (and screening) would take the env steps past cycle.max_env_steps",
+    "target": "the real return reached the target, {target_return} (cycle.target_return, else the env's "
+    "reward_threshold)",
+    "budget": "the next iteration's collection would take the env steps past cycle.max_env_steps",
     "iterations": "cycle.iterations iterations done",
 }
 
@@ -609,7 +556,7 @@ def report(run: Run, results: dict) -> None:
     runs = run.path.parent
     print(
         f"cycle done after {results['iterations']} iterations and {results['env_steps']} env steps collected: "
-        f"{STOP_REASONS[results['stopped']]}. Last real return {results['eval_return_mean']:.1f} ± "
+        f"{STOP_REASONS[results['stopped']].format(**results)}. Last real return {results['eval_return_mean']:.1f} ± "
         f"{results['eval_return_std']:.1f}, best {results['best_eval_return']:.1f} (iteration "
         f"{results['best_iteration']}).\n"
         f"  run directory    {run.path}\n"
@@ -708,30 +655,14 @@ def write_learning_curve(path: Path, history: list[dict], env_id: str, target: f
 # The command
 
 
-def screen_reserve(cfg: Config, spec: EnvSpec, iteration: int) -> int:
-    """The most env steps iteration `iteration`'s screening may take (cycle.screen_episodes): each finalist's
-    episodes at the env's episode limit."""
-    if cfg.cycle.screen_episodes == 0:
-        return 0
-    finalists = 3 if iteration > 0 and cfg.cycle.search == "warm" else 2  # mean, best (, start): choose_controller
-    return finalists * cfg.cycle.screen_episodes * spec.max_episode_steps * cfg.env.action_repeat
-
-
-def check_budget(cfg: Config, spec: EnvSpec) -> None:
-    """Iteration 0 alone must fit the env-step budget, its screening included; screening needs an episode limit."""
-    if cfg.cycle.screen_episodes > 0 and spec.max_episode_steps is None:
-        raise ConfigError(
-            f"cycle.screen_episodes: {cfg.env.id} has no episode limit, so the budget cannot keep room for screening; "
-            "set it to 0 or use an env with a TimeLimit"
-        )
+def check_budget(cfg: Config) -> None:
+    """Iteration 0 alone must fit the env-step budget."""
     repeat = cfg.env.action_repeat
-    screen = screen_reserve(cfg, spec, 0)
-    if cfg.world_model.collect_steps * repeat + screen > cfg.cycle.max_env_steps:
+    if cfg.world_model.collect_steps * repeat > cfg.cycle.max_env_steps:
         times = "" if repeat == 1 else f" x env.action_repeat={repeat} env steps"
-        screening = "" if screen == 0 else f" and its screening (up to {screen} env steps)"
         raise ConfigError(
             f"cycle.max_env_steps: {cfg.cycle.max_env_steps} is fewer than iteration 0's random-policy collection "
-            f"(world_model.collect_steps={cfg.world_model.collect_steps}{times}){screening}"
+            f"(world_model.collect_steps={cfg.world_model.collect_steps}{times})"
         )
 
 
@@ -768,6 +699,22 @@ def cycle(run: Run, stop: GracefulStop, encoder: dict[str, torch.Tensor] | None 
     return results
 
 
+def run_cycle(cfg: Config, path: str | Path, encoder: str | Path | None = None) -> dict:
+    """`wm cycle --run-dir PATH` from Python: run the cycle under `cfg` (`experiments.config.load_config` makes one
+    from presets and overrides) into the new run directory `path`, and return its summary.json.
+
+    Its "status" says how the cycle ended: "done"; "interrupted" (Ctrl-C or SIGTERM: `wm cycle --resume --run-dir
+    PATH` continues it); "failed", with "error". `encoder` is a `wm pretrain` checkpoint to start the encoder from.
+    What cannot run (a config, an encoder or an env that does not serve, a directory that holds a run) raises a
+    ConfigError, CheckpointError, InputError or RunError before the directory is made.
+    """
+    check_budget(cfg)
+    weights = None if encoder is None else load_encoder_weights(Path(encoder), cfg)
+    run = start_run(Path(path), "cycle", cfg)
+    execute(run, functools.partial(cycle, encoder=weights, encoder_path=None if encoder is None else str(encoder)))
+    return dict(run.summary)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="wm cycle", description="Collect, train a world model, evolve a controller in it, evaluate: iterated."
@@ -775,11 +722,6 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(parser)
     parser.add_argument("--encoder", metavar="CHECKPOINT", help="start the encoder from a `wm pretrain` checkpoint")
     args = parser.parse_args(argv)
-    if not args.config and not args.resume:
-        if not DEFAULT_PRESET.is_file():
-            raise RunError(f"no --config given and the default task {DEFAULT_PRESET} is missing; name a preset")
-        args.config = [str(DEFAULT_PRESET)]
-        print(f"no --config: running the default task, configs/{DEFAULT_PRESET.name}", file=sys.stderr)
     encoder = None
     if args.resume:
         if args.encoder:
@@ -787,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         # A bad config or an encoder that does not fit fails before a run directory exists.
         cfg = config_lib.load_config(args.config, args.overrides)
-        check_budget(cfg, env_spec(cfg.env))
+        check_budget(cfg)
         if args.encoder:
             encoder = load_encoder_weights(Path(args.encoder), cfg)
     run = open_run(args, "cycle")

@@ -46,7 +46,6 @@ T = TypeVar("T")
 TIMEOUT_VARIABLE = "WM_DIST_TIMEOUT_S"
 """Environment variable: seconds a process waits in one collective before it fails (default DEFAULT_TIMEOUT_S)."""
 DEFAULT_TIMEOUT_S = 1800.0  # generous: the others wait at the next collective while rank 0 evaluates or writes videos
-GRAD_COMPRESSIONS = ("none", "bf16")
 SETTLE_S = 0.25  # seconds teardown leaves gloo's worker threads to free their last tensors
 
 # The batch each command splits across processes: it must divide evenly (every process takes batch / world size).
@@ -277,6 +276,7 @@ class Shard:
 
     def __init__(self) -> None:
         self.world_size = world_size()
+        self.rank = rank()
 
     def total(self, value: torch.Tensor) -> torch.Tensor:
         """Sum over processes of a count or statistic that needs no gradient."""
@@ -298,36 +298,17 @@ class TrainingLoss(nn.Module):
         return self.model.loss(*args, **kwargs)
 
 
-def data_parallel(model: nn.Module, device: torch.device, grad_compression: str = "none") -> Callable[..., Any]:
-    """`model.loss`, through DistributedDataParallel under torchrun (gradients averaged over processes, optionally
-    sent as bf16 through DDP's compression hook); `model.loss` itself alone.
+def data_parallel(model: nn.Module, device: torch.device) -> Callable[..., Any]:
+    """`model.loss`, through DistributedDataParallel under torchrun (gradients averaged over processes);
+    `model.loss` itself alone.
 
     The model itself stays unwrapped: checkpoints hold its state_dict, the same under any world size.
     """
-    if grad_compression not in GRAD_COMPRESSIONS:
-        raise ValueError(f"grad_compression must be one of {GRAD_COMPRESSIONS}, got {grad_compression!r}")
     if not active():
         return model.loss
     from torch.nn.parallel import DistributedDataParallel
 
-    wrapped = DistributedDataParallel(TrainingLoss(model), device_ids=[device.index] if device.type == "cuda" else None)
-    if grad_compression == "bf16":
-        wrapped.register_comm_hook(state=None, hook=bf16_allreduce_hook)
-    return wrapped
-
-
-def bf16_allreduce_hook(process_group, bucket):  # unannotated: DDP compares annotations with its own types
-    """DDP communication hook: a gradient bucket (dist.GradBucket) all-reduced as bf16 (half the bytes of float32),
-    averaged and cast back into the bucket; returns the Future of the bucket's tensor. DDP's own `bf16_compress_hook`
-    does the same but refuses any backend other than NCCL; this one also runs on gloo (and so is tested on CPUs)."""
-    group = process_group if process_group is not None else dist.group.WORLD
-    buffer = bucket.buffer()
-    compressed = buffer.to(torch.bfloat16).div_(dist.get_world_size(group))
-
-    def decompress(future):
-        return buffer.copy_(future.value()[0])
-
-    return dist.all_reduce(compressed, group=group, async_op=True).get_future().then(decompress)
+    return DistributedDataParallel(TrainingLoss(model), device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def average_gradients(parameters: Iterable[nn.Parameter]) -> None:

@@ -27,24 +27,29 @@ import functools
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
-from gymnasium import spaces
 
 from agents.agent import LatentAgent
 from agents.controllers import Controller
 from agents.evolution import CMAES, Generation, NonFiniteFitnessError
-from envs import EnvSpec, EpisodeStore, Windows, make_vector_env
-from envs.atomic import sha256_bytes, sha256_file
+from envs import make_vector_env
+from envs.atomic import sha256_bytes
 from experiments import config as config_lib
 from experiments import distributed
 from experiments.checkpoint import CheckpointError, load_latest, read_checkpoint, save_checkpoint
-from experiments.config import WORLD_MODEL_KEYWORDS, Config
-from experiments.inputs import env_spec
+from experiments.config import Config
+from experiments.load import (
+    LoadedWorldModel,
+    build_controller,
+    dream_settings,
+    load_world_model,
+    run_checkpoint,
+    start_pool,
+)
 from experiments.progress import Progress
 from experiments.rundir import (
     GracefulStop,
@@ -69,141 +74,13 @@ from experiments.runtime import (
     step_seed,
 )
 from experiments.scoring import run_episodes
-from experiments.train import build_model, recorded_store
-from worldmodel.dream.rollout import DreamSettings, DreamState, Rollout, draw_noise, dream_starts, rollout
-from worldmodel.dynamics.world_model import WorldModel, batch_from_windows
+from worldmodel.dream.rollout import DreamSettings, DreamState, Rollout, draw_noise, rollout
+from worldmodel.dynamics.world_model import WorldModel
 
-# Streams of per-generation randomness (see runtime.step_seed).
-STREAM_POOL, STREAM_STARTS, STREAM_NOISE, STREAM_REAL, STREAM_FINAL, STREAM_EVAL = 1, 2, 3, 4, 5, 6
-STREAM_RESET_POOL = 8
+# Streams of per-generation randomness (see runtime.step_seed); 1 and 8 are the start pool's (experiments/load.py).
+STREAM_STARTS, STREAM_NOISE, STREAM_REAL, STREAM_FINAL, STREAM_EVAL = 2, 3, 4, 5, 6
 STREAM_FINAL_NOISE = 7
-STREAM_SCREEN = 9  # `wm cycle`'s real screening of a search's finalists (cycle.screen_episodes)
-POOL_BATCH = 512  # start windows encoded per call
 SCORING_MODES = ("dream", "real")
-
-
-# ------------------------------------------------------------------------------------------------------
-# The world model and its start states
-
-
-@dataclass
-class LoadedWorldModel:
-    """A trained world model, frozen, with what it was trained on."""
-
-    model: WorldModel
-    spec: EnvSpec
-    checkpoint: Path
-    store: EpisodeStore
-    latent_key: str | None
-    sha256: str
-    """The checkpoint file's SHA-256: a resumed search must continue in the very same model."""
-
-
-def world_model_checkpoint(path: Path) -> Path:
-    """A `wm train` (or `wm cycle`) run directory (its checkpoints/latest.pt) or a checkpoint file (in its run's
-    checkpoints/, where the paths the run recorded relative to itself are found)."""
-    if path.is_dir():
-        return path / "checkpoints" / "latest.pt"
-    return path
-
-
-def load_world_model(path: Path, cfg: Config, device: torch.device | None = None) -> LoadedWorldModel:
-    """Load a `wm train` checkpoint (onto `device`, default the CPU) and refuse it when it does not fit this
-    config's env and model shape."""
-    checkpoint = world_model_checkpoint(path)
-    state = read_checkpoint(checkpoint)
-    if state.get("command") == "cycle" and state.get("trainer") is not None:
-        state = state["trainer"]  # a `wm cycle` run's world model, held as a train checkpoint holds it
-    if state.get("command") != "train":
-        raise CheckpointError(f"--world-model {checkpoint} is a checkpoint of '{state.get('command')}', not of 'train'")
-    theirs = config_lib.from_dict(state["config"])
-    spec = EnvSpec.from_dict(state["env_spec"])
-    differences = [f"env {d} (checkpoint != this config)" for d in spec.differences(env_spec(cfg.env))]
-    differences += [
-        f"world_model.{key}: {getattr(theirs.world_model, key)!r} in the checkpoint, "
-        f"{getattr(cfg.world_model, key)!r} here"
-        for key in WORLD_MODEL_KEYWORDS
-        if getattr(theirs.world_model, key) != getattr(cfg.world_model, key)
-    ]
-    if differences:
-        raise CheckpointError(
-            f"--world-model {checkpoint} does not fit this config (use the preset it was trained with):\n  "
-            + "\n  ".join(differences)
-        )
-    model = build_model(theirs.world_model, spec)
-    model.load_state_dict(state["model"])
-    model.requires_grad_(False).eval().to(device or torch.device("cpu"))
-    if not bool(model.feature_statistics_set):
-        raise CheckpointError(f"--world-model {checkpoint} was saved before training started (step {state['step']})")
-    data = state["data"]
-    store = EpisodeStore(recorded_store(data["episodes"], checkpoint.parent.parent), spec)  # <run>/checkpoints/*.pt
-    return LoadedWorldModel(model, spec, checkpoint, store, data["latent_key"], sha256_file(checkpoint))
-
-
-def start_pool(world: LoadedWorldModel, cfg: Config, device: torch.device) -> DreamState:
-    """`encode_start_pool` over every episode of the world model's store, seeded by run.seed."""
-    return encode_start_pool(world.model, world.store, world.latent_key, cfg.dream, device, cfg.run.seed)
-
-
-@torch.no_grad()
-def encode_start_pool(model: WorldModel, store: EpisodeStore, latent_key: str | None, cfg: config_lib.DreamConfig,
-                      device: torch.device, seed: int, episodes: int | None = None) -> DreamState:  # fmt: skip
-    """Real start states from the first `episodes` episodes of `store` (default all), encoded and observed (see
-    `worldmodel.dream.rollout.dream_starts`): `reset_starts` of the `start_windows` are episodes' first steps, the
-    others windows of burn_in + 1 steps from anywhere (they may span episodes)."""
-    length = cfg.burn_in + 1
-    episode_steps = store.episode_steps[:episodes]
-    steps = int(episode_steps.sum())
-    if steps < length:
-        raise RunFailure(f"{store.path} holds {steps} steps, fewer than one start window of {length}")
-    at_reset = int(round(cfg.reset_starts * cfg.start_windows))
-    # One draw, as `store.sample(..., cross_episodes=True)` makes it over the whole store.
-    anywhere = step_rng(seed, 0, STREAM_POOL).integers(0, steps - length + 1, size=cfg.start_windows - at_reset)
-    first_steps = np.concatenate([[0], np.cumsum(episode_steps)[:-1]])  # (episodes,) offsets of step 0
-    resets = step_rng(seed, 0, STREAM_RESET_POOL).choice(first_steps, size=at_reset)  # (B_reset,)
-    pools = [
-        _observed_starts(model, store.windows_at(offsets, window, latent_key=latent_key), latent_key, device)
-        for offsets, window in ((anywhere, length), (resets, 1))
-        if len(offsets)
-    ]
-    pools = [pool for pool in pools if pool is not None]
-    if not pools:
-        raise RunFailure(f"every start window of {store.path} ends in a terminal step")
-    return DreamState(torch.cat([p.hidden for p in pools]), torch.cat([p.latent for p in pools]))
-
-
-def _observed_starts(model: WorldModel, windows: Windows, latent_key: str | None, device: torch.device
-                     ) -> DreamState | None:  # fmt: skip
-    """`dream_starts` of windows, POOL_BATCH at a time; None when every window ends in a terminal step."""
-    batch = batch_from_windows(windows, device, use_features=latent_key is not None)
-    parts = []
-    for i in range(0, len(windows.is_first), POOL_BATCH):
-        rows = slice(i, i + POOL_BATCH)
-        part = batch._replace(
-            **{key: getattr(batch, key)[rows] for key in batch._fields if getattr(batch, key) is not None}
-        )
-        try:
-            parts.append(dream_starts(model, part))
-        except ValueError:  # every window of this part ends in a terminal step
-            continue
-    if not parts:
-        return None
-    return DreamState(torch.cat([p.hidden for p in parts]), torch.cat([p.latent for p in parts]))
-
-
-def action_space(spec: EnvSpec) -> spaces.Space:
-    """The env's action space, rebuilt from its spec."""
-    if spec.discrete:
-        return spaces.Discrete(spec.action_dim)
-    return spaces.Box(np.array(spec.action_low, np.float32), np.array(spec.action_high, np.float32))
-
-
-def dream_settings(cfg: config_lib.DreamConfig) -> DreamSettings:
-    return DreamSettings(
-        horizon=cfg.horizon, cont_mode=cfg.cont_mode, cont_threshold=cfg.cont_threshold,
-        cont_temperature=cfg.cont_temperature, latent_noise=cfg.latent_noise,
-        disagreement_penalty=cfg.disagreement_penalty, disagreement_limit=cfg.disagreement_limit,
-    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -407,12 +284,6 @@ CONTROLLER_KEYS = {"kind": "evolve.controller", "hidden": "evolve.controller_hid
                    "discrete": "the env's actions", "num_params": "the controller's shape"}  # fmt: skip
 
 
-def build_controller(model: WorldModel, spec: EnvSpec, cfg: config_lib.EvolveConfig) -> Controller:
-    """The controller over the world model's [z, h] that acts in the env of `spec`."""
-    return Controller(model.latent_dim + model.hidden_dim, action_space(spec), cfg.controller,
-                      cfg.controller_hidden)  # fmt: skip
-
-
 def read_warm_start(path: Path, controller: Controller) -> np.ndarray:
     """The controller of an earlier `wm evolve` or `wm cycle` run (its checkpoints/best.pt) or of a checkpoint file,
     as x0."""
@@ -527,20 +398,11 @@ def finish(evolution: Evolution, dream: DreamScorer, envs, agent: LatentAgent, c
     return figures
 
 
-def choose_controller(
-    es: CMAES,
-    dream: DreamScorer,
-    episodes: int,
-    warm: bool = False,
-    screen: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> tuple[np.ndarray, dict]:
+def choose_controller(es: CMAES, dream: DreamScorer, episodes: int, warm: bool = False) -> tuple[np.ndarray, dict]:
     """Choose between the search's mean and its best-ever candidate by their mean dream return over `episodes`
     fresh starts with fresh noise (the best-ever candidate may owe its fitness to lucky starts). With `warm`, the
     search's start (an earlier controller) competes too, so that a warm-started search never ends with a controller
     the dream itself rates below the one it was given: with noisy fitness, CMA-ES can drift downhill.
-
-    With `screen`, which maps the finalists (K, n) to their real returns (K,), the real return chooses instead (the
-    dream's figures are still reported), for a dream that ranks controllers wrongly.
 
     Returns:
         the chosen parameters (n,) and figures for summary.json.
@@ -550,17 +412,11 @@ def choose_controller(
     final = DreamScorer(dream.model, dream.controller, dream.pool, dream.settings, dream.seed, stream=STREAM_FINAL,
                         noise_stream=STREAM_FINAL_NOISE)  # fmt: skip
     final_returns = final(finalists, 0, episodes)  # (2 or 3,)
-    real_returns = None if screen is None else np.asarray(screen(finalists), dtype=np.float64)  # (2 or 3,)
-    chosen = int(np.argmax(final_returns if real_returns is None else real_returns))
-    screened = {} if real_returns is None else {
-        f"screen_return_{name}_candidate": float(value) for name, value in zip(names, real_returns, strict=True)
-    }  # fmt: skip
+    chosen = int(np.argmax(final_returns))
     return finalists[chosen], {
         "dream_return": float(final_returns[chosen]),
         "chosen": names[chosen],
-        "chosen_by": "dream" if real_returns is None else "real",
         **{f"dream_return_{name}_candidate": float(value) for name, value in zip(names, final_returns, strict=True)},
-        **screened,
         "best_fitness": float(es.best_fitness),
         "generations": int(es.generation),
     }
@@ -629,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--controller", metavar="RUN", help="warm start from an earlier `wm evolve` run's best.pt")
     args = parser.parse_args(argv)
     world_model = Path(args.world_model)
-    if not world_model_checkpoint(world_model).is_file():
+    if not run_checkpoint(world_model).is_file():
         raise RunError(f"--world-model {world_model}: no checkpoint there (expected a `wm train` run directory)")
     if args.resume and args.controller:
         raise RunError("--resume continues the run's own search; drop --controller")

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.agent import LatentAgent
 from agents.policy import (
     INPUT_NAMES,
     OUTPUT_NAMES,
@@ -39,8 +38,9 @@ from agents.policy import (
 )
 from envs import make_env
 from envs.atomic import atomic_write_bytes, atomic_write_text, sha256_file
-from experiments.evaluate import Player, add_common_arguments, open_player, positive
+from experiments.evaluate import add_common_arguments, open_player, positive
 from experiments.inputs import InputError
+from experiments.load import Player
 from experiments.progress import Progress
 from experiments.rundir import RunError
 
@@ -58,8 +58,7 @@ def export_and_check(player: Player, out: Path, steps: int, seed: int, threads: 
     env, _ = make_env(cfg.env.id, obs=cfg.env.obs, size=cfg.env.size, action_repeat=cfg.env.action_repeat)
     bar = Progress(steps, "play", unit="step", enabled=show_progress)
     try:
-        agent = LatentAgent(player.model, player.controller, player.parameters, 1)
-        recorded = record_steps(agent, env, steps, seed, on_step=bar.update)
+        recorded = record_steps(player.agent(1), env, steps, seed, on_step=bar.update)
     finally:
         bar.close()
         env.close()

@@ -371,7 +371,7 @@ class Pretrainer:
         total = pcfg.optim.steps
         self.run.start_at(self.step)
         loader = make_loader(self.dataset, pcfg, seed, self.step, self.rows, skip=self.bad_images.bad)
-        loss_fn = distributed.data_parallel(self.model, self.device, self.cfg.run.grad_compression)
+        loss_fn = distributed.data_parallel(self.model, self.device)
         bar = Progress(total, "pretrain", initial=self.step, unit="step", enabled=self.cfg.run.progress)
         window_start, window_images = time.monotonic(), 0
         for batch in loader:

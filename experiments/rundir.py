@@ -356,11 +356,7 @@ def run_path(args: argparse.Namespace, command: str) -> Path:
 
 
 def open_run(args: argparse.Namespace, command: str) -> Run:
-    """Resolve the config (with the resume rules) and open the run directory.
-
-    Under torchrun this is where the processes join their process group: rank 0 alone locks, creates and checks the
-    directory (`lock_run`), and the others learn its answer.
-    """
+    """Resolve the config of the command line (with the resume rules) and open the run directory (`start_run`)."""
     path = run_path(args, command)
     if args.resume:
         saved = path / "config.yaml"
@@ -381,6 +377,16 @@ def open_run(args: argparse.Namespace, command: str) -> Run:
             raise RunError(f"--resume: {path} is a run of another command, not '{command}'")
     else:
         cfg = config_lib.load_config(args.config, args.overrides)
+    return start_run(path, command, cfg, args.resume)
+
+
+def start_run(path: Path, command: str, cfg: config_lib.Config, resume: bool = False) -> Run:
+    """Open the run directory `path` for `command` under `cfg` (a resumed run's own config): refused (RunError,
+    InputError) when what it reads cannot serve it, or when it exists and `resume` is False, or is held by a run.
+
+    Under torchrun this is where the processes join their process group: rank 0 alone locks, creates and checks the
+    directory (`lock_run`), and the others learn its answer.
+    """
     check_inputs(cfg, command, path)  # a missing folder, an env that cannot be made: refused before anything exists
     if distributed.init(cfg.run.device):
         path = distributed.broadcast_object(path)  # a default name holds the time of day: rank 0's
@@ -388,13 +394,13 @@ def open_run(args: argparse.Namespace, command: str) -> Run:
     lock, refusal = None, None
     if distributed.is_main():
         try:
-            lock = lock_run(path, args.resume)
+            lock = lock_run(path, resume)
         except RunError as error:
             refusal = str(error)
     refusal = distributed.broadcast_object(refusal)  # the processes of a torchrun job are refused together
     if refusal is not None:
         raise RunError(refusal)
-    return Run(path, command, cfg, resumed=args.resume, lock=lock)
+    return Run(path, command, cfg, resumed=resume, lock=lock)
 
 
 def execute(run: Run, body: Callable[[Run, GracefulStop], dict]) -> int:

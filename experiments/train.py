@@ -549,9 +549,7 @@ def train_step(
     """
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, precision):
-        losses = (loss_fn or model.loss)(
-            batch, cfg.horizon, cfg.burn_in, generator=generator, shard=shard, start_stride=cfg.start_stride
-        )
+        losses = (loss_fn or model.loss)(batch, cfg.horizon, cfg.burn_in, generator=generator, shard=shard)
         total = combine_losses(losses, weights)
     values = distributed.average_over_processes({**losses, "total": total})
     total_value = values.pop("total")
@@ -657,14 +655,8 @@ class WorldModelTrainer:
     def loss_fn(self) -> Callable[..., dict[str, torch.Tensor]]:
         """The model's loss, through DistributedDataParallel under torchrun."""
         if self._loss_fn is None:
-            self._loss_fn = distributed.data_parallel(self.model, self.device, self.cfg.run.grad_compression)
+            self._loss_fn = distributed.data_parallel(self.model, self.device)
         return self._loss_fn
-
-    def freeze_controller_inputs(self) -> None:
-        """Train the heads alone from now on (`WorldModel.freeze_controller_inputs`); under torchrun the loss is
-        wrapped anew at the next step, as DistributedDataParallel averages the gradients of what learns."""
-        self.model.freeze_controller_inputs()
-        self._loss_fn = None
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -22,8 +22,8 @@ from gymnasium import spaces
 
 from agents.agent import LatentAgent, Recording
 from envs import make_env
-from experiments.evaluate import Player, add_common_arguments, open_player, positive
-from experiments.evolve import action_space
+from experiments.evaluate import add_common_arguments, open_player, positive
+from experiments.load import Player, action_space
 from experiments.progress import Progress
 from experiments.train import VIDEO_FPS
 from experiments.video import recorded_clip, single_panel, write_mp4

@@ -13,7 +13,8 @@ import pytest
 from run_benchmark import REPO
 
 from experiments.checkpoint import read_checkpoint
-from experiments.evolve import build_controller, load_world_model, save_controller
+from experiments.evolve import save_controller
+from experiments.load import build_controller, load_world_model
 
 spec = importlib.util.spec_from_file_location("dream_ranking", REPO / "benchmarks" / "dream_ranking.py")
 dream_ranking = importlib.util.module_from_spec(spec)
@@ -135,7 +136,7 @@ def test_quick_run_ranks_the_same_controllers_under_every_variant(world_model):
     ("variant", "message"),
     [
         ("evolve.sigma=0.5", "is not a dream.* key"),
-        ("dream.cont_temperature=0", "dream.cont_temperature: must be > 0"),
+        ("dream.cont_threshold=0", "dream.cont_threshold: must be in (0, 1)"),
     ],
 )
 def test_a_bad_variant_is_refused_naming_it(world_model, variant, message):

@@ -82,12 +82,12 @@ def world_model_batch() -> WorldModelBatch:
     )  # fmt: skip
 
 
-def world_model_step(collapse_guard: str, grad_compression: str = "none") -> dict:
+def world_model_step(collapse_guard: str) -> dict:
     """Losses (averaged over processes) and gradients of one step on this process's share of the batch."""
     model = world_model(collapse_guard)
     rows = distributed.even_share(B, "batch")
     batch = WorldModelBatch(*(None if v is None else v[rows] for v in world_model_batch()))
-    loss_fn = distributed.data_parallel(model, torch.device("cpu"), grad_compression)
+    loss_fn = distributed.data_parallel(model, torch.device("cpu"))
     shard = distributed.Shard() if distributed.active() else None
     losses = loss_fn(batch, 3, 1, generator=torch.Generator().manual_seed(2), shard=shard)
     total = combine_losses(losses, {key: 1.0 for key in model.loss_keys})
@@ -156,7 +156,6 @@ def every_case(directory: Path) -> dict:
         "refusal": refusal(directory),
         "sigreg": world_model_step("sigreg"),
         "ema": world_model_step("ema"),
-        "bf16": world_model_step("ema", grad_compression="bf16"),
         "decoder": decoder_updates(directory),
         "es": es_generation(directory),
     }

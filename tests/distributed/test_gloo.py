@@ -25,10 +25,10 @@ def answers(tmp_path_factory) -> tuple[dict, list[dict]]:
     return alone(), run_processes(every_case, 2, directory)
 
 
-def assert_close(a: dict, b: dict, **tolerance) -> None:
+def assert_close(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], **(tolerance or TOLERANCE), msg=key)
+        torch.testing.assert_close(a[key], b[key], **TOLERANCE, msg=key)
 
 
 @pytest.mark.parametrize("guard", ["ema", "sigreg"])
@@ -41,13 +41,6 @@ def test_ddp_losses_and_gradients_equal_one_process_on_the_whole_batch(answers, 
         assert_close(rank[guard]["grads"], one[guard]["grads"])
     if guard == "sigreg":
         assert "sigreg" in one[guard]["losses"]
-
-
-def test_bf16_gradient_compression_is_identical_on_every_process_and_close_to_float32(answers):
-    one, (first, second) = answers
-    assert_close(first["bf16"]["grads"], second["bf16"]["grads"], rtol=0, atol=0)
-    assert_close(first["bf16"]["grads"], one["ema"]["grads"], rtol=2e-2, atol=1e-3)
-    assert not all(torch.equal(first["bf16"]["grads"][k], one["ema"]["grads"][k]) for k in one["ema"]["grads"])
 
 
 def test_decoder_steps_on_unequal_and_empty_shares_equal_one_process(answers):

@@ -29,17 +29,9 @@ def test_alone_every_helper_returns_what_one_process_has():
     assert distributed.agree_signal(None) is None and distributed.agree_signal(15) == 15
     model = torch.nn.Linear(2, 1)
     model.loss = lambda: None
-    assert distributed.data_parallel(model, torch.device("cpu"), "bf16") is model.loss  # no DDP alone
-    with pytest.raises(ValueError, match="grad_compression"):
-        distributed.data_parallel(model, torch.device("cpu"), "fp8")
+    assert distributed.data_parallel(model, torch.device("cpu")) is model.loss  # no DDP alone
     distributed.barrier()
     distributed.check_config(load_config([], ["world_model.batch_size=5"]), "train")  # any batch splits over one
-
-
-def test_grad_compression_is_a_validated_config_field():
-    assert load_config([], ["run.grad_compression=bf16"]).run.grad_compression == "bf16"
-    with pytest.raises(ValueError, match="run.grad_compression: must be one of 'none', 'bf16'"):
-        load_config([], ["run.grad_compression=fp8"])
 
 
 def test_collection_figures_of_the_shares_combine_into_one_collection():

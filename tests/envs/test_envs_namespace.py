@@ -59,3 +59,12 @@ def test_wm_cycle_on_a_user_s_env_from_outside_the_clone(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "mine" / "summary.json").read_text())
     assert summary["status"] == "done" and summary["env"]["env_id"] == "custom_env:ShortPole-v0"
+
+
+def test_reward_threshold_is_the_registered_one_or_none():
+    from envs.make import EnvUnavailableError, reward_threshold
+
+    assert reward_threshold("CartPole-v1") == 475.0 and reward_threshold("CarRacing-v3") == 900.0
+    assert reward_threshold("Pendulum-v1") is None and reward_threshold("wm/Parking-v0") is None
+    with pytest.raises(EnvUnavailableError, match="unknown env id"):
+        reward_threshold("CartPol-v1")

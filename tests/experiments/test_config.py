@@ -52,7 +52,6 @@ def test_unknown_key_names_path_and_close_match():
         ("pretrain=3", ["pretrain", "section"]),
         ("world_model.collect_hold=0", ["world_model.collect_hold", ">= 1, got 0"]),
         ("world_model.horizon=32", ["world_model.horizon", "sequence_length - 1 = 31", "got 32"]),
-        ("world_model.start_stride=0", ["world_model.start_stride", ">= 1", "got 0"]),
         ("world_model.latent=bayesian", ["world_model.latent", "deterministic", "stochastic"]),
         ("world_model.free_nats=-1", ["world_model.free_nats", ">= 0, got -1"]),
         ("world_model.kl_balance=1.5", ["world_model.kl_balance", "[0, 1], got 1.5"]),

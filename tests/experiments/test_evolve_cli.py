@@ -223,7 +223,6 @@ def test_world_models_that_do_not_fit_are_refused_before_a_run_exists(world_mode
     [
         ("evolve.sigma=0", "evolve.sigma: must be a finite number > 0"),
         ("evolve.population=1", "evolve.population"),
-        ("dream.cont_temperature=0", "dream.cont_temperature: must be > 0, got 0"),
     ],
 )
 def test_impossible_evolve_settings_are_config_errors(world_model, tmp_path, capsys, override, message):

@@ -55,7 +55,7 @@ def test_onnxruntime_and_the_program_choose_pytorch_s_env_actions_on_200_real_st
 def test_the_program_loads_with_torch_export_and_gives_pytorch_s_action_vector(cycle_run, exported):
     from agents.policy import PolicyStep
     from envs import make_env
-    from experiments.evaluate import load_player
+    from experiments.load import load_player
 
     out, _ = exported
     player = load_player(cycle_run)

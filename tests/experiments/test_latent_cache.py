@@ -8,7 +8,7 @@ import torch
 from agents.agent import LatentAgent
 from agents.controllers import Controller
 from envs import EpisodeStore, RandomPolicy, collect, make_vector_env
-from experiments.evolve import action_space
+from experiments.load import action_space
 from experiments.rundir import GracefulStop
 from experiments.train import encoder_fingerprint, fill_latent_cache
 from worldmodel.dynamics.world_model import WorldModel

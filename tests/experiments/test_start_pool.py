@@ -1,4 +1,4 @@
-"""The dream's pool of real start states (`experiments.evolve.encode_start_pool`), on a real CartPole episode store,
+"""The dream's pool of real start states (`experiments.load.encode_start_pool`), on a real CartPole episode store,
 and the final choice of a search scored in that dream (`choose_controller`)."""
 
 from pathlib import Path
@@ -12,7 +12,8 @@ from agents.controllers import Controller
 from agents.evolution import CMAES
 from envs import EpisodeStore, RandomPolicy, collect, make_vector_env
 from experiments.config import DreamConfig
-from experiments.evolve import STREAM_FINAL, STREAM_FINAL_NOISE, DreamScorer, choose_controller, encode_start_pool
+from experiments.evolve import STREAM_FINAL, STREAM_FINAL_NOISE, DreamScorer, choose_controller
+from experiments.load import encode_start_pool
 from worldmodel.dream.rollout import DreamSettings
 from worldmodel.dynamics.world_model import WorldModel
 
@@ -108,34 +109,3 @@ def test_the_final_choice_is_the_finalist_the_dream_rates_highest(store, model, 
     np.testing.assert_array_equal(parameters, points[figures["chosen"]])
     if warm:
         assert figures["chosen"] == "start" and alone["start"] > max(alone["mean"], alone["best"])
-
-
-def test_a_screen_chooses_by_real_return_and_the_dream_figures_stay(store, model):
-    """With `screen`, the finalists (mean, best, start, in that order) are handed to it and the one it rates highest
-    is chosen, here the one the dream rates lowest; the dream's figures are those of the search without a screen."""
-    pool = encode_start_pool(model, store, None, DreamConfig(start_windows=64, burn_in=3), torch.device("cpu"), 0)
-    controller = Controller(model.latent_dim + model.hidden_dim, spaces.Discrete(2), "linear")
-    dream = DreamScorer(model, controller, pool, DreamSettings(horizon=30, cont_mode="sample"), seed=0)
-    start = np.random.default_rng(1).normal(size=controller.num_params)
-    es = CMAES(start, 3.0, 6, seed=0)
-    es.step(lambda candidates: dream(candidates, 0, 8))
-    _, by_dream = choose_controller(es, dream, 8, warm=True)
-    names = ("mean", "best", "start")
-    dream_returns = [by_dream[f"dream_return_{name}_candidate"] for name in names]
-    assert len(set(dream_returns)) == 3, "these settings no longer tell the finalists apart"
-    lowest = int(np.argmin(dream_returns))
-    seen = []
-
-    def screen(finalists: np.ndarray) -> np.ndarray:
-        seen.append(finalists.copy())
-        return -np.asarray(dream_returns)  # reality ranks them the other way round
-
-    parameters, figures = choose_controller(es, dream, 8, warm=True, screen=screen)
-    (finalists,) = seen
-    np.testing.assert_array_equal(finalists, np.stack([es.mean, es.best, es.start]))
-    assert figures["chosen"] == names[lowest] and figures["chosen_by"] == "real" and by_dream["chosen_by"] == "dream"
-    np.testing.assert_array_equal(parameters, finalists[lowest])
-    assert figures["dream_return"] == dream_returns[lowest]
-    for name, value in zip(names, dream_returns, strict=True):
-        assert figures[f"dream_return_{name}_candidate"] == value
-        assert figures[f"screen_return_{name}_candidate"] == -value

@@ -159,9 +159,7 @@ class DreamVectorEnv(VectorEnv):
         if self.model.stochastic:  # the stochastic model's prior sample
             prior = torch.randn(rows, self.model.latent_dim, generator=self.generator)
             prior = prior.to(device=device, dtype=self.starts.latent.dtype)  # (N, D)
-        result = dream_step(
-            self.model, self.state, action, noise, cont_temperature=settings.cont_temperature, prior_noise=prior
-        )
+        result = dream_step(self.model, self.state, action, noise, prior_noise=prior)
         going = still_going(result, settings, uniform)  # (N,)
         reward = result.reward - penalty(result, settings)  # (N,)
 

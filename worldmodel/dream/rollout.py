@@ -5,7 +5,7 @@ and the action that led to step t, and [z_t, h_t] is what a controller sees. One
 
     h_{t+1}, ẑ_{t+1} = model.step(h_t, z_t, a)        (+ optional Gaussian noise on ẑ)
                                                        (a stochastic model: ẑ drawn from its prior p(z | h_{t+1}))
-    r_{t+1} = model.reward(h_{t+1}, ẑ_{t+1}),  c_{t+1} = sigmoid(model.cont(h_{t+1}, ẑ_{t+1}) / cont_temperature)
+    r_{t+1} = model.reward(h_{t+1}, ẑ_{t+1}),  c_{t+1} = sigmoid(model.cont(h_{t+1}, ẑ_{t+1}))
     d_{t+1} = model.disagreement(h_{t+1})              (variance across the ensemble heads)
 
 Rollouts start from real states: windows of the episode store, encoded and observed teacher-forced for a burn-in
@@ -61,10 +61,6 @@ class DreamSettings:
     probability of still going (rollouts only; a gym view needs episodes that end)."""
     cont_threshold: float = 0.5
     """Continue probability below which a rollout ends ('threshold' only)."""
-    cont_temperature: float = 1.0
-    """The continue head's logit is divided by this before its sigmoid: above 1 every step's continue probability
-    moves towards 1/2, so that only states the model is very sure of go on for long (more pessimistic); below 1 it
-    moves towards 0 or 1. 'threshold' mode at cont_threshold 0.5 reads only the logit's sign, which this keeps."""
     latent_noise: float = 0.0
     """Std of Gaussian noise added to each predicted latent, in latent units."""
     disagreement_penalty: float = 0.0
@@ -79,8 +75,6 @@ class DreamSettings:
             raise ValueError(f"cont_mode must be one of {CONT_MODES}, got {self.cont_mode!r}")
         if not 0.0 < self.cont_threshold < 1.0:
             raise ValueError(f"cont_threshold must be in (0, 1), got {self.cont_threshold}")
-        if not self.cont_temperature > 0.0:
-            raise ValueError(f"cont_temperature must be > 0, got {self.cont_temperature}")
         for name in ("latent_noise", "disagreement_penalty", "disagreement_limit"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -193,20 +187,18 @@ def dream_step(
     action: torch.Tensor,
     latent_noise: torch.Tensor | None = None,
     measure_disagreement: bool = True,
-    cont_temperature: float = 1.0,
     prior_noise: torch.Tensor | None = None,
 ) -> StepResult:
     """One batched dream step from `state` under `action` (N, A); `latent_noise` (N, D) is added to ẑ as is.
-    Without `measure_disagreement` the ensemble is not run and the result's disagreement is None. The continue
-    logit is divided by `cont_temperature` (`DreamSettings.cont_temperature`). A stochastic model's ẑ is its prior's
-    sample with `prior_noise` (N, D) standard normal (its mean when None)."""
+    Without `measure_disagreement` the ensemble is not run and the result's disagreement is None. A stochastic
+    model's ẑ is its prior's sample with `prior_noise` (N, D) standard normal (its mean when None)."""
     hidden, latent = model.step(state.hidden, state.latent, action, prior_noise)
     if latent_noise is not None:
         latent = latent + latent_noise
     return StepResult(
         state=DreamState(hidden, latent),
         reward=model.reward(hidden, latent),
-        cont=torch.sigmoid(model.cont(hidden, latent) / cont_temperature),
+        cont=torch.sigmoid(model.cont(hidden, latent)),
         disagreement=model.disagreement(hidden) if measure_disagreement else None,
     )
 
@@ -277,9 +269,7 @@ def rollout(
         latent_noise = None if noise.latent is None else settings.latent_noise * noise.latent[going, t]  # (R, D)
         prior_noise = None if noise.prior is None else noise.prior[going, t]  # (R, D): a stochastic model's
         measure = settings.uses_disagreement or t % DISAGREEMENT_EVERY == 0
-        result = dream_step(
-            model, state, action, latent_noise, measure, settings.cont_temperature, prior_noise=prior_noise
-        )
+        result = dream_step(model, state, action, latent_noise, measure, prior_noise=prior_noise)
         step_penalty = penalty(result, settings)
         returns[going] += weight * (result.reward - step_penalty)
         penalties[going] += weight * step_penalty

@@ -149,9 +149,6 @@ class OpenLoop(NamedTuple):
     """(N, D) predicted latents; pair (b, s, k) predicts step starts[s] + k of window b."""
     hidden: torch.Tensor
     """(N, hidden_dim) recurrent states at the same steps."""
-    previous: torch.Tensor
-    """(N, D) the latent each step was predicted from: the start's real latent for k = 1, else the prediction of
-    the step before."""
     pair: torch.Tensor
     """(N,) int64 flat index of each pair into (B, S, H)."""
     target_index: torch.Tensor
@@ -235,6 +232,9 @@ class BatchShard(Protocol):
 
     world_size: int
     """How many processes share the batch (and average their gradients)."""
+
+    rank: int
+    """This share's place among them: it holds rows [rank * n, (rank + 1) * n) of the whole batch."""
 
     def total(self, value: torch.Tensor) -> torch.Tensor:
         """The sum over every share of a tensor that needs no gradient (a count)."""
@@ -326,14 +326,9 @@ class WorldModel(nn.Module):
             dilutes a small object in the background: a linear probe reads CartPole's pole angle from it with R²
             0.88-0.90 (three random ViTs), from mean and standard deviation with 0.996 (docs/perception.md). A grid
             keeps where things are in the image.
-        residual: predict the change of the latent, ẑ_t = z_{t-1} + g(h_t), instead of the latent itself. Frames
-            of one env change little from step to step, so this starts every prediction from "nothing changes"
-            and spends the head on the motion. Its errors add up over a long rollout, though: measured on CartPole,
-            a better 1-step error but dreams that drift off within tens of steps (docs/world-model.md), so presets
-            leave it off.
         latent: "deterministic" or "stochastic" (see the module's docstring). The stochastic model needs a frozen
-            encoder (its features are the prediction targets) and is not residual; `projection` is then the frame's
-            embedding (features -> mlp_dim) and `latent_head` the prior.
+            encoder (its features are the prediction targets); `projection` is then the frame's embedding
+            (features -> mlp_dim) and `latent_head` the prior.
         free_nats: the stochastic model's KL counts only above this many nats per step (Dreamer's free bits).
         kl_balance: share of the KL's gradient that moves the prior towards the posterior; the rest moves the
             posterior towards the prior (DreamerV2's KL balancing).
@@ -355,7 +350,6 @@ class WorldModel(nn.Module):
         freeze_encoder: bool = False,
         sigreg_directions: int = 256,
         sigreg_points: int = 17,
-        residual: bool = False,
         input_blur: float = 0.0,
         pooling: str = "mean",
         latent: str = "deterministic",
@@ -374,10 +368,10 @@ class WorldModel(nn.Module):
             raise ValueError(f"pooling must be one of {tuple(POOLINGS)}, got {pooling!r}")
         if latent not in LATENT_KINDS:
             raise ValueError(f"latent must be one of {LATENT_KINDS}, got {latent!r}")
-        if latent == "stochastic" and (not freeze_encoder or residual or collapse_guard != "ema"):
+        if latent == "stochastic" and (not freeze_encoder or collapse_guard != "ema"):
             raise ValueError(
-                "latent='stochastic' predicts the frozen encoder's features: it needs freeze_encoder=True, "
-                f"residual=False and collapse_guard='ema', got {freeze_encoder}, {residual} and {collapse_guard!r}"
+                "latent='stochastic' predicts the frozen encoder's features: it needs freeze_encoder=True and "
+                f"collapse_guard='ema', got {freeze_encoder} and {collapse_guard!r}"
             )
         if not (free_nats >= 0 and 0 <= kl_balance <= 1):
             raise ValueError(f"need free_nats >= 0 and kl_balance in [0, 1], got {free_nats} and {kl_balance}")
@@ -394,7 +388,6 @@ class WorldModel(nn.Module):
         self.freeze_encoder = freeze_encoder
         self.sigreg_directions = sigreg_directions
         self.sigreg_points = sigreg_points
-        self.residual = residual
         self.input_blur = float(input_blur)
         self.pooling = pooling
         self.stochastic = latent == "stochastic"
@@ -582,19 +575,6 @@ class WorldModel(nn.Module):
         if self.target_backbone is not None:
             self.target_backbone.load_state_dict(state_dict)
 
-    def freeze_controller_inputs(self) -> None:
-        """Fix the parts that make a controller's inputs: the encoder and projection to z, the recurrence to h.
-
-        A controller acts on [z, h] (a stochastic model's z comes from its posterior, which is fixed too). Fine-tuning
-        these parts would change what its inputs mean, so a controller evolved before would then face different
-        inputs. After this call only the heads (next latent or prior, features, reward, continue, ensemble) keep
-        learning: new data sharpens the predictions, and the old controller's inputs keep their meaning. The EMA
-        targets (projection, and backbone where it trains) still move toward the now-fixed online parts.
-        """
-        for module in (self.backbone, self.projection, self.dynamics_input, self.gru, self.posterior_head):
-            if module is not None:
-                module.requires_grad_(False)
-
     # ------------------------------------------------------------------ dynamics and heads
 
     def initial_state(self, batch: int) -> torch.Tensor:
@@ -605,7 +585,7 @@ class WorldModel(nn.Module):
     def step(
         self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor, prior_noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step of the dynamics: h_t = f(h_{t-1}, z_{t-1}, a_t), ẑ_t = g(h_t) (z_{t-1} + g(h_t) when residual).
+        """One step of the dynamics: h_t = f(h_{t-1}, z_{t-1}, a_t), ẑ_t = g(h_t).
 
         Args:
             h: (B, hidden_dim) h_{t-1}; z: (B, D) z_{t-1} (real or predicted); action: (B, A) a_t.
@@ -618,8 +598,7 @@ class WorldModel(nn.Module):
             h_next, prior = self.transition(h, z, action)
             return h_next, prior.mean if prior_noise is None else prior.sample(prior_noise)
         h_next = self.recur(h, z, action)
-        prediction = self.latent_head(h_next)
-        return h_next, z + prediction if self.residual else prediction
+        return h_next, self.latent_head(h_next)
 
     def recur(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """The recurrence alone: h_t = f(h_{t-1}, z_{t-1}, a_t), (B, hidden_dim)."""
@@ -660,15 +639,11 @@ class WorldModel(nn.Module):
         return self.cont_head(torch.cat([h, z], dim=-1)).squeeze(-1)
 
     def ensemble(self, h: torch.Tensor) -> torch.Tensor:
-        """Each member's prediction of the latent at the step of h (of its change since the step before, when
-        residual): (B, hidden_dim) -> (K, B, D)."""
+        """Each member's prediction of the latent at the step of h: (B, hidden_dim) -> (K, B, D)."""
         return self.ensemble_heads(h)
 
     def disagreement(self, h: torch.Tensor) -> torch.Tensor:
-        """Variance across ensemble members (population variance), averaged over D: (B, hidden_dim) -> (B,).
-
-        A residual model's members predict changes; adding the previous latent to each would not move the variance.
-        """
+        """Variance across ensemble members (population variance), averaged over D: (B, hidden_dim) -> (B,)."""
         members = self.ensemble(h)  # (K, B, D)
         # The same as members.var(dim=0, unbiased=False).mean(-1), which is 5x slower on CPU (a strided reduction
         # over K); this sits in every dream step.
@@ -787,11 +762,10 @@ class WorldModel(nn.Module):
         rows = torch.arange(B * S, device=latents.device)  # the rows still unrolling, into B*S
         h = hidden[:, starts].reshape(B * S, -1)  # (B, S, hidden_dim) -> (B*S, hidden_dim)
         z = latents[:, starts].reshape(B * S, -1)  # (B, S, D) -> (B*S, D)
-        hs, zs, previous, pairs = [], [], [], []
+        hs, zs, pairs = [], [], []
         for k in range(horizon):
             stay = keep[rows, k]
             rows, h, z = rows[stay], h[stay], z[stay]  # (R, ...) -> (R', ...)
-            previous.append(z)
             h, z = self.step(h, z, actions[rows, k])
             hs.append(h)
             zs.append(z)
@@ -799,7 +773,6 @@ class WorldModel(nn.Module):
         return OpenLoop(
             latent=torch.cat(zs),
             hidden=torch.cat(hs),
-            previous=torch.cat(previous),
             pair=torch.cat(pairs),
             target_index=target_index,
             unrolled=unrolled,
@@ -839,7 +812,6 @@ class WorldModel(nn.Module):
         burn_in: int = 0,
         generator: torch.Generator | None = None,
         shard: BatchShard | None = None,
-        start_stride: int = 1,
     ) -> dict[str, torch.Tensor]:
         """Multi-step training losses of one batch of windows.
 
@@ -848,13 +820,11 @@ class WorldModel(nn.Module):
            t >= burn_in, or at/after an is_first in the window.
         3. From every warm step s with a successor, unroll open-loop `horizon` steps (`open_loop`), feeding the
            model's own ẑ back in, and compare ẑ_{s+k} with the target latent of step s + k; pairs that would leave
-           the window or cross an is_first are not unrolled. Every k counts equally. With start_stride m > 1 only
-           the steps s with s = burn_in (mod m) are start points, so that a long horizon costs no more than a short
-           one from every step.
+           the window or cross an is_first are not unrolled. Every k counts equally.
         4. Reward (MSE) and continue (BCE on batch.cont, so a truncated end trains towards 1) at the warm
            teacher-forced states (h_t, real z_t) and at every open-loop state (h, ẑ).
-        5. Ensemble: each member regresses the target latent (when residual, its change from the latent the step
-           was predicted from) from the detached open-loop h (so the ensemble does not shape the dynamics).
+        5. Ensemble: each member regresses the target latent from the detached open-loop h (so the ensemble does not
+           shape the dynamics).
         6. Under "sigreg": SIGReg of all online latents of the batch.
 
         Args:
@@ -865,16 +835,13 @@ class WorldModel(nn.Module):
             shard: `batch` is this process's share of a batch split across processes: the masked means are taken
                 over the whole batch and SIGReg over all its latents, so that each loss averaged over the processes
                 (as their gradients are) is the loss one process computes on the whole batch.
-            start_stride: steps between open-loop start points, >= 1.
         Returns:
             {"latent", "reward", "cont", "ensemble"} plus "sigreg" under "sigreg" (see `loss_keys`), scalars.
 
-        The stochastic model learns differently (`_stochastic_loss`); horizon, burn_in and start_stride do not apply.
+        The stochastic model learns differently (`_stochastic_loss`); horizon and burn_in do not apply.
         """
-        if horizon < 1 or burn_in < 0 or start_stride < 1:
-            raise ValueError(
-                f"need horizon >= 1, burn_in >= 0 and start_stride >= 1, got {horizon}, {burn_in} and {start_stride}"
-            )
+        if horizon < 1 or burn_in < 0:
+            raise ValueError(f"need horizon >= 1 and burn_in >= 0, got {horizon} and {burn_in}")
         if self.collapse_guard == "sigreg" and generator is None:
             raise ValueError("collapse_guard='sigreg' needs a generator for SIGReg's random directions")
         B, T = batch.is_first.shape
@@ -885,8 +852,7 @@ class WorldModel(nn.Module):
         z, z_target = self.latents(batch)  # (B, T, D) each
         hidden, _ = self.observe(z, batch.action, batch.is_first)  # (B, T, hidden_dim)
         warm = warm_mask(batch.is_first, burn_in)  # (B, T)
-        # (S,) steps with a successor, in phase with burn_in: the first step that is always warm is a start
-        starts = torch.arange(burn_in % start_stride, T - 1, start_stride, device=z.device)
+        starts = torch.arange(T - 1, device=z.device)  # (S,) every step with a successor
         roll = self.open_loop(hidden, z, batch.action, batch.is_first, starts, horizon, from_start=warm[:, starts])
         target = roll.at_targets(z_target)  # (N, D), N the pairs unrolled
         losses = {"latent": _masked_mean((roll.latent - target).pow(2).mean(dim=-1), None, shard)}
@@ -907,8 +873,6 @@ class WorldModel(nn.Module):
         losses["cont"] = _masked_mean(torch.cat([e.flatten() for e in cont_error]), mask, shard)
 
         members = self.ensemble(roll.hidden.detach())  # (N, hd) -> (K, N, D)
-        if self.residual:  # each open-loop step starts from the start's real latent or the previous prediction
-            target = target - roll.previous.detach()
         ensemble_error = (members - target).pow(2).mean(dim=(0, 2))  # (K, N, D) -> (N,)
         losses["ensemble"] = _masked_mean(ensemble_error, None, shard)
 
@@ -930,14 +894,19 @@ class WorldModel(nn.Module):
         - "reward" (MSE) and "cont" (BCE) on [h_t, z_t];
         - "ensemble": each member regresses the posterior's mean from the detached h_t (disagreement only).
 
-        The posterior's noise is drawn from `generator` (the global generator when None).
+        The posterior's noise is drawn from `generator` (the global generator when None) for the whole batch, and
+        a `shard` takes its own rows of it: every process holds the same generator, so under torchrun each row gets
+        the noise it gets in one process.
         """
         features = batch.features if batch.features is not None else self.encode_features(batch.obs)
         if batch.features is not None:
             self._check_features(features)
         target = self._standardized(features).detach()  # (B, T, F)
         B, T = batch.is_first.shape
-        noise = torch.randn(B, T, self.latent_dim, generator=generator).to(target)  # (B, T, D)
+        shares = shard.world_size if shard is not None else 1
+        noise = torch.randn(shares * B, T, self.latent_dim, generator=generator)  # (W*B, T, D): the whole batch's
+        own = shard.rank * B if shard is not None else 0
+        noise = noise[own : own + B].to(target)  # (B, T, D)
         hidden, z, prior, posterior = self.filter(self.projection(target), batch.action, batch.is_first, noise)
         state = torch.cat([hidden, z], dim=-1)  # (B, T, hidden_dim + D)
         losses = {"latent": _masked_mean(0.5 * (self.feature_head(state) - target).pow(2).sum(-1), None, shard)}

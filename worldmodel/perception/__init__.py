@@ -2,12 +2,14 @@
 
 I-JEPA (`ijepa`) trains a context encoder and a predictor against an EMA target encoder on multi-block masks
 (`masks`); images come from a folder, formula-driven fractals or env frames (`data`) through batched augmentation
-(`augment`); k-NN, linear and R² probes (`probe`) score an encoder beside a random-init twin. Nothing here knows
-about actions, dynamics or the dream.
+(`augment`); k-NN, linear and R² probes (`probe`) score an encoder beside a random-init twin; `Encoder` (`encoder`)
+embeds raw images with a trained ViT, its preprocessing inside. Nothing here knows about actions, dynamics or the
+dream.
 """
 
+from worldmodel.perception.encoder import Encoder
 from worldmodel.perception.ijepa import IJEPA
 from worldmodel.perception.masks import MultiBlockMaskSampler
 from worldmodel.perception.vit import VisionTransformer
 
-__all__ = ["IJEPA", "MultiBlockMaskSampler", "VisionTransformer"]
+__all__ = ["Encoder", "IJEPA", "MultiBlockMaskSampler", "VisionTransformer"]

@@ -220,12 +220,10 @@ def test_latent_noise_has_the_settings_std(model, starts):
 @pytest.mark.parametrize("space", [DISCRETE, BOX], ids=["discrete", "box"])
 def test_rewards_equal_the_dream_math_and_rollout(model, starts, space):
     """A controller acting through the env gets reward = model.reward - penalty * disagreement at every step and
-    continue probability sigmoid(model.cont / cont_temperature), from the same start rows, and the episode sums
-    equal `dream.rollout`'s returns."""
-    penalty, temperature, horizon, rows = 0.5, 2.0, 5, 6
-    settings = DreamSettings(
-        horizon=horizon, cont_threshold=1e-6, cont_temperature=temperature, disagreement_penalty=penalty
-    )
+    continue probability sigmoid(model.cont), from the same start rows, and the episode sums equal `dream.rollout`'s
+    returns."""
+    penalty, horizon, rows = 0.5, 5, 6
+    settings = DreamSettings(horizon=horizon, cont_threshold=1e-6, disagreement_penalty=penalty)
     weight = torch.randn(FEATURES, ACTIONS, generator=torch.Generator().manual_seed(2))
     discrete = isinstance(space, spaces.Discrete)
 
@@ -247,7 +245,7 @@ def test_rewards_equal_the_dream_math_and_rollout(model, starts, space):
             action = policy(torch.cat([latent, hidden], dim=-1))
             hidden, latent = model.step(hidden, latent, action)
             expected = model.reward(hidden, latent) - penalty * model.disagreement(hidden)
-            cont = torch.sigmoid(model.cont(hidden, latent) / temperature)
+            cont = torch.sigmoid(model.cont(hidden, latent))
             observation, reward, _, _, infos = env.step(env_actions(observation))
             np.testing.assert_allclose(reward, expected.numpy(), rtol=1e-6, atol=1e-6)
             np.testing.assert_allclose(infos["cont"], cont.numpy(), rtol=1e-6, atol=1e-6)

@@ -135,7 +135,7 @@ def rollout_by_hand(model, controller, params, start, settings, noise, row):
         if noise.latent is not None:
             z = z + settings.latent_noise * noise.latent[row : row + 1, t]
         reward = model.reward(h, z).item()
-        cont = torch.sigmoid(model.cont(h, z) / settings.cont_temperature).item()
+        cont = torch.sigmoid(model.cont(h, z)).item()
         disagreement = model.disagreement(h).item()
         total += weight * (reward - settings.disagreement_penalty * disagreement)
         penalty += weight * settings.disagreement_penalty * disagreement
@@ -156,16 +156,15 @@ def rollout_by_hand(model, controller, params, start, settings, noise, row):
     return total, t + 1, disagreement_sum / measured, penalty
 
 
-@pytest.mark.parametrize("temperature", [1.0, 2.5])
 @pytest.mark.parametrize("honest", [True, False], ids=["penalty-and-limit", "neither"])
 @pytest.mark.parametrize("kind", ["discrete", "box"])
 @pytest.mark.parametrize("mode", ["threshold", "sample", "expected"])
 @torch.no_grad()
-def test_rollout_equals_rollout_by_hand(model, starts, kind, mode, honest, temperature):
+def test_rollout_equals_rollout_by_hand(model, starts, kind, mode, honest):
     controller, params = population(kind, seed=4)
-    settings = settings_for(mode, cont_temperature=temperature)
+    settings = settings_for(mode)
     if not honest:
-        settings = settings_for(mode, cont_temperature=temperature, disagreement_penalty=0.0, disagreement_limit=0.0)
+        settings = settings_for(mode, disagreement_penalty=0.0, disagreement_limit=0.0)
     start = start_rows(starts, seed=5)
     noise = draw_noise(P * E, settings, LATENT_DIM, torch.Generator().manual_seed(6))
     result = rollout(model, controller.policy(params, E), start, settings, noise)
@@ -196,21 +195,20 @@ def test_expected_return_is_the_mean_of_sampled_returns(model, starts):
     assert abs(mc.returns.mean() - exact.returns[0]) < 4 * standard_error + 1e-3 * HORIZON
 
 
-@pytest.mark.parametrize("temperature, length", [(1.0, 143), (2.0, 35)])
 @torch.no_grad()
-def test_cont_temperature_softens_the_chance_of_going_on(starts, temperature, length):
-    """A continue logit of 3 at every step: 'expected' mode weights step t by sigmoid(3 / T)^(t + 1) and stops a row
+def test_expected_mode_stops_once_the_chance_of_going_on_is_below_the_minimum(starts):
+    """A continue logit of 3 at every step: 'expected' mode weights step t by sigmoid(3)^(t + 1) and stops a row
     once that falls below EXPECTED_MIN_WEIGHT = 1e-3. By hand: sigmoid(3) = 0.952574, ln(1e-3) / ln(0.952574) =
-    142.2, so the 143rd step ends it; sigmoid(1.5) = 0.817574, ln(1e-3) / ln(0.817574) = 34.3, so the 35th."""
+    142.2, so the 143rd step ends it."""
     constant = make_model(cont_bias=3.0)
     with torch.no_grad():
         constant.cont_head[-1].weight.zero_()
     controller, params = population("discrete")
-    settings = DreamSettings(horizon=200, cont_mode="expected", cont_temperature=temperature)
+    settings = DreamSettings(horizon=200, cont_mode="expected")
     result = rollout(
         constant, controller.policy(params, E), start_rows(starts), settings, draw_noise(P * E, settings, LATENT_DIM)
     )
-    assert result.lengths.tolist() == [length] * (P * E)
+    assert result.lengths.tolist() == [143] * (P * E)
 
 
 @torch.no_grad()
@@ -382,8 +380,6 @@ def test_dream_starts_refuses_windows_that_all_end_terminal(model):
         (dict(cont_mode="bernoulli"), "cont_mode"),
         (dict(cont_threshold=0.0), "cont_threshold"),
         (dict(cont_threshold=1.0), "cont_threshold"),
-        (dict(cont_temperature=0.0), "cont_temperature"),
-        (dict(cont_temperature=math.nan), "cont_temperature"),
         (dict(latent_noise=-0.1), "latent_noise"),
         (dict(disagreement_penalty=math.nan), "disagreement_penalty"),
         (dict(disagreement_limit=-1.0), "disagreement_limit"),

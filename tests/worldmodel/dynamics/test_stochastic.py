@@ -192,15 +192,6 @@ def test_a_restart_inside_a_window_forgets_the_history(model):
     torch.testing.assert_close(latent[1:2, 3:], tail_latent)
 
 
-def test_controller_inputs_freeze_with_the_posterior():
-    model = make_model()
-    model.freeze_controller_inputs()
-    for name in ("projection", "posterior_head", "dynamics_input", "gru"):
-        assert not any(p.requires_grad for p in getattr(model, name).parameters()), name
-    for name in ("latent_head", "feature_head", "reward_head", "cont_head"):
-        assert all(p.requires_grad for p in getattr(model, name).parameters()), name
-
-
 def test_check_env_passes_on_the_stochastic_dream(model, starts):
     settings = DreamSettings(horizon=20, cont_mode="sample")
 
@@ -218,8 +209,7 @@ def test_check_env_passes_on_the_stochastic_dream(model, starts):
 
 
 @pytest.mark.parametrize(
-    "changes", [dict(freeze_encoder=False), dict(residual=True), dict(collapse_guard="sigreg")],
-    ids=["trainable-encoder", "residual", "sigreg"],
+    "changes", [dict(freeze_encoder=False), dict(collapse_guard="sigreg")], ids=["trainable-encoder", "sigreg"]
 )  # fmt: skip
 def test_what_a_stochastic_model_cannot_be_is_refused(changes):
     with pytest.raises(ValueError, match="latent='stochastic'"):
