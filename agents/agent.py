@@ -1,8 +1,9 @@
 """A controller acting in a real env through the world model: encode each frame, carry h, pick the action.
 
-The agent follows `WorldModel.observe` step by step, so in the real env a controller sees exactly what it saw in
-training windows and in the dream: at an episode's first observation h = f(0, 0, 0); after that
-h_t = f(h_{t-1}, z_{t-1}, a_t), z_t = encode(obs_t), and the controller maps [z_t, h_t] to a_{t+1}.
+The agent follows `WorldModel.real_states` one step at a time (`filter_step`), so in the real env a controller sees
+exactly what it saw in training windows and in the dream: at an episode's first observation h = f(0, 0, 0); after
+that h_t = f(h_{t-1}, z_{t-1}, a_t), z_t = encode(obs_t) (the stochastic model: its posterior's mean), and the
+controller maps [z_t, h_t] to a_{t+1}.
 
 It is a policy for `envs.collect` and for real-env scoring: `reset(is_first)` before each step with the mask of
 sub-envs whose observation starts an episode, then `agent(obs)` for their actions. Each sub-env can run its own

@@ -109,7 +109,7 @@ def dream_rates(model, controller, pool, settings, candidates, episodes, repeats
     rows = torch.as_tensor(np.tile(index, population), device=device)  # (P*E,) candidate-major
     starts = pool.select(rows)
     noise = draw_noise(
-        population * episodes, settings, model.latent_dim, torch.Generator().manual_seed(0), stochastic=model.stochastic
+        population * episodes, settings, model.latent_dim, torch.Generator().manual_seed(0), prior=model.samples_prior
     )
     noise = noise._replace(**{k: None if v is None else v.to(device) for k, v in noise._asdict().items()})
 

@@ -15,6 +15,7 @@ COMMANDS = {
     "eval": ("experiments.evaluate", "score a run's controller in the real env again"),
     "video": ("experiments.video_run", "a video of a run's controller in the real env beside its dream"),
     "export": ("experiments.export", "export a run's policy as one ONNX graph and a .pt2, checked on real steps"),
+    "images": ("experiments.images", "write labelled images the project renders (glyphs, fractals) as a folder"),
     "runs": ("experiments.runs", "print a table of the runs in a directory"),
     "config": ("experiments.show_config", "print the resolved config, every field with its documentation"),
     "presets": ("experiments.presets", "list the shipped presets (--config NAME) and what each is for"),

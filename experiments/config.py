@@ -191,14 +191,15 @@ class OptimConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "synthetic"
-    """'synthetic' (fractal images, no download), 'folder:<path>' (an image folder, class subfolders become
-    labels) or 'env:<gymnasium id>' (frames of that env under a random policy, with its true state)."""
+    """'synthetic' (fractal images, no download), 'glyphs' (rendered characters, labelled: no download either),
+    'folder:<path>' (an image folder, class subfolders become labels; `wm images` writes one) or 'env:<gymnasium
+    id>' (frames of that env under a random policy, with its true state)."""
     num_images: int = 3000
-    """Images to generate (synthetic) or frames to collect (env); an image folder is used whole."""
+    """Images to generate (synthetic, glyphs) or frames to collect (env); an image folder is used whole."""
     num_classes: int = 10
-    """Fractal classes (synthetic only)."""
+    """Fractal systems or glyph characters (synthetic and glyphs only)."""
     stored_size: int = 72
-    """Side of the stored images before augmentation (synthetic and folder); env frames use the encoder size."""
+    """Side of the stored images before augmentation (synthetic, glyphs and folder); env frames use the encoder's."""
     augment: Literal["crop_flip", "none"] = "crop_flip"
     """Random resized crop and horizontal flip, or none (env frames keep their geometry for state probes)."""
     crop_scale: tuple[float, float] = (0.3, 1.0)
@@ -211,9 +212,9 @@ class DataConfig:
     def __post_init__(self):
         kind = self.source.split(":", 1)[0]
         _require(
-            self.source == "synthetic" or (kind in ("folder", "env") and len(self.source) > len(kind) + 1),
+            self.source in ("synthetic", "glyphs") or (kind in ("folder", "env") and len(self.source) > len(kind) + 1),
             "source",
-            f"must be 'synthetic', 'folder:<path>' or 'env:<gymnasium id>', got {self.source!r}",
+            f"must be 'synthetic', 'glyphs', 'folder:<path>' or 'env:<gymnasium id>', got {self.source!r}",
         )
         _require(self.num_images >= 8, "num_images", f"must be >= 8, got {self.num_images}")
         _require(self.num_classes >= 2, "num_classes", f"must be >= 2, got {self.num_classes}")
@@ -225,7 +226,7 @@ class DataConfig:
 
     @property
     def kind(self) -> str:
-        """'synthetic', 'folder' or 'env'."""
+        """'synthetic', 'glyphs', 'folder' or 'env'."""
         return self.source.split(":", 1)[0]
 
     @property
@@ -311,7 +312,8 @@ class LossWeightsConfig:
             _require(getattr(self, f.name) >= 0, f.name, f"must be >= 0, got {getattr(self, f.name)}")
 
 
-# The fields of WorldModelConfig that are WorldModel's constructor keywords, one to one.
+# The fields of WorldModelConfig that are `worldmodel.dynamics.build_world_model`'s keywords: `latent` picks the
+# class (JEPAWorldModel or RSSMWorldModel), which takes the others it uses and checks their values.
 WORLD_MODEL_KEYWORDS = (
     "latent_dim",
     "hidden_dim",
@@ -335,7 +337,7 @@ PREDICTION_DEPTHS = (1, 5, 15)  # open-loop depths k of the pred_error_k* metric
 
 @dataclass(frozen=True)
 class WorldModelConfig:
-    # -- the model: WorldModel's keywords (see WORLD_MODEL_KEYWORDS)
+    # -- the model: build_world_model's keywords (see WORLD_MODEL_KEYWORDS), checked by the class they go to
     latent_dim: int = 32
     """Size D of the latent z."""
     hidden_dim: int = 128
@@ -441,19 +443,11 @@ class WorldModelConfig:
 
     def __post_init__(self):
         positive = (
-            "latent_dim hidden_dim mlp_dim sigreg_directions collect_steps collect_hold num_envs steps batch_size "
-            "horizon eval_batch_size decoder_width decoder_batch decoder_every max_nonfinite"
+            "collect_steps collect_hold num_envs steps batch_size horizon eval_batch_size decoder_width decoder_batch "
+            "decoder_every max_nonfinite"
         )
         for key in positive.split():
             _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        _require(self.ensemble_size >= 2, "ensemble_size", f"must be >= 2, got {self.ensemble_size}")
-        _require(self.sigreg_points >= 2, "sigreg_points", f"must be >= 2, got {self.sigreg_points}")
-        _require(self.image_size >= 8, "image_size", f"must be >= 8, got {self.image_size}")
-        _require(
-            self.patch_size >= 1 and self.image_size % self.patch_size == 0,
-            "patch_size",
-            f"must divide image_size ({self.image_size}), got {self.patch_size}",
-        )
         _require(self.burn_in >= 0, "burn_in", f"must be >= 0, got {self.burn_in}")
         _require(
             self.latent == "deterministic" or (self.freeze_encoder and self.collapse_guard == "ema"),
@@ -461,9 +455,15 @@ class WorldModelConfig:
             "'stochastic' predicts the frozen encoder's features: it needs freeze_encoder: true and collapse_guard: "
             f"ema, got {self.freeze_encoder} and {self.collapse_guard!r}",
         )
-        _require(self.free_nats >= 0, "free_nats", f"must be >= 0, got {self.free_nats}")
-        _require(0 <= self.kl_balance <= 1, "kl_balance", f"must be in [0, 1], got {self.kl_balance}")
-        _require(self.input_blur >= 0, "input_blur", f"must be >= 0, got {self.input_blur}")
+        # The model's own keywords are checked by its class (it is usable without a config), here at parse time.
+        from worldmodel.dynamics.build import world_model_class
+        from worldmodel.dynamics.world_model import OptionError
+
+        model_class = world_model_class(self.latent)
+        try:
+            model_class.check_options(**{key: getattr(self, key) for key in model_class.keywords()})
+        except OptionError as error:
+            _require(False, error.key, error.reason)
         _require(
             self.sequence_length >= self.burn_in + 2,
             "sequence_length",
@@ -500,8 +500,11 @@ class WorldModelConfig:
         )
 
     def model_keywords(self) -> dict[str, Any]:
-        """The keyword arguments of `WorldModel(obs_shape, action_dim, **keywords)`."""
-        return {key: getattr(self, key) for key in WORLD_MODEL_KEYWORDS}
+        """The keyword arguments of `build_world_model(obs_shape, action_dim, **keywords)`: `latent` and the keywords
+        its class takes."""
+        from worldmodel.dynamics.build import world_model_class
+
+        return {"latent": self.latent, **{key: getattr(self, key) for key in world_model_class(self.latent).keywords()}}
 
     def loss_weight_dict(self, keys: tuple[str, ...]) -> dict[str, float]:
         """Weights for the losses named `keys` (a model's `loss_keys`), for `combine_losses`."""

@@ -113,7 +113,7 @@ class DreamScorer:
         rows = torch.as_tensor(np.tile(index, population), device=device)  # (P*E,) candidate-major
         noise = draw_noise(
             episodes, self.settings, self.model.latent_dim, step_generator(self.seed, key, self.noise_stream),
-            stochastic=self.model.stochastic,
+            prior=self.model.samples_prior,
         )  # fmt: skip
         noise = noise._replace(**{k: None if v is None else v.repeat(population, *[1] * (v.ndim - 1)).to(device)
                                   for k, v in noise._asdict().items()})  # fmt: skip  # (E, ...) -> (P*E, ...)

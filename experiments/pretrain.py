@@ -59,6 +59,7 @@ from worldmodel.perception.data import (
     TensorImageDataset,
     collate_images,
 )
+from worldmodel.perception.glyphs import GlyphDataset
 from worldmodel.perception.ijepa import IJEPA
 from worldmodel.perception.masks import MultiBlockMaskSampler
 from worldmodel.perception.vit import VisionTransformer
@@ -77,6 +78,8 @@ def build_dataset(cfg: DataConfig, image_size: int, seed: int, show_progress: bo
     if cfg.kind == "synthetic":
         per_class = math.ceil(cfg.num_images / cfg.num_classes)
         return FractalDataset(cfg.num_classes, per_class, cfg.stored_size, seed)
+    if cfg.kind == "glyphs":
+        return GlyphDataset(cfg.num_classes, math.ceil(cfg.num_images / cfg.num_classes), cfg.stored_size, seed)
     if cfg.kind == "folder":
         return ImageFolderDataset(cfg.target, cfg.stored_size, seed=seed)  # every image in the folder
     from experiments.frames import collect_env_frames  # only env sources need gymnasium

@@ -83,6 +83,7 @@ from experiments.runtime import (
 )
 from experiments.video import dream_clip, side_by_side, write_mp4
 from worldmodel import schedules
+from worldmodel.dynamics.build import build_world_model
 from worldmodel.dynamics.decoder import Decoder
 from worldmodel.dynamics.metrics import evaluate_world_model
 from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch, batch_from_windows, combine_losses
@@ -473,8 +474,9 @@ def standardize_features(model: WorldModel, data: StoreWindows, cfg: Config, dev
 
 
 def build_model(cfg: WorldModelConfig, spec: EnvSpec) -> WorldModel:
-    """The world model for the env's observations and actions, its keywords straight from the config."""
-    return WorldModel(spec.obs_shape, spec.action_dim, **cfg.model_keywords())
+    """The world model for the env's observations and actions: the class of `cfg.latent`, its keywords straight
+    from the config."""
+    return build_world_model(spec.obs_shape, spec.action_dim, **cfg.model_keywords())
 
 
 def build_decoder(cfg: WorldModelConfig, spec: EnvSpec) -> Decoder | None:
@@ -576,8 +578,8 @@ def decoder_step(
         weight: under torchrun, this process's share of the step's frames times the world size (the decoder is
             not wrapped in DDP: its gradients are averaged here), so that the losses averaged over processes are the
             whole step's mean; a process with no frame (N = 0) still joins the average.
-        latents: (N, D) the latents to draw, in place of the model's targets of the frames (a stochastic model's
-            latents depend on the history: `WorldModel.real_states` of the frames' windows).
+        latents: (N, D) the latents to draw, in place of the model's targets of the frames (where a model's
+            latents depend on the history, not `WorldModel.frame_latents`: `real_states` of the frames' windows).
     Returns:
         the decoder's loss (NaN, and no update, when it is not finite).
     """
@@ -823,7 +825,7 @@ class WorldModelTrainer:
         own = pick[(pick >= rows.start * T) & (pick < rows.stop * T)] - rows.start * T  # (n,) into this share's b*T
         obs = torch.as_tensor(windows.obs.reshape(b * T, *windows.obs.shape[2:])[own])  # (b*T, H, W, C) -> (n, ...)
         features = latents = None
-        if self.model.stochastic:  # the posterior's means along the windows
+        if not self.model.frame_latents:  # e.g. the posterior's means along the windows
             with torch.no_grad():
                 _, _, targets = self.model.real_states(batch_from_windows(windows, self.device, self.use_features))
             latents = targets.reshape(b * T, -1)[torch.as_tensor(own, device=self.device)]  # (b, T, D) -> (n, D)
@@ -844,11 +846,11 @@ class WorldModelTrainer:
         )
         loss = float("nan")
         while self.decoder_step < wcfg.decoder_steps:
-            # Windows of one frame each; a stochastic model's latents need the history, so it gets training-length
+            # Windows of one frame each; latents that need the history (not frame_latents) get training-length
             # windows. Seeds continue after the world model's steps.
             rng = step_rng(seed, wcfg.steps + self.decoder_step, STREAM_DECODER)
             rows = distributed.share(wcfg.decoder_batch)
-            length = wcfg.sequence_length if self.model.stochastic else 1
+            length = 1 if self.model.frame_latents else wcfg.sequence_length
             windows = self.data.train_windows(wcfg.decoder_batch, length, rng, rows)
             loss = self.train_decoder(windows, rng, wcfg.decoder_batch, rows)
             self.decoder_step += 1

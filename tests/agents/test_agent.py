@@ -12,6 +12,7 @@ from gymnasium import spaces
 from agents.agent import LatentAgent
 from agents.controllers import Controller
 from envs import EpisodeStore, RandomPolicy, collect, make_vector_env
+from worldmodel.dynamics.jepa import JEPAWorldModel
 from worldmodel.dynamics.world_model import WorldModel
 
 TINY = dict(latent_dim=8, hidden_dim=16, mlp_dim=16, ensemble_size=3)
@@ -23,7 +24,7 @@ N, T = 3, 12
 @pytest.fixture(scope="module")
 def model() -> WorldModel:
     torch.manual_seed(0)
-    return WorldModel((OBS_DIM,), 2, **TINY).eval()
+    return JEPAWorldModel((OBS_DIM,), 2, **TINY).eval()
 
 
 def make_controller(space: spaces.Space | None = None) -> Controller:

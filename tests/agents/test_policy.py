@@ -26,6 +26,8 @@ from agents.policy import (
     require_export_packages,
 )
 from envs import make_env
+from worldmodel.dynamics.build import build_world_model
+from worldmodel.dynamics.jepa import JEPAWorldModel
 from worldmodel.dynamics.world_model import WorldModel
 
 SIZE, STEPS = 32, 60
@@ -67,7 +69,7 @@ def play(agent: LatentAgent, env_id: str, steps: int, seed: int, **env_options) 
 
 def pixel_model(latent: str) -> WorldModel:
     torch.manual_seed(0)
-    model = WorldModel((SIZE, SIZE, 3), 2, **TINY, **PIXELS, **LATENTS[latent]).eval()
+    model = build_world_model((SIZE, SIZE, 3), 2, **TINY, **PIXELS, **LATENTS[latent]).eval()
     # Standardisation away from the identity, so that the step is checked to apply it.
     model.feature_mean.normal_(0.0, 0.1)
     model.feature_std.uniform_(0.5, 2.0)
@@ -160,7 +162,7 @@ def test_a_continuous_controller_s_vectors_are_its_env_actions_within_the_bounds
     env, spec = make_env("Pendulum-v1", obs="state")
     space = env.action_space
     env.close()
-    model = WorldModel(spec.obs_shape, spec.action_dim, **TINY).eval()
+    model = JEPAWorldModel(spec.obs_shape, spec.action_dim, **TINY).eval()
     controller = Controller(model.latent_dim + model.hidden_dim, space, "mlp", hidden=8)
     params = parameters(controller, seed=1, scale=0.3)  # larger ones saturate the tanh at a bound
     played = play(LatentAgent(model, controller, params, 1), "Pendulum-v1", 30, seed=2, obs="state")

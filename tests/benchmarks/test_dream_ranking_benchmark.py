@@ -127,7 +127,7 @@ def test_quick_run_ranks_the_same_controllers_under_every_variant(world_model):
         assert 0 <= pairs <= 6 and (agreement is None if pairs == 0 else 0 <= agreement <= 1)
     expected_settings = {r["variant"]: r["dream_settings"]["cont_mode"] for r in records if "dream_settings" in r}
     assert expected_settings == {
-        "the run's dream": "threshold", "dream.cont_mode=expected": "expected", "dream.reset_starts=1": "threshold"
+        "the run's dream": "sample", "dream.cont_mode=expected": "expected", "dream.reset_starts=1": "sample"
     }  # fmt: skip
 
 

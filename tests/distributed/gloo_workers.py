@@ -24,6 +24,7 @@ from experiments.evolve import DreamScorer, Evolution
 from experiments.train import decoder_step
 from worldmodel.dream.rollout import DreamSettings, DreamState
 from worldmodel.dynamics.decoder import Decoder
+from worldmodel.dynamics.jepa import JEPAWorldModel
 from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch, combine_losses
 
 B, T, OBS, ACTIONS = 6, 8, 4, 2  # a world-model batch: 6 windows of 8 steps of a 4-dim state
@@ -65,7 +66,7 @@ def _join(rank: int, worker, world: int, directory: Path) -> None:
 
 def world_model(collapse_guard: str) -> WorldModel:
     torch.manual_seed(0)
-    return WorldModel((OBS,), ACTIONS, latent_dim=8, hidden_dim=16, mlp_dim=16, collapse_guard=collapse_guard,
+    return JEPAWorldModel((OBS,), ACTIONS, latent_dim=8, hidden_dim=16, mlp_dim=16, collapse_guard=collapse_guard,
                       ensemble_size=2, sigreg_directions=8)  # fmt: skip
 
 
@@ -104,7 +105,7 @@ def world_model_step(collapse_guard: str) -> dict:
 def decoder_updates(directory: Path) -> dict:
     """Two decoder steps: on 3 frames (2 processes take 2 and 1) and on 1 frame (one process takes none)."""
     torch.manual_seed(3)
-    model = WorldModel((OBS,), ACTIONS, latent_dim=8, hidden_dim=16, mlp_dim=16, freeze_encoder=True)
+    model = JEPAWorldModel((OBS,), ACTIONS, latent_dim=8, hidden_dim=16, mlp_dim=16, freeze_encoder=True)
     decoder = Decoder(model.latent_dim, 8, 3, 4)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(4)

@@ -86,6 +86,7 @@ def test_debug_cycle_leaves_a_complete_run_directory(cycled):
     for bar in bars:
         assert bar in result.stderr, bar
     assert "tensorboard --logdir" in result.stderr and str(run / "learning_curve.png") in result.stderr
+    assert "warning" not in result.stderr.lower() and "collapsed" not in result.stderr  # nothing a user must act on
     done = summary(run)
     assert done["status"] == "done" and done["command"] == "cycle" and done["stopped"] == "iterations"
     assert done["target_return"] == 475.0  # no cycle.target_return: CartPole-v1's registered reward_threshold

@@ -11,7 +11,7 @@ from envs import EpisodeStore, RandomPolicy, collect, make_vector_env
 from experiments.load import action_space
 from experiments.rundir import GracefulStop
 from experiments.train import encoder_fingerprint, fill_latent_cache
-from worldmodel.dynamics.world_model import WorldModel
+from worldmodel.dynamics.jepa import JEPAWorldModel
 
 SIZE = 32
 
@@ -24,7 +24,7 @@ def recorded(tmp_path_factory):
     collect(envs, RandomPolicy(spec, seed=3), 60, store)
     envs.close()
     torch.manual_seed(0)
-    model = WorldModel(
+    model = JEPAWorldModel(
         spec.obs_shape, spec.action_dim, latent_dim=8, hidden_dim=16, mlp_dim=16, ensemble_size=2, vit_size="micro",
         image_size=SIZE, patch_size=4, freeze_encoder=True, input_blur=2.0, pooling="mean_std",
     ).eval()  # fmt: skip

@@ -12,7 +12,7 @@ from experiments.checkpoint import CheckpointError, save_checkpoint
 from experiments.load import load_encoder, load_policy, load_world_model
 from experiments.pretrain import build_model
 from experiments.rundir import RunError
-from worldmodel.dynamics.world_model import WorldModel
+from worldmodel.dynamics.jepa import JEPAWorldModel
 from worldmodel.perception import Encoder
 from worldmodel.perception.augment import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
 
@@ -54,7 +54,8 @@ def test_embedding_equals_the_target_encoder_on_resized_imagenet_normalised_imag
 def test_embedding_equals_the_world_model_s_features_with_its_blur_and_pooling():
     torch.manual_seed(0)
     shape = {"latent_dim": 8, "hidden_dim": 8, "mlp_dim": 8, "ensemble_size": 2, "vit_size": "micro", "image_size": 32}
-    model = WorldModel((40, 40, 6), 2, **shape, patch_size=4, freeze_encoder=True, input_blur=1.0, pooling="mean_std")
+    options = dict(patch_size=4, freeze_encoder=True, input_blur=1.0, pooling="mean_std")
+    model = JEPAWorldModel((40, 40, 6), 2, **shape, **options)
     model.eval()
     encoder = Encoder(model.backbone, model.image_size, model.pooling, model.input_blur)
     frames = images(3, 40, 40, channels=6)  # a stack of two RGB frames

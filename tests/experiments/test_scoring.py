@@ -18,6 +18,7 @@ from envs.parking import ScriptedParker, ScriptedParkers
 from experiments.evolve import STREAM_EVAL, STREAM_REAL, RealScorer, score_in_env
 from experiments.runtime import step_seed
 from experiments.scoring import EpisodeResults, run_episodes
+from worldmodel.dynamics.jepa import JEPAWorldModel
 from worldmodel.dynamics.world_model import WorldModel
 
 TINY = dict(latent_dim=8, hidden_dim=16, mlp_dim=16, ensemble_size=3)
@@ -28,7 +29,7 @@ CONTROLLER = Controller(FEATURES, gym.spaces.Discrete(2), "linear")
 @pytest.fixture(scope="module")
 def model() -> WorldModel:
     torch.manual_seed(0)
-    return WorldModel((4,), 2, **TINY).eval()
+    return JEPAWorldModel((4,), 2, **TINY).eval()
 
 
 def constant(action: int) -> np.ndarray:
@@ -243,7 +244,7 @@ class ScriptedParkingAgent(LatentAgent):
 
     def __init__(self, num_envs: int):
         torch.manual_seed(0)
-        model = WorldModel((10,), 9, **TINY).eval()
+        model = JEPAWorldModel((10,), 9, **TINY).eval()
         controller = Controller(FEATURES, gym.spaces.Discrete(9), "linear")
         super().__init__(model, controller, np.zeros(controller.num_params), num_envs)
         self.script = ScriptedParkers(num_envs)

@@ -15,6 +15,7 @@ from experiments.config import DreamConfig
 from experiments.evolve import STREAM_FINAL, STREAM_FINAL_NOISE, DreamScorer, choose_controller
 from experiments.load import encode_start_pool
 from worldmodel.dream.rollout import DreamSettings
+from worldmodel.dynamics.jepa import JEPAWorldModel
 from worldmodel.dynamics.world_model import WorldModel
 
 
@@ -30,7 +31,7 @@ def store(tmp_path_factory) -> EpisodeStore:
 @pytest.fixture(scope="module")
 def model() -> WorldModel:
     torch.manual_seed(0)
-    return WorldModel((4,), 2, latent_dim=8, hidden_dim=16, mlp_dim=16, ensemble_size=2).eval()
+    return JEPAWorldModel((4,), 2, latent_dim=8, hidden_dim=16, mlp_dim=16, ensemble_size=2).eval()
 
 
 def reset_rows(model: WorldModel, pool) -> torch.Tensor:

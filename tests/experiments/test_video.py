@@ -8,12 +8,13 @@ import torch
 
 from experiments.video import LABEL_HEIGHT, dream_clip, side_by_side, write_mp4
 from worldmodel.dynamics.decoder import Decoder
+from worldmodel.dynamics.jepa import JEPAWorldModel
 from worldmodel.dynamics.world_model import WorldModel
 
 
 def tiny_model_and_decoder() -> tuple[WorldModel, Decoder]:
     torch.manual_seed(0)
-    model = WorldModel((16, 16, 3), 2, latent_dim=8, hidden_dim=8, mlp_dim=8, ensemble_size=2, vit_size="micro",
+    model = JEPAWorldModel((16, 16, 3), 2, latent_dim=8, hidden_dim=8, mlp_dim=8, ensemble_size=2, vit_size="micro",
                        image_size=16, patch_size=4)  # fmt: skip
     return model, Decoder(latent_dim=8, image_size=16, width=4)
 

@@ -156,7 +156,7 @@ class DreamVectorEnv(VectorEnv):
         if settings.cont_mode == "sample":
             uniform = torch.rand(rows, generator=self.generator).to(device)  # (N,)
         prior = None
-        if self.model.stochastic:  # the stochastic model's prior sample
+        if self.model.samples_prior:  # the noise of its prior's sample
             prior = torch.randn(rows, self.model.latent_dim, generator=self.generator)
             prior = prior.to(device=device, dtype=self.starts.latent.dtype)  # (N, D)
         result = dream_step(self.model, self.state, action, noise, prior_noise=prior)

@@ -110,7 +110,7 @@ class DreamNoise(NamedTuple):
     uniform: torch.Tensor | None
     """(N, H) uniforms in [0, 1) for sampled continuation, or None when continuation is thresholded."""
     prior: torch.Tensor | None = None
-    """(N, H, D) standard normal noise of a stochastic model's prior samples, or None for a deterministic model."""
+    """(N, H, D) standard normal noise of a model's prior samples (`WorldModel.samples_prior`), or None."""
 
     def rows(self, index: slice | torch.Tensor) -> DreamNoise:
         """The noise of rows `index`."""
@@ -169,16 +169,16 @@ def draw_noise(
     settings: DreamSettings,
     latent_dim: int,
     generator: torch.Generator | None = None,
-    stochastic: bool = False,
+    prior: bool = False,
 ) -> DreamNoise:
     """All randomness for `rows` rollouts of `settings.horizon` steps, on the CPU (move it with the rollout);
-    `stochastic`: also the prior's noise of a stochastic model (`WorldModel.stochastic`)."""
+    `prior`: also the noise of a model's prior samples (`WorldModel.samples_prior`)."""
     latent = None
     if settings.latent_noise > 0:
         latent = torch.randn(rows, settings.horizon, latent_dim, generator=generator)  # (N, H, D)
     uniform = torch.rand(rows, settings.horizon, generator=generator) if settings.cont_mode == "sample" else None
-    prior = torch.randn(rows, settings.horizon, latent_dim, generator=generator) if stochastic else None
-    return DreamNoise(latent, uniform, prior)
+    prior_noise = torch.randn(rows, settings.horizon, latent_dim, generator=generator) if prior else None
+    return DreamNoise(latent, uniform, prior_noise)
 
 
 def dream_step(
@@ -237,10 +237,14 @@ def rollout(
 
     Args:
         start: N start states (e.g. `dream_starts` rows, repeated per candidate).
-        noise: `draw_noise(N, settings, D, stochastic=model.stochastic)`, moved to the model's device.
+        noise: `draw_noise(N, settings, D, prior=model.samples_prior)`, moved to the model's device.
     """
     rows = start.latent.shape[0]
-    needed = {"latent": settings.latent_noise > 0, "uniform": settings.cont_mode == "sample", "prior": model.stochastic}
+    needed = {
+        "latent": settings.latent_noise > 0,
+        "uniform": settings.cont_mode == "sample",
+        "prior": model.samples_prior,
+    }
     for name, drawn in noise._asdict().items():
         if needed[name] and drawn is None:
             raise ValueError(f"settings need noise.{name} but it is None; draw it with draw_noise(..., settings, ...)")

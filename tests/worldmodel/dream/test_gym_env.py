@@ -11,6 +11,7 @@ from gymnasium.utils.env_checker import check_env
 
 from worldmodel.dream.gym_env import DreamEnv, DreamVectorEnv
 from worldmodel.dream.rollout import DreamSettings, DreamState, draw_noise, dream_starts, rollout
+from worldmodel.dynamics.jepa import JEPAWorldModel
 from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch
 
 LATENT, HIDDEN, ACTIONS = 8, 16, 2
@@ -23,7 +24,7 @@ NEVER_ENDS = DreamSettings(horizon=50, cont_threshold=1e-6)  # the continue head
 @pytest.fixture(scope="module")
 def model() -> WorldModel:
     torch.manual_seed(0)
-    return WorldModel((4,), ACTIONS, latent_dim=LATENT, hidden_dim=HIDDEN, mlp_dim=16, ensemble_size=2).eval()
+    return JEPAWorldModel((4,), ACTIONS, latent_dim=LATENT, hidden_dim=HIDDEN, mlp_dim=16, ensemble_size=2).eval()
 
 
 @pytest.fixture(scope="module")

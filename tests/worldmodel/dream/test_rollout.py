@@ -19,6 +19,7 @@ from worldmodel.dream.rollout import (
     dream_starts,
     rollout,
 )
+from worldmodel.dynamics.jepa import JEPAWorldModel
 from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch
 
 TINY = dict(latent_dim=8, hidden_dim=16, mlp_dim=16, ensemble_size=3)
@@ -33,7 +34,7 @@ SPACES = {"discrete": spaces.Discrete(2), "box": spaces.Box(-2.0, 3.0, (ACTION_D
 
 def make_model(cont_bias: float = CONT_BIAS) -> WorldModel:
     torch.manual_seed(0)
-    model = WorldModel((OBS_DIM,), ACTION_DIM, **TINY).eval()
+    model = JEPAWorldModel((OBS_DIM,), ACTION_DIM, **TINY).eval()
     with torch.no_grad():
         model.cont_head[-1].weight.mul_(CONT_GAIN)
         model.cont_head[-1].bias.fill_(cont_bias)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from worldmodel.dynamics.decoder import Decoder
-from worldmodel.dynamics.world_model import WorldModel
+from worldmodel.dynamics.jepa import JEPAWorldModel
 
 
 @pytest.mark.parametrize("side", [16, 32, 48, 64])
@@ -46,7 +46,7 @@ def test_a_small_decoder_learns_to_draw_a_few_frames():
 def test_decoder_training_never_changes_the_encoder():
     """Even fed latents still attached to a trainable encoder's graph, the decoder sends no gradient back."""
     torch.manual_seed(0)
-    model = WorldModel((16, 16, 3), 2, latent_dim=8, hidden_dim=8, mlp_dim=8, ensemble_size=2, vit_size="micro",
+    model = JEPAWorldModel((16, 16, 3), 2, latent_dim=8, hidden_dim=8, mlp_dim=8, ensemble_size=2, vit_size="micro",
                        image_size=16, patch_size=4)  # fmt: skip
     decoder = Decoder(latent_dim=8, image_size=16, width=4)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from worldmodel.dynamics.jepa import JEPAWorldModel
 from worldmodel.dynamics.metrics import (
     collapse_metrics,
     cont_metrics,
@@ -19,7 +20,7 @@ from worldmodel.dynamics.metrics import (
     state_probe_r2,
     total_variance,
 )
-from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch, open_loop_valid
+from worldmodel.dynamics.world_model import WorldModelBatch, open_loop_valid
 
 
 def test_auc_hand_worked_cases():
@@ -127,7 +128,7 @@ def test_probe_features_and_r2_of_a_linear_code():
 
 def test_evaluate_world_model_reports_every_metric():
     torch.manual_seed(0)
-    model = WorldModel((5,), 2, latent_dim=8, hidden_dim=16, mlp_dim=16, ensemble_size=3)
+    model = JEPAWorldModel((5,), 2, latent_dim=8, hidden_dim=16, mlp_dim=16, ensemble_size=3)
     generator = torch.Generator().manual_seed(0)
     B, T = 4, 18
     is_first = torch.zeros(B, T, dtype=torch.bool)

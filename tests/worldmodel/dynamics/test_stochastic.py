@@ -1,4 +1,4 @@
-"""The stochastic world model (`WorldModel(latent="stochastic")`) on a real tiny model: its KL against torch's, the
+"""The stochastic world model (`RSSMWorldModel`) on a real tiny model: its KL against torch's, the
 filter against the agent acting step by step, the dream's prior samples (batched equals a loop, by hand), its losses'
 keys and gradients, the gymnasium checker on its dream, and the refusals of what it cannot do."""
 
@@ -15,7 +15,9 @@ from agents.agent import LatentAgent
 from agents.controllers import Controller
 from worldmodel.dream.gym_env import DreamEnv
 from worldmodel.dream.rollout import DreamSettings, DreamState, draw_noise, dream_starts, dream_step, rollout
-from worldmodel.dynamics.world_model import MIN_STD, Gaussian, WorldModel, WorldModelBatch, gaussian_kl
+from worldmodel.dynamics.build import build_world_model
+from worldmodel.dynamics.rssm import MIN_STD, Gaussian, RSSMWorldModel, gaussian_kl
+from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch
 
 OBS_DIM, ACTIONS, LATENT, HIDDEN, MLP = 4, 2, 8, 16, 16
 FEATURES = LATENT + HIDDEN
@@ -24,8 +26,8 @@ P, E, HORIZON = 4, 3, 12
 
 def make_model(**changes) -> WorldModel:
     torch.manual_seed(0)
-    options = dict(latent_dim=LATENT, hidden_dim=HIDDEN, mlp_dim=MLP, ensemble_size=2, freeze_encoder=True)
-    model = WorldModel((OBS_DIM,), ACTIONS, latent="stochastic", **{**options, **changes}).eval()
+    options = dict(latent_dim=LATENT, hidden_dim=HIDDEN, mlp_dim=MLP, ensemble_size=2)
+    model = RSSMWorldModel((OBS_DIM,), ACTIONS, **{**options, **changes}).eval()
     with torch.no_grad():  # a continue head biased towards "going on", so that rollouts end at different steps
         model.cont_head[-1].weight.mul_(6.0)
         model.cont_head[-1].bias.fill_(3.0)
@@ -122,7 +124,7 @@ def test_batched_dream_equals_loop_over_candidates(model, starts, mode):
     params = 2.0 * torch.randn(P, controller.num_params, generator=torch.Generator().manual_seed(1))
     settings = DreamSettings(horizon=HORIZON, cont_mode=mode, latent_noise=0.2, disagreement_penalty=0.5)
     start = starts.select(torch.randint(0, len(starts.latent), (P * E,), generator=torch.Generator().manual_seed(2)))
-    noise = draw_noise(P * E, settings, LATENT, torch.Generator().manual_seed(3), stochastic=True)
+    noise = draw_noise(P * E, settings, LATENT, torch.Generator().manual_seed(3), prior=True)
     assert noise.prior is not None and noise.prior.shape == (P * E, HORIZON, LATENT)
     batched = rollout(model, controller.policy(params, E), start, settings, noise)
     if mode != "expected":  # 'expected' rows run while their chance of going on lasts: here the whole horizon
@@ -208,12 +210,13 @@ def test_check_env_passes_on_the_stochastic_dream(model, starts):
 # ---------------------------------------------------------------------------------------------- refusals
 
 
-@pytest.mark.parametrize(
-    "changes", [dict(freeze_encoder=False), dict(collapse_guard="sigreg")], ids=["trainable-encoder", "sigreg"]
-)  # fmt: skip
-def test_what_a_stochastic_model_cannot_be_is_refused(changes):
-    with pytest.raises(ValueError, match="latent='stochastic'"):
-        make_model(**changes)
+def test_what_a_stochastic_model_cannot_be_is_refused():
+    with pytest.raises(ValueError, match="freeze_encoder: the stochastic latent predicts the frozen encoder's"):
+        make_model(freeze_encoder=False)
+    with pytest.raises(TypeError, match="collapse_guard"):  # it has no target network to choose
+        build_world_model((OBS_DIM,), ACTIONS, latent="stochastic", collapse_guard="sigreg")
+    with pytest.raises(ValueError, match="latent must be one of"):
+        build_world_model((OBS_DIM,), ACTIONS, latent="bayesian")
 
 
 def test_one_frame_has_no_stochastic_target(model):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from worldmodel.dynamics.jepa import JEPAWorldModel
 from worldmodel.dynamics.world_model import (
     WorldModel,
     WorldModelBatch,
@@ -64,7 +65,7 @@ def all_weights(model: WorldModel) -> dict[str, float]:
 )
 def test_shapes_of_every_head(obs_shape, options):
     torch.manual_seed(0)
-    model = WorldModel(obs_shape, 2, **options)
+    model = JEPAWorldModel(obs_shape, 2, **options)
     batch = make_batch(obs_shape, time=5)
     B, T, D, Hd, K = 3, 5, 8, 16, 3
     assert model.encode(batch.obs).shape == (B, T, D)
@@ -94,7 +95,7 @@ def test_shapes_of_every_head(obs_shape, options):
 def test_frozen_encoder_accepts_precomputed_features_with_identical_losses():
     for guard in ("ema", "sigreg"):
         torch.manual_seed(0)
-        model = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, collapse_guard=guard, freeze_encoder=True)
+        model = JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO, collapse_guard=guard, freeze_encoder=True)
         batch = make_batch((16, 16, 3))
         features = model.encode_features(batch.obs)  # (B, T, F), what the episode store caches
         assert not features.requires_grad
@@ -110,7 +111,7 @@ def test_frozen_encoder_accepts_precomputed_features_with_identical_losses():
 
 
 def test_features_need_a_frozen_encoder_and_pixels_need_uint8():
-    model = WorldModel((16, 16, 3), 2, **PIXELS_MICRO)
+    model = JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO)
     with pytest.raises(ValueError, match="freeze_encoder"):
         model.encode(features=torch.zeros(2, model.feature_dim))
     with pytest.raises(ValueError, match="uint8"):
@@ -121,11 +122,11 @@ def test_features_need_a_frozen_encoder_and_pixels_need_uint8():
 
 def test_constructor_rejects_bad_arguments():
     with pytest.raises(ValueError, match="collapse_guard"):
-        WorldModel((4,), 2, collapse_guard="vicreg")
+        JEPAWorldModel((4,), 2, collapse_guard="vicreg")
     with pytest.raises(ValueError, match="obs_shape"):
-        WorldModel((4, 4), 2)
+        JEPAWorldModel((4, 4), 2)
     with pytest.raises(ValueError, match="ensemble_size"):
-        WorldModel((4,), 2, ensemble_size=1)
+        JEPAWorldModel((4,), 2, ensemble_size=1)
 
 
 # ---------------------------------------------------------------------------------------------- equivalence
@@ -133,7 +134,7 @@ def test_constructor_rejects_bad_arguments():
 
 def test_imagine_equals_stepping_by_hand():
     torch.manual_seed(0)
-    model = WorldModel((5,), 2, **TINY)
+    model = JEPAWorldModel((5,), 2, **TINY)
     h, z = torch.randn(4, 16), torch.randn(4, 8)
     actions = torch.randn(4, 6, 2)
     dream = model.imagine(h, z, actions)
@@ -150,7 +151,7 @@ def test_imagine_equals_stepping_by_hand():
 
 def test_observe_resets_at_is_first_and_matches_stepping_by_hand():
     torch.manual_seed(0)
-    model = WorldModel((5,), 2, **TINY)
+    model = JEPAWorldModel((5,), 2, **TINY)
     batch = make_batch((5,), batch=2, time=7, firsts=((0, 0), (0, 3), (1, 5)))
     z = model.encode(batch.obs)
     hidden, predicted = model.observe(z, batch.action, batch.is_first)
@@ -188,7 +189,7 @@ def test_valid_and_warm_masks_by_hand():
 
 def test_open_loop_unrolls_only_the_valid_pairs_of_the_chosen_starts_as_stepping_by_hand():
     torch.manual_seed(0)
-    model = WorldModel((5,), 2, **TINY)
+    model = JEPAWorldModel((5,), 2, **TINY)
     batch = make_batch((5,), batch=3, time=7, firsts=((0, 0), (1, 2), (1, 5), (2, 3)))
     z, _ = model.latents(batch)
     hidden, _ = model.observe(z, batch.action, batch.is_first)
@@ -218,7 +219,7 @@ def test_open_loop_unrolls_only_the_valid_pairs_of_the_chosen_starts_as_stepping
 @pytest.mark.parametrize("guard", ["ema", "sigreg"])
 def test_loss_equals_open_loop_unroll_by_hand(guard):
     torch.manual_seed(0)
-    model = WorldModel((5,), 2, **TINY, collapse_guard=guard)
+    model = JEPAWorldModel((5,), 2, **TINY, collapse_guard=guard)
     batch = make_batch((5,), batch=2, time=9, firsts=((1, 3),))
     horizon, burn_in = 4, 2
     losses = model.loss(batch, horizon, burn_in, generator=torch.Generator().manual_seed(0))
@@ -250,7 +251,7 @@ def test_loss_equals_open_loop_unroll_by_hand(guard):
 
 def test_ensemble_loss_does_not_shape_the_dynamics_and_ema_target_gets_no_gradient():
     torch.manual_seed(0)
-    model = WorldModel((5,), 2, **TINY)
+    model = JEPAWorldModel((5,), 2, **TINY)
     losses = model.loss(make_batch((5,)), 3)
     losses["ensemble"].backward()
     assert all(p.grad is None for p in model.gru.parameters())
@@ -268,7 +269,7 @@ def test_ensemble_loss_does_not_shape_the_dynamics_and_ema_target_gets_no_gradie
 
 
 def test_ema_update_matches_hand_computation():
-    model = WorldModel((5,), 2, **TINY)
+    model = JEPAWorldModel((5,), 2, **TINY)
     online = list(model.backbone.parameters()) + list(model.projection.parameters())
     target = list(model.target_backbone.parameters()) + list(model.target_projection.parameters())
     with torch.no_grad():
@@ -290,8 +291,8 @@ def test_input_blur_blurs_the_frames_the_encoder_sees_and_keys_its_own_latent_ca
     from worldmodel.perception.augment import gaussian_blur, normalize, resize
 
     torch.manual_seed(0)
-    sharp = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
-    blurred = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True, input_blur=2.0)
+    sharp = JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
+    blurred = JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True, input_blur=2.0)
     blurred.load_state_dict(sharp.state_dict())
     obs = make_batch((16, 16, 3)).obs[:, 0]  # (3, 16, 16, 3) uint8
     images = gaussian_blur(resize(obs.permute(0, 3, 1, 2), 16), 2.0)
@@ -301,7 +302,7 @@ def test_input_blur_blurs_the_frames_the_encoder_sees_and_keys_its_own_latent_ca
     keys = {encoder_fingerprint(model) for model in (sharp, blurred)}
     assert len(keys) == 2  # cached features of sharp frames are never read for blurred ones
     with pytest.raises(ValueError, match="input_blur"):
-        WorldModel((16, 16, 3), 2, **PIXELS_MICRO, input_blur=-1.0)
+        JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO, input_blur=-1.0)
 
 
 def test_mean_std_pooling_feeds_the_patch_spread_too_and_keys_its_own_latent_cache():
@@ -309,8 +310,8 @@ def test_mean_std_pooling_feeds_the_patch_spread_too_and_keys_its_own_latent_cac
     from worldmodel.perception.augment import normalize, resize
 
     torch.manual_seed(0)
-    mean = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
-    mean_std = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True, pooling="mean_std")
+    mean = JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
+    mean_std = JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True, pooling="mean_std")
     assert (mean.feature_dim, mean_std.feature_dim) == (64, 128)  # the micro ViT is 64 wide
     mean_std.backbone.load_state_dict(mean.backbone.state_dict())
     obs = make_batch((16, 16, 3)).obs[:, :2]  # (3, 2, 16, 16, 3) uint8
@@ -320,8 +321,8 @@ def test_mean_std_pooling_feeds_the_patch_spread_too_and_keys_its_own_latent_cac
     torch.testing.assert_close(features[..., :64], mean.encode_features(obs))
     torch.testing.assert_close(features[..., 64:].flatten(0, 1), tokens.std(dim=1, correction=0))
     assert encoder_fingerprint(mean) != encoder_fingerprint(mean_std)  # never reads the other's cached features
-    with pytest.raises(ValueError, match="pooling must be one of"):
-        WorldModel((16, 16, 3), 2, **PIXELS_MICRO, pooling="max")
+    with pytest.raises(ValueError, match="pooling: must be one of"):
+        JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO, pooling="max")
 
 
 def test_grid_pooling_feeds_each_cell_of_the_image_and_keys_its_own_latent_cache():
@@ -329,8 +330,8 @@ def test_grid_pooling_feeds_each_cell_of_the_image_and_keys_its_own_latent_cache
     from worldmodel.perception.augment import normalize, resize
 
     torch.manual_seed(0)
-    mean = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
-    grid = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True, pooling="grid2")
+    mean = JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
+    grid = JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True, pooling="grid2")
     assert grid.feature_dim == 4 * 64  # four cells of the micro ViT's 64 features
     grid.backbone.load_state_dict(mean.backbone.state_dict())
     obs = make_batch((16, 16, 3)).obs[:, :2]  # (3, 2, 16, 16, 3) uint8
@@ -338,11 +339,11 @@ def test_grid_pooling_feeds_each_cell_of_the_image_and_keys_its_own_latent_cache
     torch.testing.assert_close(grid.encode_features(obs).flatten(0, 1), tokens.flatten(1))  # one patch per cell
     assert encoder_fingerprint(mean) != encoder_fingerprint(grid)
     with pytest.raises(ValueError, match=r"pooling 'grid4' needs a patch grid side it divides, got 2"):
-        WorldModel((16, 16, 3), 2, **PIXELS_MICRO, pooling="grid4")
+        JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO, pooling="grid4")
 
 
 def test_frozen_backbone_is_its_own_target_and_sigreg_has_none():
-    frozen = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
+    frozen = JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
     assert frozen.target_backbone is None and frozen.target_projection is not None
     with torch.no_grad():
         frozen.target_projection.weight.fill_(0.0)
@@ -350,7 +351,7 @@ def test_frozen_backbone_is_its_own_target_and_sigreg_has_none():
     frozen.update_target(0.5)
     assert torch.all(frozen.target_projection.weight == 1.0)
 
-    model = WorldModel((5,), 2, **TINY, collapse_guard="sigreg")
+    model = JEPAWorldModel((5,), 2, **TINY, collapse_guard="sigreg")
     assert model.target_backbone is None and model.target_projection is None
     before = [p.clone() for p in model.parameters()]
     model.update_target(0.5)  # no target network: nothing changes
@@ -362,7 +363,7 @@ def test_frozen_backbone_is_its_own_target_and_sigreg_has_none():
 
 def test_pretrained_encoder_loads_into_online_and_target():
     vit = VisionTransformer(16, 8, 3, "micro")
-    model = WorldModel((16, 16, 3), 2, **PIXELS_MICRO)
+    model = JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO)
     model.load_pretrained_encoder(vit.state_dict())
     for module in (model.backbone, model.target_backbone):
         for key, value in vit.state_dict().items():
@@ -390,7 +391,7 @@ def end_probability(model: WorldModel, batch: WorldModelBatch) -> float:
 def test_truncated_ends_never_push_the_continue_head_towards_zero():
     for cont_at_end, rises in ((1.0, True), (0.0, False)):  # truncated, then terminal as the contrast
         torch.manual_seed(0)
-        model = WorldModel((5,), 2, **TINY)
+        model = JEPAWorldModel((5,), 2, **TINY)
         batch = truncated_batch(cont_at_end)
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
         before = end_probability(model, batch)
@@ -423,7 +424,7 @@ def train(model: WorldModel, batch: WorldModelBatch, steps: int, seed: int = 0) 
 @pytest.mark.parametrize("guard", ["ema", "sigreg"])
 def test_tiny_model_overfits_one_batch(guard):
     torch.manual_seed(0)
-    model = WorldModel((5,), 2, latent_dim=8, hidden_dim=32, mlp_dim=32, ensemble_size=3, collapse_guard=guard)
+    model = JEPAWorldModel((5,), 2, latent_dim=8, hidden_dim=32, mlp_dim=32, ensemble_size=3, collapse_guard=guard)
     batch = make_batch((5,), batch=6, time=10, firsts=((0, 0), (3, 5)))
     history = train(model, batch, 150)
     first, last = history[0], history[-1]
@@ -439,11 +440,11 @@ def test_same_seed_gives_same_losses():
     runs = []
     for _ in range(2):
         torch.manual_seed(7)
-        model = WorldModel((5,), 2, **TINY, collapse_guard="sigreg")
+        model = JEPAWorldModel((5,), 2, **TINY, collapse_guard="sigreg")
         runs.append(train(model, make_batch((5,)), 3, seed=11))
     assert runs[0] == runs[1]
     torch.manual_seed(8)
-    other = train(WorldModel((5,), 2, **TINY, collapse_guard="sigreg"), make_batch((5,)), 3, seed=11)
+    other = train(JEPAWorldModel((5,), 2, **TINY, collapse_guard="sigreg"), make_batch((5,)), 3, seed=11)
     assert other != runs[0]
 
 
@@ -459,14 +460,14 @@ def predictions(model: WorldModel, batch: WorldModelBatch) -> list[torch.Tensor]
 @pytest.mark.parametrize("obs_shape, options", [((5,), TINY), ((16, 16, 3), PIXELS_MICRO)])
 def test_save_then_load_gives_identical_predictions(obs_shape, options):
     torch.manual_seed(0)
-    model = WorldModel(obs_shape, 2, **options)
+    model = JEPAWorldModel(obs_shape, 2, **options)
     batch = make_batch(obs_shape)
     train(model, batch, 2)  # move the EMA target away from the online copy
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
     torch.manual_seed(1)
-    restored = WorldModel(obs_shape, 2, **options)
+    restored = JEPAWorldModel(obs_shape, 2, **options)
     restored.load_state_dict(torch.load(buffer, weights_only=True))
     for a, b in zip(predictions(model, batch), predictions(restored, batch), strict=True):
         assert torch.equal(a, b)
@@ -482,7 +483,7 @@ def test_combine_losses_checks_keys_and_weights_each_loss():
         combine_losses(losses, {"latent": 1.0})
     with pytest.raises(ValueError, match=r"without a weight \[\].*without a loss \['sigreg'\]"):
         combine_losses(losses, {"latent": 1.0, "reward": 1.0, "sigreg": 1.0})
-    model = WorldModel((5,), 2, **TINY)
+    model = JEPAWorldModel((5,), 2, **TINY)
     with pytest.raises(ValueError, match="sigreg"):
         combine_losses(
             model.loss(make_batch((5,)), 2), {"latent": 1, "reward": 1, "cont": 1, "ensemble": 1, "sigreg": 1}
@@ -490,7 +491,7 @@ def test_combine_losses_checks_keys_and_weights_each_loss():
 
 
 def test_sigreg_loss_needs_a_generator():
-    model = WorldModel((5,), 2, **TINY, collapse_guard="sigreg")
+    model = JEPAWorldModel((5,), 2, **TINY, collapse_guard="sigreg")
     with pytest.raises(ValueError, match="generator"):
         model.loss(make_batch((5,)), 2)
 
@@ -519,7 +520,7 @@ def test_batch_from_windows_converts_numpy_fields():
 
 def test_feature_standardisation_uses_the_given_statistics_and_is_saved():
     torch.manual_seed(0)
-    model = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
+    model = JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
     # Features of one env barely differ between frames: a large shared offset and a small spread.
     features = 5.0 + 0.01 * torch.randn(2, 6, model.feature_dim)
     before = model.encode(features=features)
@@ -534,7 +535,7 @@ def test_feature_standardisation_uses_the_given_statistics_and_is_saved():
     )
     # The latents now spread like the features do, not like their offset: standardised spread is O(1).
     assert model.encode(features=features).std(dim=(0, 1)).mean() > 10 * before.std(dim=(0, 1)).mean()
-    copy = WorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
+    copy = JEPAWorldModel((16, 16, 3), 2, **PIXELS_MICRO, freeze_encoder=True)
     copy.load_state_dict(model.state_dict())
     assert copy.feature_statistics_set
     torch.testing.assert_close(copy.encode(features=features), model.encode(features=features))
