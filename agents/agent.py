@@ -20,6 +20,26 @@ from agents.controllers import Controller
 from worldmodel.dynamics.world_model import WorldModel, restart_at_first
 
 
+def filter_observation(
+    model: WorldModel,
+    hidden: torch.Tensor,
+    latent: torch.Tensor,
+    action: torch.Tensor,
+    first: torch.Tensor,
+    obs: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Restart the state where an episode starts and filter the new frame into it, for N envs.
+
+    hidden (N, hidden_dim), latent (N, D), action (N, A) the previous decision's, first (N, 1) bool,
+    obs (N, *obs_shape) -> hidden (N, hidden_dim), latent (N, D): the [z_t, h_t] an agent acts on. `decide` and the
+    planner's `agents.planner.PlanningAgent` both filter through it.
+    """
+    start = model.initial_state(obs.shape[0])
+    hidden, latent, action = restart_at_first(first, start, hidden, latent, action)
+    embedding = model.encode(obs).to(hidden.dtype)  # (N, D or mlp_dim)
+    return model.filter_step(hidden, latent, action, embedding)  # (N, hd), (N, D)
+
+
 def decide(
     model: WorldModel,
     controller: Controller,
@@ -36,10 +56,7 @@ def decide(
     obs (N, *obs_shape) -> the action vector (N, A), hidden (N, hidden_dim), latent (N, D). `LatentAgent` and the
     exported `agents.policy.PolicyStep` both act through it.
     """
-    start = model.initial_state(obs.shape[0])
-    hidden, latent, action = restart_at_first(first, start, hidden, latent, action)
-    embedding = model.encode(obs).to(hidden.dtype)  # (N, D or mlp_dim)
-    hidden, latent = model.filter_step(hidden, latent, action, embedding)  # (N, hd), (N, D)
+    hidden, latent = filter_observation(model, hidden, latent, action, first, obs)
     features = torch.cat([latent, hidden], dim=-1)[:, None]  # (N, 1, F): N candidates, 1 episode each
     return controller.act(parameters, features)[:, 0], hidden, latent  # (N, 1, A) -> (N, A)
 

@@ -8,9 +8,9 @@ Prints JSON lines {"bench": "contention", "metric", "value", "unit", ...the sett
 
 Each measurement runs in a fresh process (the OpenMP settings are read when torch loads) that builds the default
 world model of the defaults (or of --config) and times, for --seconds each:
-    train    `experiments.train.train_step` on a batch of cached features (what `wm cycle` trains on)
+    train    `experiments.training.train_step` on a batch of cached features (what `wm cycle` trains on)
     encode   the frozen encoder over one batch of B x T frames (the preset's training batch)
-    fill     `experiments.train.fill_latent_cache` over 40 episodes of 23 random frames (CartPole's random play)
+    fill     `experiments.features.fill_latent_cache` over 40 episodes of 23 random frames (CartPole's random play)
 Neighbours are single-thread busy loops started before and stopped after it. Settings:
     torch      torch's defaults: one thread per core
     toolkit    what every `wm` command does (`experiments.runtime.set_threads`: the cores other processes leave free)
@@ -50,17 +50,11 @@ def worker(preset: str, setting: str, seconds: float) -> dict[str, float]:
 
     from benchmarks.world_model_speed import random_batch
     from experiments.config import load_config
+    from experiments.features import encoder_fingerprint, fill_latent_cache
     from experiments.inputs import env_spec
     from experiments.rundir import GracefulStop
     from experiments.runtime import set_threads
-    from experiments.train import (
-        apply_schedules,
-        build_model,
-        build_optimizer,
-        encoder_fingerprint,
-        fill_latent_cache,
-        train_step,
-    )
+    from experiments.training import apply_schedules, build_model, build_optimizer, train_step
 
     cfg = load_config([preset] if preset else [])
     if setting == "toolkit":

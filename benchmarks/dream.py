@@ -11,7 +11,7 @@ Metrics (P candidates x E episodes x H steps; a linear controller over [z, h], a
     dream_transitions_per_s   one `worldmodel.dream.rollout.rollout` of all P*E rows at once (median of --repeats)
     loop_transitions_per_s    the same rollouts candidate by candidate, E rows each (same model, starts, noise)
     batched_over_loop         their ratio; `max_return_diff` on it says how far the two returns drifted apart
-    generation_s              one CMA-ES generation through `CMAES.step` with `experiments.evolve.DreamScorer`,
+    generation_s              one CMA-ES generation through `CMAES.step` with `experiments.evolution.DreamScorer`,
     ask_tell_s, rollout_s       split into pycma's ask + tell and the scoring rollout (medians of --repeats)
     real_steps_per_s          env steps/s of `experiments.scoring.run_episodes` with a `LatentAgent` in the pixel env
                               (`evolve.eval_envs` sub-envs in this process, each frame encoded by the world model)
@@ -53,12 +53,12 @@ from benchmarks.pretrain import synchronize  # noqa: E402
 from envs import EnvSpec, make_vector_env  # noqa: E402
 from experiments import config as config_lib  # noqa: E402
 from experiments.checkpoint import read_checkpoint  # noqa: E402
-from experiments.evolve import DreamScorer  # noqa: E402
+from experiments.evolution import DreamScorer  # noqa: E402
 from experiments.inputs import env_spec  # noqa: E402
 from experiments.load import action_space, dream_settings, load_world_model, run_checkpoint, start_pool  # noqa: E402
 from experiments.runtime import resolve_device  # noqa: E402
 from experiments.scoring import run_episodes  # noqa: E402
-from experiments.train import build_model  # noqa: E402
+from experiments.training import build_model  # noqa: E402
 from worldmodel.dream.rollout import DreamSettings, DreamState, draw_noise, rollout  # noqa: E402
 from worldmodel.dynamics.world_model import WorldModel  # noqa: E402
 

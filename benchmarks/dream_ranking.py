@@ -60,7 +60,7 @@ from envs import make_vector_env  # noqa: E402
 from envs.atomic import atomic_write_bytes  # noqa: E402
 from experiments import config as config_lib  # noqa: E402
 from experiments.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
-from experiments.evolve import DreamScorer, RealScorer, read_controller  # noqa: E402
+from experiments.evolution import DreamScorer, RealScorer, read_controller  # noqa: E402
 from experiments.load import build_controller, dream_settings, load_world_model, run_checkpoint, start_pool  # noqa: E402
 from experiments.progress import Progress  # noqa: E402
 from experiments.runtime import resolve_device, seed_everything  # noqa: E402

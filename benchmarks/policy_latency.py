@@ -39,7 +39,7 @@ from envs import make_env  # noqa: E402
 from experiments.config import Config, load_config  # noqa: E402
 from experiments.inputs import env_spec  # noqa: E402
 from experiments.load import build_controller  # noqa: E402
-from experiments.train import build_model  # noqa: E402
+from experiments.training import build_model  # noqa: E402
 
 
 def emit(metric: str, value: float, unit: str, **extra) -> None:

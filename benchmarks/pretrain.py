@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from experiments.config import load_config  # noqa: E402
-from experiments.pretrain import apply_schedules, build_model, build_optimizer, train_step  # noqa: E402
+from experiments.pretraining import apply_schedules, build_model, build_optimizer, train_step  # noqa: E402
 from experiments.runtime import cpu_supports_bf16, resolve_device  # noqa: E402
 from worldmodel.perception.masks import MultiBlockMaskSampler  # noqa: E402
 

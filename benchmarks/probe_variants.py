@@ -27,7 +27,7 @@ if sys.path and Path(sys.path[0]).resolve() == _REPO / "benchmarks":
 
 from experiments import config as config_lib  # noqa: E402
 from experiments.checkpoint import read_checkpoint  # noqa: E402
-from experiments.pretrain import build_dataset, build_probe_set, random_init_encoder  # noqa: E402
+from experiments.pretraining import build_dataset, build_probe_set, random_init_encoder  # noqa: E402
 from worldmodel.dynamics.metrics import effective_rank  # noqa: E402
 from worldmodel.perception import augment, probe  # noqa: E402
 from worldmodel.perception.vit import VisionTransformer, pool_tokens  # noqa: E402

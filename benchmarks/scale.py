@@ -8,9 +8,9 @@ Prints JSON lines {"bench": "scale", "metric", "value", "unit", ...the setting}.
 For each number of processes W: one process alone (this one), then 2 processes started by torch.multiprocessing that
 join one gloo process group, as torchrun's processes do. Each runs what the commands run under torchrun:
 
-    pretrain   `experiments.pretrain.train_step` through DDP (`experiments.distributed.data_parallel`) on its share of
-               a global batch of --batch-size images, with the whole batch's masks (median of --steps timed steps)
-    es         one CMA-ES generation of `experiments.evolve.Evolution.score` with a `DreamScorer` on an untrained
+    pretrain   `experiments.pretraining.train_step` through DDP (`experiments.distributed.data_parallel`) on its share
+               of a global batch of --batch-size images, with the whole batch's masks (median of --steps timed steps)
+    es         one CMA-ES generation of `experiments.evolution.Evolution.score` with a `DreamScorer` on an untrained
                world model: each process rolls out its share of the population in one batched dream rollout of the
                full horizon, the fitness is all-gathered (median of --generations timed generations, ask and tell
                included)
@@ -48,11 +48,11 @@ import torch.multiprocessing as mp  # noqa: E402
 from agents.evolution import CMAES  # noqa: E402
 from experiments import distributed  # noqa: E402
 from experiments.config import Config, load_config  # noqa: E402
-from experiments.evolve import DreamScorer, Evolution  # noqa: E402
+from experiments.evolution import DreamScorer, Evolution  # noqa: E402
 from experiments.inputs import env_spec  # noqa: E402
 from experiments.load import build_controller, dream_settings  # noqa: E402
-from experiments.pretrain import apply_schedules, build_model, build_optimizer, train_step  # noqa: E402
-from experiments.train import build_model as build_world_model  # noqa: E402
+from experiments.pretraining import apply_schedules, build_model, build_optimizer, train_step  # noqa: E402
+from experiments.training import build_model as build_world_model  # noqa: E402
 from worldmodel.dream.rollout import DreamState  # noqa: E402
 from worldmodel.perception.masks import MultiBlockMaskSampler  # noqa: E402
 

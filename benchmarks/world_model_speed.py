@@ -42,7 +42,7 @@ from benchmarks.pretrain import matmul_peak, synchronize  # noqa: E402
 from experiments.config import Config, load_config  # noqa: E402
 from experiments.inputs import env_spec  # noqa: E402
 from experiments.runtime import autocast, cpu_supports_bf16, resolve_device, resolve_precision  # noqa: E402
-from experiments.train import (  # noqa: E402
+from experiments.training import (  # noqa: E402
     apply_schedules,
     build_decoder,
     build_model,

@@ -1,4 +1,5 @@
-"""The toolkit's commands and run machinery. The Python API (docs/api.md) imports from here:
+"""The toolkit's run machinery and loops (the commands are in experiments/commands/). The Python API (docs/api.md)
+imports from here:
 
     from experiments import Config, dream_env, load_config, load_encoder, load_policy, load_world_model, run_cycle
 

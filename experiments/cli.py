@@ -7,18 +7,19 @@ import sys
 
 from experiments.config import ConfigError
 
+# Each command is the module experiments/commands/<name>.py, whose `main(argv)` runs it.
 COMMANDS = {
-    "pretrain": ("experiments.pretrain", "pretrain an I-JEPA vision encoder on images (standalone)"),
-    "train": ("experiments.train", "train a JEPA world model of a gymnasium env from random-policy rollouts"),
-    "evolve": ("experiments.evolve", "evolve a controller with CMA-ES in a world model dream, score it in the env"),
-    "cycle": ("experiments.cycle", "collect -> train -> evolve -> evaluate, iterated: the toolkit's main job"),
-    "eval": ("experiments.evaluate", "score a run's controller in the real env again"),
-    "video": ("experiments.video_run", "a video of a run's controller in the real env beside its dream"),
-    "export": ("experiments.export", "export a run's policy as one ONNX graph and a .pt2, checked on real steps"),
-    "images": ("experiments.images", "write labelled images the project renders (glyphs, fractals) as a folder"),
-    "runs": ("experiments.runs", "print a table of the runs in a directory"),
-    "config": ("experiments.show_config", "print the resolved config, every field with its documentation"),
-    "presets": ("experiments.presets", "list the shipped presets (--config NAME) and what each is for"),
+    "pretrain": "pretrain an I-JEPA vision encoder on images (standalone)",
+    "train": "train a JEPA world model of a gymnasium env from random-policy rollouts",
+    "evolve": "evolve a controller with CMA-ES in a world model dream, score it in the env",
+    "cycle": "collect -> train -> evolve -> evaluate, iterated: the toolkit's main job",
+    "eval": "score a run's controller in the real env again",
+    "video": "a video of a run's controller in the real env beside its dream",
+    "export": "export a run's policy as one ONNX graph and a .pt2, checked on real steps",
+    "images": "write labelled images the project renders (glyphs, fractals) as a folder",
+    "runs": "print a table of the runs in a directory",
+    "config": "print the resolved config, every field with its documentation",
+    "presets": "list the shipped presets (--config NAME) and what each is for",
 }
 # What the disk or its permissions, not the code, refused: a run directory that cannot be written, a full disk.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
@@ -26,7 +27,7 @@ DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, 
 
 def usage() -> str:
     lines = ["usage: wm <command> [options]   (wm <command> --help for its options)", "", "commands:"]
-    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import importlib
 
-    module = importlib.import_module(COMMANDS[command][0])
+    module = importlib.import_module(f"experiments.commands.{command}")
     try:
         return module.main(rest)
     except Exception as error:

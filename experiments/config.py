@@ -46,6 +46,8 @@ def _range(value: tuple[float, float], key: str, low: float, high: float) -> Non
 # shipped preset makes, or one of these alternatives, kept for the reason given (docs/README.md); any other was
 # deleted (tests/experiments/test_config_commands.py checks). A numeric switch is named with a value that turns it on.
 KEPT_ALTERNATIVES: dict[str, tuple[Any, str]] = {
+    "evolve.agent": ("planner", "the planner, to tell a weak controller search from a wrong model"),
+    "planner.method": ("mppi", "MPPI beside CEM, the two planners of the field (TD-MPC2, LeWorldModel)"),
     "env.obs": ("state", "the env's true low-dimensional state instead of pixels, to tell a perception failure apart"),
     "world_model.collapse_guard": ("sigreg", "SIGReg, not EMA targets (LeJEPA, LeWorldModel); deterministic latent"),
     "world_model.freeze_encoder": (False, "the encoder trained end to end, not frozen; deterministic latent"),
@@ -548,7 +550,40 @@ class DreamConfig:
 
 
 @dataclass(frozen=True)
+class PlannerConfig:
+    method: Literal["cem", "mppi"] = "cem"
+    """'cem' refits on the best sequences (the elites); 'mppi' weights them by softmax(return / temperature)."""
+    horizon: int = 15
+    """Dream steps of each candidate action sequence."""
+    candidates: int = 256
+    """Action sequences sampled per real env and iteration."""
+    elites: int = 32
+    """Best sequences each refit uses."""
+    iterations: int = 4
+    """Sample-score-refit rounds per real decision."""
+    temperature: float = 0.5
+    """MPPI's softmax temperature, in return units ('mppi' only)."""
+    initial_std: float = 1.0
+    """Std each decision's search starts from (actions normalised to [-1, 1], or logits when discrete)."""
+    min_std: float = 0.05
+    """Floor of the refitted std."""
+    discount: float = 0.99
+    """Weight discount**t of the reward t steps ahead."""
+
+    def __post_init__(self):
+        for key in ("horizon", "candidates", "iterations"):
+            _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        _require(1 <= self.elites <= self.candidates, "elites", f"must be in [1, candidates], got {self.elites}")
+        _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        _require(0 <= self.min_std <= self.initial_std, "min_std", "expected 0 <= min_std <= initial_std")
+        _require(0 < self.discount <= 1, "discount", f"must be in (0, 1], got {self.discount}")
+
+
+@dataclass(frozen=True)
 class EvolveConfig:
+    agent: Literal["es", "planner"] = "es"
+    """What acts on the world model: 'es', a controller evolved with CMA-ES in the dream (evolve.*); 'planner', no
+    search beforehand: at every real step a planner searches action sequences in the dream (planner.*)."""
     controller: Literal["linear", "mlp"] = "linear"
     """Controller over [z, h]: 'linear' (as in World Models) or 'mlp' (one tanh hidden layer)."""
     controller_hidden: int = 32
@@ -645,7 +680,9 @@ class Config:
     dream: DreamConfig = field(default_factory=DreamConfig)
     """`wm evolve`: how rollouts in the learned model start, run and end."""
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
-    """`wm evolve`: the controller, CMA-ES and the real-env evaluation."""
+    """`wm evolve`: the agent (a controller and CMA-ES, or the planner) and the real-env evaluation."""
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    """`wm evolve --set evolve.agent=planner`: the planner's search in the dream at every real step."""
     cycle: CycleConfig = field(default_factory=CycleConfig)
     """`wm cycle`: collect -> train -> evolve -> evaluate, iterated; what changes after the first iteration."""
 

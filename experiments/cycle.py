@@ -1,4 +1,5 @@
-"""`wm cycle`: the toolkit's main job: collect -> train -> evolve -> evaluate, iterated.
+"""The cycle (`Cycle`, `run_cycle`), the toolkit's main job: collect -> train -> evolve -> evaluate, iterated; what
+`wm cycle` runs.
 
     wm cycle --config configs/cartpole.yaml --name cartpole
     wm cycle --config configs/cartpole.yaml --encoder runs/<pretrain run>/checkpoints/latest.pt
@@ -41,9 +42,7 @@ counts training steps, generations and evaluations (so tensorboard's curves neve
 
 from __future__ import annotations
 
-import argparse
 import functools
-import io
 import math
 import sys
 import time
@@ -52,53 +51,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from agents.agent import LatentAgent, Recording
 from agents.evolution import CMAES
 from envs import EnvSpec, EpisodeStore, RandomPolicy, make_vector_env
-from envs.atomic import atomic_write_bytes
 from envs.make import reward_threshold
 from experiments import config as config_lib
 from experiments.board import add_gif, write_hparams
 from experiments.checkpoint import save_checkpoint
+from experiments.collection import collect_into, open_store
 from experiments.config import Config, ConfigError
-from experiments.evolve import DreamScorer, Evolution, choose_controller, save_controller, score_in_env, success_text
-from experiments.inputs import env_spec
-from experiments.load import build_controller, dream_settings, encode_start_pool
-from experiments.progress import Progress
-from experiments.rundir import (
-    GracefulStop,
-    Interrupted,
-    Run,
-    RunError,
-    RunFailure,
-    add_run_arguments,
-    execute,
-    open_run,
-    path_in_run,
-    start_run,
-)
-from experiments.runtime import prepare_runtime, rng_state, set_rng_state, step_seed
-from experiments.train import (
-    VIDEO_FPS,
-    EpisodeSplit,
-    StoreWindows,
-    WorldModelTrainer,
-    build_decoder,
-    build_model,
-    collect_into,
+from experiments.evolution import DreamScorer, Evolution, choose_controller, save_controller, score_in_env, success_text
+from experiments.features import (
     encoder_fingerprint,
     fill_latent_cache,
-    load_encoder,
     load_encoder_weights,
-    open_store,
-    print_model_metrics,
-    read_resume_state,
-    split_episodes,
+    load_pretrained_encoder,
     standardize_features,
 )
-from experiments.video import recorded_clip, write_mp4
+from experiments.inputs import env_spec
+from experiments.load import build_controller, dream_settings, encode_start_pool
+from experiments.pictures import write_learning_curve
+from experiments.progress import Progress
+from experiments.rundir import GracefulStop, Interrupted, Run, RunError, RunFailure, execute, path_in_run, start_run
+from experiments.runtime import prepare_runtime, rng_state, set_rng_state, step_seed
+from experiments.training import WorldModelTrainer, build_decoder, build_model, print_model_metrics, read_resume_state
+from experiments.video import VIDEO_FPS, recorded_clip, write_mp4
+from experiments.windows import EpisodeSplit, StoreWindows, split_episodes
 from worldmodel.dynamics.decoder import Decoder
 from worldmodel.dynamics.world_model import WorldModel
 
@@ -570,89 +549,7 @@ def report(run: Run, results: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------
-# The learning curve
-
-CURVE_SIZE = (720, 440)
-CURVE_MARGIN = (70, 40, 30, 50)  # left, top, right, bottom
-REAL_COLOUR, DREAM_COLOUR, TARGET_COLOUR, AXIS_COLOUR = (31, 119, 180), (255, 127, 14), (150, 150, 150), (60, 60, 60)
-
-
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About `count` round tick values (steps of 1, 2 or 5 times a power of ten) covering [low, high]."""
-    span = max(high - low, 1e-9)
-    raw = span / count
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first = math.ceil(low / step) * step
-    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
-
-
-def learning_curve(history: list[dict], title: str, target: float | None = None) -> Image.Image:
-    """Real return (mean ± std over the evaluation episodes) and dream return against the env steps used, one
-    point per iteration."""
-    image = Image.new("RGB", CURVE_SIZE, (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    left, top, right, bottom = CURVE_MARGIN
-    width, height = CURVE_SIZE[0] - left - right, CURVE_SIZE[1] - top - bottom
-    x = [r["env_steps"] for r in history]
-    real = [r["eval_return_mean"] for r in history]
-    spread = [r["eval_return_std"] for r in history]
-    dream = [r["dream_return"] for r in history]
-    values = [bound for m, s in zip(real, spread, strict=True) for bound in (m - s, m + s)] + dream
-    values += [target] if target is not None else []
-    y_low, y_high = min(values + [0.0]), max(values + [1.0])
-    y_pad = 0.05 * (y_high - y_low)
-    y_low, y_high = y_low - y_pad, y_high + y_pad
-    x_high = max(x) * 1.05 if x else 1.0
-
-    def point(steps: float, value: float) -> tuple[float, float]:
-        return left + width * steps / x_high, top + height * (y_high - value) / (y_high - y_low)
-
-    for tick in nice_ticks(y_low, y_high):
-        _, y = point(0, tick)
-        draw.line([(left, y), (left + width, y)], fill=(235, 235, 235))
-        draw.text((left - 8, y), f"{tick:g}", fill=AXIS_COLOUR, anchor="rm")
-    for tick in nice_ticks(0, x_high):
-        px, _ = point(tick, y_low)
-        draw.line([(px, top + height), (px, top + height + 4)], fill=AXIS_COLOUR)
-        draw.text((px, top + height + 8), f"{tick:g}", fill=AXIS_COLOUR, anchor="mt")
-    draw.rectangle([left, top, left + width, top + height], outline=AXIS_COLOUR)
-    draw.text((left + width / 2, CURVE_SIZE[1] - 14), "real env steps", fill=AXIS_COLOUR, anchor="mm")
-    draw.text((left + width / 2, 16), title, fill=(0, 0, 0), anchor="mm")
-    draw.text((12, top + height / 2), "return", fill=AXIS_COLOUR, anchor="lm")
-    if target is not None:
-        _, y = point(0, target)
-        for start in range(left, left + width, 12):  # dashed
-            draw.line([(start, y), (min(start + 6, left + width), y)], fill=TARGET_COLOUR, width=2)
-    for values_, colour in ((dream, DREAM_COLOUR), (real, REAL_COLOUR)):
-        points = [point(s, v) for s, v in zip(x, values_, strict=True)]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for px, py in points:
-            draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
-    for s, m, sd in zip(x, real, spread, strict=True):  # error bars: ± one std over the evaluation episodes
-        (px, y_top), (_, y_bottom) = point(s, m + sd), point(s, m - sd)
-        draw.line([(px, y_top), (px, y_bottom)], fill=REAL_COLOUR, width=1)
-        draw.line([(px - 5, y_top), (px + 5, y_top)], fill=REAL_COLOUR)
-        draw.line([(px - 5, y_bottom), (px + 5, y_bottom)], fill=REAL_COLOUR)
-    legend = [("real return (mean ± std)", REAL_COLOUR), ("dream return", DREAM_COLOUR)]
-    legend += [("target", TARGET_COLOUR)] if target is not None else []
-    for row, (label, colour) in enumerate(legend):
-        y = top + 12 + 16 * row
-        draw.rectangle([left + 10, y - 4, left + 18, y + 4], fill=colour)
-        draw.text((left + 24, y), label, fill=(0, 0, 0), anchor="lm")
-    return image
-
-
-def write_learning_curve(path: Path, history: list[dict], env_id: str, target: float | None) -> None:
-    """learning_curve.png, replaced atomically (a reader never sees half a picture)."""
-    buffer = io.BytesIO()
-    learning_curve(history, f"wm cycle on {env_id}: return per iteration", target).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-# ------------------------------------------------------------------------------------------------------
-# The command
+# A whole run
 
 
 def check_budget(cfg: Config) -> None:
@@ -681,7 +578,7 @@ def cycle(run: Run, stop: GracefulStop, encoder: dict[str, torch.Tensor] | None 
         latent_key, encoder_path = resume[0]["latent_key"], resume[0]["encoder"]
     else:
         if encoder is not None:
-            load_encoder(model, encoder, str(encoder_path))
+            load_pretrained_encoder(model, encoder, str(encoder_path))
             encoder_path = path_in_run(encoder_path, run.path)  # as `wm train` records it
         latent_key = encoder_fingerprint(model) if cfg.world_model.freeze_encoder else None
     store = open_store(run.path / "episodes", spec)
@@ -713,24 +610,3 @@ def run_cycle(cfg: Config, path: str | Path, encoder: str | Path | None = None) 
     run = start_run(Path(path), "cycle", cfg)
     execute(run, functools.partial(cycle, encoder=weights, encoder_path=None if encoder is None else str(encoder)))
     return dict(run.summary)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="wm cycle", description="Collect, train a world model, evolve a controller in it, evaluate: iterated."
-    )
-    add_run_arguments(parser)
-    parser.add_argument("--encoder", metavar="CHECKPOINT", help="start the encoder from a `wm pretrain` checkpoint")
-    args = parser.parse_args(argv)
-    encoder = None
-    if args.resume:
-        if args.encoder:
-            raise RunError("--resume continues with the run's own encoder; drop --encoder")
-    else:
-        # A bad config or an encoder that does not fit fails before a run directory exists.
-        cfg = config_lib.load_config(args.config, args.overrides)
-        check_budget(cfg)
-        if args.encoder:
-            encoder = load_encoder_weights(Path(args.encoder), cfg)
-    run = open_run(args, "cycle")
-    return execute(run, functools.partial(cycle, encoder=encoder, encoder_path=args.encoder))

@@ -1,4 +1,5 @@
-"""`wm export --run DIR`: a run's policy as one ONNX graph and a torch.export program, checked on real steps.
+"""Exporting a run's policy as one ONNX graph and a torch.export program, checked on real steps (`export_and_check`:
+what `wm export` runs).
 
     wm export --run runs/cartpole                  # <run>/export/policy.onnx, policy.pt2 and export.json
     wm export --run runs/cartpole --steps 500 --out exported/
@@ -14,8 +15,6 @@ reported in one line with exit code 1. Needs the export extra (`pip install 'wor
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,15 +33,11 @@ from agents.policy import (
     export_program,
     record_steps,
     replay,
-    require_export_packages,
 )
 from envs import make_env
-from envs.atomic import atomic_write_bytes, atomic_write_text, sha256_file
-from experiments.evaluate import add_common_arguments, open_player, positive
-from experiments.inputs import InputError
+from envs.atomic import atomic_write_bytes, sha256_file
 from experiments.load import Player
 from experiments.progress import Progress
-from experiments.rundir import RunError
 
 DEFAULT_STEPS = 200
 ONNX_NAME, PROGRAM_NAME, REPORT_NAME = "policy.onnx", "policy.pt2", "export.json"
@@ -89,39 +84,3 @@ def export_and_check(player: Player, out: Path, steps: int, seed: int, threads: 
         "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wm export", description="Export a run's policy to ONNX and torch.export.")
-    parser.add_argument("--run", required=True, type=Path, help="a `wm evolve` or `wm cycle` run directory")
-    parser.add_argument("--out", type=Path, help="where the files go (default: <run>/export)")
-    parser.add_argument("--steps", type=positive, default=DEFAULT_STEPS,
-                        help=f"real env steps to check the files on (default {DEFAULT_STEPS})")  # fmt: skip
-    parser.add_argument("--seed", type=int, help="seed of the checked episodes (default: the run's run.seed)")
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        require_export_packages()
-    except ModuleNotFoundError as error:
-        raise InputError(str(error)) from None
-    player = open_player(args)
-    if player.parameters is None:
-        raise RunError(f"--run {args.run}: no controller yet (no checkpoints/best.pt) to export; a `wm evolve` run has "
-                       "one when it finishes, a `wm cycle` run after its first evaluation")  # fmt: skip
-    out = args.out or args.run / "export"
-    seed = player.cfg.run.seed if args.seed is None else args.seed
-    print(f"exporting {player.source} ({player.cfg.env.id})", file=sys.stderr)
-    report = export_and_check(player, out, args.steps, seed, args.threads, args.progress)
-    atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=2) + "\n")
-    actions, states = report["max_abs_difference"], report["max_abs_state_difference"]
-    difference = ", ".join(f"{name} {actions[name]:.2g} (state {states[name]:.2g})" for name in actions)
-    if not report["agreement"]:
-        wrong = [name for name, agree in report["env_actions_agree"].items() if not agree]
-        print(f"wm export: {' and '.join(wrong)} chose other env actions than PyTorch on {report['steps_checked']} "
-              f"real steps (largest action difference: {difference}); see {out / REPORT_NAME}",
-              file=sys.stderr)  # fmt: skip
-        return 1
-    print(f"onnxruntime and torch.export chose PyTorch's env action on all {report['steps_checked']} real steps "
-          f"({report['episodes']} episodes; largest action difference: {difference}); written to {out}",
-          file=sys.stderr)  # fmt: skip
-    return 0

@@ -29,18 +29,19 @@ from envs import EnvSpec, EpisodeStore, Windows
 from envs.atomic import sha256_file
 from experiments import config as config_lib
 from experiments.checkpoint import CheckpointError, read_checkpoint
+from experiments.collection import recorded_store
 from experiments.config import WORLD_MODEL_KEYWORDS, Config
 from experiments.inputs import env_spec
 from experiments.rundir import RunError, RunFailure
 from experiments.runtime import step_rng
-from experiments.train import build_decoder, build_model, recorded_store
+from experiments.training import build_decoder, build_model
 from worldmodel.dream.gym_env import DreamVectorEnv
 from worldmodel.dream.rollout import DreamSettings, DreamState, dream_starts
 from worldmodel.dynamics.decoder import Decoder
 from worldmodel.dynamics.world_model import WorldModel, batch_from_windows
 from worldmodel.perception import Encoder, VisionTransformer
 
-# The start pool's streams of randomness (see runtime.step_seed), two of `wm evolve`'s (experiments/evolve.py).
+# The start pool's streams of randomness (see runtime.step_seed), two of `wm evolve`'s (experiments/evolution.py).
 STREAM_POOL, STREAM_RESET_POOL = 1, 8
 POOL_BATCH = 512  # start windows encoded per call
 PLAYABLE = ("train", "evolve", "cycle")  # commands whose runs hold a world model

@@ -1,13 +1,17 @@
-"""Pictures a person would rather look at than read: the I-JEPA masks drawn over sample images."""
+"""Pictures a person would rather look at than read: the I-JEPA masks drawn over sample images (`wm pretrain`), the
+learning curve of a cycle (`wm cycle`)."""
 
 from __future__ import annotations
 
+import io
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from envs.atomic import atomic_write_bytes
 from experiments.runtime import step_rng
 from worldmodel.perception import augment
 from worldmodel.perception.masks import MultiBlockMaskSampler
@@ -57,3 +61,85 @@ def save_mask_picture(path: Path, dataset, sampler: MultiBlockMaskSampler, cfg, 
     images = torch.stack([dataset[int(i)].image for i in picks])  # (B, C, h, w) uint8
     images = augment.resize(images, cfg.encoder.image_size)  # (B, C, S, S) float in [0, 1]
     mask_picture(images, sampler, step_rng(seed, 0, STREAM_PICTURE)).save(path)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The learning curve
+
+CURVE_SIZE = (720, 440)
+CURVE_MARGIN = (70, 40, 30, 50)  # left, top, right, bottom
+REAL_COLOUR, DREAM_COLOUR, TARGET_COLOUR, AXIS_COLOUR = (31, 119, 180), (255, 127, 14), (150, 150, 150), (60, 60, 60)
+
+
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About `count` round tick values (steps of 1, 2 or 5 times a power of ten) covering [low, high]."""
+    span = max(high - low, 1e-9)
+    raw = span / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def learning_curve(history: list[dict], title: str, target: float | None = None) -> Image.Image:
+    """Real return (mean ± std over the evaluation episodes) and dream return against the env steps used, one
+    point per iteration."""
+    image = Image.new("RGB", CURVE_SIZE, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = CURVE_MARGIN
+    width, height = CURVE_SIZE[0] - left - right, CURVE_SIZE[1] - top - bottom
+    x = [r["env_steps"] for r in history]
+    real = [r["eval_return_mean"] for r in history]
+    spread = [r["eval_return_std"] for r in history]
+    dream = [r["dream_return"] for r in history]
+    values = [bound for m, s in zip(real, spread, strict=True) for bound in (m - s, m + s)] + dream
+    values += [target] if target is not None else []
+    y_low, y_high = min(values + [0.0]), max(values + [1.0])
+    y_pad = 0.05 * (y_high - y_low)
+    y_low, y_high = y_low - y_pad, y_high + y_pad
+    x_high = max(x) * 1.05 if x else 1.0
+
+    def point(steps: float, value: float) -> tuple[float, float]:
+        return left + width * steps / x_high, top + height * (y_high - value) / (y_high - y_low)
+
+    for tick in nice_ticks(y_low, y_high):
+        _, y = point(0, tick)
+        draw.line([(left, y), (left + width, y)], fill=(235, 235, 235))
+        draw.text((left - 8, y), f"{tick:g}", fill=AXIS_COLOUR, anchor="rm")
+    for tick in nice_ticks(0, x_high):
+        px, _ = point(tick, y_low)
+        draw.line([(px, top + height), (px, top + height + 4)], fill=AXIS_COLOUR)
+        draw.text((px, top + height + 8), f"{tick:g}", fill=AXIS_COLOUR, anchor="mt")
+    draw.rectangle([left, top, left + width, top + height], outline=AXIS_COLOUR)
+    draw.text((left + width / 2, CURVE_SIZE[1] - 14), "real env steps", fill=AXIS_COLOUR, anchor="mm")
+    draw.text((left + width / 2, 16), title, fill=(0, 0, 0), anchor="mm")
+    draw.text((12, top + height / 2), "return", fill=AXIS_COLOUR, anchor="lm")
+    if target is not None:
+        _, y = point(0, target)
+        for start in range(left, left + width, 12):  # dashed
+            draw.line([(start, y), (min(start + 6, left + width), y)], fill=TARGET_COLOUR, width=2)
+    for values_, colour in ((dream, DREAM_COLOUR), (real, REAL_COLOUR)):
+        points = [point(s, v) for s, v in zip(x, values_, strict=True)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for px, py in points:
+            draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
+    for s, m, sd in zip(x, real, spread, strict=True):  # error bars: ± one std over the evaluation episodes
+        (px, y_top), (_, y_bottom) = point(s, m + sd), point(s, m - sd)
+        draw.line([(px, y_top), (px, y_bottom)], fill=REAL_COLOUR, width=1)
+        draw.line([(px - 5, y_top), (px + 5, y_top)], fill=REAL_COLOUR)
+        draw.line([(px - 5, y_bottom), (px + 5, y_bottom)], fill=REAL_COLOUR)
+    legend = [("real return (mean ± std)", REAL_COLOUR), ("dream return", DREAM_COLOUR)]
+    legend += [("target", TARGET_COLOUR)] if target is not None else []
+    for row, (label, colour) in enumerate(legend):
+        y = top + 12 + 16 * row
+        draw.rectangle([left + 10, y - 4, left + 18, y + 4], fill=colour)
+        draw.text((left + 24, y), label, fill=(0, 0, 0), anchor="lm")
+    return image
+
+
+def write_learning_curve(path: Path, history: list[dict], env_id: str, target: float | None) -> None:
+    """learning_curve.png, replaced atomically (a reader never sees half a picture)."""
+    buffer = io.BytesIO()
+    learning_curve(history, f"wm cycle on {env_id}: return per iteration", target).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,4 +1,5 @@
-"""`wm runs`: one line per run directory, read from its summary.json, so an experiment table is one command.
+"""The table of runs that `wm runs` prints: one line per run directory, read from its summary.json (`read_runs`,
+`format_table`), so an experiment table is one command.
 
 A summary.json is read, not trusted: one that cannot be read, or whose fields have the wrong types, is a row that
 says what is wrong, and the rest of the table prints.
@@ -6,7 +7,6 @@ says what is wrong, and the rest of the table prints.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -184,22 +184,3 @@ def json_line(row: dict) -> str:
     """A row for machines: the table's columns, then every field of the summary, as one JSON object."""
     ordered = {column: row.get(column, "") for column in COLUMNS}
     return json.dumps({**ordered, **{k: v for k, v in row.items() if k not in ordered}}, default=str)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wm runs", description="A table of runs.")
-    parser.add_argument("--runs", default="runs", help="the directory holding runs (default: runs)")
-    parser.add_argument("--sort", metavar="KEY", help="order by a column or summary field, e.g. best_return or "
-                        "wall_seconds (rows without it last)")  # fmt: skip
-    parser.add_argument("--reverse", action="store_true", help="with --sort: largest first")
-    parser.add_argument("--json", action="store_true", help="one JSON object per run (every summary field) per line")
-    args = parser.parse_args(argv)
-    root = Path(args.runs)
-    if not root.is_dir():
-        print(f"no runs directory {root}")
-        return 1
-    rows = read_runs(root)
-    if args.sort:
-        rows = sort_rows(rows, args.sort, descending=args.reverse)
-    print("\n".join(json_line(row) for row in rows) if args.json else format_table(rows))
-    return 0

@@ -22,6 +22,7 @@ from envs.atomic import fsync_directory
 from worldmodel.dynamics.decoder import Decoder
 from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch
 
+VIDEO_FPS = 15  # frames per second of every video a run writes
 LABEL_HEIGHT = 16  # pixels of the caption band above the panels
 PANEL_SIDE = 192  # frames are enlarged (nearest neighbour) to about this side so small frames stay visible
 MACRO_BLOCK = 16  # H.264 encoders want sides divisible by 16; frames are padded to that

@@ -1,6 +1,8 @@
 """Imports point one way (DESIGN.md, "The house"): each room of the house imports only the rooms below it. envs/ and
 worldmodel/ import nothing of ours above them; inside worldmodel/, perception -> dynamics -> dream; agents/ may import
-worldmodel/; experiments/ imports everything and nothing imports it (nor benchmarks/), but tests and benchmarks."""
+worldmodel/; experiments/ imports everything and nothing imports it (nor benchmarks/), but tests and benchmarks. The
+commands (experiments/commands/, one module per `wm <command>`) sit on top: a command imports no other command, and
+nothing imports a command but experiments/cli.py, by name from its table."""
 
 import ast
 from pathlib import Path
@@ -21,6 +23,7 @@ MAY_IMPORT = {
     "worldmodel.dream":      ("worldmodel", "worldmodel.perception", "worldmodel.dynamics"),
     "agents":                WORLDMODEL,
     "experiments":           ("envs", *WORLDMODEL, "agents"),
+    "experiments.commands":  ("envs", *WORLDMODEL, "agents", "experiments"),
 }  # fmt: skip
 ROOMS = (*MAY_IMPORT, "benchmarks")
 
@@ -68,6 +71,33 @@ def test_imports_point_one_way(room):
         if bad:
             wrong[str(path.relative_to(REPO))] = sorted(bad)
     assert not wrong, f"{room} may import only {sorted(allowed)}: {wrong}"
+
+
+COMMANDS = "experiments.commands"
+
+
+def test_commands_import_no_other_command():
+    """A command is a thin `main` over the library: what two commands share lives in experiments/, not in one of
+    them (DESIGN.md, "The house": commands never import commands)."""
+    wrong = {}
+    for path in sorted(folder(COMMANDS).glob("*.py")):
+        own = module_name(path)
+        bad = {target for target in imported_modules(path) if room_of(target) == COMMANDS and target != own}
+        if bad:
+            wrong[str(path.relative_to(REPO))] = sorted(bad)
+    assert not wrong, f"a command may not import another command: {wrong}"
+
+
+def test_nothing_imports_a_command():
+    """Only experiments/cli.py reaches a command (importlib, by name); tests call commands through `cli.main` too."""
+    users = {}
+    for path in sorted(REPO.glob("[!.]*/**/*.py")):
+        if path.is_relative_to(folder(COMMANDS)) or ".venv" in path.parts:
+            continue
+        bad = {target for target in imported_modules(path) if room_of(target) == COMMANDS}
+        if bad:
+            users[str(path.relative_to(REPO))] = sorted(bad)
+    assert not users, f"only experiments/cli.py runs a command: {users}"
 
 
 def test_every_package_folder_is_a_room():

@@ -9,9 +9,9 @@ import pytest
 from battery_helpers import DEBUG, REPO, start, stored_steps, summary, wait_until, wm
 
 from envs import EpisodeStore, make_env
+from experiments.collection import collect_episodes
 from experiments.config import load_config
 from experiments.rundir import GracefulStop
-from experiments.train import collect_episodes
 
 COLLECT = 3000  # about 6 s of the debug env here: long enough to be stopped with some shards stored
 NUM_ENVS = 2  # the debug preset's world_model.num_envs

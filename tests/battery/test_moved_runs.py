@@ -9,8 +9,8 @@ import pytest
 from battery_helpers import DEBUG, summary, wm
 
 from experiments.checkpoint import read_checkpoint
+from experiments.collection import recorded_store
 from experiments.rundir import RunError, path_in_run, recorded_path
-from experiments.train import recorded_store
 
 EVOLVE = ["--set", "evolve.generations=1", "--set", "evolve.final_episodes=2"]
 

@@ -13,7 +13,7 @@ import pytest
 from run_benchmark import REPO
 
 from experiments.checkpoint import read_checkpoint
-from experiments.evolve import save_controller
+from experiments.evolution import save_controller
 from experiments.load import build_controller, load_world_model
 
 spec = importlib.util.spec_from_file_location("dream_ranking", REPO / "benchmarks" / "dream_ranking.py")

@@ -20,8 +20,8 @@ from agents.controllers import Controller
 from agents.evolution import CMAES
 from experiments import distributed
 from experiments.config import ConfigError
-from experiments.evolve import DreamScorer, Evolution
-from experiments.train import decoder_step
+from experiments.evolution import DreamScorer, Evolution
+from experiments.training import decoder_step
 from worldmodel.dream.rollout import DreamSettings, DreamState
 from worldmodel.dynamics.decoder import Decoder
 from worldmodel.dynamics.jepa import JEPAWorldModel

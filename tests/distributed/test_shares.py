@@ -7,7 +7,7 @@ import torch
 from envs.collect import CollectStats
 from experiments import distributed
 from experiments.config import load_config
-from experiments.evolve import weighted_figures
+from experiments.evolution import weighted_figures
 
 
 @pytest.mark.parametrize("count", [0, 1, 5, 6, 64, 65])

@@ -18,7 +18,7 @@ from envs import EnvSpec, Episode, EpisodeStore
 from experiments import cli
 from experiments.checkpoint import read_checkpoint, save_checkpoint
 from experiments.cycle import CycleWindows, improves, iteration_metrics
-from experiments.train import StoreWindows, split_episodes
+from experiments.windows import StoreWindows, split_episodes
 
 # Two iterations with a frozen encoder (the latent cache grows with every collection); a later iteration's collection
 # of 300 steps takes a few seconds, long enough to be killed in it.

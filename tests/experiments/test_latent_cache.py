@@ -1,4 +1,4 @@
-"""A frozen encoder's latent cache (experiments/train.py: fill_latent_cache) against what the agent computes in the
+"""A frozen encoder's latent cache (experiments/features.py: fill_latent_cache) against what the agent computes in the
 real env: a world model trained on cached features must meet the very same numbers when it acts, frame by frame."""
 
 import numpy as np
@@ -8,9 +8,9 @@ import torch
 from agents.agent import LatentAgent
 from agents.controllers import Controller
 from envs import EpisodeStore, RandomPolicy, collect, make_vector_env
+from experiments.features import encoder_fingerprint, fill_latent_cache
 from experiments.load import action_space
 from experiments.rundir import GracefulStop
-from experiments.train import encoder_fingerprint, fill_latent_cache
 from worldmodel.dynamics.jepa import JEPAWorldModel
 
 SIZE = 32
@@ -63,11 +63,11 @@ def test_the_agent_in_the_real_env_sees_the_latents_the_model_was_trained_on(rec
 def test_episodes_encoded_together_equal_each_encoded_alone(recorded, monkeypatch, tmp_path):
     """The cache fill batches frames across episodes (ENCODE_BATCH at a time, splitting episodes between batches);
     each episode's features must be the ones its frames give alone."""
-    import experiments.train
+    import experiments.features
 
     model, _, store, _ = recorded
     assert len(store) >= 3 and store.episode_steps.max() + 1 > 7  # batches of 7 frames cut through episodes
-    monkeypatch.setattr(experiments.train, "ENCODE_BATCH", 7)
+    monkeypatch.setattr(experiments.features, "ENCODE_BATCH", 7)
     key = "batched-by-7"
     assert fill_latent_cache(model, store, key, torch.device("cpu"), GracefulStop(), show_progress=False) == len(store)
     for index in range(len(store)):

@@ -10,7 +10,7 @@ import experiments
 from experiments import config as config_lib
 from experiments.checkpoint import CheckpointError, save_checkpoint
 from experiments.load import load_encoder, load_policy, load_world_model
-from experiments.pretrain import build_model
+from experiments.pretraining import build_model
 from experiments.rundir import RunError
 from worldmodel.dynamics.jepa import JEPAWorldModel
 from worldmodel.perception import Encoder

@@ -105,7 +105,7 @@ def test_a_collection_with_an_action_repeat_counts_its_env_steps(tmp_path):
 
 
 def test_sort_orders_numbers_as_numbers_either_way_and_puts_runs_without_the_field_last(tmp_path, capsys):
-    from experiments.runs import main
+    from experiments.cli import main  # `wm runs ...`
 
     for name, best, seconds in (("a", 90.5, 300), ("b", 480.0, 60), ("c", 100.25, 9000)):
         write_summary(tmp_path, name, {"command": "cycle", "status": "done", "best_eval_return": best,
@@ -113,11 +113,11 @@ def test_sort_orders_numbers_as_numbers_either_way_and_puts_runs_without_the_fie
     write_summary(tmp_path, "d", {"command": "train", "status": "done"})  # no return at all
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "summary.json").write_text("[1, 2]")  # malformed: a row that says so, sorted last
-    assert main(["--runs", str(tmp_path), "--sort", "best_return", "--reverse", "--json"]) == 0
+    assert main(["runs", "--runs", str(tmp_path), "--sort", "best_return", "--reverse", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["name"] for r in rows] == ["b", "c", "a", "d", "e"]  # 480 > 100.25 > 90.5: not "90.5" > "480.0"
     assert rows[0]["best_return"] == "480.0" and rows[0]["wall_seconds"] == 60 and rows[0]["command"] == "cycle"
     assert rows[-1]["status"].startswith("malformed summary")
-    assert main(["--runs", str(tmp_path), "--sort", "wall_seconds"]) == 0
+    assert main(["runs", "--runs", str(tmp_path), "--sort", "wall_seconds"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in table[1:]] == ["b", "a", "c", "d", "e"]  # 60 s, 5 min, 2.5 h

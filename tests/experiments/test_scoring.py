@@ -15,7 +15,7 @@ from agents.agent import LatentAgent
 from agents.controllers import Controller
 from envs import EpisodeStore, RandomPolicy, collect, make_env, make_vector_env
 from envs.parking import ScriptedParker, ScriptedParkers
-from experiments.evolve import STREAM_EVAL, STREAM_REAL, RealScorer, score_in_env
+from experiments.evolution import STREAM_EVAL, STREAM_REAL, RealScorer, score_in_env
 from experiments.runtime import step_seed
 from experiments.scoring import EpisodeResults, run_episodes
 from worldmodel.dynamics.jepa import JEPAWorldModel

@@ -12,7 +12,7 @@ from agents.controllers import Controller
 from agents.evolution import CMAES
 from envs import EpisodeStore, RandomPolicy, collect, make_vector_env
 from experiments.config import DreamConfig
-from experiments.evolve import STREAM_FINAL, STREAM_FINAL_NOISE, DreamScorer, choose_controller
+from experiments.evolution import STREAM_FINAL, STREAM_FINAL_NOISE, DreamScorer, choose_controller
 from experiments.load import encode_start_pool
 from worldmodel.dream.rollout import DreamSettings
 from worldmodel.dynamics.jepa import JEPAWorldModel

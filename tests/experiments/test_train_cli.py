@@ -12,9 +12,10 @@ from run_wm import DEBUG, REPO, start, summary, tensors_equal, wait_for_step, wm
 
 from envs import EnvSpec, Episode, EpisodeStore, make_env
 from experiments.checkpoint import read_checkpoint
+from experiments.collection import collect_episodes
 from experiments.config import load_config
 from experiments.rundir import GracefulStop
-from experiments.train import StoreWindows, collect_episodes, split_episodes
+from experiments.windows import StoreWindows, split_episodes
 
 MODEL_KEYS = [
     *(f"pred_error_k{k}{suffix}" for k in (1, 5, 15) for suffix in ("", "_baseline")),

@@ -6,7 +6,7 @@
     -> Gaussian blur (input_blur > 0 only) -> ImageNet mean and std per RGB channel -> ViT -> pooled (B, F)
 
 This is `WorldModel.encode_features` for one image (without its feature standardisation, which belongs to the world
-model) and the pretraining probes' path (`experiments.pretrain.encode_all`) for the I-JEPA target encoder.
+model) and the pretraining probes' path (`experiments.pretraining.encode_all`) for the I-JEPA target encoder.
 """
 
 from __future__ import annotations

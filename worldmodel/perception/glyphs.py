@@ -1,7 +1,7 @@
 """Synthetic labelled images the project renders itself: glyphs (the digits 0-9, or more characters) drawn with
-Pillow's built-in scalable font at a random size, place, slant, stroke and colour on a random background.
+Pillow's built-in scalable font at a random size, place, slant and stroke, in a random grey on a random grey.
 
-A glyph's class is its character; nothing else about an image tells the classes apart (every colour, size and place
+A glyph's class is its character; nothing else about an image tells the classes apart (every shade, size and place
 is drawn independently of it), so a probe that reads the class reads the shape. `write_image_folder` saves any
 labelled images as a real image folder (one subfolder of PNG files per class), the layout `folder:<path>` reads.
 """
@@ -23,34 +23,30 @@ MIN_CONTRAST = 0.3
 """Least difference in luminance (0-1) between a glyph and its background: every glyph is visible."""
 
 
-def _luminance(rgb: np.ndarray) -> float:
-    return float(rgb @ np.array([0.299, 0.587, 0.114])) / 255.0
-
-
-def _colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """A background and a glyph colour at least MIN_CONTRAST apart in luminance."""
-    background = rng.integers(0, 256, 3)
+def _shades(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A background and a glyph grey at least MIN_CONTRAST apart, as RGB."""
+    background = int(rng.integers(0, 256))
     while True:
-        glyph = rng.integers(0, 256, 3)
-        if abs(_luminance(glyph) - _luminance(background)) >= MIN_CONTRAST:
-            return tuple(int(v) for v in background), tuple(int(v) for v in glyph)
+        glyph = int(rng.integers(0, 256))
+        if abs(glyph - background) >= MIN_CONTRAST * 255:
+            return (background,) * 3, (glyph,) * 3
 
 
 def render_glyph(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """One image of character GLYPHS[label]: (size, size, 3) uint8.
 
-    The glyph's height is 0.4-0.75 of the image, its centre within 0.15 of the image's from the middle, its slant
-    -30..30 degrees, its stroke 0-2 px wider (at 72 px; scaled with the size).
+    The glyph's height is 0.55-0.8 of the image, its centre within 0.1 of the image's from the middle, its slant
+    -15..15 degrees, its stroke 0-2 px wider (at 72 px; scaled with the size).
     """
     scale = size / 72
-    font = ImageFont.load_default(size=max(4, round(rng.uniform(0.4, 0.75) * size)))
-    background, colour = _colours(rng)
+    font = ImageFont.load_default(size=max(4, round(rng.uniform(0.55, 0.8) * size)))
+    background, colour = _shades(rng)
     canvas = Image.new("RGB", (2 * size, 2 * size), background)  # room to rotate without empty corners
-    centre = size + rng.uniform(-0.15, 0.15, 2) * size
+    centre = size + rng.uniform(-0.1, 0.1, 2) * size
     stroke = int(round(rng.integers(0, 3) * scale))
     ImageDraw.Draw(canvas).text(tuple(centre), GLYPHS[label], fill=colour, font=font, anchor="mm",
                                 stroke_width=stroke, stroke_fill=colour)  # fmt: skip
-    canvas = canvas.rotate(rng.uniform(-30, 30), resample=Image.BILINEAR, fillcolor=background)
+    canvas = canvas.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR, fillcolor=background)
     half = size // 2
     return np.asarray(canvas.crop((half, half, half + size, half + size)))
 

@@ -287,7 +287,7 @@ def test_ema_update_matches_hand_computation():
 
 
 def test_input_blur_blurs_the_frames_the_encoder_sees_and_keys_its_own_latent_cache():
-    from experiments.train import encoder_fingerprint
+    from experiments.features import encoder_fingerprint
     from worldmodel.perception.augment import gaussian_blur, normalize, resize
 
     torch.manual_seed(0)
@@ -306,7 +306,7 @@ def test_input_blur_blurs_the_frames_the_encoder_sees_and_keys_its_own_latent_ca
 
 
 def test_mean_std_pooling_feeds_the_patch_spread_too_and_keys_its_own_latent_cache():
-    from experiments.train import encoder_fingerprint
+    from experiments.features import encoder_fingerprint
     from worldmodel.perception.augment import normalize, resize
 
     torch.manual_seed(0)
@@ -326,7 +326,7 @@ def test_mean_std_pooling_feeds_the_patch_spread_too_and_keys_its_own_latent_cac
 
 
 def test_grid_pooling_feeds_each_cell_of_the_image_and_keys_its_own_latent_cache():
-    from experiments.train import encoder_fingerprint
+    from experiments.features import encoder_fingerprint
     from worldmodel.perception.augment import normalize, resize
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ def test_glyphs_are_seeded_labelled_and_visible():
     assert torch.equal(a.images, b.images) and a.images.shape == (20, 3, 32, 32) and a.images.dtype == torch.uint8
     assert a.labels.tolist() == [k for k in range(4) for _ in range(5)] and a[7].index == 7 and a[7].ok
     assert not torch.equal(a.images, GlyphDataset(4, 5, 32, seed=4).images)
-    for image in a.images:  # every image holds two colours that far apart
+    for image in a.images:  # every image holds two shades that far apart
         luminance = (image.float() * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0) / 255
         assert luminance.max() - luminance.min() >= 0.8 * MIN_CONTRAST  # antialiased thin strokes at 32 px
 

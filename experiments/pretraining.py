@@ -1,4 +1,7 @@
-"""`wm pretrain`: train an I-JEPA vision encoder on images, standalone.
+"""The I-JEPA pretraining loop (`Pretrainer`, `train_step`) and its probes: what `wm pretrain` runs.
+
+It lives in experiments/ rather than worldmodel/perception/ because it drives checkpoints, logging and torchrun, which
+live in experiments/ and which worldmodel/ may not import.
 
 Every random draw of a training step (batch order, crops, masks) comes from generators seeded by
 (seed, step), so a resumed run repeats exactly what an uninterrupted run would have done.
@@ -10,7 +13,6 @@ on the whole batch, and rank 0 alone evaluates and writes.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
@@ -28,17 +30,7 @@ from experiments.checkpoint import CheckpointError, load_latest, save_checkpoint
 from experiments.config import Config, DataConfig, PretrainConfig
 from experiments.pictures import save_mask_picture
 from experiments.progress import Progress
-from experiments.rundir import (
-    GracefulStop,
-    Interrupted,
-    NonFiniteGuard,
-    Run,
-    RunFailure,
-    add_run_arguments,
-    checkpoint_differences,
-    execute,
-    open_run,
-)
+from experiments.rundir import GracefulStop, Interrupted, NonFiniteGuard, Run, RunFailure, checkpoint_differences
 from experiments.runtime import (
     autocast,
     optimizer_step,
@@ -290,7 +282,7 @@ def random_init_encoder(cfg: PretrainConfig, seed: int, in_channels: int = 3) ->
 
 
 # ------------------------------------------------------------------------------------------------------
-# The command
+# A whole run
 
 
 @dataclasses.dataclass
@@ -492,11 +484,3 @@ def print_probe(scores: dict) -> None:
             print(
                 f"probe {key}: {scores[key]:.3f} (random-init encoder: {scores[key + '_random']:.3f})", file=sys.stderr
             )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wm pretrain", description="Pretrain an I-JEPA vision encoder.")
-    add_run_arguments(parser)
-    args = parser.parse_args(argv)
-    run = open_run(args, "pretrain")
-    return execute(run, pretrain)

@@ -1,4 +1,6 @@
-"""`wm train`: learn a JEPA world model of a gymnasium env from random-policy rollouts.
+"""World-model training: the model, its optimizer and schedules, one training step (`train_step`), the trainer
+(`WorldModelTrainer`) and a whole `wm train` run (`train`): learn a JEPA world model of a gymnasium env from
+random-policy rollouts.
 
     wm train --config configs/cartpole.yaml
     wm train --config configs/cartpole.yaml --encoder runs/<pretrain run>/checkpoints/latest.pt
@@ -11,6 +13,10 @@ every frame once into the store's latent cache -> train (the decoder beside it e
 evaluating on the held-out episodes every `eval_every` steps -> train the decoder alone for `decoder_steps` more
 steps -> final evaluation into summary.json's `model` section -> videos/dream_vs_real.mp4.
 
+It lives in experiments/ rather than worldmodel/dynamics/ because it drives checkpoints, logging and torchrun, which
+live in experiments/ and which worldmodel/ may not import. The collection lives in experiments/collection.py, the
+window sources in windows.py, the encoder's features and latent cache in features.py.
+
 Every random draw of a training step (window starts, SIGReg directions, the decoder's frames) comes from
 generators seeded by (seed, step), so a resumed run repeats exactly what an uninterrupted run would have done.
 
@@ -21,38 +27,24 @@ trains a DDP copy of the model, whose updates equal one process's on the whole b
 
 from __future__ import annotations
 
-import argparse
-import functools
-import hashlib
-import json
 import math
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from envs import (
-    CollectStats,
-    EnvSpec,
-    Episode,
-    EpisodeStore,
-    Policy,
-    RandomPolicy,
-    Windows,
-    collect,
-    make_vector_env,
-)
-from envs.collect import EpisodeBuffer
-from envs.store import LATENT_DTYPE
+from envs import EnvSpec, Windows
 from experiments import config as config_lib
 from experiments import distributed
-from experiments.checkpoint import CheckpointError, load_latest, read_checkpoint, save_checkpoint
-from experiments.config import PREDICTION_DEPTHS, Config, EnvConfig, WorldModelConfig
+from experiments.checkpoint import CheckpointError, load_latest, save_checkpoint
+from experiments.collection import collect_episodes, collection_figures, open_store, recorded_store
+from experiments.config import PREDICTION_DEPTHS, Config, WorldModelConfig
+from experiments.features import encoder_fingerprint, fill_latent_cache, load_pretrained_encoder, standardize_features
 from experiments.inputs import env_spec
 from experiments.progress import Progress
 from experiments.rundir import (
@@ -60,14 +52,9 @@ from experiments.rundir import (
     Interrupted,
     NonFiniteGuard,
     Run,
-    RunError,
     RunFailure,
-    add_run_arguments,
     checkpoint_differences,
-    execute,
-    open_run,
     path_in_run,
-    recorded_path,
 )
 from experiments.runtime import (
     NonFiniteParametersError,
@@ -79,394 +66,20 @@ from experiments.runtime import (
     set_rng_state,
     step_generator,
     step_rng,
-    step_seed,
 )
-from experiments.video import dream_clip, side_by_side, write_mp4
+from experiments.video import VIDEO_FPS, dream_clip, side_by_side, write_mp4
+from experiments.windows import StoreWindows, WindowSource, split_episodes
 from worldmodel import schedules
 from worldmodel.dynamics.build import build_world_model
 from worldmodel.dynamics.decoder import Decoder
 from worldmodel.dynamics.metrics import evaluate_world_model
 from worldmodel.dynamics.world_model import WorldModel, WorldModelBatch, batch_from_windows, combine_losses
 
-# Streams of per-step randomness (see runtime.step_seed): one each, so that adding one never shifts another.
-STREAM_WINDOWS, STREAM_SIGREG, STREAM_DECODER, STREAM_FEATURE_STATISTICS = 1, 2, 3, 4
-STREAM_COLLECT = 5  # the seed of a collection continued after a stop (see `collect_episodes`)
+# Streams of per-step randomness (see runtime.step_seed): one each, so that adding one never shifts another. The
+# world-model training's other streams: STREAM_FEATURE_STATISTICS = 4 (features.py), STREAM_COLLECT = 5 (collection.py).
+STREAM_WINDOWS, STREAM_SIGREG, STREAM_DECODER = 1, 2, 3
 COLLECT_PHASE = "collect"  # the phase of the checkpoint saved before the episodes are collected (see `train`)
-SHARD_FRACTION, MIN_SHARD_STEPS, MAX_SHARD_STEPS = 8, 256, 4096  # shards of a collection: see `collect_share`
-ENCODE_BATCH = 256  # frames per encoder call when filling the latent cache
-FEATURE_STATISTICS_WINDOWS = 64  # training windows whose features set the model's feature standardisation
-VIDEO_FPS = 15
 VIDEO_PATH = "videos/dream_vs_real.mp4"
-
-
-# ------------------------------------------------------------------------------------------------------
-# The env and its episodes
-
-
-PolicyFactory = Callable[[int, int], Policy]
-"""(sub-envs, seed) -> a policy acting in that many sub-envs, its own randomness seeded by seed."""
-
-
-def collect_episodes(cfg: Config, store: EpisodeStore, stop: GracefulStop) -> CollectStats:
-    """Random-policy rollouts until `store` holds `world_model.collect_steps` transitions (seeded by run.seed), each
-    action held for `world_model.collect_hold` steps; stored shard by shard as they fill, so a stop keeps them.
-
-    A store that holds some already (a run stopped while collecting) is continued, and the figures returned count
-    its episodes too. The continuation is seeded by (run.seed, episodes stored), so it does not draw the episodes an
-    uninterrupted run would have: those depend on each sub-env's state at the stop (its open episode is lost, its RNG
-    has moved on), which no shard records. Making it exact would mean saving every env's state with every shard; the
-    data stays random-policy rollouts from the same envs either way, which is all training assumes.
-    """
-    wcfg = cfg.world_model
-    kept = stored_collection(store)
-    if kept.steps >= wcfg.collect_steps:
-        return kept
-    seed = cfg.run.seed
-    if len(store):
-        seed = step_seed(cfg.run.seed, len(store), STREAM_COLLECT) % 2**31
-        print(f"continuing the collection: {store.path} holds {kept.steps} of its {wcfg.collect_steps} steps",
-              file=sys.stderr)  # fmt: skip
-
-    def policy(num_envs: int, seed: int) -> RandomPolicy:
-        return RandomPolicy(store.spec, seed=seed, hold=wcfg.collect_hold)
-
-    new = collect_into(
-        store, cfg.env, policy, wcfg.collect_steps - kept.steps, wcfg.num_envs, seed, stop, cfg.run.progress,
-        stopped=f"stopped while collecting; the episodes stored so far stay in {store.path}",
-    )  # fmt: skip
-    return CollectStats.combine([kept, new])
-
-
-def stored_collection(store: EpisodeStore) -> CollectStats:
-    """The figures of the episodes a store holds, as `collect` counts them (each as an episode that ended).
-
-    Reads every episode once: done only when a stopped collection is continued."""
-    episodes = [(episode.length, episode.total_return, episode.terminated) for episode in store]
-    return CollectStats(
-        steps=sum(length for length, _, _ in episodes),
-        episodes=len(episodes),
-        returns=tuple(total for _, total, _ in episodes),
-        lengths=tuple(length for length, _, _ in episodes),
-        terminated=sum(terminated for _, _, terminated in episodes),
-    )
-
-
-def collect_into(
-    store: EpisodeStore, cfg: EnvConfig, policy: PolicyFactory, steps: int, num_envs: int, seed: int,
-    stop: GracefulStop, show_progress: bool = True, stopped: str = "stopped while collecting",
-    all_at_once: bool = False,
-) -> CollectStats:  # fmt: skip
-    """Run a policy for `steps` transitions in `num_envs` envs (sub-env i seeded `seed + i`), into `store`.
-
-    `policy(num_envs, seed)` builds the policy (seeded by `seed`). On SIGINT/SIGTERM prints `stopped` and raises
-    Interrupted. With `all_at_once` every episode is buffered and written by one `store.add_episodes` call at the end
-    (one shard, one index line: all or nothing after a crash). Under torchrun see `collect_shared`.
-    """
-    if distributed.active():
-        return collect_shared(store, cfg, policy, steps, num_envs, seed, stop, show_progress, stopped, all_at_once)
-    return collect_share(store, cfg, policy(num_envs, seed), steps, range(num_envs), seed, stop, show_progress,
-                         stopped, all_at_once)  # fmt: skip
-
-
-def collect_share(
-    target: EpisodeStore | EpisodeBuffer, cfg: EnvConfig, policy: Policy, steps: int, envs: range, seed: int,
-    stop: GracefulStop, show_progress: bool, stopped: str, all_at_once: bool,
-) -> CollectStats:  # fmt: skip
-    """`steps` transitions of sub-envs `envs` of a collection (sub-env i seeded `seed + i`) into `target`."""
-    vector, _ = make_vector_env(cfg.id, len(envs), obs=cfg.obs, size=cfg.size, action_repeat=cfg.action_repeat,
-                                seed=seed + envs.start)  # fmt: skip
-    bar = Progress(steps, f"collect {cfg.id}", unit="step", enabled=show_progress)
-
-    def on_step(new: int) -> None:
-        bar.update(new)
-        if stop.signalled:
-            print(stopped, file=sys.stderr)
-            raise Interrupted
-
-    # `collect` stops within one vector step of `steps`, so a buffer of more than steps + num_envs steps (each episode
-    # holds one more step than transitions, at most all of them) is only written at the end. Otherwise a shard holds
-    # about an eighth of the collection, within bounds: a kill loses at most one shard's worth, and a store of small
-    # collections does not split into many tiny files.
-    shard_steps = min(max(steps // SHARD_FRACTION, MIN_SHARD_STEPS), MAX_SHARD_STEPS)
-    if all_at_once:
-        shard_steps = 2 * (steps + len(envs))
-    try:
-        return collect(vector, policy, steps, target, on_step=on_step, shard_steps=shard_steps)
-    finally:
-        bar.close()
-        vector.close()
-
-
-def collect_shared(
-    store: EpisodeStore, cfg: EnvConfig, policy: PolicyFactory, steps: int, num_envs: int, seed: int,
-    stop: GracefulStop, show_progress: bool, stopped: str, all_at_once: bool,
-) -> CollectStats:  # fmt: skip
-    """`collect_into` under torchrun: the sub-envs are split across the processes (each keeps the seeds its sub-envs
-    have alone), the steps in proportion, and each process's policy draws from its own seed (`rank_seed`).
-
-    Rank 0 alone writes: it gathers every process's episodes and adds them in rank order (one shard per process and
-    buffer, or one in all with `all_at_once`); then the others re-read the store. Each process overshoots its steps
-    by less than its sub-envs, so the whole collection, as one process's, holds fewer than steps + num_envs.
-    """
-    envs = range(num_envs)[distributed.share(num_envs)]
-    sharing = min(num_envs, distributed.world_size())  # processes with at least one sub-env
-    own_steps = len(range(steps)[distributed.share(steps, sharing)]) if envs else 0
-    buffer, stats = EpisodeBuffer(), CollectStats(steps=0, episodes=0)
-    if own_steps:
-        try:
-            stats = collect_share(buffer, cfg, policy(len(envs), distributed.rank_seed(seed)), own_steps, envs, seed,
-                                  stop, show_progress and distributed.is_main(), stopped, all_at_once)  # fmt: skip
-        except Interrupted:
-            pass  # this process was signalled: the others hear of it just below
-    if stop.check():
-        raise Interrupted
-    shards = distributed.gather_object(buffer.shards)
-    if shards is not None:  # rank 0
-        batches = [episodes for process in shards for episodes in process]
-        if all_at_once:
-            batches = [[episode for episodes in batches for episode in episodes]]
-        for episodes in batches:
-            store.add_episodes(episodes)
-    distributed.barrier()
-    if not distributed.is_main():
-        store.refresh()
-    return CollectStats.combine(distributed.all_gather_object(stats))
-
-
-def recorded_store(recorded: str, run: Path) -> Path:
-    """Where the episode store that a run recorded lies now (see `recorded_path`); a RunError naming it when it is
-    missing, never a new empty store made in its place."""
-    path = recorded_path(recorded, run)
-    if not (path / "store.json").is_file():
-        raise RunError(f"the episode store {path} is missing (the run {run} recorded it as {recorded!r})")
-    return path
-
-
-def open_store(path: Path, spec: EnvSpec) -> EpisodeStore:
-    """Open (or create) an episode store; under torchrun rank 0 first, since opening may repair what a crash left
-    (and one writer at a time), then the others."""
-    store = EpisodeStore(path, spec) if distributed.is_main() else None
-    distributed.barrier()
-    return store if store is not None else EpisodeStore(path, spec)
-
-
-def check_episode_store(path: Path, spec: EnvSpec) -> Path:
-    """A store given with --episodes, checked to exist, hold episodes and come from this run's env."""
-    if not (path / "store.json").is_file():
-        raise RunError(f"--episodes {path}: not an episode store (no store.json there)")
-    store = EpisodeStore(path, verify=False)  # only the metadata is read here; training verifies every shard
-    if store.spec is not None and store.spec != spec:
-        raise RunError(
-            f"--episodes {path} was recorded from another env than this run's env config: "
-            + "; ".join(store.spec.differences(spec))
-            + " (the store's value first)"
-        )
-    if len(store) < 2:
-        raise RunError(f"--episodes {path} holds {len(store)} episodes; at least 2 are needed (train and held out)")
-    return path.resolve()
-
-
-@dataclass(frozen=True)
-class EpisodeSplit:
-    """Episodes [0, first_held_out) of a store train; [first_held_out, num_episodes) are held out.
-
-    In the store's concatenation of episodes (its window offsets), training windows lie in [0, train_steps)
-    and held-out windows in [train_steps, total_steps), so even windows that span episodes never mix the two.
-    """
-
-    num_episodes: int
-    first_held_out: int
-    train_steps: int
-    total_steps: int
-
-
-def split_episodes(episode_steps: np.ndarray, eval_fraction: float) -> EpisodeSplit:
-    """Hold out the last round(E * eval_fraction) of E episodes (at least one each side).
-
-    Under a random policy the episodes are alike, so the last ones are as good a test set as any.
-
-    Args:
-        episode_steps: (E,) steps of each episode, in store order.
-    """
-    count = len(episode_steps)
-    if count < 2:
-        raise RunFailure(f"the episode store holds {count} episodes; at least 2 are needed (train and held out)")
-    held_out = min(max(round(count * eval_fraction), 1), count - 1)
-    first = count - held_out
-    return EpisodeSplit(count, first, int(episode_steps[:first].sum()), int(episode_steps.sum()))
-
-
-class WindowSource(Protocol):
-    """Where the trainer's data comes from."""
-
-    def train_windows(self, batch_size: int, length: int, rng: np.random.Generator, rows: slice = slice(None)
-                      ) -> Windows: ...  # fmt: skip
-
-    def held_out_windows(self, count: int, length: int) -> Windows: ...
-
-    def held_out_episode(self) -> Episode: ...
-
-
-class StoreWindows:
-    """Windows of an episode store split by episode (see `EpisodeSplit`), with cached latents when keyed."""
-
-    def __init__(self, store: EpisodeStore, split: EpisodeSplit, latent_key: str | None = None):
-        self.store, self.split, self.latent_key = store, split, latent_key
-
-    def train_windows(self, batch_size: int, length: int, rng: np.random.Generator, rows: slice = slice(None)
-                      ) -> Windows:  # fmt: skip
-        """`batch_size` windows of `length` steps (see `train_starts`), of which only rows `rows` are loaded: a
-        process's share of a batch split across processes."""
-        starts = self.train_starts(batch_size, length, rng)  # (B,)
-        return self.store.windows_at(starts[rows], length, latent_key=self.latent_key)
-
-    def train_starts(self, batch_size: int, length: int, rng: np.random.Generator) -> np.ndarray:
-        """Starts (B,) of `batch_size` windows of `length` steps from the training episodes, uniformly; they may
-        span episodes."""
-        if self.split.train_steps < length:
-            raise RunFailure(
-                f"the training episodes hold {self.split.train_steps} steps, fewer than one window of {length}; "
-                "collect more steps or shorten world_model.sequence_length"
-            )
-        return rng.integers(0, self.split.train_steps - length + 1, size=batch_size)  # one draw: (B,)
-
-    def held_out_windows(self, count: int, length: int) -> Windows:
-        """Up to `count` non-overlapping windows tiling the held-out episodes from their start (fixed, no RNG)."""
-        available = (self.split.total_steps - self.split.train_steps) // length
-        if available < 2:
-            raise RunFailure(
-                f"the held-out episodes hold {self.split.total_steps - self.split.train_steps} steps, fewer than "
-                f"two evaluation windows of {length}; collect more steps or raise world_model.eval_fraction"
-            )
-        starts = self.split.train_steps + length * np.arange(min(count, available))
-        return self.store.windows_at(starts, length, latent_key=self.latent_key)
-
-    def held_out_episode(self) -> Episode:
-        """The longest held-out episode (the earliest of equals): the clip of the dream-vs-real video."""
-        steps = self.store.episode_steps[self.split.first_held_out : self.split.num_episodes]
-        return self.store.episode(self.split.first_held_out + int(np.argmax(steps)))
-
-
-# ------------------------------------------------------------------------------------------------------
-# The encoder: pretrained weights, fingerprint, latent cache
-
-
-def load_encoder_weights(path: Path, cfg: Config) -> dict[str, torch.Tensor]:
-    """The context encoder (`encoder.*`) of a `wm pretrain` checkpoint, checked to fit this run's world model.
-
-    Raises:
-        CheckpointError naming every setting that differs.
-    """
-    state = read_checkpoint(path)
-    if state.get("command") != "pretrain":
-        raise CheckpointError(f"--encoder {path} is a checkpoint of '{state.get('command')}', not of 'pretrain'")
-    differences = []
-    if cfg.env.obs != "pixels":
-        differences.append(f"env.obs is {cfg.env.obs!r} here, but a pretrained encoder reads pixels")
-    theirs = state["config"]["pretrain"]["encoder"]
-    for ours, key in (("vit_size", "size"), ("image_size", "image_size"), ("patch_size", "patch_size")):
-        if getattr(cfg.world_model, ours) != theirs[key]:
-            differences.append(
-                f"world_model.{ours} is {getattr(cfg.world_model, ours)!r} here but {theirs[key]!r} in the checkpoint "
-                f"(pretrain.encoder.{key})"
-            )
-    if differences:
-        raise CheckpointError(f"--encoder {path} does not fit this world model: " + "; ".join(differences))
-    weights = {key[len("encoder.") :]: value for key, value in state["model"].items() if key.startswith("encoder.")}
-    if not weights:
-        raise CheckpointError(f"--encoder {path} holds no encoder.* weights")
-    return weights
-
-
-def load_encoder(model: WorldModel, weights: dict[str, torch.Tensor], source: str) -> None:
-    """Load pretrained encoder weights into the model's backbone (and its EMA copy); CheckpointError if they
-    do not fit."""
-    try:
-        model.load_pretrained_encoder(weights)
-    except RuntimeError as error:  # load_state_dict names the missing, unexpected and mis-shaped tensors
-        raise CheckpointError(f"--encoder {source} does not fit this world model's encoder: {error}") from None
-
-
-FEATURE_PRECISION = "float32"
-"""A frozen encoder's features are computed in float32 whatever run.precision says: the cache and the agent in the
-real env must see the same numbers, and bf16's 8-bit mantissa rounds away the small frame-to-frame differences of
-the features (std ~1% of their magnitude for a random ViT) that standardisation then blows up into noise of the
-order of the signal (measured: a CartPole controller fell from ~300 to 28 real return with a bf16 cache)."""
-
-
-def encoder_fingerprint(model: WorldModel) -> str:
-    """The latent-cache key of a frozen encoder: a hash of everything its features depend on.
-
-    That is the backbone's weights, the observation shape, the ViT's input size (frames are resized to it), the
-    blur of its input, the pooling of its patch features, the precision the features are computed in
-    (FEATURE_PRECISION) and the dtype the cache keeps them in (`envs.store.LATENT_DTYPE`).
-    """
-    digest = hashlib.sha256()
-    shape = [list(model.obs_shape), getattr(model, "image_size", None), FEATURE_PRECISION, np.dtype(LATENT_DTYPE).name]
-    options = ([model.input_blur] if model.input_blur else []) + ([model.pooling] if model.pooling != "mean" else [])
-    digest.update(json.dumps(shape + options).encode())
-    for name, tensor in sorted(model.backbone.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return f"encoder-{digest.hexdigest()[:16]}"
-
-
-@torch.no_grad()
-def fill_latent_cache(
-    model: WorldModel, store: EpisodeStore, key: str, device: torch.device, stop: GracefulStop,
-    show_progress: bool = True,
-) -> int:  # fmt: skip
-    """Encode every frame of the episodes missing from the cache `key`, once, in float32 (FEATURE_PRECISION).
-    Returns how many were encoded.
-
-    Episode by episode, in ENCODE_BATCH frames at most: batches across CartPole's short episodes (about 27 frames)
-    were no faster here (benchmarks/contention.py and docs/performance.md: the fill runs at the encoder's batched rate).
-    Under torchrun process r of W encodes missing episodes r, r + W, ... (each writes only its episodes' files), all
-    of them in rounds of one episode each, and then every process re-reads the cache.
-    """
-    cache = store.latents(key)
-    missing = cache.missing()
-    distributed.barrier()  # every process has listed the cache before any writes into it
-    if not missing:
-        return 0
-    workers = distributed.world_size()
-    own = missing[distributed.rank() :: workers]
-    bar = Progress(int(store.episode_steps[own].sum()), "encode", unit="frame", enabled=show_progress)
-    for turn in range(-(-len(missing) // workers)):
-        rebalance_threads()
-        if turn < len(own):
-            obs = torch.as_tensor(store.episode(own[turn]).obs)  # (L+1, *obs_shape)
-            features = []
-            for start in range(0, len(obs), ENCODE_BATCH):
-                features.append(model.encode_features(obs[start : start + ENCODE_BATCH].to(device)).float().cpu())
-            cache.put(own[turn], torch.cat(features).numpy())  # (L+1, F)
-            bar.update(len(obs))
-        if stop.check():  # the step-0 checkpoint exists; a resume encodes only what is still missing
-            bar.close()
-            raise Interrupted
-    bar.close()
-    if distributed.active():
-        distributed.barrier()
-        cache.refresh()
-    return len(missing)
-
-
-@torch.no_grad()
-def standardize_features(model: WorldModel, data: StoreWindows, cfg: Config, device: torch.device,
-                         precision: str) -> None:  # fmt: skip
-    """Set the model's per-dimension feature statistics from training windows. Done once, on a fresh run: the
-    statistics are buffers of the model and travel in its checkpoints."""
-    rng = step_rng(cfg.run.seed, 0, STREAM_FEATURE_STATISTICS)
-    windows = data.train_windows(FEATURE_STATISTICS_WINDOWS, cfg.world_model.sequence_length, rng)
-    batch = batch_from_windows(windows, device, use_features=data.latent_key is not None)
-    if batch.features is not None:
-        features = batch.features  # (B, T, F) from the latent cache
-    else:
-        frames = batch.obs.flatten(0, 1)  # (B, T, *obs_shape) -> (B*T, *obs_shape)
-        with autocast(device, precision):
-            features = torch.cat([model.encode_features(frames[i : i + ENCODE_BATCH]).float()
-                                  for i in range(0, len(frames), ENCODE_BATCH)])  # fmt: skip
-    model.set_feature_statistics(features)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -881,7 +494,7 @@ class WorldModelTrainer:
 
 
 # ------------------------------------------------------------------------------------------------------
-# The command
+# A whole run
 
 
 def read_resume_state(run: Run, cfg: Config, spec: EnvSpec, command: str = "train") -> tuple[dict, Path]:
@@ -919,7 +532,7 @@ def train(
         collects = resume[0].get("collects", False)
     else:
         if encoder is not None:
-            load_encoder(model, encoder, str(encoder_path))
+            load_pretrained_encoder(model, encoder, str(encoder_path))
         store = open_store(episodes or run.path / "episodes", spec)
         collects = episodes is None
         provenance = {
@@ -993,20 +606,6 @@ def collection_state(model: WorldModel, cfg: Config, spec: EnvSpec, provenance: 
     }
 
 
-def collection_figures(stats: CollectStats, action_repeat: int = 1) -> dict[str, float | int]:
-    """What the random-policy collection did, for summary.json (plain numbers, as a checkpoint can hold): `steps`
-    are its transitions (agent steps), `env_steps` those times the env's action_repeat."""
-    return {
-        "steps": stats.steps,
-        "env_steps": stats.steps * action_repeat,
-        "episodes": stats.episodes,
-        "mean_return": stats.mean_return,
-        "mean_length": float(np.mean(stats.lengths)) if stats.lengths else math.nan,
-        "terminated": stats.terminated,
-        "cut": stats.cut,
-    }
-
-
 def print_model_metrics(metrics: dict) -> None:
     """The headline figures of the final evaluation, each beside its baseline, on stderr."""
     for k in PREDICTION_DEPTHS:
@@ -1022,26 +621,3 @@ def print_model_metrics(metrics: dict) -> None:
         + (" (COLLAPSED)" if metrics["collapsed"] else ""),
         file=sys.stderr,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wm train", description="Train a JEPA world model of a gymnasium env.")
-    add_run_arguments(parser)
-    parser.add_argument("--encoder", metavar="CHECKPOINT", help="start the encoder from a `wm pretrain` checkpoint")
-    parser.add_argument("--episodes", metavar="DIR", help="train on this episode store instead of collecting")
-    args = parser.parse_args(argv)
-    encoder = episodes = None
-    if args.resume:
-        if args.encoder or args.episodes:
-            raise RunError("--resume continues with the run's own encoder and episodes; drop --encoder and --episodes")
-    else:
-        # Check what the command line names against the config before any work or run directory exists.
-        cfg = config_lib.load_config(args.config, args.overrides)
-        spec = env_spec(cfg.env)
-        if args.encoder:
-            encoder = load_encoder_weights(Path(args.encoder), cfg)
-        if args.episodes:
-            episodes = check_episode_store(Path(args.episodes), spec)
-    run = open_run(args, "train")
-    body = functools.partial(train, encoder=encoder, encoder_path=args.encoder, episodes=episodes)
-    return execute(run, body)

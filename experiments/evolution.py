@@ -1,4 +1,6 @@
-"""`wm evolve`: evolve a controller with CMA-ES inside a trained world model, then score it in the real env.
+"""The evolution loop (`Evolution`), its scorers (`DreamScorer` in the dream, `RealScorer` and `score_in_env` in the
+real env), choosing and saving the controller (`choose_controller`, `save_controller`) and a whole `wm evolve` run
+(`evolve`): evolve a controller with CMA-ES inside a trained world model, then score it in the real env.
 
     wm evolve --config configs/cartpole.yaml --world-model runs/<wm train run>
     wm evolve --config configs/cartpole.yaml --world-model runs/<wm train run> --in real     # model-free baseline
@@ -11,6 +13,9 @@ them at once, in one batched dream rollout; with `--in real` in the real env ins
 search's mean and its best-ever candidate by their dream return on fresh starts -> score the choice in the real
 env over `evolve.eval_episodes` episodes -> summary.json: dream_return, eval_return_mean/std, the dream-real gap.
 
+The loop lives in experiments/ rather than agents/ because it drives checkpoints, logging and torchrun, which live in
+experiments/ and which agents/ may not import.
+
 Every candidate of a generation meets the same starts and the same noise (common random numbers: their ranking
 reflects the candidates, not their luck), drawn from generators seeded by (seed, generation), so a resumed search
 repeats exactly what an uninterrupted one would have done; the ES state (with its own RNG) is in the checkpoint.
@@ -22,7 +27,6 @@ population's, so the search is the one a single process runs.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 import time
@@ -42,26 +46,9 @@ from experiments import config as config_lib
 from experiments import distributed
 from experiments.checkpoint import CheckpointError, load_latest, read_checkpoint, save_checkpoint
 from experiments.config import Config
-from experiments.load import (
-    LoadedWorldModel,
-    build_controller,
-    dream_settings,
-    load_world_model,
-    run_checkpoint,
-    start_pool,
-)
+from experiments.load import LoadedWorldModel, build_controller, dream_settings, load_world_model, start_pool
 from experiments.progress import Progress
-from experiments.rundir import (
-    GracefulStop,
-    Interrupted,
-    Run,
-    RunError,
-    RunFailure,
-    add_run_arguments,
-    checkpoint_differences,
-    execute,
-    open_run,
-)
+from experiments.rundir import GracefulStop, Interrupted, Run, RunFailure, checkpoint_differences
 from experiments.runtime import (
     rebalance_threads,
     resolve_device,
@@ -275,7 +262,7 @@ class Evolution:
 
 
 # ------------------------------------------------------------------------------------------------------
-# The command
+# A whole run, and the controller it keeps
 
 
 # The config keys behind each fact of `Controller.describe()`, to say what to change when a warm start is refused.
@@ -468,36 +455,3 @@ def save_controller(path: Path, command: str, controller: Controller, parameters
          "world_model": world_model},
         keep_previous=False,
     )  # fmt: skip
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wm evolve", description="Evolve a controller in a world model's dream.")
-    add_run_arguments(parser)
-    parser.add_argument("--world-model", required=True, metavar="RUN",
-                        help="a `wm train` run directory (or its checkpoint file)")  # fmt: skip
-    parser.add_argument(
-        "--in",
-        dest="mode",
-        choices=SCORING_MODES,
-        default="dream",
-        help="score candidates in the dream (default) or in the real env (the model-free baseline)",
-    )
-    parser.add_argument("--controller", metavar="RUN", help="warm start from an earlier `wm evolve` run's best.pt")
-    args = parser.parse_args(argv)
-    world_model = Path(args.world_model)
-    if not run_checkpoint(world_model).is_file():
-        raise RunError(f"--world-model {world_model}: no checkpoint there (expected a `wm train` run directory)")
-    if args.resume and args.controller:
-        raise RunError("--resume continues the run's own search; drop --controller")
-    warm_start = None if args.controller is None else Path(args.controller)
-    world = None
-    if not args.resume:
-        # A bad config, a world model that does not fit it or a warm start of another shape fails before a run
-        # directory exists.
-        cfg = config_lib.load_config(args.config, args.overrides)
-        world = load_world_model(world_model, cfg)
-        if warm_start is not None:
-            read_warm_start(warm_start, build_controller(world.model, world.spec, cfg.evolve))
-    run = open_run(args, "evolve")
-    body = functools.partial(evolve, world_model=world_model, mode=args.mode, warm_start=warm_start, world=world)
-    return execute(run, body)
