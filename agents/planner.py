@@ -36,6 +36,7 @@ Letters: B real envs, N candidate sequences, K elites, H horizon, A action dims 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -261,6 +262,7 @@ class PlanningAgent:
         self.action = torch.zeros(self.num_envs, self.model.action_dim, device=self.device, dtype=self.dtype)  # (N, A)
         self.first = np.ones(self.num_envs, dtype=bool)
         self.recording: Recording | None = None
+        self.decisions, self.seconds = 0, 0.0  # calls so far, and the wall seconds they took (encoding included)
 
     def record(self, limit: int) -> Recording:
         """Keep sub-env 0's observations and action vectors of its next episode, up to `limit` steps."""
@@ -278,6 +280,7 @@ class PlanningAgent:
     @torch.no_grad()
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """obs (N, *obs_shape) -> env actions (N,) ints or (N, A) floats."""
+        start = time.perf_counter()
         first = torch.as_tensor(self.first, device=self.device)[:, None]  # (N, 1)
         frames = torch.as_tensor(obs, device=self.device)
         self.hidden, self.latent = filter_observation(self.model, self.hidden, self.latent, self.action, first, frames)
@@ -285,7 +288,9 @@ class PlanningAgent:
         if self.recording is not None:
             self.recording.add(obs[0], self.action[0].float().cpu().numpy())
         self.first[:] = False
-        return self.planner.env_actions(self.action)
+        actions = self.planner.env_actions(self.action)
+        self.decisions, self.seconds = self.decisions + 1, self.seconds + time.perf_counter() - start
+        return actions
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The planner's state (`Planner.state_dict`) and the filter's: h, z, the last action vectors and the

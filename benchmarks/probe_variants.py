@@ -5,8 +5,9 @@
 
 For the run's own data source and probe split (the seeded subset `wm pretrain` probes), it encodes the probe images
 with the EMA target encoder, the online (context) encoder and the run's random-init twin, and prints one JSON line per
-(encoder, pooling, feature normalisation) with k-NN top-1, linear top-1, and the centred features' effective rank and
-smallest per-dimension std relative to the mean one (a collapse shows as a low rank). Poolings: the mean of the
+encoder and pooling with linear top-1, k-NN top-1 under three feature normalisations, the centred features' effective rank and
+smallest per-dimension std relative to the mean one (a collapse shows as a low rank), and the share of the patch
+features' variance that position alone explains (a patch that says only where it is). Poolings: the mean of the
 final (layer-normed) patch features, their mean and std, the mean before the final norm. Normalisations for k-NN:
 none (cosine of the raw features, what `wm pretrain` reports), centred (the training features' mean removed), and
 standardised (per dimension, train statistics).
@@ -81,11 +82,16 @@ def main(argv: list[str] | None = None) -> None:
         encoder.eval()
         for final_norm in (True, False):
             patches = tokens(encoder, probes.images, pcfg.encoder.image_size, final_norm)  # (N, P, D)
+            # The share of the patch features' variance that is the same for every image at a position: near 1,
+            # a patch's feature says where it is and little of what it shows (a collapse I-JEPA's loss cannot see).
+            total = patches.flatten(0, 1).var(dim=0).sum()  # (N*P, D) -> variance summed over D
+            position_share = float(patches.mean(dim=0).var(dim=0).sum() / total)
             for pooling in ("mean", "mean_std") if final_norm else ("mean",):
                 features = pool_tokens(patches, pooling)  # (N, F)
                 std = features.std(dim=0)
                 label = pooling + ("" if final_norm else "_prenorm")
                 record = {"step": state["step"], "encoder": name, "pooling": label,
+                          "position_share": round(position_share, 3),
                           "centred_rank": round(float(effective_rank(features - features.mean(dim=0))), 2),
                           "std_min_over_mean": round(float(std.min() / std.mean()), 4),
                           "linear_top1": round(probe.linear_probe_accuracy(features[tr], y[tr], features[te], y[te],

@@ -53,8 +53,8 @@ def run_episodes(
 ) -> EpisodeResults:
     """One episode per row of `parameters` (J, n), at most `max_steps` agent steps each (None: the env's own end).
 
-    `agent` must act in `envs.num_envs` sub-envs; `on_step(finished)` is called after each vector step with the
-    number of episodes that just ended.
+    `agent` must act in `envs.num_envs` sub-envs; an agent with no parameters (a planner: n = 0) is given none.
+    `on_step(finished)` is called after each vector step with the number of episodes that just ended.
     """
     jobs, n = len(parameters), envs.num_envs
     if jobs < 1:
@@ -77,7 +77,8 @@ def run_episodes(
         for i in slots:
             job[i] = next_job if next_job < jobs else -1
             if job[i] >= 0:
-                agent.set_parameters(np.array([i]), parameters[job[i]])
+                if parameters.shape[1]:
+                    agent.set_parameters(np.array([i]), parameters[job[i]])
                 next_job += 1
 
     obs, _ = envs.reset(seed=seed)

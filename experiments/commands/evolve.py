@@ -22,6 +22,7 @@ from pathlib import Path
 from experiments import config as config_lib
 from experiments.evolution import SCORING_MODES, evolve, read_warm_start
 from experiments.load import build_controller, load_world_model, run_checkpoint
+from experiments.planning import plan
 from experiments.rundir import RunError, add_run_arguments, execute, open_run
 
 
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         world = load_world_model(world_model, cfg)
         if warm_start is not None:
             read_warm_start(warm_start, build_controller(world.model, world.spec, cfg.evolve))
+        if cfg.evolve.agent == "planner" and (args.mode != "dream" or warm_start is not None):
+            raise RunError("evolve.agent=planner searches at every real step: drop --in real and --controller")
     run = open_run(args, "evolve")
+    if run.cfg.evolve.agent == "planner":
+        return execute(run, functools.partial(plan, world_model=world_model, world=world))
     body = functools.partial(evolve, world_model=world_model, mode=args.mode, warm_start=warm_start, world=world)
     return execute(run, body)

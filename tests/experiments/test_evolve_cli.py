@@ -132,6 +132,29 @@ def test_real_env_scoring_counts_its_env_steps(world_model, tmp_path):
     assert read_checkpoint(run / "checkpoints/latest.pt")["env_steps"] == done["real_env_steps"]
 
 
+PLANNER = ["--set", "evolve.agent=planner", "--set", "planner.candidates=16", "--set", "planner.elites=4",
+           "--set", "planner.horizon=5"]  # fmt: skip
+
+
+def test_the_planner_acts_in_the_real_env_on_the_episodes_a_controller_is_scored_on(world_model, evolved, tmp_path):
+    run = tmp_path / "planner"
+    result = evolve(world_model, run, *PLANNER)
+    assert result.returncode == 0, result.stderr
+    done, controller = summary(run), summary(evolved[0])
+    assert done["status"] == "done" and done["agent"] == "planner" and done["planner"]["candidates"] == 16
+    assert done["eval_episodes"] == controller["eval_episodes"] == 2 and done["decision_ms"] > 0
+    assert all(1 <= length <= 500 for length in done["eval_lengths"]) and "the planner: real return" in result.stderr
+    assert not (run / "checkpoints/best.pt").exists()  # no controller to replay
+    again = evolve(world_model, tmp_path / "again", *PLANNER)  # seeded episodes and samples: the same figures
+    assert again.returncode == 0 and summary(tmp_path / "again")["eval_returns"] == done["eval_returns"]
+
+
+def test_the_planner_takes_no_warm_start_and_no_real_env_search(world_model, evolved, tmp_path, capsys):
+    for flags in (["--in", "real"], ["--controller", str(evolved[0])]):
+        assert "drop --in real and --controller" in refused(capsys, world_model, tmp_path / "p", *PLANNER, *flags)
+    assert not (tmp_path / "p").exists()
+
+
 def test_sigkill_then_resume_continues_the_identical_search(world_model, uninterrupted, tmp_path):
     broken = tmp_path / "broken"
     process = start("evolve", *DEBUG, *LONG, "--world-model", str(world_model), "--run-dir", str(broken))
