@@ -5,12 +5,12 @@
 
 For the run's own data source and probe split (the seeded subset `wm pretrain` probes), it encodes the probe images
 with the EMA target encoder, the online (context) encoder and the run's random-init twin, and prints one JSON line per
-encoder and pooling with linear top-1, k-NN top-1 under three feature normalisations, the centred features' effective rank and
-smallest per-dimension std relative to the mean one (a collapse shows as a low rank), and the share of the patch
-features' variance that position alone explains (a patch that says only where it is). Poolings: the mean of the
-final (layer-normed) patch features, their mean and std, the mean before the final norm. Normalisations for k-NN:
-none (cosine of the raw features, what `wm pretrain` reports), centred (the training features' mean removed), and
-standardised (per dimension, train statistics).
+encoder and pooling: linear top-1; k-NN top-1 of the raw features (cosine, what `wm pretrain` reports), of the
+centred ones (the training features' mean removed) and of the standardised ones (per dimension, train statistics);
+the centred features' effective rank and smallest per-dimension std relative to the mean one (a collapse shows as a
+low rank); and the share of the patch features' variance that position alone explains (a patch that says only where
+it is). Poolings: the mean of the final (layer-normed) patch features, their mean and std, the mean before the final
+norm.
 """
 
 from __future__ import annotations
