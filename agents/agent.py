@@ -37,7 +37,7 @@ def filter_observation(
     start = model.initial_state(obs.shape[0])
     hidden, latent, action = restart_at_first(first, start, hidden, latent, action)
     embedding = model.encode(obs).to(hidden.dtype)  # (N, D or mlp_dim)
-    return model.filter_step(hidden, latent, action, embedding)  # (N, hd), (N, D)
+    return model.filter_step(hidden, latent, action, embedding)  # (N, hidden_dim), (N, D)
 
 
 def decide(
@@ -57,7 +57,7 @@ def decide(
     exported `agents.policy.PolicyStep` both act through it.
     """
     hidden, latent = filter_observation(model, hidden, latent, action, first, obs)
-    features = torch.cat([latent, hidden], dim=-1)[:, None]  # (N, 1, F): N candidates, 1 episode each
+    features = torch.cat([latent, hidden], dim=-1)[:, None]  # (N, 1, X): N candidates, 1 episode each
     return controller.act(parameters, features)[:, 0], hidden, latent  # (N, 1, A) -> (N, A)
 
 
@@ -130,7 +130,7 @@ class LatentAgent:
         return self.recording
 
     def set_parameters(self, envs: np.ndarray, parameters: np.ndarray | torch.Tensor) -> None:
-        """Sub-envs `envs` (M,) act with `parameters` (n,) or (M, n) from their next step on."""
+        """Sub-envs `envs` (envs,) act with `parameters` (n,) or (envs, n) from their next step on."""
         values = torch.as_tensor(np.asarray(parameters), device=self.device, dtype=self.dtype)
         if values.shape[-1] != self.controller.num_params:
             raise ValueError(f"controller parameters must end in {self.controller.num_params}, got {values.shape}")

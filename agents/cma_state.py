@@ -97,8 +97,13 @@ class _Saver:
                 # A view (pycma's dC is the diagonal of C): rebuilt as a view of the same array, so that it follows
                 # the array's updates in place as it did before the save.
                 offset = value.__array_interface__["data"][0] - base.__array_interface__["data"][0]
-                return {"kind": "view", "base": self.save(base, f"{path} base"), "offset": offset,
-                        "shape": list(value.shape), "strides": list(value.strides)}  # fmt: skip
+                return {
+                    "kind": "view",
+                    "base": self.save(base, f"{path} base"),
+                    "offset": offset,
+                    "shape": list(value.shape),
+                    "strides": list(value.strides),
+                }
             # The memory layout too: a Fortran-ordered matrix (pycma's eigenvectors) multiplies in another order
             # than its C-ordered copy, and the search then drifts by rounding after a resume.
             return {"kind": "array", "value": torch.from_numpy(value.copy(order="K"))}

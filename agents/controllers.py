@@ -1,14 +1,15 @@
 """Controllers: small policies over the world model's [z, h], a whole population acting at once.
 
 A controller's parameters are one flat vector, so CMA-ES can search them; a population is one tensor (P, n) and
-acts on observations (P, E, F) with batched matmuls, each candidate on its own E episodes. The output is the world
+acts on observations (P, E, X) with batched matmuls, each candidate on its own E episodes. The output is the world
 model's action vector: one-hot for a discrete action space (argmax of the scores, as World Models' controller
 picks an action), tanh scaled to the bounds for a continuous one.
 
 Kinds: "linear" (World Models, https://arxiv.org/abs/1803.10122: a = W [z, h] + b) and "mlp" (one tanh hidden
 layer).
 
-Letters: P candidates, E episodes per candidate, F observation features (D + hidden_dim), A action dims.
+Letters (declared in `worldmodel`): P candidates, E episodes per candidate, X = D + hidden_dim what a controller sees
+([z, h]), A action dims, n parameters of one controller.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class Controller:
     """The shape of a controller and how a population of them acts (the parameters live outside, in the ES).
 
     Args:
-        in_dim: F, features of an observation ([z, h]: latent_dim + hidden_dim).
+        in_dim: X, features of an observation ([z, h]: latent_dim + hidden_dim).
         action_space: the env's gymnasium action space: Discrete(n), or a 1-D Box with finite bounds.
         kind: "linear" or "mlp".
         hidden: width of the MLP's hidden layer ("mlp" only).
@@ -62,8 +63,13 @@ class Controller:
     def describe(self) -> dict:
         """Plain facts that fix the parameter layout, to store beside the parameters and compare on load (a linear
         controller has no hidden width)."""
-        facts = {"kind": self.kind, "in_dim": self.in_dim, "action_dim": self.action_dim, "discrete": self.discrete,
-                 "num_params": self.num_params}  # fmt: skip
+        facts = {
+            "kind": self.kind,
+            "in_dim": self.in_dim,
+            "action_dim": self.action_dim,
+            "discrete": self.discrete,
+            "num_params": self.num_params,
+        }
         return facts if self.kind == "linear" else {**facts, "hidden": self.hidden}
 
     def initial_parameters(self, seed: int) -> np.ndarray:
@@ -88,17 +94,17 @@ class Controller:
         return out
 
     def scores(self, params: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        """Raw outputs: params (P, n), obs (P, E, F) -> (P, E, A)."""
+        """Raw outputs: params (P, n), obs (P, E, X) -> (P, E, A)."""
         if obs.ndim != 3 or obs.shape[0] != params.shape[0] or obs.shape[2] != self.in_dim:
             raise ValueError(f"obs must have shape (P={params.shape[0]}, E, {self.in_dim}), got {tuple(obs.shape)}")
         p = self.unflatten(params.to(obs.dtype))
         if self.kind == "linear":
-            return torch.baddbmm(p["bias"][:, None], obs, p["weight"])  # (P, E, F) @ (P, F, A) -> (P, E, A)
+            return torch.baddbmm(p["bias"][:, None], obs, p["weight"])  # (P, E, X) @ (P, X, A) -> (P, E, A)
         hidden = torch.tanh(torch.baddbmm(p["b1"][:, None], obs, p["w1"]))  # (P, E, hidden)
         return torch.baddbmm(p["b2"][:, None], hidden, p["w2"])  # (P, E, A)
 
     def act(self, params: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        """The world model's action vectors: params (P, n), obs (P, E, F) -> (P, E, A), one-hot or in the bounds."""
+        """The world model's action vectors: params (P, n), obs (P, E, X) -> (P, E, A), one-hot or in the bounds."""
         scores = self.scores(params, obs)
         if self.discrete:
             return torch.nn.functional.one_hot(scores.argmax(dim=-1), self.action_dim).to(obs.dtype)
@@ -112,11 +118,11 @@ class Controller:
         return actions.cpu().numpy().astype(np.float32)
 
     def policy(self, params: torch.Tensor, episodes: int):
-        """A dream policy for a population: obs (P*E, F) -> actions (P*E, A), rows candidate-major."""
+        """A dream policy for a population: obs (P*E, X) -> actions (P*E, A), rows candidate-major."""
         population = params.shape[0]
 
         def act(obs: torch.Tensor) -> torch.Tensor:
-            batched = obs.reshape(population, episodes, -1)  # (P*E, F) -> (P, E, F)
+            batched = obs.reshape(population, episodes, -1)  # (P*E, X) -> (P, E, X)
             return self.act(params, batched).reshape(population * episodes, -1)  # (P, E, A) -> (P*E, A)
 
         return act

@@ -75,13 +75,13 @@ class Generation(NamedTuple):
 
 
 class StandardNormal:
-    """pycma's `randn` option: `randn(lam, N) -> (lam, N)` standard normal samples from a private generator."""
+    """pycma's `randn` option: `randn(lam, n) -> (lam, n)` standard normal samples from a private generator."""
 
     def __init__(self, seed: int) -> None:
         self.generator = np.random.default_rng(seed)
 
     def __call__(self, lam: int, dimension: int) -> np.ndarray:
-        return self.generator.standard_normal((lam, dimension))  # (lam, N)
+        return self.generator.standard_normal((lam, dimension))  # (lam, n)
 
 
 class CMAES:

@@ -2,15 +2,15 @@
 
 Where a controller is evolved once and then maps [z, h] to an action, the planner searches afresh at each real
 step (model-predictive control, as PlaNet's CEM, https://arxiv.org/abs/1811.04551, and TD-MPC's MPPI,
-https://arxiv.org/abs/2203.04955): for each of B real envs it samples N action sequences of H steps from a Gaussian,
-rolls all B*N of them forward from the env's filtered state [z, h] in one batched dream, scores each by its
-discounted expected return, refits the Gaussian, and after I iterations returns the first action of the mean. It uses
-the dream's own step (`worldmodel.dream.rollout.dream_step`) and continuation weighting, so a plan and an evolved
+https://arxiv.org/abs/2203.04955): for each of N real envs it samples P action sequences of U steps from a Gaussian,
+rolls all N*P of them forward from the env's filtered state [z, h] in one batched dream, scores each by its
+discounted expected return, refits the Gaussian, and after `iterations` rounds returns the first action of the mean. It
+uses the dream's own step (`worldmodel.dream.rollout.dream_step`) and continuation weighting, so a plan and an evolved
 controller are scored on the same model.
 
-    'cem'   the mean and std of the K best sequences (the elites).
+    'cem'   the mean and std of the `elites` best sequences.
     'mppi'  the mean and std of the elites weighted by softmax(return / temperature), TD-MPC's variant: weighting
-            all N instead narrows the std onto a few lucky samples within an iteration or two (on the tests' line
+            all P instead narrows the std onto a few lucky samples within an iteration or two (on the tests' line
             world the first action then misses by up to 0.35 of its range, against 0.03 on the elites).
 
 The search runs in a normalised space: a continuous Box's actions in [-1, 1] (samples clipped there, then mapped to
@@ -24,14 +24,15 @@ Choices:
   prediction, so the elites are the best sequences, not the luckiest draws of the prior (a noise draw per candidate
   would let the search select noise). The deterministic model draws nothing either way.
 - Randomness: env row b draws from its own torch.Generator, seeded `seed + b`, a fixed amount per decision (whatever
-  the model predicts), so planning B envs at once equals planning each alone with its row's seed, and the
+  the model predicts), so planning N envs at once equals planning each alone with its row's seed, and the
   generators' states (`state_dict`) resume a search exactly.
-- No value at the horizon: the return is the H predicted rewards only (this toolkit trains no critic).
+- No value at the horizon: the return is the U predicted rewards only (this toolkit trains no critic).
 
 Written by hand: CEM and MPPI over a batched dream are a few tensor operations, and the libraries that ship them
 (TD-MPC2, mbrl-lib) bind them to their own models.
 
-Letters: B real envs, N candidate sequences, K elites, H horizon, A action dims (n logits when discrete).
+Letters (declared in `worldmodel`): N real envs, P candidate sequences, U steps of a sequence (the horizon),
+A action dims (n logits when discrete); the elites are written out.
 """
 
 from __future__ import annotations
@@ -58,13 +59,13 @@ class PlannerSettings:
     method: str = "cem"
     """'cem' (refit on the elites) or 'mppi' (refit on the elites, softmax-weighted by return)."""
     horizon: int = 15
-    """Dream steps H of each candidate action sequence."""
+    """Dream steps U of each candidate action sequence."""
     candidates: int = 256
-    """Action sequences N sampled per env and iteration."""
+    """Action sequences P sampled per env and iteration."""
     elites: int = 32
-    """Best sequences K the refit uses."""
+    """Best sequences the refit uses."""
     iterations: int = 4
-    """Sample-score-refit rounds I per real decision."""
+    """Sample-score-refit rounds per real decision."""
     temperature: float = 0.5
     """MPPI's weights are softmax(return / temperature), in return units ('mppi' only)."""
     initial_std: float = 1.0
@@ -108,13 +109,13 @@ class PlannerSettings:
 
 
 class Planner:
-    """CEM or MPPI over action sequences in the world model's dream, for B real envs at once, warm-started.
+    """CEM or MPPI over action sequences in the world model's dream, for N real envs at once, warm-started.
 
     Args:
         model: the world model to plan in (eval mode); only its interface's `step`, `reward` and `cont` are used.
         action_space: the env's gymnasium action space: Discrete(n), or a 1-D Box with finite bounds.
         settings: how to search.
-        num_envs: B, the real envs planned for at once (one warm start and one generator each).
+        num_envs: N, the real envs planned for at once (one warm start and one generator each).
     """
 
     def __init__(self, model: WorldModel, action_space: spaces.Space, settings: PlannerSettings, num_envs: int):
@@ -135,11 +136,11 @@ class Planner:
             self.low = torch.as_tensor(action_space.low, dtype=torch.float32)
             self.high = torch.as_tensor(action_space.high, dtype=torch.float32)
         self.generators = [torch.Generator().manual_seed(settings.seed + row) for row in range(num_envs)]
-        # The warm start: (B, H, A) the means the next decision's searches start from, on the CPU in float32.
+        # The warm start: (N, U, A) the means the next decision's searches start from, on the CPU in float32.
         self.mean = torch.zeros(num_envs, settings.horizon, self.action_dim)
 
     def reset(self, is_first: np.ndarray | None = None) -> None:
-        """Clear the warm start of the envs (B,) bool whose next observation starts an episode (None: all)."""
+        """Clear the warm start of the envs (N,) bool whose next observation starts an episode (None: all)."""
         rows = slice(None) if is_first is None else torch.as_tensor(np.asarray(is_first, dtype=bool))
         self.mean[rows] = 0.0
 
@@ -148,19 +149,19 @@ class Planner:
         """Search from each env's filtered state and return the first action of each search's final mean.
 
         Args:
-            state: (B, hidden_dim) h and (B, D) z of the B envs, on the model's device.
+            state: (N, hidden_dim) h and (N, D) z of the N envs, on the model's device.
         Returns:
-            (B, A) the world model's action vectors (one-hot when discrete, within the bounds when continuous).
+            (N, A) the world model's action vectors (one-hot when discrete, within the bounds when continuous).
         """
         settings, rows = self.settings, state.latent.shape[0]
         if rows != self.num_envs:
             raise ValueError(f"the planner plans for {self.num_envs} envs, got a state of {rows}")
         device = state.latent.device
-        mean = self.mean.to(device) if settings.warm_start else torch.zeros_like(self.mean, device=device)  # (B, H, A)
+        mean = self.mean.to(device) if settings.warm_start else torch.zeros_like(self.mean, device=device)  # (N, U, A)
         std = torch.full_like(mean, settings.initial_std)
         for _ in range(settings.iterations):
-            noise = torch.stack([self._draw(generator) for generator in self.generators]).to(device)  # (B, N, H, A)
-            samples = mean[:, None] + std[:, None] * noise  # (B, N, H, A)
+            noise = torch.stack([self._draw(generator) for generator in self.generators]).to(device)  # (N, P, U, A)
+            samples = mean[:, None] + std[:, None] * noise  # (N, P, U, A)
             if not self.discrete:
                 samples = samples.clamp(-1.0, 1.0)
             fitted_mean, fitted_std = self._refit(samples, self.score(state, samples))
@@ -174,26 +175,26 @@ class Planner:
         """Discounted expected returns of candidate sequences from each env's state, in one batched dream.
 
         Args:
-            state: (B, hidden_dim) h and (B, D) z.
-            samples: (B, N, H, A) candidate sequences in the normalised search space.
+            state: (N, hidden_dim) h and (N, D) z.
+            samples: (N, P, U, A) candidate sequences in the normalised search space.
         Returns:
-            (B, N) sum over t of discount**t * weight_t * r_t, weight_t the product of the continue probabilities of
+            (N, P) sum over t of discount**t * weight_t * r_t, weight_t the product of the continue probabilities of
             the steps before t ('expected'; 1 with 'ignore').
         """
-        B, N, H, A = samples.shape
+        N, P, U, A = samples.shape
         dtype = state.latent.dtype
-        actions = self.action_vectors(samples).to(dtype).reshape(B * N, H, A)  # (B, N, H, A) -> (B*N, H, A)
-        current = DreamState(state.hidden.repeat_interleave(N, dim=0), state.latent.repeat_interleave(N, dim=0))
-        returns = torch.zeros(B * N, device=samples.device)  # (B*N,) rows env-major
+        actions = self.action_vectors(samples).to(dtype).reshape(N * P, U, A)  # (N, P, U, A) -> (N*P, U, A)
+        current = DreamState(state.hidden.repeat_interleave(P, dim=0), state.latent.repeat_interleave(P, dim=0))
+        returns = torch.zeros(N * P, device=samples.device)  # (N*P,) rows env-major
         weight = torch.ones_like(returns)
-        for t in range(H):
+        for t in range(U):
             # The prior's mean: no prior noise (see the module's docstring); no ensemble, which nothing here reads.
             result = dream_step(self.model, current, actions[:, t], measure_disagreement=False)
             returns += self.settings.discount**t * weight * result.reward.float()
             if self.settings.cont_mode == "expected":
                 weight = weight * result.cont.float()
             current = result.state
-        return returns.reshape(B, N)  # (B*N,) -> (B, N)
+        return returns.reshape(N, P)  # (N*P,) -> (N, P)
 
     def action_vectors(self, normalised: torch.Tensor) -> torch.Tensor:
         """Search-space actions (..., A) -> the world model's action vectors (..., A): the one-hot argmax of the
@@ -210,7 +211,7 @@ class Planner:
         return actions.float().cpu().numpy()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The warm-start means (B, H, A) and each env row's generator state (B, S) uint8: plain tensors."""
+        """The warm-start means (N, U, A) and each env row's generator state (N, state bytes) uint8: plain tensors."""
         return {"mean": self.mean.clone(), "generators": torch.stack([g.get_state() for g in self.generators])}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -227,19 +228,19 @@ class Planner:
             generator.set_state(saved.to("cpu", torch.uint8).clone())
 
     def _draw(self, generator: torch.Generator) -> torch.Tensor:
-        """One env row's standard normal noise (N, H, A) for one iteration."""
+        """One env row's standard normal noise (P, U, A) for one iteration."""
         settings = self.settings
         return torch.randn(settings.candidates, settings.horizon, self.action_dim, generator=generator)
 
     def _refit(self, samples: torch.Tensor, returns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The new mean and std (B, H, A) from samples (B, N, H, A) and their returns (B, N)."""
-        B, _, H, A = samples.shape
-        values, best = returns.topk(self.settings.elites, dim=1)  # (B, K)
-        elites = samples.gather(1, best[:, :, None, None].expand(B, -1, H, A))  # (B, K, H, A)
+        """The new mean and std (N, U, A) from samples (N, P, U, A) and their returns (N, P)."""
+        N, _, U, A = samples.shape
+        values, best = returns.topk(self.settings.elites, dim=1)  # (N, elites)
+        elites = samples.gather(1, best[:, :, None, None].expand(N, -1, U, A))  # (N, elites, U, A)
         if self.settings.method == "cem":
             return elites.mean(dim=1), elites.std(dim=1, unbiased=False)
-        weights = torch.softmax(values / self.settings.temperature, dim=1)[:, :, None, None]  # (B, K, 1, 1)
-        mean = (weights * elites).sum(dim=1)  # (B, H, A)
+        weights = torch.softmax(values / self.settings.temperature, dim=1)[:, :, None, None]  # (N, elites, 1, 1)
+        mean = (weights * elites).sum(dim=1)  # (N, U, A)
         variance = (weights * (elites - mean[:, None]).pow(2)).sum(dim=1)
         return mean, variance.sqrt()
 
@@ -295,8 +296,13 @@ class PlanningAgent:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The planner's state (`Planner.state_dict`) and the filter's: h, z, the last action vectors and the
         first-step marks, as plain tensors, to resume mid-episode exactly."""
-        return {**self.planner.state_dict(), "hidden": self.hidden.clone(), "latent": self.latent.clone(),
-                "action": self.action.clone(), "first": torch.as_tensor(self.first.copy())}  # fmt: skip
+        return {
+            **self.planner.state_dict(),
+            "hidden": self.hidden.clone(),
+            "latent": self.latent.clone(),
+            "action": self.action.clone(),
+            "first": torch.as_tensor(self.first.copy()),
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Resume from `state_dict()`; raises ValueError on a state of other shapes."""

@@ -92,8 +92,8 @@ class PolicyStep(torch.nn.Module):
         action: torch.Tensor,
         is_first: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """obs (N, *obs_shape), hidden (N, hd), latent (N, D), action (N, A), is_first (N,) bool -> the action
-        vector (N, A) and the next hidden (N, hd) and latent (N, D)."""
+        """obs (N, *obs_shape), hidden (N, hidden_dim), latent (N, D), action (N, A), is_first (N,) bool -> the action
+        vector (N, A) and the next hidden (N, hidden_dim) and latent (N, D)."""
         parameters = self.controller_parameters.expand(obs.shape[0], -1)  # (1, n) -> (N, n)
         return decide(self.model, self.controller, parameters, hidden, latent, action, is_first[:, None], obs)
 

@@ -40,8 +40,10 @@ BUSY_LOOP = "while True: pass"
 
 
 def emit(metric: str, value: float, unit: str, **extra) -> None:
-    print(json.dumps({"bench": "contention", "metric": metric, "value": round(value, 4), "unit": unit, **extra}),
-          flush=True)  # fmt: skip
+    print(
+        json.dumps({"bench": "contention", "metric": metric, "value": round(value, 4), "unit": unit, **extra}),
+        flush=True,
+    )
 
 
 def worker(preset: str, setting: str, seconds: float) -> dict[str, float]:
@@ -113,12 +115,18 @@ def short_episodes(spec, frames: int, count: int):
     rng = np.random.default_rng(0)
     store = EpisodeStore(Path(tempfile.mkdtemp(prefix="contention-")) / "episodes", spec=spec)
     actions = np.eye(spec.action_dim, dtype=np.float32)[rng.integers(0, spec.action_dim, (count, frames - 1))]
-    store.add_episodes([
-        Episode.from_transitions(rng.integers(0, 256, (frames, *spec.obs_shape), dtype=np.uint8), actions[i],
-                                 np.ones(frames - 1, np.float32), terminated=True,
-                                 states=np.zeros((frames, spec.state_dim), np.float32) if spec.state_dim else None)
-        for i in range(count)
-    ])  # fmt: skip
+    store.add_episodes(
+        [
+            Episode.from_transitions(
+                rng.integers(0, 256, (frames, *spec.obs_shape), dtype=np.uint8),
+                actions[i],
+                np.ones(frames - 1, np.float32),
+                terminated=True,
+                states=np.zeros((frames, spec.state_dim), np.float32) if spec.state_dim else None,
+            )
+            for i in range(count)
+        ]
+    )
     return store
 
 
@@ -160,16 +168,25 @@ def main(argv: list[str] | None = None) -> None:
             rates = measure(args.config, setting, args.seconds, neighbours)
             if alone is None or (setting == "torch" and neighbours == 0):
                 alone = rates
-            common = {"setting": setting, "neighbours": neighbours, "cores": cores, "threads": rates["threads"],
-                      "config": args.config or "defaults"}  # fmt: skip
-            for phase, unit in (("train_steps", "steps/s"), ("encode_frames", "frames/s"),
-                                ("cache_fill_frames", "frames/s")):  # fmt: skip
+            common = {
+                "setting": setting,
+                "neighbours": neighbours,
+                "cores": cores,
+                "threads": rates["threads"],
+                "config": args.config or "defaults",
+            }
+            for phase, unit in (
+                ("train_steps", "steps/s"),
+                ("encode_frames", "frames/s"),
+                ("cache_fill_frames", "frames/s"),
+            ):
                 emit(f"{phase}_per_s", rates[phase], unit, **common)
                 if neighbours or setting != "torch":
                     emit(f"{phase}_ratio", rates[phase] / alone[phase], "rate / torch's alone", **common)
             # The fill encodes episode by episode: its rate beside the encoder's on one large batch.
-            emit("cache_fill_share_of_batched", rates["cache_fill_frames"] / rates["encode_frames"], "fraction",
-                 **common)  # fmt: skip
+            emit(
+                "cache_fill_share_of_batched", rates["cache_fill_frames"] / rates["encode_frames"], "fraction", **common
+            )
 
 
 if __name__ == "__main__":

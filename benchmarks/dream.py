@@ -167,9 +167,10 @@ def generation_times(model, controller, pool, settings, population, episodes, re
 
 def real_rate(model, controller, cfg, candidates, episodes_per_candidate, real_episodes, num_envs, horizon):
     """Env steps/s of real-env scoring: `real_episodes` episodes of the first candidates, E each, like a generation."""
-    jobs = np.repeat(candidates, episodes_per_candidate, axis=0)[:real_episodes]  # (J, n) candidate-major
-    envs, _ = make_vector_env(cfg.env.id, num_envs, obs=cfg.env.obs, size=cfg.env.size,
-                              action_repeat=cfg.env.action_repeat, seed=0)  # fmt: skip
+    jobs = np.repeat(candidates, episodes_per_candidate, axis=0)[:real_episodes]  # (N, n) candidate-major
+    envs, _ = make_vector_env(
+        cfg.env.id, num_envs, obs=cfg.env.obs, size=cfg.env.size, action_repeat=cfg.env.action_repeat, seed=0
+    )
     try:
         agent = LatentAgent(model, controller, candidates[0], num_envs)
         run_episodes(envs, agent, jobs[:num_envs], seed=1, max_steps=horizon)  # warm-up: first resets, renderer
@@ -179,8 +180,12 @@ def real_rate(model, controller, cfg, candidates, episodes_per_candidate, real_e
     finally:
         envs.close()
     steps = int(result.lengths.sum())
-    return {"real_steps": steps, "real_s": seconds, "real_steps_per_s": steps / seconds,
-            "real_length_mean": float(result.lengths.mean())}  # fmt: skip
+    return {
+        "real_steps": steps,
+        "real_s": seconds,
+        "real_steps_per_s": steps / seconds,
+        "real_length_mean": float(result.lengths.mean()),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,12 +241,28 @@ def main(argv: list[str] | None = None) -> None:
     }
 
     dream = dream_rates(model, controller, pool, settings, candidates, E, args.repeats, device)
-    emit("dream_transitions_per_s", dream["dream_transitions_per_s"], "transitions/s",
-         seconds=round(dream["batched_s"], 4), length_mean=dream["dream_length_mean"], **setting)  # fmt: skip
-    emit("loop_transitions_per_s", dream["loop_transitions_per_s"], "transitions/s",
-         seconds=round(dream["loop_s"], 4), **setting)  # fmt: skip
-    emit("batched_over_loop", dream["dream_transitions_per_s"] / dream["loop_transitions_per_s"], "ratio",
-         max_return_diff=dream["max_return_diff"], **setting)  # fmt: skip
+    emit(
+        "dream_transitions_per_s",
+        dream["dream_transitions_per_s"],
+        "transitions/s",
+        seconds=round(dream["batched_s"], 4),
+        length_mean=dream["dream_length_mean"],
+        **setting,
+    )
+    emit(
+        "loop_transitions_per_s",
+        dream["loop_transitions_per_s"],
+        "transitions/s",
+        seconds=round(dream["loop_s"], 4),
+        **setting,
+    )
+    emit(
+        "batched_over_loop",
+        dream["dream_transitions_per_s"] / dream["loop_transitions_per_s"],
+        "ratio",
+        max_return_diff=dream["max_return_diff"],
+        **setting,
+    )
 
     generation = generation_times(model, controller, pool, settings, P, E, args.repeats)
     for metric in ("generation_s", "ask_tell_s", "rollout_s"):
@@ -252,12 +273,25 @@ def main(argv: list[str] | None = None) -> None:
     num_envs = args.real_envs or cfg.evolve.eval_envs
     real = real_rate(model, controller, cfg, candidates, E, args.real_episodes, num_envs, H)
     real_setting = {**setting, "env": f"{cfg.env.id}/{cfg.env.obs}{cfg.env.size}", "real_envs": num_envs}
-    emit("real_steps_per_s", real["real_steps_per_s"], "steps/s", measured_steps=real["real_steps"],
-         measured_episodes=args.real_episodes, measured_s=round(real["real_s"], 3),
-         length_mean=real["real_length_mean"], **real_setting)  # fmt: skip
+    emit(
+        "real_steps_per_s",
+        real["real_steps_per_s"],
+        "steps/s",
+        measured_steps=real["real_steps"],
+        measured_episodes=args.real_episodes,
+        measured_s=round(real["real_s"], 3),
+        length_mean=real["real_length_mean"],
+        **real_setting,
+    )
     real_generation_s = P * E * H / real["real_steps_per_s"]
-    emit("real_generation_s", real_generation_s, "s", real_generation_s_extrapolated_from_steps=real["real_steps"],
-         extrapolated_to_steps=P * E * H, **real_setting)  # fmt: skip
+    emit(
+        "real_generation_s",
+        real_generation_s,
+        "s",
+        real_generation_s_extrapolated_from_steps=real["real_steps"],
+        extrapolated_to_steps=P * E * H,
+        **real_setting,
+    )
     emit("real_over_dream", real_generation_s / generation["generation_s"], "ratio", **real_setting)
 
 

@@ -175,8 +175,14 @@ class ControllerSet(NamedTuple):
 
 def real_env(cfg: config_lib.Config, world, controller, seed: int):
     """The vector env and agent that play controllers in the real env (the caller closes the env)."""
-    envs, _ = make_vector_env(cfg.env.id, cfg.evolve.eval_envs, obs=cfg.env.obs, size=cfg.env.size,
-                              action_repeat=cfg.env.action_repeat, seed=seed)  # fmt: skip
+    envs, _ = make_vector_env(
+        cfg.env.id,
+        cfg.evolve.eval_envs,
+        obs=cfg.env.obs,
+        size=cfg.env.size,
+        action_repeat=cfg.env.action_repeat,
+        seed=seed,
+    )
     return envs, LatentAgent(world.model, controller, np.zeros(controller.num_params), cfg.evolve.eval_envs)
 
 
@@ -206,10 +212,18 @@ def build_controller_set(args, cfg: config_lib.Config, world, controller, pool) 
         real_es = CMAES(es.mean, ecfg.sigma, args.real_population, args.seed + 1, diagonal=ecfg.diagonal)
         real = RealScorer(envs, agent, args.seed, None)
         real_keep = snapshot_generations(args.real_generations, args.snapshots)
-        real_means = search(real_es, functools.partial(real, episodes=REAL_SEARCH_EPISODES), args.real_generations,
-                            real_keep, "real search")  # fmt: skip
-        sources = ([f"dream search, generation {g}" for g in keep] + ["dream search, best candidate"]
-                   + [f"real search, generation {g}" for g in real_keep])  # fmt: skip
+        real_means = search(
+            real_es,
+            functools.partial(real, episodes=REAL_SEARCH_EPISODES),
+            args.real_generations,
+            real_keep,
+            "real search",
+        )
+        sources = (
+            [f"dream search, generation {g}" for g in keep]
+            + ["dream search, best candidate"]
+            + [f"real search, generation {g}" for g in real_keep]
+        )
         parameters = np.stack(dream_means + [es.best] + real_means)  # (K, n)
         returns = real_returns(envs, agent, parameters, args.real_episodes, args.seed + REAL_SEED_OFFSET)
     finally:
@@ -225,8 +239,10 @@ def evolved_controller(run: Path, world, controller) -> np.ndarray:
     except CheckpointError as error:
         raise SystemExit(str(error)) from None
     if state["command"] != "evolve":
-        raise SystemExit(f"--add-controller {run} is a `wm cycle` controller, which sees through its own world model "
-                         "(add `wm evolve` runs only)")  # fmt: skip
+        raise SystemExit(
+            f"--add-controller {run} is a `wm cycle` controller, which sees through its own world model "
+            "(add `wm evolve` runs only)"
+        )
     if state["data"].get("world_model_sha256") != world.sha256:
         raise SystemExit(
             f"--add-controller {run} was evolved on another world model ({state['data'].get('world_model')})"
@@ -234,8 +250,9 @@ def evolved_controller(run: Path, world, controller) -> np.ndarray:
     return parameters
 
 
-def add_controllers(controllers: ControllerSet, runs: list[Path], cfg: config_lib.Config, world, controller,
-                    seed: int) -> ControllerSet:  # fmt: skip
+def add_controllers(
+    controllers: ControllerSet, runs: list[Path], cfg: config_lib.Config, world, controller, seed: int
+) -> ControllerSet:
     """The set with each run's controller added, scored on the set's own real episodes."""
     if controllers.real_seed is None:
         raise SystemExit(
@@ -257,10 +274,15 @@ def add_controllers(controllers: ControllerSet, runs: list[Path], cfg: config_li
 
 def save_controller_set(path: Path, controllers: ControllerSet) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, sources=np.array(controllers.sources), parameters=controllers.parameters,
-             real_returns=controllers.real_returns, search_real_env_steps=controllers.search_real_env_steps,
-             model_sha256=np.array(controllers.model_sha256),
-             **({} if controllers.real_seed is None else {"real_seed": controllers.real_seed}))  # fmt: skip
+    np.savez(
+        buffer,
+        sources=np.array(controllers.sources),
+        parameters=controllers.parameters,
+        real_returns=controllers.real_returns,
+        search_real_env_steps=controllers.search_real_env_steps,
+        model_sha256=np.array(controllers.model_sha256),
+        **({} if controllers.real_seed is None else {"real_seed": controllers.real_seed}),
+    )
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -268,28 +290,47 @@ def load_controller_set(path: Path, world, controller) -> ControllerSet:
     """A saved set, refused when it was made on another world model or for another controller shape."""
     try:
         with np.load(path, allow_pickle=False) as saved:
-            controllers = ControllerSet([str(source) for source in saved["sources"]], saved["parameters"],
-                                        saved["real_returns"], int(saved["search_real_env_steps"]),
-                                        str(saved["model_sha256"]),
-                                        int(saved["real_seed"]) if "real_seed" in saved else None)  # fmt: skip
+            controllers = ControllerSet(
+                [str(source) for source in saved["sources"]],
+                saved["parameters"],
+                saved["real_returns"],
+                int(saved["search_real_env_steps"]),
+                str(saved["model_sha256"]),
+                int(saved["real_seed"]) if "real_seed" in saved else None,
+            )
     except (OSError, ValueError, KeyError) as error:
         raise SystemExit(f"--controllers {path}: not a controller set saved by --save-controllers ({error})") from None
     if controllers.model_sha256 != world.sha256:
-        raise SystemExit(f"--controllers {path} was made on another world model (checkpoint sha256 "
-                         f"{controllers.model_sha256[:12]}, this one {world.sha256[:12]})")  # fmt: skip
+        raise SystemExit(
+            f"--controllers {path} was made on another world model (checkpoint sha256 "
+            f"{controllers.model_sha256[:12]}, this one {world.sha256[:12]})"
+        )
     if controllers.parameters.shape[1] != controller.num_params:
-        raise SystemExit(f"--controllers {path} holds controllers of {controllers.parameters.shape[1]} parameters, "
-                         f"this config's have {controller.num_params}")  # fmt: skip
+        raise SystemExit(
+            f"--controllers {path} holds controllers of {controllers.parameters.shape[1]} parameters, "
+            f"this config's have {controller.num_params}"
+        )
     return controllers
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world-model", metavar="RUN", required=True, help="a trained `wm train` or `wm cycle` run")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override the run's config (repeatable)")  # fmt: skip
-    parser.add_argument("--variant", action="append", default=[], metavar="KEY=V[,KEY=V]",
-                        help="dream.* overrides to rank the same controllers under (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the run's config (repeatable)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="KEY=V[,KEY=V]",
+        help="dream.* overrides to rank the same controllers under (repeatable)",
+    )
     parser.add_argument("--dream-generations", type=int, help="the dream search's generations (default: the config's)")
     parser.add_argument("--snapshots", type=int, default=6, help="means kept from each search")
     parser.add_argument("--real-generations", type=int, default=6, help="the real-env search's generations")
@@ -319,8 +360,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.dream_generations, args.snapshots, args.real_generations = 2, 2, 1
         args.real_population, args.real_episodes, args.dream_episodes = 4, 2, 8
-    least = {"--dream-generations": 1, "--snapshots": 1, "--real-generations": 1, "--real-population": 2,
-             "--real-episodes": 2, "--dream-episodes": 1}  # fmt: skip
+    least = {
+        "--dream-generations": 1,
+        "--snapshots": 1,
+        "--real-generations": 1,
+        "--real-population": 2,
+        "--real-episodes": 2,
+        "--dream-episodes": 1,
+    }
     for flag, minimum in least.items():
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None and value < minimum:
@@ -355,8 +402,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, variant in variants.items():
         if pool_key(variant.dream) not in pools:
             pools[pool_key(variant.dream)] = start_pool(world, variant, device)
-        scorer = DreamScorer(world.model, controller, pools[pool_key(variant.dream)], dream_settings(variant.dream),
-                             args.seed)  # fmt: skip
+        scorer = DreamScorer(
+            world.model, controller, pools[pool_key(variant.dream)], dream_settings(variant.dream), args.seed
+        )
         dream_returns[name] = scorer(controllers.parameters, KEY_RANKING, args.dream_episodes)  # (K,)
 
     setting = {
@@ -370,21 +418,39 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
     }
     for k, source in enumerate(controllers.sources):
-        emit("controller", real_mean[k], "real return", source=source,
-             real_std=round(float(controllers.real_returns[k].std()), 2),
-             dream={name: round(float(value[k]), 2) for name, value in dream_returns.items()})  # fmt: skip
+        emit(
+            "controller",
+            real_mean[k],
+            "real return",
+            source=source,
+            real_std=round(float(controllers.real_returns[k].std()), 2),
+            dream={name: round(float(value[k]), 2) for name, value in dream_returns.items()},
+        )
     best_real = float(real_mean.max())
     for name, dream_return in dream_returns.items():
         settings = dataclasses.asdict(dream_settings(variants[name].dream))
         pick = int(np.argmax(dream_return))
-        emit("rank_correlation", spearman(dream_return, real_mean), "spearman", variant=name, **setting,
-             dream_settings=settings)  # fmt: skip
+        emit(
+            "rank_correlation",
+            spearman(dream_return, real_mean),
+            "spearman",
+            variant=name,
+            **setting,
+            dream_settings=settings,
+        )
         agreement, pairs = pair_agreement(dream_return, real_mean, real_se)
         emit("pair_agreement", agreement, "share of pairs", variant=name, pairs=pairs, **setting)
-        emit("pick_real_return", real_mean[pick], "real return", variant=name, pick=controllers.sources[pick],
-             **setting)  # fmt: skip
-        emit("pick_regret", best_real - real_mean[pick], "real return", variant=name, best_real_return=best_real,
-             **setting)  # fmt: skip
+        emit(
+            "pick_real_return", real_mean[pick], "real return", variant=name, pick=controllers.sources[pick], **setting
+        )
+        emit(
+            "pick_regret",
+            best_real - real_mean[pick],
+            "real return",
+            variant=name,
+            best_real_return=best_real,
+            **setting,
+        )
 
 
 if __name__ == "__main__":

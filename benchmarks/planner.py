@@ -90,14 +90,25 @@ def main(argv: list[str] | None = None) -> None:
             settings = PlannerSettings(method=method)
             for num_envs in batches:
                 agent = PlanningAgent(Planner(model, action_space(spec), settings, num_envs))
-                times = time_decisions(agent, random_frames(spec.obs_shape, args.warmup + args.steps, num_envs),
-                                       args.warmup)  # fmt: skip
+                times = time_decisions(
+                    agent, random_frames(spec.obs_shape, args.warmup + args.steps, num_envs), args.warmup
+                )
                 median = statistics.median(times)
-                setting = {"model": f"untrained {preset}", "latent": cfg.world_model.latent, "env": cfg.env.id,
-                           "obs_shape": list(spec.obs_shape), "method": method, "envs": num_envs,
-                           "threads": args.threads, "steps": args.steps,
-                           **{k: v for k, v in dataclasses.asdict(settings).items()
-                              if k in ("horizon", "candidates", "elites", "iterations")}}  # fmt: skip
+                setting = {
+                    "model": f"untrained {preset}",
+                    "latent": cfg.world_model.latent,
+                    "env": cfg.env.id,
+                    "obs_shape": list(spec.obs_shape),
+                    "method": method,
+                    "envs": num_envs,
+                    "threads": args.threads,
+                    "steps": args.steps,
+                    **{
+                        k: v
+                        for k, v in dataclasses.asdict(settings).items()
+                        if k in ("horizon", "candidates", "elites", "iterations")
+                    },
+                }
                 emit("ms_per_decision", median, "ms", p90_ms=round(float(np.percentile(times, 90)), 4), **setting)
                 rows = num_envs * settings.candidates * settings.horizon * settings.iterations
                 emit("dream_steps_per_s", rows / (median / 1000), "1/s", **setting)

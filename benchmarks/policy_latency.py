@@ -64,8 +64,9 @@ def real_frames(cfg: Config, steps: int, seed: int = 0) -> tuple[np.ndarray, np.
     return np.stack(frames), np.array(firsts)
 
 
-def time_decisions(policy: OnnxPolicy | StatefulStep, frames: np.ndarray, firsts: np.ndarray, warmup: int
-                   ) -> tuple[list[float], np.ndarray]:  # fmt: skip
+def time_decisions(
+    policy: OnnxPolicy | StatefulStep, frames: np.ndarray, firsts: np.ndarray, warmup: int
+) -> tuple[list[float], np.ndarray]:
     """Milliseconds of each decision after the first `warmup` ones, and every action vector chosen (T, A)."""
     times, actions = [], []
     for t, (obs, first) in enumerate(zip(frames, firsts, strict=True)):
@@ -101,8 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     step = PolicyStep(model, controller, parameters)
     frames, firsts = real_frames(cfg, args.warmup + args.steps)
     preset = Path(args.config).stem if args.config else "defaults"
-    setting = {"batch": 1, "threads": args.threads, "model": f"untrained {preset}",
-               "obs_shape": list(spec.obs_shape), "controller": controller.kind, "steps": args.steps}  # fmt: skip
+    setting = {
+        "batch": 1,
+        "threads": args.threads,
+        "model": f"untrained {preset}",
+        "obs_shape": list(spec.obs_shape),
+        "controller": controller.kind,
+        "steps": args.steps,
+    }
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
@@ -119,8 +126,13 @@ def main(argv: list[str] | None = None) -> None:
             p90 = float(np.percentile(times, 90))
             emit("ms_per_decision", medians[name], "ms", runtime=name, p90_ms=round(p90, 4), **setting)
     difference = float(np.abs(chosen["pytorch"] - chosen["onnxruntime"]).max())
-    emit("pytorch_over_onnxruntime", medians["pytorch"] / medians["onnxruntime"], "x", max_abs_difference=difference,
-         **setting)  # fmt: skip
+    emit(
+        "pytorch_over_onnxruntime",
+        medians["pytorch"] / medians["onnxruntime"],
+        "x",
+        max_abs_difference=difference,
+        **setting,
+    )
 
 
 if __name__ == "__main__":

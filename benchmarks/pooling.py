@@ -58,7 +58,7 @@ def random_episodes(env_id: str, steps: int, seed: int) -> list[Episode]:
 
 
 def patch_features(frames: torch.Tensor, vit: VisionTransformer, batch: int = 512) -> torch.Tensor:
-    """uint8 frames (N, H, W, C) -> the ViT's patch features (N, P, D), as the world model preprocesses frames."""
+    """uint8 frames (N, H, W, C) -> the ViT's patch features (N, Np, V), as the world model preprocesses frames."""
     images = frames.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
     with torch.no_grad():
         return torch.cat(
@@ -104,15 +104,17 @@ def main(argv: list[str] | None = None) -> None:
         n_train = int(shown[:n_train].sum())
         frames, states = frames[shown], states[shown]
         if min(n_train, len(frames) - n_train) < 2:
-            raise SystemExit(f"--in-view: {n_train} fitting and {len(frames) - n_train} held-out frames show the "
-                             "space; the probe needs 2 of each: collect more --steps")  # fmt: skip
+            raise SystemExit(
+                f"--in-view: {n_train} fitting and {len(frames) - n_train} held-out frames show the "
+                "space; the probe needs 2 of each: collect more --steps"
+            )
         print(f"--in-view: {len(frames)} frames show the space ({n_train} to fit the probe)", file=sys.stderr)
 
     subset = "in_view" if args.in_view else "all"
     for seed in range(args.seeds):
         torch.manual_seed(seed)
         vit = VisionTransformer(IMAGE_SIZE, PATCH_SIZE, 3, args.vit_size).eval()
-        tokens = patch_features(frames, vit)  # (N, P, D)
+        tokens = patch_features(frames, vit)  # (N, Np, V)
         for pooling in POOLINGS:
             features = pool_tokens(tokens, pooling)
             probe = linear_probe_r2(features[:n_train], states[:n_train], features[n_train:], states[n_train:])

@@ -36,11 +36,11 @@ from worldmodel.perception.vit import VisionTransformer, pool_tokens  # noqa: E4
 
 @torch.no_grad()
 def tokens(encoder: VisionTransformer, images: torch.Tensor, image_size: int, final_norm: bool) -> torch.Tensor:
-    """Patch features of uint8 images (N, C, h, w) -> (N, P, D), with or without the encoder's final LayerNorm."""
+    """Patch features of uint8 images (N, C, H, W) -> (N, Np, V), with or without the encoder's final LayerNorm."""
     out = []
     for start in range(0, len(images), 256):
         x = augment.normalize(augment.resize(images[start : start + 256], image_size))
-        x = encoder.patch_embed(x).flatten(2).transpose(1, 2) + encoder.pos_embed  # (B, D, g, g) -> (B, P, D)
+        x = encoder.patch_embed(x).flatten(2).transpose(1, 2) + encoder.pos_embed  # (N, V, grid, grid) -> (N, Np, V)
         for block in encoder.blocks:
             x = block(x)
         out.append(encoder.norm(x) if final_norm else x)
@@ -74,28 +74,34 @@ def main(argv: list[str] | None = None) -> None:
     encoders = {"random": random_init_encoder(pcfg, seed)}
     for name, prefix in (("target", "target_encoder."), ("online", "encoder.")):
         encoders[name] = random_init_encoder(pcfg, seed)
-        encoders[name].load_state_dict({k.removeprefix(prefix): v for k, v in state["model"].items()
-                                        if k.startswith(prefix)})  # fmt: skip
+        encoders[name].load_state_dict(
+            {k.removeprefix(prefix): v for k, v in state["model"].items() if k.startswith(prefix)}
+        )
     tr, te, y = probes.train, probes.test, probes.labels
     classes = int(y.max()) + 1
     for name, encoder in encoders.items():
         encoder.eval()
         for final_norm in (True, False):
-            patches = tokens(encoder, probes.images, pcfg.encoder.image_size, final_norm)  # (N, P, D)
+            patches = tokens(encoder, probes.images, pcfg.encoder.image_size, final_norm)  # (N, Np, V)
             # The share of the patch features' variance that is the same for every image at a position: near 1,
             # a patch's feature says where it is and little of what it shows (a collapse I-JEPA's loss cannot see).
-            total = patches.flatten(0, 1).var(dim=0).sum()  # (N*P, D) -> variance summed over D
+            total = patches.flatten(0, 1).var(dim=0).sum()  # (N*Np, V) -> variance summed over V
             position_share = float(patches.mean(dim=0).var(dim=0).sum() / total)
             for pooling in ("mean", "mean_std") if final_norm else ("mean",):
                 features = pool_tokens(patches, pooling)  # (N, F)
                 std = features.std(dim=0)
                 label = pooling + ("" if final_norm else "_prenorm")
-                record = {"step": state["step"], "encoder": name, "pooling": label,
-                          "position_share": round(position_share, 3),
-                          "centred_rank": round(float(effective_rank(features - features.mean(dim=0))), 2),
-                          "std_min_over_mean": round(float(std.min() / std.mean()), 4),
-                          "linear_top1": round(probe.linear_probe_accuracy(features[tr], y[tr], features[te], y[te],
-                                                                           classes), 4)}  # fmt: skip
+                record = {
+                    "step": state["step"],
+                    "encoder": name,
+                    "pooling": label,
+                    "position_share": round(position_share, 3),
+                    "centred_rank": round(float(effective_rank(features - features.mean(dim=0))), 2),
+                    "std_min_over_mean": round(float(std.min() / std.mean()), 4),
+                    "linear_top1": round(
+                        probe.linear_probe_accuracy(features[tr], y[tr], features[te], y[te], classes), 4
+                    ),
+                }
                 for how in ("none", "centred", "standardised"):
                     train, test = normalised(features[tr], features[te], how)
                     record[f"knn_{how}"] = round(probe.knn_top1(train, y[tr], test, y[te], k=pcfg.eval.knn_k), 4)

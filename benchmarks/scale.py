@@ -90,9 +90,14 @@ def pretrain_seconds(cfg: Config, steps: int) -> float:
     batch, size = pcfg.optim.batch_size, pcfg.encoder.image_size
     rows = distributed.even_share(batch, "pretrain.optim.batch_size")
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))[rows]
-    sampler = MultiBlockMaskSampler(model.encoder.grid, num_targets=pcfg.mask.num_targets,
-                                    target_scale=pcfg.mask.target_scale, target_aspect=pcfg.mask.target_aspect,
-                                    context_scale=pcfg.mask.context_scale, min_keep=pcfg.mask.min_keep)  # fmt: skip
+    sampler = MultiBlockMaskSampler(
+        model.encoder.grid,
+        num_targets=pcfg.mask.num_targets,
+        target_scale=pcfg.mask.target_scale,
+        target_aspect=pcfg.mask.target_aspect,
+        context_scale=pcfg.mask.context_scale,
+        min_keep=pcfg.mask.min_keep,
+    )
 
     def step(i: int) -> None:
         masks = sampler(batch, np.random.default_rng(i))  # the whole batch's masks, as every process draws them
@@ -109,8 +114,9 @@ def es_seconds(cfg: Config, generations: int) -> float:
     torch.manual_seed(0)
     model = build_world_model(cfg.world_model, spec).requires_grad_(False).eval()
     g = torch.Generator().manual_seed(1)
-    pool = DreamState(torch.randn(POOL, model.hidden_dim, generator=g), torch.randn(POOL, model.latent_dim,
-                                                                                 generator=g))  # fmt: skip
+    pool = DreamState(
+        torch.randn(POOL, model.hidden_dim, generator=g), torch.randn(POOL, model.latent_dim, generator=g)
+    )
     controller = build_controller(model, spec, cfg.evolve)
     scorer = DreamScorer(model, controller, pool, dream_settings(cfg.dream), seed=0)
     es = CMAES(controller.initial_parameters(0), cfg.evolve.sigma, cfg.evolve.population, seed=0)
@@ -141,9 +147,15 @@ def config(args: argparse.Namespace) -> Config:
     presets = [str(_REPO / "configs/debug.yaml")] if args.quick else [str(_REPO / "configs/cartpole.yaml")]
     # Every rollout runs the full horizon (as in benchmarks/dream.py): the untrained continue head would end most
     # rollouts within a few steps, leaving little work to share.
-    overrides = [f"pretrain.optim.batch_size={args.batch_size}", f"evolve.population={args.population}",
-                 f"evolve.episodes={args.episodes}", f"dream.horizon={args.horizon}", "dream.cont_mode=threshold",
-                 "dream.cont_threshold=1e-6", "dream.disagreement_limit=0"]  # fmt: skip
+    overrides = [
+        f"pretrain.optim.batch_size={args.batch_size}",
+        f"evolve.population={args.population}",
+        f"evolve.episodes={args.episodes}",
+        f"dream.horizon={args.horizon}",
+        "dream.cont_mode=threshold",
+        "dream.cont_threshold=1e-6",
+        "dream.disagreement_limit=0",
+    ]
     return load_config(presets, overrides)
 
 
@@ -153,8 +165,9 @@ def measure(processes: int, threads: int, args: argparse.Namespace) -> dict[str,
         if processes == 1:
             worker(0, 1, threads, args, directory)
         else:
-            mp.start_processes(worker, args=(processes, threads, args, directory), nprocs=processes,
-                               start_method="spawn")  # fmt: skip
+            mp.start_processes(
+                worker, args=(processes, threads, args, directory), nprocs=processes, start_method="spawn"
+            )
         return json.loads(Path(directory, f"w{processes}.json").read_text())
 
 
@@ -179,10 +192,24 @@ def main(argv: list[str] | None = None) -> None:
         setting = {"processes": processes, "threads": threads, "device": "cpu", "backend": "gloo"}
         rates["pretrain"][processes] = args.batch_size / seconds["pretrain"]
         rates["es"][processes] = args.population / seconds["es"]
-        emit("pretrain_images_per_s", rates["pretrain"][processes], "images/s", batch_size=args.batch_size,
-             step_s=round(seconds["pretrain"], 4), **setting)  # fmt: skip
-        emit("es_candidates_per_s", rates["es"][processes], "candidates/s", P=args.population, E=args.episodes,
-             H=args.horizon, generation_s=round(seconds["es"], 4), **setting)  # fmt: skip
+        emit(
+            "pretrain_images_per_s",
+            rates["pretrain"][processes],
+            "images/s",
+            batch_size=args.batch_size,
+            step_s=round(seconds["pretrain"], 4),
+            **setting,
+        )
+        emit(
+            "es_candidates_per_s",
+            rates["es"][processes],
+            "candidates/s",
+            P=args.population,
+            E=args.episodes,
+            H=args.horizon,
+            generation_s=round(seconds["es"], 4),
+            **setting,
+        )
     for name in ("pretrain", "es"):
         emit(f"{name}_scaling", rates[name][2] / rates[name][1], "ratio", processes=[1, 2], cpus=os.cpu_count())
 

@@ -117,8 +117,14 @@ def throughput(cfg: Config, device: torch.device, precision: str, steps: int, ep
         if not model.frame_latents:  # the decoder reads the posterior's means along the windows, as in `wm train`
             with torch.no_grad():
                 latents = model.real_states(batch)[2].reshape(-1, wcfg.latent_dim)[pick]  # (B, T, D) -> (n, D)
-        decoder_step(decoder, decoder_optimizer, model, decoder_obs, decoder_features if model.frame_latents else None,
-                     latents=latents)  # fmt: skip
+        decoder_step(
+            decoder,
+            decoder_optimizer,
+            model,
+            decoder_obs,
+            decoder_features if model.frame_latents else None,
+            latents=latents,
+        )
 
     with FlopCounterMode(display=False) as counter:
         step(0)

@@ -184,7 +184,7 @@ class ParkingEnv(gym.Env):
         self._base_texture = self._draw_base_texture()
         self._texture = self._base_texture.copy()
         points, ego = _camera_points()
-        self._points = np.vstack([points, np.ones_like(points[:1])])  # (3, M) homogeneous car-frame points
+        self._points = np.vstack([points, np.ones_like(points[:1])])  # (3, points) homogeneous car-frame points
         self._ego_pixels = np.flatnonzero(ego & ~((points[0] > 0.3) & (points[0] < 1.0)))
         self._glass_pixels = np.flatnonzero(ego & (points[0] > 0.3) & (points[0] < 1.0))  # windscreen: the front
 
@@ -487,7 +487,7 @@ class ParkingEnv(gym.Env):
             ],
             dtype=np.float32,
         )
-        cols, rows = (affine @ self._points).astype(np.int32)  # (M,) each; positive, so truncation is floor
+        cols, rows = (affine @ self._points).astype(np.int32)  # (points,) each; positive, so truncation is floor
         n = self._texture_size
         rows *= n
         rows += cols
@@ -495,7 +495,7 @@ class ParkingEnv(gym.Env):
         # reachable point on it (the car overhangs the lot by at most its half-diagonal plus one step before the
         # episode ends), so "clip" only guards the buffer and never wraps a row.
         texels = self._texture.reshape(n * n, 3).view("V3")[:, 0]  # (n * n,)
-        pixels = texels.take(rows, mode="clip").view(np.uint8).reshape(-1, 3)  # (M, 3)
+        pixels = texels.take(rows, mode="clip").view(np.uint8).reshape(-1, 3)  # (points, 3)
         pixels[self._ego_pixels] = EGO_BODY
         pixels[self._glass_pixels] = EGO_GLASS
         return pixels.reshape(NUM_CAMERAS, CAMERA_PIXELS, CAMERA_PIXELS, 3)
@@ -555,7 +555,7 @@ class _Path:
 
 
 def _arc(start: np.ndarray, heading: float, length: float, turn: int, radius: float, ds: float) -> np.ndarray:
-    """Points (k, 2) every ds along a left (turn=1), right (-1) arc or a straight (0) from a pose."""
+    """Points (points, 2) every ds along a left (turn=1), right (-1) arc or a straight (0) from a pose."""
     s = np.arange(0.0, length, ds)
     if turn == 0:
         return start + s[:, None] * np.array([math.cos(heading), math.sin(heading)])

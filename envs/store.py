@@ -227,8 +227,12 @@ class StoreLayout:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StoreLayout:
-        return cls(tuple(int(v) for v in data["obs_shape"]), str(data["obs_dtype"]), int(data["action_dim"]),
-                   None if data["state_dim"] is None else int(data["state_dim"]))  # fmt: skip
+        return cls(
+            tuple(int(v) for v in data["obs_shape"]),
+            str(data["obs_dtype"]),
+            int(data["action_dim"]),
+            None if data["state_dim"] is None else int(data["state_dim"]),
+        )
 
     def differences(self, other: StoreLayout) -> list[str]:
         return [f"{k}: {v!r} != {getattr(other, k)!r}" for k, v in asdict(self).items() if v != getattr(other, k)]
@@ -385,8 +389,12 @@ class EpisodeStore:
             for number, line in enumerate(lines, start=1):
                 try:
                     record = json.loads(line)
-                    shard = _Shard(record["shard"], int(record["sequence"]), record["sha256"],
-                                   tuple(int(v) for v in record["steps"]))  # fmt: skip
+                    shard = _Shard(
+                        record["shard"],
+                        int(record["sequence"]),
+                        record["sha256"],
+                        tuple(int(v) for v in record["steps"]),
+                    )
                 except (ValueError, KeyError, TypeError):
                     self._report(f"{index_path} line {number} is damaged (a crash while appending?); skipped")
                     rewrite = True

@@ -213,8 +213,11 @@ class StrictCheck(gym.Wrapper):
                 if not self.warned_bounds:
                     self.warned_bounds = True
                     outside = np.argwhere((obs < space.low) | (obs > space.high))[:5].tolist()
-                    warnings.warn(f"{self._where()}: observation outside the bounds its env declares, at indices "
-                                  f"{outside}; kept as it is (warned once per env)", stacklevel=2)  # fmt: skip
+                    warnings.warn(
+                        f"{self._where()}: observation outside the bounds its env declares, at indices "
+                        f"{outside}; kept as it is (warned once per env)",
+                        stacklevel=2,
+                    )
                 return
         raise ValueError(f"{self._where()}: observation is outside the observation space {space}{detail}")
 

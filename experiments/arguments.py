@@ -26,8 +26,14 @@ PLAYER_SETTINGS = ("run.threads", "run.progress")
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """`--set run.threads=N` and `--set run.progress=false`, as every command takes them; shared by `wm eval`,
     `wm video` and `wm export`."""
-    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                        help=f"one of {', '.join(PLAYER_SETTINGS)} (repeatable), e.g. --set run.threads=1")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help=f"one of {', '.join(PLAYER_SETTINGS)} (repeatable), e.g. --set run.threads=1",
+    )
 
 
 def open_player(args: argparse.Namespace) -> Player:

@@ -46,16 +46,25 @@ def collect_episodes(cfg: Config, store: EpisodeStore, stop: GracefulStop) -> Co
     seed = cfg.run.seed
     if len(store):
         seed = step_seed(cfg.run.seed, len(store), STREAM_COLLECT) % 2**31
-        print(f"continuing the collection: {store.path} holds {kept.steps} of its {wcfg.collect_steps} steps",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"continuing the collection: {store.path} holds {kept.steps} of its {wcfg.collect_steps} steps",
+            file=sys.stderr,
+        )
 
     def policy(num_envs: int, seed: int) -> RandomPolicy:
         return RandomPolicy(store.spec, seed=seed, hold=wcfg.collect_hold)
 
     new = collect_into(
-        store, cfg.env, policy, wcfg.collect_steps - kept.steps, wcfg.num_envs, seed, stop, cfg.run.progress,
+        store,
+        cfg.env,
+        policy,
+        wcfg.collect_steps - kept.steps,
+        wcfg.num_envs,
+        seed,
+        stop,
+        cfg.run.progress,
         stopped=f"stopped while collecting; the episodes stored so far stay in {store.path}",
-    )  # fmt: skip
+    )
     return CollectStats.combine([kept, new])
 
 
@@ -74,10 +83,17 @@ def stored_collection(store: EpisodeStore) -> CollectStats:
 
 
 def collect_into(
-    store: EpisodeStore, cfg: EnvConfig, policy: PolicyFactory, steps: int, num_envs: int, seed: int,
-    stop: GracefulStop, show_progress: bool = True, stopped: str = "stopped while collecting",
+    store: EpisodeStore,
+    cfg: EnvConfig,
+    policy: PolicyFactory,
+    steps: int,
+    num_envs: int,
+    seed: int,
+    stop: GracefulStop,
+    show_progress: bool = True,
+    stopped: str = "stopped while collecting",
     all_at_once: bool = False,
-) -> CollectStats:  # fmt: skip
+) -> CollectStats:
     """Run a policy for `steps` transitions in `num_envs` envs (sub-env i seeded `seed + i`), into `store`.
 
     `policy(num_envs, seed)` builds the policy (seeded by `seed`). On SIGINT/SIGTERM prints `stopped` and raises
@@ -86,17 +102,27 @@ def collect_into(
     """
     if distributed.active():
         return collect_shared(store, cfg, policy, steps, num_envs, seed, stop, show_progress, stopped, all_at_once)
-    return collect_share(store, cfg, policy(num_envs, seed), steps, range(num_envs), seed, stop, show_progress,
-                         stopped, all_at_once)  # fmt: skip
+    return collect_share(
+        store, cfg, policy(num_envs, seed), steps, range(num_envs), seed, stop, show_progress, stopped, all_at_once
+    )
 
 
 def collect_share(
-    target: EpisodeStore | EpisodeBuffer, cfg: EnvConfig, policy: Policy, steps: int, envs: range, seed: int,
-    stop: GracefulStop, show_progress: bool, stopped: str, all_at_once: bool,
-) -> CollectStats:  # fmt: skip
+    target: EpisodeStore | EpisodeBuffer,
+    cfg: EnvConfig,
+    policy: Policy,
+    steps: int,
+    envs: range,
+    seed: int,
+    stop: GracefulStop,
+    show_progress: bool,
+    stopped: str,
+    all_at_once: bool,
+) -> CollectStats:
     """`steps` transitions of sub-envs `envs` of a collection (sub-env i seeded `seed + i`) into `target`."""
-    vector, _ = make_vector_env(cfg.id, len(envs), obs=cfg.obs, size=cfg.size, action_repeat=cfg.action_repeat,
-                                seed=seed + envs.start)  # fmt: skip
+    vector, _ = make_vector_env(
+        cfg.id, len(envs), obs=cfg.obs, size=cfg.size, action_repeat=cfg.action_repeat, seed=seed + envs.start
+    )
     bar = Progress(steps, f"collect {cfg.id}", unit="step", enabled=show_progress)
 
     def on_step(new: int) -> None:
@@ -120,9 +146,17 @@ def collect_share(
 
 
 def collect_shared(
-    store: EpisodeStore, cfg: EnvConfig, policy: PolicyFactory, steps: int, num_envs: int, seed: int,
-    stop: GracefulStop, show_progress: bool, stopped: str, all_at_once: bool,
-) -> CollectStats:  # fmt: skip
+    store: EpisodeStore,
+    cfg: EnvConfig,
+    policy: PolicyFactory,
+    steps: int,
+    num_envs: int,
+    seed: int,
+    stop: GracefulStop,
+    show_progress: bool,
+    stopped: str,
+    all_at_once: bool,
+) -> CollectStats:
     """`collect_into` under torchrun: the sub-envs are split across the processes (each keeps the seeds its sub-envs
     have alone), the steps in proportion, and each process's policy draws from its own seed (`rank_seed`).
 
@@ -136,8 +170,18 @@ def collect_shared(
     buffer, stats = EpisodeBuffer(), CollectStats(steps=0, episodes=0)
     if own_steps:
         try:
-            stats = collect_share(buffer, cfg, policy(len(envs), distributed.rank_seed(seed)), own_steps, envs, seed,
-                                  stop, show_progress and distributed.is_main(), stopped, all_at_once)  # fmt: skip
+            stats = collect_share(
+                buffer,
+                cfg,
+                policy(len(envs), distributed.rank_seed(seed)),
+                own_steps,
+                envs,
+                seed,
+                stop,
+                show_progress and distributed.is_main(),
+                stopped,
+                all_at_once,
+            )
         except Interrupted:
             pass  # this process was signalled: the others hear of it just below
     if stop.check():

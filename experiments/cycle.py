@@ -124,8 +124,18 @@ class Cycle:
     the run it logs to.
     """
 
-    def __init__(self, run: Run, spec: EnvSpec, store: EpisodeStore, model: WorldModel, decoder: Decoder | None,
-                 device: torch.device, precision: str, latent_key: str | None, encoder_path: str | None):  # fmt: skip
+    def __init__(
+        self,
+        run: Run,
+        spec: EnvSpec,
+        store: EpisodeStore,
+        model: WorldModel,
+        decoder: Decoder | None,
+        device: torch.device,
+        precision: str,
+        latent_key: str | None,
+        encoder_path: str | None,
+    ):
         self.run, self.cfg, self.spec, self.store = run, run.cfg, spec, store
         self.model, self.decoder, self.device, self.precision = model, decoder, device, precision
         self.latent_key, self.encoder_path = latent_key, encoder_path  # the frozen encoder's cache key, its source
@@ -195,15 +205,21 @@ class Cycle:
         self.phase_seconds[self.running] += now - self.running_since
         self.running_since = now
         save_checkpoint(self.run.checkpoint_dir / "latest.pt", self.state_dict())
-        self.run.write_summary(step=self.cycle_step(), iteration=self.iteration, phase=self.phase,
-                               env_steps=self.env_steps, history=self.history,
-                               phase_seconds=rounded(self.phase_seconds))  # fmt: skip
+        self.run.write_summary(
+            step=self.cycle_step(),
+            iteration=self.iteration,
+            phase=self.phase,
+            env_steps=self.env_steps,
+            history=self.history,
+            phase_seconds=rounded(self.phase_seconds),
+        )
 
     def load_state(self, state: dict, path: Path) -> None:
         """Continue from a checkpoint that `read_resume_state` checked."""
         if "eval_env_steps" not in state:
-            raise RunError(f"{path} is from an older wm cycle that counted evaluation steps in its budget; "
-                           "start a new run")  # fmt: skip
+            raise RunError(
+                f"{path} is from an older wm cycle that counted evaluation steps in its budget; start a new run"
+            )
         self.iteration, self.phase, self.env_steps = state["iteration"], state["phase"], state["env_steps"]
         self.eval_env_steps = state["eval_env_steps"]
         self.phase_seconds.update(state.get("phase_seconds", {}))  # absent in checkpoints from before the profile
@@ -230,10 +246,25 @@ class Cycle:
 
     def build_trainer(self) -> WorldModelTrainer:
         """The world model's trainer (its data is set per iteration, see `windows`)."""
-        provenance = {"episodes": path_in_run(self.store.path, self.run.path), "num_episodes": self.split.num_episodes,
-                      "encoder": self.encoder_path, "latent_key": self.latent_key, "collected": None}  # fmt: skip
-        return WorldModelTrainer(self.model, self.decoder, self.windows(), self.cfg, self.run, self.spec, self.device,
-                                 self.precision, provenance, checkpointer=self.save)  # fmt: skip
+        provenance = {
+            "episodes": path_in_run(self.store.path, self.run.path),
+            "num_episodes": self.split.num_episodes,
+            "encoder": self.encoder_path,
+            "latent_key": self.latent_key,
+            "collected": None,
+        }
+        return WorldModelTrainer(
+            self.model,
+            self.decoder,
+            self.windows(),
+            self.cfg,
+            self.run,
+            self.spec,
+            self.device,
+            self.precision,
+            provenance,
+            checkpointer=self.save,
+        )
 
     def windows(self) -> CycleWindows:
         """This iteration's window source: every episode so far, but iteration 0's held-out ones."""
@@ -278,19 +309,33 @@ class Cycle:
             )
         if held == self.episodes_at_start:
             if self.resuming:
-                print(f"iteration {k}: the store holds no episode of this iteration's collection: collecting it "
-                      f"again (the same seeds, the same episodes)", file=sys.stderr)  # fmt: skip
+                print(
+                    f"iteration {k}: the store holds no episode of this iteration's collection: collecting it "
+                    f"again (the same seeds, the same episodes)",
+                    file=sys.stderr,
+                )
             policy = self.random_policy if k == 0 else self.controller_policy
             if k == 0:
                 self.announce(f"collect {steps} steps with random actions")
             else:
                 iteration = self.best_iteration
                 real = self.history[iteration]["eval_return_mean"]
-                self.announce(f"collect {steps} steps with the best controller (iteration {iteration}, real return "
-                              f"{real:.1f}) and exploration {cfg.cycle.exploration}")  # fmt: skip
-            collect_into(self.store, cfg.env, policy, steps, num_envs, seed, stop, cfg.run.progress,
-                         stopped="stopped while collecting: nothing of this collection was stored; --resume collects "
-                         "it again", all_at_once=True)  # fmt: skip
+                self.announce(
+                    f"collect {steps} steps with the best controller (iteration {iteration}, real return "
+                    f"{real:.1f}) and exploration {cfg.cycle.exploration}"
+                )
+            collect_into(
+                self.store,
+                cfg.env,
+                policy,
+                steps,
+                num_envs,
+                seed,
+                stop,
+                cfg.run.progress,
+                stopped="stopped while collecting: nothing of this collection was stored; --resume collects it again",
+                all_at_once=True,
+            )
         new = self.store.episode_steps[self.episodes_at_start :]  # (E_new,) steps of each new episode
         transitions = int(new.sum() - len(new))
         if held > self.episodes_at_start:
@@ -300,9 +345,11 @@ class Cycle:
                     f"{transitions} transitions; its collection of {steps} steps in {num_envs} envs would hold "
                     f"{steps} to {steps + num_envs - 1}: the store was changed by something else"
                 )
-            print(f"iteration {k}: the store already holds this iteration's collection ({len(new)} episodes, "
-                  f"{transitions} steps; stored before the run stopped): kept, not collected again",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"iteration {k}: the store already holds this iteration's collection ({len(new)} episodes, "
+                f"{transitions} steps; stored before the run stopped): kept, not collected again",
+                file=sys.stderr,
+            )
         self.env_steps += transitions * cfg.env.action_repeat
         self.episodes = len(self.store)
         self.record = {"iteration": k, "collect_steps": transitions, "collect_episodes": len(new)}
@@ -329,8 +376,7 @@ class Cycle:
         trainer.data = self.windows()
         trainer.log_offset = self.generations_done + len(self.history)
         if self.latent_key is not None:  # the new episodes' frames, encoded once
-            fill_latent_cache(self.model, self.store, self.latent_key, self.device, stop,
-                              cfg.run.progress)  # fmt: skip
+            fill_latent_cache(self.model, self.store, self.latent_key, self.device, stop, cfg.run.progress)
         if not self.model.feature_statistics_set:
             if k > 0:  # the controller's input space must not move under it
                 raise RunFailure(f"iteration {k}: the world model lost its feature standardisation")
@@ -342,8 +388,10 @@ class Cycle:
         else:
             begin = wcfg.steps + (k - 1) * cfg.cycle.train_steps
             held_out = self.split.num_episodes - self.split.first_held_out
-            self.announce(f"fine-tune the world model {cfg.cycle.train_steps} steps on {self.episodes - held_out} "
-                          f"episodes ({held_out} more held out)")  # fmt: skip
+            self.announce(
+                f"fine-tune the world model {cfg.cycle.train_steps} steps on {self.episodes - held_out} "
+                f"episodes ({held_out} more held out)"
+            )
             results = trainer.train(
                 stop, until=begin + cfg.cycle.train_steps, constant_lr=cfg.cycle.lr, begin=begin, lr_key="cycle.lr"
             )
@@ -368,13 +416,20 @@ class Cycle:
                 x0, sigma = self.best, cfg.cycle.sigma
             else:
                 x0, sigma = self.controller.initial_parameters(seed), ecfg.sigma
-            self.es = CMAES(x0, sigma, ecfg.population, seed, diagonal=ecfg.diagonal,
-                            max_nonfinite_fraction=ecfg.max_nonfinite_fraction)  # fmt: skip
+            self.es = CMAES(
+                x0,
+                sigma,
+                ecfg.population,
+                seed,
+                diagonal=ecfg.diagonal,
+                max_nonfinite_fraction=ecfg.max_nonfinite_fraction,
+            )
         start = f"the best controller (iteration {self.best_iteration})" if warm else "the controller's cold start"
         self.announce(f"evolve {generations} generations from {start} in {len(pool.latent)} dream start states")
         offset = self.trainer.step + self.generations_done + len(self.history)
-        evolution = Evolution(self.es, dream, self.controller, cfg, self.run, "dream", {}, checkpointer=self.save,
-                              log_offset=offset)  # fmt: skip
+        evolution = Evolution(
+            self.es, dream, self.controller, cfg, self.run, "dream", {}, checkpointer=self.save, log_offset=offset
+        )
         evolution.evolve(stop, generations)
         self.chosen, figures = choose_controller(self.es, dream, ecfg.final_episodes, warm=warm)
         self.record.update(figures, start_states=len(pool.latent))
@@ -386,8 +441,14 @@ class Cycle:
     def real_envs(self, seed: int):
         """evolve.eval_envs real envs for scoring controllers, seeded by `seed`."""
         cfg = self.cfg
-        envs, _ = make_vector_env(cfg.env.id, cfg.evolve.eval_envs, obs=cfg.env.obs, size=cfg.env.size,
-                                  action_repeat=cfg.env.action_repeat, seed=seed)  # fmt: skip
+        envs, _ = make_vector_env(
+            cfg.env.id,
+            cfg.evolve.eval_envs,
+            obs=cfg.env.obs,
+            size=cfg.env.size,
+            action_repeat=cfg.env.action_repeat,
+            seed=seed,
+        )
         return envs
 
     def evaluate(self, stop: GracefulStop) -> None:
@@ -404,17 +465,33 @@ class Cycle:
             envs.close()
         self.eval_env_steps += real["eval_env_steps"]
         improved = improves(self.chosen, self.best, real["eval_return_mean"], self.best_return)
-        record = {**self.record, **real, "dream_real_gap": self.record["dream_return"] - real["eval_return_mean"],
-                  "env_steps": self.env_steps, "eval_env_steps_total": self.eval_env_steps,
-                  "best": improved}  # fmt: skip
+        record = {
+            **self.record,
+            **real,
+            "dream_real_gap": self.record["dream_return"] - real["eval_return_mean"],
+            "env_steps": self.env_steps,
+            "eval_env_steps_total": self.eval_env_steps,
+            "best": improved,
+        }
         if recording is not None:
             record["video"] = self.write_video(recording)
         if improved:
             self.best, self.best_return, self.best_iteration = self.chosen, real["eval_return_mean"], k
-            world_model = {"model": self.model.state_dict(), "env_spec": self.spec.to_dict(),
-                           "decoder": None if self.decoder is None else self.decoder.state_dict()}  # fmt: skip
-            save_controller(self.run.checkpoint_dir / "best.pt", "cycle", self.controller, self.best, cfg,
-                            {"iteration": k}, record, world_model)  # fmt: skip
+            world_model = {
+                "model": self.model.state_dict(),
+                "env_spec": self.spec.to_dict(),
+                "decoder": None if self.decoder is None else self.decoder.state_dict(),
+            }
+            save_controller(
+                self.run.checkpoint_dir / "best.pt",
+                "cycle",
+                self.controller,
+                self.best,
+                cfg,
+                {"iteration": k},
+                record,
+                world_model,
+            )
         self.history.append(record)
         # tensorboard's axis: the real env steps collected, the x of a sample-efficiency curve, comparable across runs
         self.run.log(self.cycle_step(), iteration_metrics(record, self.best_return), tb_step=self.env_steps)
@@ -563,8 +640,9 @@ def check_budget(cfg: Config) -> None:
         )
 
 
-def cycle(run: Run, stop: GracefulStop, encoder: dict[str, torch.Tensor] | None = None,
-          encoder_path: str | None = None) -> dict:  # fmt: skip
+def cycle(
+    run: Run, stop: GracefulStop, encoder: dict[str, torch.Tensor] | None = None, encoder_path: str | None = None
+) -> dict:
     """Build the parts from the run's config and run (or continue) the cycle."""
     cfg = run.cfg
     device, precision = prepare_runtime(run.cfg.run, run.path)
@@ -583,9 +661,12 @@ def cycle(run: Run, stop: GracefulStop, encoder: dict[str, torch.Tensor] | None 
         latent_key = encoder_fingerprint(model) if cfg.world_model.freeze_encoder else None
     store = open_store(run.path / "episodes", spec)
     loop = Cycle(run, spec, store, model, decoder, device, precision, latent_key, encoder_path)
-    run.write_summary(device=str(device), precision=precision, env=spec.to_dict(),
-                      data={"episodes": path_in_run(store.path, run.path), "encoder": encoder_path,
-                            "latent_key": latent_key})  # fmt: skip
+    run.write_summary(
+        device=str(device),
+        precision=precision,
+        env=spec.to_dict(),
+        data={"episodes": path_in_run(store.path, run.path), "encoder": encoder_path, "latent_key": latent_key},
+    )
     if resume is not None:
         loop.load_state(*resume)
     else:

@@ -224,7 +224,7 @@ def sum_over_processes(value: torch.Tensor) -> torch.Tensor:
 def average_over_processes(values: dict[str, torch.Tensor]) -> dict[str, float]:
     """Scalar tensors averaged over processes, as floats: the losses of a step, each process's computed so that their
     average is the loss of the whole batch (see `Shard`). One collective for the whole dict."""
-    stacked = torch.stack([value.detach().float().reshape(()) for value in values.values()]).cpu()  # (K,)
+    stacked = torch.stack([value.detach().float().reshape(()) for value in values.values()]).cpu()  # (values,)
     stacked = sum_over_processes(stacked) / world_size()
     return dict(zip(values, stacked.tolist(), strict=True))
 
@@ -256,7 +256,7 @@ class _GatherRows(torch.autograd.Function):
         parts = [torch.empty_like(rows) for _ in range(world_size())]
         dist.all_gather(parts, rows.contiguous())
         ctx.rows = len(rows)
-        return torch.cat(parts)  # W x (n, ...) -> (W*n, ...), in rank order
+        return torch.cat(parts)  # world_size x (N, ...) -> (world_size*N, ...), in rank order
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -283,7 +283,7 @@ class Shard:
         return sum_over_processes(value)
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """(n, ...) rows of every process, (W*n, ...) in rank order; differentiable."""
+        """(N, ...) rows of every process, (world_size*N, ...) in rank order; differentiable."""
         return _GatherRows.apply(rows) if active() else rows
 
 

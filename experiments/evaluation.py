@@ -25,11 +25,18 @@ def evaluate(player: Player, episodes: int, envs_count: int, seed: int, show_pro
     """The controller's return over `episodes` real episodes (no exploration), per episode and summed up: the
     episodes `score_in_env` plays for a run with run.seed = `seed`."""
     cfg = player.cfg
-    envs, _ = make_vector_env(cfg.env.id, envs_count, obs=cfg.env.obs, size=cfg.env.size,
-                              action_repeat=cfg.env.action_repeat, seed=seed)  # fmt: skip
+    envs, _ = make_vector_env(
+        cfg.env.id, envs_count, obs=cfg.env.obs, size=cfg.env.size, action_repeat=cfg.env.action_repeat, seed=seed
+    )
     try:
         figures = score_in_env(envs, player.agent(envs_count), player.parameters, episodes, seed, show_progress)
     finally:
         envs.close()
-    return {"run": str(player.path), "controller": player.source, "env": cfg.env.id, "seed": seed, **figures,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+    return {
+        "run": str(player.path),
+        "controller": player.source,
+        "env": cfg.env.id,
+        "seed": seed,
+        **figures,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

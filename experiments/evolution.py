@@ -85,8 +85,16 @@ class Scorer(Protocol):
 class DreamScorer:
     """Each candidate's mean return over `episodes` dream rollouts, the whole population in one batched rollout."""
 
-    def __init__(self, model: WorldModel, controller: Controller, pool: DreamState, settings: DreamSettings,
-                 seed: int, stream: int = STREAM_STARTS, noise_stream: int = STREAM_NOISE):  # fmt: skip
+    def __init__(
+        self,
+        model: WorldModel,
+        controller: Controller,
+        pool: DreamState,
+        settings: DreamSettings,
+        seed: int,
+        stream: int = STREAM_STARTS,
+        noise_stream: int = STREAM_NOISE,
+    ):
         self.model, self.controller, self.pool, self.settings = model, controller, pool, settings
         self.seed, self.stream, self.noise_stream = seed, stream, noise_stream
         self.last: Rollout | None = None
@@ -99,13 +107,21 @@ class DreamScorer:
         index = step_rng(self.seed, key, self.stream).integers(0, len(self.pool.latent), size=episodes)
         rows = torch.as_tensor(np.tile(index, population), device=device)  # (P*E,) candidate-major
         noise = draw_noise(
-            episodes, self.settings, self.model.latent_dim, step_generator(self.seed, key, self.noise_stream),
+            episodes,
+            self.settings,
+            self.model.latent_dim,
+            step_generator(self.seed, key, self.noise_stream),
             prior=self.model.samples_prior,
-        )  # fmt: skip
-        noise = noise._replace(**{k: None if v is None else v.repeat(population, *[1] * (v.ndim - 1)).to(device)
-                                  for k, v in noise._asdict().items()})  # fmt: skip  # (E, ...) -> (P*E, ...)
-        self.last = rollout(self.model, self.controller.policy(params, episodes), self.pool.select(rows), self.settings,
-                            noise)  # fmt: skip
+        )
+        noise = noise._replace(
+            **{
+                k: None if v is None else v.repeat(population, *[1] * (v.ndim - 1)).to(device)
+                for k, v in noise._asdict().items()
+            }
+        )  # (E, ...) -> (P*E, ...)
+        self.last = rollout(
+            self.model, self.controller.policy(params, episodes), self.pool.select(rows), self.settings, noise
+        )
         return self.last.returns.reshape(population, episodes).mean(dim=1).double().cpu().numpy()  # (P*E,) -> (P,)
 
     def figures(self) -> dict[str, float]:
@@ -128,8 +144,9 @@ class RealScorer:
 
     def __call__(self, candidates: np.ndarray, key: int, episodes: int) -> np.ndarray:
         jobs = np.repeat(candidates, episodes, axis=0)  # (P, n) -> (P*E, n) candidate-major
-        result = run_episodes(self.envs, self.agent, jobs, step_seed(self.seed, key, STREAM_REAL) % 2**31,
-                              self.max_steps)  # fmt: skip
+        result = run_episodes(
+            self.envs, self.agent, jobs, step_seed(self.seed, key, STREAM_REAL) % 2**31, self.max_steps
+        )
         self.env_steps += result.env_steps
         self.last_lengths = result.lengths
         return result.returns.reshape(len(candidates), episodes).mean(axis=1)
@@ -161,8 +178,18 @@ class Evolution:
     shifts the step of every log line onto its own step axis (`log_offset`).
     """
 
-    def __init__(self, es: CMAES, scorer: Scorer, controller: Controller, cfg: Config, run: Run, mode: str,
-                 provenance: dict, checkpointer: Callable[[], None] | None = None, log_offset: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        es: CMAES,
+        scorer: Scorer,
+        controller: Controller,
+        cfg: Config,
+        run: Run,
+        mode: str,
+        provenance: dict,
+        checkpointer: Callable[[], None] | None = None,
+        log_offset: int = 0,
+    ):
         self.es, self.scorer, self.controller, self.cfg, self.run = es, scorer, controller, cfg, run
         self.mode, self.provenance = mode, provenance
         self.checkpointer, self.log_offset = checkpointer, log_offset
@@ -219,8 +246,10 @@ class Evolution:
             )
         if steps is not None:
             self.scorer.env_steps = steps + sum(count for *_, count in shares)
-        self.figures = weighted_figures(distributed.all_gather_object(self.scorer.figures() if len(own) else {}),
-                                        [len(fitness) for fitness, *_ in shares])  # fmt: skip
+        self.figures = weighted_figures(
+            distributed.all_gather_object(self.scorer.figures() if len(own) else {}),
+            [len(fitness) for fitness, *_ in shares],
+        )
         return np.concatenate([fitness for fitness, *_ in shares])
 
     def evolve(self, stop: GracefulStop, generations: int | None = None) -> None:
@@ -266,9 +295,14 @@ class Evolution:
 
 
 # The config keys behind each fact of `Controller.describe()`, to say what to change when a warm start is refused.
-CONTROLLER_KEYS = {"kind": "evolve.controller", "hidden": "evolve.controller_hidden",
-                   "in_dim": "world_model.latent_dim + world_model.hidden_dim", "action_dim": "the env's actions",
-                   "discrete": "the env's actions", "num_params": "the controller's shape"}  # fmt: skip
+CONTROLLER_KEYS = {
+    "kind": "evolve.controller",
+    "hidden": "evolve.controller_hidden",
+    "in_dim": "world_model.latent_dim + world_model.hidden_dim",
+    "action_dim": "the env's actions",
+    "discrete": "the env's actions",
+    "num_params": "the controller's shape",
+}
 
 
 def read_warm_start(path: Path, controller: Controller) -> np.ndarray:
@@ -305,8 +339,14 @@ def read_controller(path: Path, controller: Controller, flag: str = "--controlle
     return parameters, state
 
 
-def evolve(run: Run, stop: GracefulStop, world_model: Path, mode: str, warm_start: Path | None = None,
-           world: LoadedWorldModel | None = None) -> dict:  # fmt: skip
+def evolve(
+    run: Run,
+    stop: GracefulStop,
+    world_model: Path,
+    mode: str,
+    warm_start: Path | None = None,
+    world: LoadedWorldModel | None = None,
+) -> dict:
     """Load the world model (unless `world` is the one already loaded from `world_model`), evolve (or resume),
     choose the final controller and score it in the real env."""
     cfg, ecfg = run.cfg, run.cfg.evolve
@@ -337,21 +377,37 @@ def evolve(run: Run, stop: GracefulStop, world_model: Path, mode: str, warm_star
         x0 = controller.initial_parameters(cfg.run.seed)
     else:
         x0 = read_warm_start(Path(warm_start), controller)
-    es = CMAES(x0, ecfg.sigma, ecfg.population, cfg.run.seed, diagonal=ecfg.diagonal,
-               max_nonfinite_fraction=ecfg.max_nonfinite_fraction)  # fmt: skip
+    es = CMAES(
+        x0,
+        ecfg.sigma,
+        ecfg.population,
+        cfg.run.seed,
+        diagonal=ecfg.diagonal,
+        max_nonfinite_fraction=ecfg.max_nonfinite_fraction,
+    )
     settings = dream_settings(cfg.dream)
     pool = start_pool(world, cfg, device)
     dream = DreamScorer(model, controller, pool, settings, cfg.run.seed)
-    envs, _ = make_vector_env(cfg.env.id, ecfg.eval_envs, obs=cfg.env.obs, size=cfg.env.size,
-                              action_repeat=cfg.env.action_repeat, seed=cfg.run.seed)  # fmt: skip
+    envs, _ = make_vector_env(
+        cfg.env.id,
+        ecfg.eval_envs,
+        obs=cfg.env.obs,
+        size=cfg.env.size,
+        action_repeat=cfg.env.action_repeat,
+        seed=cfg.run.seed,
+    )
     agent = LatentAgent(model, controller, x0, ecfg.eval_envs)
     scorer: Scorer = dream if mode == "dream" else RealScorer(envs, agent, cfg.run.seed, settings.horizon)
-    provenance = {"world_model": str(world.checkpoint.resolve()), "world_model_sha256": world.sha256,
-                  "warm_start": None if warm_start is None else str(Path(warm_start).resolve()),
-                  "start_states": len(pool.latent)}  # fmt: skip
+    provenance = {
+        "world_model": str(world.checkpoint.resolve()),
+        "world_model_sha256": world.sha256,
+        "warm_start": None if warm_start is None else str(Path(warm_start).resolve()),
+        "start_states": len(pool.latent),
+    }
     evolution = Evolution(es, scorer, controller, cfg, run, mode, provenance)
-    run.write_summary(device=str(device), env=world.spec.to_dict(), data=provenance, scoring=mode,
-                      controller=controller.describe())  # fmt: skip
+    run.write_summary(
+        device=str(device), env=world.spec.to_dict(), data=provenance, scoring=mode, controller=controller.describe()
+    )
     if resume is not None:
         evolution.load_state(*resume)
     try:
@@ -374,8 +430,9 @@ def finish(evolution: Evolution, dream: DreamScorer, envs, agent: LatentAgent, c
         figures["real_env_steps"] = int(evolution.scorer.env_steps)
     numbers = {f"eval/{key.removeprefix('eval_')}": v for key, v in figures.items() if isinstance(v, (int, float))}
     run.log(es.generation, numbers)
-    save_controller(run.checkpoint_dir / "best.pt", "evolve", evolution.controller, parameters, cfg,
-                    evolution.provenance, figures)  # fmt: skip
+    save_controller(
+        run.checkpoint_dir / "best.pt", "evolve", evolution.controller, parameters, cfg, evolution.provenance, figures
+    )
     print(
         f"dream return {figures['dream_return']:.1f} ({figures['chosen']} candidate); real return "
         f"{figures['eval_return_mean']:.1f} ± {figures['eval_return_std']:.1f} over {ecfg.eval_episodes} episodes"
@@ -396,8 +453,15 @@ def choose_controller(es: CMAES, dream: DreamScorer, episodes: int, warm: bool =
     """
     names = ("mean", "best", "start") if warm else ("mean", "best")
     finalists = np.stack([getattr(es, name) for name in names])  # (2 or 3, n): CMAES.mean, .best, .start
-    final = DreamScorer(dream.model, dream.controller, dream.pool, dream.settings, dream.seed, stream=STREAM_FINAL,
-                        noise_stream=STREAM_FINAL_NOISE)  # fmt: skip
+    final = DreamScorer(
+        dream.model,
+        dream.controller,
+        dream.pool,
+        dream.settings,
+        dream.seed,
+        stream=STREAM_FINAL,
+        noise_stream=STREAM_FINAL_NOISE,
+    )
     final_returns = final(finalists, 0, episodes)  # (2 or 3,)
     chosen = int(np.argmax(final_returns))
     return finalists[chosen], {
@@ -409,8 +473,15 @@ def choose_controller(es: CMAES, dream: DreamScorer, episodes: int, warm: bool =
     }
 
 
-def score_in_env(envs, agent: LatentAgent, parameters: np.ndarray, episodes: int, seed: int,
-                 show_progress: bool = True, label: str = "evaluate") -> dict:  # fmt: skip
+def score_in_env(
+    envs,
+    agent: LatentAgent,
+    parameters: np.ndarray,
+    episodes: int,
+    seed: int,
+    show_progress: bool = True,
+    label: str = "evaluate",
+) -> dict:
     """The real return of controller `parameters` (n,) over `episodes` episodes without exploration noise, the
     episodes seeded by `seed`; figures for summary.json (`eval_env_steps`: the env steps they took, the agent steps
     times the envs' action repeat; `eval_returns` and `eval_lengths`: each episode's, in agent steps;
@@ -418,8 +489,13 @@ def score_in_env(envs, agent: LatentAgent, parameters: np.ndarray, episodes: int
     `label` names the progress bar."""
     bar = Progress(episodes, label, unit="episode", enabled=show_progress)
     agent.exploration = 0.0
-    real = run_episodes(envs, agent, np.repeat(parameters[None], episodes, axis=0),
-                        step_seed(seed, 0, STREAM_EVAL) % 2**31, on_step=bar.update)  # fmt: skip
+    real = run_episodes(
+        envs,
+        agent,
+        np.repeat(parameters[None], episodes, axis=0),
+        step_seed(seed, 0, STREAM_EVAL) % 2**31,
+        on_step=bar.update,
+    )
     bar.close()
     success = {} if real.successes is None else {"eval_success_rate": float(real.successes.mean())}
     return {
@@ -440,8 +516,16 @@ def success_text(figures: dict) -> str:
     return "" if rate is None else f", {100 * rate:.0f}% successful"
 
 
-def save_controller(path: Path, command: str, controller: Controller, parameters: np.ndarray, cfg: Config,
-                    provenance: dict, figures: dict, world_model: dict | None = None) -> None:  # fmt: skip
+def save_controller(
+    path: Path,
+    command: str,
+    controller: Controller,
+    parameters: np.ndarray,
+    cfg: Config,
+    provenance: dict,
+    figures: dict,
+    world_model: dict | None = None,
+) -> None:
     """A controller checkpoint (best.pt): what `--controller` warm-starts from and `wm eval`/`wm video` play.
 
     `world_model` ({"model": ..., "decoder": ..., "env_spec": ...} state dicts) is the model the controller sees
@@ -450,8 +534,14 @@ def save_controller(path: Path, command: str, controller: Controller, parameters
     """
     save_checkpoint(
         path,
-        {"command": command, "controller": controller.describe(), "config": config_lib.to_dict(cfg),
-         "data": provenance, "parameters": torch.as_tensor(parameters), "figures": figures,
-         "world_model": world_model},
+        {
+            "command": command,
+            "controller": controller.describe(),
+            "config": config_lib.to_dict(cfg),
+            "data": provenance,
+            "parameters": torch.as_tensor(parameters),
+            "figures": figures,
+            "world_model": world_model,
+        },
         keep_previous=False,
-    )  # fmt: skip
+    )

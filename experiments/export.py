@@ -43,8 +43,9 @@ DEFAULT_STEPS = 200
 ONNX_NAME, PROGRAM_NAME, REPORT_NAME = "policy.onnx", "policy.pt2", "export.json"
 
 
-def export_and_check(player: Player, out: Path, steps: int, seed: int, threads: int | None, show_progress: bool
-                     ) -> dict:  # fmt: skip
+def export_and_check(
+    player: Player, out: Path, steps: int, seed: int, threads: int | None, show_progress: bool
+) -> dict:
     """Export the player's policy into `out` and check both files against the PyTorch agent on `steps` real steps;
     the figures for export.json."""
     import onnxruntime
@@ -70,17 +71,28 @@ def export_and_check(player: Player, out: Path, steps: int, seed: int, threads: 
     for name, policy in runtimes.items():
         replayed = replay(policy, recorded)
         difference[name] = float(np.abs(replayed.actions - recorded.actions).max())
-        state_difference[name] = max(float(np.abs(getattr(replayed, key) - getattr(recorded, key)).max())
-                                     for key in ("hidden", "latent"))  # fmt: skip
+        state_difference[name] = max(
+            float(np.abs(getattr(replayed, key) - getattr(recorded, key)).max()) for key in ("hidden", "latent")
+        )
         agree[name] = actions_agree(player.controller, recorded.actions, replayed.actions)
     return {
-        "run": str(player.path), "policy": player.source, "env": cfg.env.id, "seed": seed,
-        "files": {name: {"path": name, "sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
-                  for name in (ONNX_NAME, PROGRAM_NAME)},
-        "inputs": list(INPUT_NAMES), "outputs": list(OUTPUT_NAMES),
-        "steps_checked": int(len(recorded.obs)), "episodes": int(recorded.is_first.sum()),
-        "agreement": all(agree.values()), "env_actions_agree": agree, "max_abs_difference": difference,
+        "run": str(player.path),
+        "policy": player.source,
+        "env": cfg.env.id,
+        "seed": seed,
+        "files": {
+            name: {"path": name, "sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
+            for name in (ONNX_NAME, PROGRAM_NAME)
+        },
+        "inputs": list(INPUT_NAMES),
+        "outputs": list(OUTPUT_NAMES),
+        "steps_checked": int(len(recorded.obs)),
+        "episodes": int(recorded.is_first.sum()),
+        "agreement": all(agree.values()),
+        "env_actions_agree": agree,
+        "max_abs_difference": difference,
         "max_abs_state_difference": state_difference,
-        "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }  # fmt: skip
+    }

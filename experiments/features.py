@@ -93,9 +93,13 @@ def encoder_fingerprint(model: WorldModel) -> str:
 
 @torch.no_grad()
 def fill_latent_cache(
-    model: WorldModel, store: EpisodeStore, key: str, device: torch.device, stop: GracefulStop,
+    model: WorldModel,
+    store: EpisodeStore,
+    key: str,
+    device: torch.device,
+    stop: GracefulStop,
     show_progress: bool = True,
-) -> int:  # fmt: skip
+) -> int:
     """Encode every frame of the episodes missing from the cache `key`, once, in float32 (FEATURE_PRECISION).
     Returns how many were encoded.
 
@@ -132,8 +136,9 @@ def fill_latent_cache(
 
 
 @torch.no_grad()
-def standardize_features(model: WorldModel, data: StoreWindows, cfg: Config, device: torch.device,
-                         precision: str) -> None:  # fmt: skip
+def standardize_features(
+    model: WorldModel, data: StoreWindows, cfg: Config, device: torch.device, precision: str
+) -> None:
     """Set the model's per-dimension feature statistics from training windows. Done once, on a fresh run: the
     statistics are buffers of the model and travel in its checkpoints."""
     rng = step_rng(cfg.run.seed, 0, STREAM_FEATURE_STATISTICS)
@@ -144,6 +149,10 @@ def standardize_features(model: WorldModel, data: StoreWindows, cfg: Config, dev
     else:
         frames = batch.obs.flatten(0, 1)  # (B, T, *obs_shape) -> (B*T, *obs_shape)
         with autocast(device, precision):
-            features = torch.cat([model.encode_features(frames[i : i + ENCODE_BATCH]).float()
-                                  for i in range(0, len(frames), ENCODE_BATCH)])  # fmt: skip
+            features = torch.cat(
+                [
+                    model.encode_features(frames[i : i + ENCODE_BATCH]).float()
+                    for i in range(0, len(frames), ENCODE_BATCH)
+                ]
+            )
     model.set_feature_statistics(features)

@@ -50,8 +50,10 @@ def check_writable(path: Path) -> None:
     if not existing.is_dir():
         raise InputError(f"cannot create the run directory {path}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write the run directory {path}: {existing} is not writable (permissions or a "
-                         "read-only disk); choose another --runs or --run-dir")  # fmt: skip
+        raise InputError(
+            f"cannot write the run directory {path}: {existing} is not writable (permissions or a "
+            "read-only disk); choose another --runs or --run-dir"
+        )
 
 
 def check_image_source(cfg: PretrainConfig) -> None:

@@ -70,15 +70,20 @@ def load_encoder(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     command = state.get("command")
     if command == "pretrain":
         shape = config_lib.from_dict(state["config"]).pretrain.encoder
-        weights = {key.removeprefix("target_encoder."): value for key, value in state["model"].items()
-                   if key.startswith("target_encoder.")}  # fmt: skip
+        weights = {
+            key.removeprefix("target_encoder."): value
+            for key, value in state["model"].items()
+            if key.startswith("target_encoder.")
+        }
         channels = weights["patch_embed.weight"].shape[1]  # (width, C, patch, patch)
         backbone = VisionTransformer(shape.image_size, shape.patch_size, channels, shape.size)
         backbone.load_state_dict(weights)
         return Encoder(backbone, shape.image_size).to(device)
     if command not in ("train", "cycle"):
-        raise CheckpointError(f"{checkpoint} is a checkpoint of '{command}'; an encoder is in a checkpoint of "
-                              "'pretrain', 'train' or 'cycle'")  # fmt: skip
+        raise CheckpointError(
+            f"{checkpoint} is a checkpoint of '{command}'; an encoder is in a checkpoint of "
+            "'pretrain', 'train' or 'cycle'"
+        )
     model = load_world_model(checkpoint, device=device).model
     if not model.is_pixels:
         raise CheckpointError(f"{checkpoint}: its world model reads state vectors, it has no image encoder")
@@ -104,8 +109,9 @@ class LoadedWorldModel:
     """The config the model was trained under."""
 
 
-def load_world_model(path: str | os.PathLike, cfg: Config | None = None, device: torch.device | str | None = None
-                     ) -> LoadedWorldModel:  # fmt: skip
+def load_world_model(
+    path: str | os.PathLike, cfg: Config | None = None, device: torch.device | str | None = None
+) -> LoadedWorldModel:
     """Load the world model of a `wm train` or `wm cycle` run or checkpoint (onto `device`, default the CPU),
     refused when it does not fit the env and model shape of `cfg` (None: its own config, nothing to check)."""
     checkpoint = run_checkpoint(path)
@@ -113,8 +119,9 @@ def load_world_model(path: str | os.PathLike, cfg: Config | None = None, device:
     if state.get("command") == "cycle" and state.get("trainer") is not None:
         state = state["trainer"]  # a `wm cycle` run's world model, held as a train checkpoint holds it
     if state.get("command") != "train":
-        raise CheckpointError(f"{checkpoint} is a checkpoint of '{state.get('command')}', not of 'train' or 'cycle' "
-                              "(a world model)")  # fmt: skip
+        raise CheckpointError(
+            f"{checkpoint} is a checkpoint of '{state.get('command')}', not of 'train' or 'cycle' (a world model)"
+        )
     theirs = config_lib.from_dict(state["config"])
     spec = EnvSpec.from_dict(state["env_spec"])
     if cfg is not None:
@@ -146,8 +153,15 @@ def start_pool(world: LoadedWorldModel, cfg: Config, device: torch.device) -> Dr
 
 
 @torch.no_grad()
-def encode_start_pool(model: WorldModel, store: EpisodeStore, latent_key: str | None, cfg: config_lib.DreamConfig,
-                      device: torch.device, seed: int, episodes: int | None = None) -> DreamState:  # fmt: skip
+def encode_start_pool(
+    model: WorldModel,
+    store: EpisodeStore,
+    latent_key: str | None,
+    cfg: config_lib.DreamConfig,
+    device: torch.device,
+    seed: int,
+    episodes: int | None = None,
+) -> DreamState:
     """Real start states from the first `episodes` episodes of `store` (default all), encoded and observed (see
     `worldmodel.dream.rollout.dream_starts`): `reset_starts` of the `start_windows` are episodes' first steps, the
     others windows of burn_in + 1 steps from anywhere (they may span episodes)."""
@@ -172,8 +186,9 @@ def encode_start_pool(model: WorldModel, store: EpisodeStore, latent_key: str | 
     return DreamState(torch.cat([p.hidden for p in pools]), torch.cat([p.latent for p in pools]))
 
 
-def _observed_starts(model: WorldModel, windows: Windows, latent_key: str | None, device: torch.device
-                     ) -> DreamState | None:  # fmt: skip
+def _observed_starts(
+    model: WorldModel, windows: Windows, latent_key: str | None, device: torch.device
+) -> DreamState | None:
     """`dream_starts` of windows, POOL_BATCH at a time; None when every window ends in a terminal step."""
     batch = batch_from_windows(windows, device, use_features=latent_key is not None)
     parts = []
@@ -200,15 +215,20 @@ def action_space(spec: EnvSpec) -> spaces.Space:
 
 def dream_settings(cfg: config_lib.DreamConfig) -> DreamSettings:
     return DreamSettings(
-        horizon=cfg.horizon, cont_mode=cfg.cont_mode, cont_threshold=cfg.cont_threshold, latent_noise=cfg.latent_noise,
-        disagreement_penalty=cfg.disagreement_penalty, disagreement_limit=cfg.disagreement_limit,
-    )  # fmt: skip
+        horizon=cfg.horizon,
+        cont_mode=cfg.cont_mode,
+        cont_threshold=cfg.cont_threshold,
+        latent_noise=cfg.latent_noise,
+        disagreement_penalty=cfg.disagreement_penalty,
+        disagreement_limit=cfg.disagreement_limit,
+    )
 
 
-def dream_env(path: str | os.PathLike, num_envs: int = 1, seed: int | None = None,
-              device: torch.device | str | None = None) -> DreamVectorEnv:  # fmt: skip
+def dream_env(
+    path: str | os.PathLike, num_envs: int = 1, seed: int | None = None, device: torch.device | str | None = None
+) -> DreamVectorEnv:
     """The dream of a `wm train` or `wm cycle` run's world model as a gymnasium vector env of `num_envs` sub-envs:
-    observations [z, h] (N, F) float32, the env's own action space; episodes start from the real start states
+    observations [z, h] (N, X) float32, the env's own action space; episodes start from the real start states
     `wm evolve` would draw (dream.*, run.seed of the model's config) and run and end as its dream's do.
 
     `seed` seeds the dream's generator (None: a random seed; `reset(seed=...)` reseeds).
@@ -225,8 +245,7 @@ def dream_env(path: str | os.PathLike, num_envs: int = 1, seed: int | None = Non
 
 def build_controller(model: WorldModel, spec: EnvSpec, cfg: config_lib.EvolveConfig) -> Controller:
     """The controller over the world model's [z, h] that acts in the env of `spec`."""
-    return Controller(model.latent_dim + model.hidden_dim, action_space(spec), cfg.controller,
-                      cfg.controller_hidden)  # fmt: skip
+    return Controller(model.latent_dim + model.hidden_dim, action_space(spec), cfg.controller, cfg.controller_hidden)
 
 
 @dataclass
@@ -304,18 +323,22 @@ def load_player(path: str | os.PathLike) -> Player:
         decoder = frozen(build_decoder(cfg.world_model, spec), embedded["decoder"])
         source = f"{best} (iteration {state['data']['iteration']})"
     elif "world_model" not in state["data"]:
-        raise CheckpointError(f"{best} names no world model and carries none (a `wm cycle` best.pt written before "
-                              "they carried the model of their iteration); it cannot be replayed")  # fmt: skip
+        raise CheckpointError(
+            f"{best} names no world model and carries none (a `wm cycle` best.pt written before "
+            "they carried the model of their iteration); it cannot be replayed"
+        )
     else:
         model, decoder, spec = model_and_decoder(Path(state["data"]["world_model"]), cfg)
         source = f"{best} in {state['data']['world_model']}"
     controller = build_controller(model, spec, cfg.evolve)
     if controller.describe() != state["controller"]:
-        raise CheckpointError(f"{best} holds a controller {state['controller']}, the run's config builds "
-                              f"{controller.describe()}")  # fmt: skip
+        raise CheckpointError(
+            f"{best} holds a controller {state['controller']}, the run's config builds {controller.describe()}"
+        )
     parameters = state["parameters"].numpy()
-    return Player(path, cfg, command, spec, model, decoder, controller, parameters, source,
-                  state["data"].get("iteration"))  # fmt: skip
+    return Player(
+        path, cfg, command, spec, model, decoder, controller, parameters, source, state["data"].get("iteration")
+    )
 
 
 def load_policy(path: str | os.PathLike, num_envs: int = 1) -> LatentAgent:
@@ -325,6 +348,8 @@ def load_policy(path: str | os.PathLike, num_envs: int = 1) -> LatentAgent:
     `agent.reset(is_first)` before a step whose observations start new episodes (it starts so)."""
     player = load_player(path)
     if player.parameters is None:
-        raise RunError(f"{path}: no controller yet (no checkpoints/best.pt); a `wm evolve` run has one when it "
-                       "finishes, a `wm cycle` run after its first evaluation")  # fmt: skip
+        raise RunError(
+            f"{path}: no controller yet (no checkpoints/best.pt); a `wm evolve` run has one when it "
+            "finishes, a `wm cycle` run after its first evaluation"
+        )
     return player.agent(num_envs)

@@ -1,5 +1,5 @@
-"""Pictures a person would rather look at than read: the I-JEPA masks drawn over sample images (`wm pretrain`), the
-learning curve of a cycle (`wm cycle`)."""
+"""Pictures a person would rather look at than read: the I-JEPA masks drawn over sample images and the probes against
+the step beside the random-init encoder's (`wm pretrain`), the learning curve of a cycle (`wm cycle`)."""
 
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ STREAM_PICTURE = 4
 def mask_picture(
     images: torch.Tensor, sampler: MultiBlockMaskSampler, rng: np.random.Generator, scale: int = 4
 ) -> Image.Image:
-    """Rows of [image | context (hidden patches greyed) | target blocks outlined] for float images (B, C, S, S)
+    """Rows of [image | context (hidden patches greyed) | target blocks outlined] for float images (B, C, H, W)
     in [0, 1]."""
     masks = sampler(images.shape[0], rng)
     grid = sampler.grid
     size = images.shape[-1] * scale
     patch = size // grid
-    pictures = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # (B, S, S, C)
+    pictures = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
     sheet = Image.new("RGB", (3 * size + 4 * 4, len(pictures) * (size + 4) + 4), (255, 255, 255))
     for row, picture in enumerate(pictures):
         base = Image.fromarray(picture[..., :3]).resize((size, size), Image.NEAREST)
@@ -59,7 +59,7 @@ def save_mask_picture(path: Path, dataset, sampler: MultiBlockMaskSampler, cfg, 
     # Spread over the dataset, which is often ordered by class, so the picture shows several classes.
     picks = np.linspace(0, len(dataset) - 1, count).round().astype(int)
     images = torch.stack([dataset[int(i)].image for i in picks])  # (B, C, h, w) uint8
-    images = augment.resize(images, cfg.encoder.image_size)  # (B, C, S, S) float in [0, 1]
+    images = augment.resize(images, cfg.encoder.image_size)  # (B, C, H, W) float in [0, 1]
     mask_picture(images, sampler, step_rng(seed, 0, STREAM_PICTURE)).save(path)
 
 
@@ -142,4 +142,68 @@ def write_learning_curve(path: Path, history: list[dict], env_id: str, target: f
     """learning_curve.png, replaced atomically (a reader never sees half a picture)."""
     buffer = io.BytesIO()
     learning_curve(history, f"wm cycle on {env_id}: return per iteration", target).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# ------------------------------------------------------------------------------------------------------
+# The probe curve of a pretraining run
+
+PROBE_CURVE_PATH = "probe_curve.png"
+PROBE_COLOURS = {"knn_top1": (31, 119, 180), "linear_top1": (255, 127, 14), "state_r2": (44, 160, 44)}
+
+
+def probe_curve(history: list[dict], title: str) -> Image.Image:
+    """Each probe's score against the training step, the trained encoder's (solid, with points) beside its
+    random-init twin's (dashed), from `eval/<probe>` and `eval/<probe>_random` of each evaluation."""
+    image = Image.new("RGB", CURVE_SIZE, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = CURVE_MARGIN
+    width, height = CURVE_SIZE[0] - left - right, CURVE_SIZE[1] - top - bottom
+    probes = [key for key in PROBE_COLOURS if any(f"eval/{key}" in record for record in history)]
+    steps = [record["step"] for record in history]
+    values = [record[f"eval/{key}{tail}"] for record in history for key in probes for tail in ("", "_random")
+              if f"eval/{key}{tail}" in record]  # fmt: skip
+    y_low, y_high = min(values + [0.0]), max(values + [1.0])
+    x_high = max(steps + [1]) * 1.05
+
+    def point(step: float, value: float) -> tuple[float, float]:
+        return left + width * step / x_high, top + height * (y_high - value) / (y_high - y_low)
+
+    for tick in nice_ticks(y_low, y_high):
+        _, y = point(0, tick)
+        draw.line([(left, y), (left + width, y)], fill=(235, 235, 235))
+        draw.text((left - 8, y), f"{tick:g}", fill=AXIS_COLOUR, anchor="rm")
+    for tick in nice_ticks(0, x_high):
+        px, _ = point(tick, y_low)
+        draw.line([(px, top + height), (px, top + height + 4)], fill=AXIS_COLOUR)
+        draw.text((px, top + height + 8), f"{tick:g}", fill=AXIS_COLOUR, anchor="mt")
+    draw.rectangle([left, top, left + width, top + height], outline=AXIS_COLOUR)
+    draw.text((left + width / 2, CURVE_SIZE[1] - 14), "pretraining step", fill=AXIS_COLOUR, anchor="mm")
+    draw.text((left + width / 2, 16), title, fill=(0, 0, 0), anchor="mm")
+    for row, key in enumerate(probes):
+        colour = PROBE_COLOURS[key]
+        trained = [point(r["step"], r[f"eval/{key}"]) for r in history if f"eval/{key}" in r]
+        random = [point(r["step"], r[f"eval/{key}_random"]) for r in history if f"eval/{key}_random" in r]
+        if len(trained) > 1:
+            draw.line(trained, fill=colour, width=2)
+        for px, py in trained:
+            draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
+        for (x0, y0), (x1, y1) in zip(random, random[1:], strict=False):  # dashed: 6 px on, 6 off
+            length = max(math.hypot(x1 - x0, y1 - y0), 1e-9)
+            for start in np.arange(0, length, 12):
+                a, b = start / length, min(start + 6, length) / length
+                draw.line([(x0 + (x1 - x0) * a, y0 + (y1 - y0) * a), (x0 + (x1 - x0) * b, y0 + (y1 - y0) * b)],
+                          fill=colour, width=2)  # fmt: skip
+        y = top + 12 + 16 * row
+        draw.rectangle([left + 10, y - 4, left + 18, y + 4], fill=colour)
+        draw.text((left + 24, y), f"{key} (dashed: random-init encoder)", fill=(0, 0, 0), anchor="lm")
+    return image
+
+
+def write_probe_curve(path: Path, history: list[dict], source: str) -> None:
+    """probe_curve.png, replaced atomically; nothing to draw for a run without probes."""
+    if not any(key.startswith("eval/") for record in history for key in record):
+        return
+    buffer = io.BytesIO()
+    probe_curve(history, f"wm pretrain on {source}: probes against steps").save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())

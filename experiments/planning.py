@@ -39,13 +39,25 @@ def plan(run: Run, stop: GracefulStop, world_model: Path, world: LoadedWorldMode
     world = world or load_world_model(world_model, cfg)
     model = world.model.to(device).eval()
     seed_everything(cfg.run.seed)
-    agent = PlanningAgent(Planner(model, action_space(world.spec), planner_settings(cfg.planner, cfg.run.seed),
-                                  ecfg.eval_envs))  # fmt: skip
+    agent = PlanningAgent(
+        Planner(model, action_space(world.spec), planner_settings(cfg.planner, cfg.run.seed), ecfg.eval_envs)
+    )
     provenance = {"world_model": str(world.checkpoint.resolve()), "world_model_sha256": world.sha256}
-    run.write_summary(device=str(device), env=world.spec.to_dict(), data=provenance, agent="planner",
-                      planner=dataclasses.asdict(cfg.planner))  # fmt: skip
-    envs, _ = make_vector_env(cfg.env.id, ecfg.eval_envs, obs=cfg.env.obs, size=cfg.env.size,
-                              action_repeat=cfg.env.action_repeat, seed=cfg.run.seed)  # fmt: skip
+    run.write_summary(
+        device=str(device),
+        env=world.spec.to_dict(),
+        data=provenance,
+        agent="planner",
+        planner=dataclasses.asdict(cfg.planner),
+    )
+    envs, _ = make_vector_env(
+        cfg.env.id,
+        ecfg.eval_envs,
+        obs=cfg.env.obs,
+        size=cfg.env.size,
+        action_repeat=cfg.env.action_repeat,
+        seed=cfg.run.seed,
+    )
     try:
         figures = score_in_env(envs, agent, np.zeros(0), ecfg.eval_episodes, cfg.run.seed, cfg.run.progress)
     finally:

@@ -28,7 +28,7 @@ from experiments import config as config_lib
 from experiments import distributed
 from experiments.checkpoint import CheckpointError, load_latest, save_checkpoint
 from experiments.config import Config, DataConfig, PretrainConfig
-from experiments.pictures import save_mask_picture
+from experiments.pictures import PROBE_CURVE_PATH, save_mask_picture, write_probe_curve
 from experiments.progress import Progress
 from experiments.rundir import GracefulStop, Interrupted, NonFiniteGuard, Run, RunFailure, checkpoint_differences
 from experiments.runtime import (
@@ -42,6 +42,7 @@ from experiments.runtime import (
     step_rng,
 )
 from worldmodel import schedules
+from worldmodel.dynamics.metrics import effective_rank
 from worldmodel.perception import augment, probe
 from worldmodel.perception.data import (
     BadImageBudget,
@@ -259,9 +260,12 @@ def build_probe_set(dataset: Dataset, cfg: PretrainConfig, seed: int) -> ProbeSe
 
 
 def run_probes(features: torch.Tensor, probes: ProbeSet, cfg: PretrainConfig) -> dict:
-    """Probe scores of one encoder's features (N, D) on the probe set."""
+    """Probe scores of one encoder's features (N, F) on the probe set, and the collapse watch: the effective rank of
+    the centred features and their smallest and mean per-dimension std (a collapsing encoder's rank falls)."""
     tr, te = probes.train, probes.test
-    out = {}
+    std = features.std(dim=0)  # (F,)
+    out = {"feature_rank": effective_rank(features - features.mean(dim=0)), "feature_std_min": float(std.min()),
+           "feature_std_mean": float(std.mean())}  # fmt: skip
     if probes.labels is not None:
         y = probes.labels
         out["knn_top1"] = probe.knn_top1(features[tr], y[tr], features[te], y[te], k=cfg.eval.knn_k)
@@ -307,6 +311,7 @@ class Pretrainer:
         # Rank 0 alone evaluates (the probes read nothing the others need).
         self.probes = build_probe_set(self.dataset, pcfg, self.cfg.run.seed) if distributed.is_main() else None
         self.random_scores: dict | None = None
+        self.probe_history: list[dict] = []  # every evaluation's scores so far, for probe_curve.png
         self.rows = distributed.even_share(pcfg.optim.batch_size, "pretrain.optim.batch_size")
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -320,6 +325,7 @@ class Pretrainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": rng_state(),
             "counters": {**self.nonfinite.state_dict(), **self.bad_images.state_dict()},
+            "probe_history": self.probe_history,
         }
 
     def save(self) -> None:
@@ -338,6 +344,7 @@ class Pretrainer:
         counters = state["counters"]
         self.nonfinite.load_state_dict(counters)
         self.bad_images.load_state_dict(counters)
+        self.probe_history = list(state.get("probe_history", []))
         self.step = state["step"]
         distributed.barrier()  # every process has read the checkpoint before rank 0 may replace it
         print(f"resumed from {path} at step {self.step}", file=sys.stderr)
@@ -358,6 +365,10 @@ class Pretrainer:
         scores["step"] = self.step
         numbers = {f"eval/{k}": v for k, v in scores.items() if isinstance(v, float)}
         self.run.log(self.step, numbers)
+        self.probe_history = [old for old in self.probe_history if old["step"] < self.step] + [
+            numbers | {"step": self.step}
+        ]
+        write_probe_curve(self.run.path / PROBE_CURVE_PATH, self.probe_history, pcfg.data.source)
         return scores
 
     # -- training --------------------------------------------------------------------------------------
@@ -428,11 +439,12 @@ class Pretrainer:
                 self.save()
                 self.run.write_summary(step=self.step)
         bar.close()
-        self.save()
+        scores = self.evaluate()
+        self.save()  # with the last evaluation in its probe history
         return {
             "step": self.step,
             "results": {"skipped_steps": self.nonfinite.total, "bad_images": self.bad_images.num_bad},
-            "probe": self.evaluate(),
+            "probe": scores,
         }
 
     def place(self, batch) -> Placement:
@@ -479,7 +491,7 @@ def pretrain(run: Run, stop: GracefulStop) -> dict:
 
 
 def print_probe(scores: dict) -> None:
-    for key in ("knn_top1", "linear_top1", "state_r2"):
+    for key in ("knn_top1", "linear_top1", "state_r2", "feature_rank"):
         if key in scores:
             print(
                 f"probe {key}: {scores[key]:.3f} (random-init encoder: {scores[key + '_random']:.3f})", file=sys.stderr

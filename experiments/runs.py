@@ -86,8 +86,10 @@ def best_return(summary: dict) -> str:
         best = field(summary, "eval_return_mean", "number")
     history = history_of(summary)
     if best is None and history:
-        best = max(field(record, "eval_return_mean", "number", f"history[{i}].", required=True)
-                   for i, record in enumerate(history))  # fmt: skip
+        best = max(
+            field(record, "eval_return_mean", "number", f"history[{i}].", required=True)
+            for i, record in enumerate(history)
+        )
     return "" if best is None else f"{best:.1f}"
 
 

@@ -25,14 +25,14 @@ class EpisodeResults(NamedTuple):
     """Real-env episodes, in job order."""
 
     returns: np.ndarray
-    """(J,) float64 undiscounted return of each episode."""
+    """(N,) float64 undiscounted return of each episode."""
     lengths: np.ndarray
-    """(J,) int64 agent steps of each episode."""
+    """(N,) int64 agent steps of each episode."""
     env_steps: int
     """The real env steps the episodes took: their agent steps times the vector env's `metadata["action_repeat"]`
     (1 where it names none), a repeat cut short by an episode's end counted whole."""
     successes: np.ndarray | None = None
-    """(J,) bool: `info["success"]` at each episode's last step; None when the env never reports one."""
+    """(N,) bool: `info["success"]` at each episode's last step; None when the env never reports one."""
 
 
 def successes_said(info: dict) -> np.ndarray | None:
@@ -51,7 +51,7 @@ def run_episodes(
     max_steps: int | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> EpisodeResults:
-    """One episode per row of `parameters` (J, n), at most `max_steps` agent steps each (None: the env's own end).
+    """One episode per row of `parameters` (N, n), at most `max_steps` agent steps each (None: the env's own end).
 
     `agent` must act in `envs.num_envs` sub-envs; an agent with no parameters (a planner: n = 0) is given none.
     `on_step(finished)` is called after each vector step with the number of episodes that just ended.

@@ -343,8 +343,14 @@ class WorldModelTrainer:
         return metrics
 
     # -- training --------------------------------------------------------------------------------------
-    def train(self, stop: GracefulStop, until: int | None = None, constant_lr: float | None = None,
-              begin: int = 0, lr_key: str = "world_model.lr") -> dict:  # fmt: skip
+    def train(
+        self,
+        stop: GracefulStop,
+        until: int | None = None,
+        constant_lr: float | None = None,
+        begin: int = 0,
+        lr_key: str = "world_model.lr",
+    ) -> dict:
         """Train up to step `until` (default world_model.steps), finish the decoder and evaluate.
 
         Args:
@@ -435,15 +441,15 @@ class WorldModelTrainer:
             return float("nan")
         b, T = windows.is_first.shape
         pick = rng.choice(batch_size * T, size=min(self.cfg.world_model.decoder_batch, batch_size * T), replace=False)
-        own = pick[(pick >= rows.start * T) & (pick < rows.stop * T)] - rows.start * T  # (n,) into this share's b*T
-        obs = torch.as_tensor(windows.obs.reshape(b * T, *windows.obs.shape[2:])[own])  # (b*T, H, W, C) -> (n, ...)
+        own = pick[(pick >= rows.start * T) & (pick < rows.stop * T)] - rows.start * T  # (N,) into this share's b*T
+        obs = torch.as_tensor(windows.obs.reshape(b * T, *windows.obs.shape[2:])[own])  # (b*T, H, W, C) -> (N, ...)
         features = latents = None
         if not self.model.frame_latents:  # e.g. the posterior's means along the windows
             with torch.no_grad():
                 _, _, targets = self.model.real_states(batch_from_windows(windows, self.device, self.use_features))
-            latents = targets.reshape(b * T, -1)[torch.as_tensor(own, device=self.device)]  # (b, T, D) -> (n, D)
+            latents = targets.reshape(b * T, -1)[torch.as_tensor(own, device=self.device)]  # (b, T, D) -> (N, D)
         elif self.use_features and len(own):
-            features = torch.as_tensor(windows.latent.reshape(b * T, -1)[own], device=self.device)  # (n, F)
+            features = torch.as_tensor(windows.latent.reshape(b * T, -1)[own], device=self.device)  # (N, F)
         weight = len(own) * distributed.world_size() / len(pick)
         return decoder_step(
             self.decoder, self.decoder_optimizer, self.model, obs.to(self.device), features, weight, latents
@@ -509,9 +515,12 @@ def read_resume_state(run: Run, cfg: Config, spec: EnvSpec, command: str = "trai
 
 
 def train(
-    run: Run, stop: GracefulStop, encoder: dict[str, torch.Tensor] | None = None, encoder_path: str | None = None,
+    run: Run,
+    stop: GracefulStop,
+    encoder: dict[str, torch.Tensor] | None = None,
+    encoder_path: str | None = None,
     episodes: Path | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """Build the parts from the run's config (collecting episodes first, unless given some) and train.
 
     Before collecting, a checkpoint of phase "collect" holds the initial model (a pretrained encoder included) and

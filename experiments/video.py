@@ -46,7 +46,7 @@ def dream_clip(
         action: (T, A) float32 actions (action[t] led to obs[t]).
         context: observed steps, 1 <= context < T.
     Returns:
-        real (T, H, W, C) and dream (T, S, S, C) uint8 arrays, S the decoder's side.
+        real (T, H, W, C) and dream (T, side, side, C) uint8 arrays, side the decoder's image size.
     """
     T = len(obs)
     if not 1 <= context < T:
@@ -55,7 +55,7 @@ def dream_clip(
     is_first[0, 0] = True
     zeros = torch.zeros(1, context, dtype=action.dtype, device=obs.device)
     observed = WorldModelBatch(obs[None, :context], action[None, :context], zeros, zeros + 1, is_first)
-    hidden, z, targets = model.real_states(observed)  # (1, context, hd), (1, context, D) twice
+    hidden, z, targets = model.real_states(observed)  # (1, context, hidden_dim), (1, context, D) twice
     dream = model.imagine(hidden[:, -1], z[:, -1], action[None, context:])  # latents (1, T - context, D)
     latents = torch.cat([targets, dream.latent], dim=1)  # (1, T, D)
     return obs.cpu().numpy(), decoder.frames(latents[0]).cpu().numpy()
@@ -88,7 +88,7 @@ def side_by_side(real: np.ndarray, dream: np.ndarray, context: int = 0, labels: 
     """Compose [real | dream] video frames with a caption band, padded to sides divisible by 16.
 
     Args:
-        real: (T, H, W, C) uint8; dream: (T, h, w, C) uint8 (enlarged to the same panel size).
+        real: (T, H, W, C) uint8; dream: (T, side, side, C) uint8 (enlarged to the same panel size).
         context: frames before this index are captioned "recon" instead of "dream".
         labels: draw the captions and the frame index.
     Returns:

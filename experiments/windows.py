@@ -45,8 +45,9 @@ def split_episodes(episode_steps: np.ndarray, eval_fraction: float) -> EpisodeSp
 class WindowSource(Protocol):
     """Where the trainer's data comes from."""
 
-    def train_windows(self, batch_size: int, length: int, rng: np.random.Generator, rows: slice = slice(None)
-                      ) -> Windows: ...  # fmt: skip
+    def train_windows(
+        self, batch_size: int, length: int, rng: np.random.Generator, rows: slice = slice(None)
+    ) -> Windows: ...
 
     def held_out_windows(self, count: int, length: int) -> Windows: ...
 
@@ -59,8 +60,9 @@ class StoreWindows:
     def __init__(self, store: EpisodeStore, split: EpisodeSplit, latent_key: str | None = None):
         self.store, self.split, self.latent_key = store, split, latent_key
 
-    def train_windows(self, batch_size: int, length: int, rng: np.random.Generator, rows: slice = slice(None)
-                      ) -> Windows:  # fmt: skip
+    def train_windows(
+        self, batch_size: int, length: int, rng: np.random.Generator, rows: slice = slice(None)
+    ) -> Windows:
         """`batch_size` windows of `length` steps (see `train_starts`), of which only rows `rows` are loaded: a
         process's share of a batch split across processes."""
         starts = self.train_starts(batch_size, length, rng)  # (B,)

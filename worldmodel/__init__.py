@@ -12,7 +12,7 @@ Arrays are batch-major, `(B, T, ...)` at every API boundary. Shape letters, one 
     B    batch: windows of the episode store, or images
     T    time steps of a window
     L    transitions of an episode (it holds L + 1 observations)
-    U    unrolled steps: the open-loop and dream horizon
+    U    unrolled steps: the open-loop, dream and planning horizon
     O    open-loop start points in a window
     C    image channels
     H W  image height and width (a square image has H = W)
@@ -25,7 +25,7 @@ Arrays are batch-major, `(B, T, ...)` at every API boundary. Shape letters, one 
     A    action dims (a discrete action is a one-hot vector of A)
     S    true low-dimensional state
     K    ensemble members
-    P    candidates (the CMA-ES population)
+    P    candidates: the CMA-ES population, or the action sequences a planner samples per env
     E    episodes per candidate, or of a store
     N    rows: leading dims flattened into one (B*T steps, P*E rollouts, a vector env's sub-envs, probe samples)
     R    rows of a rollout still going
@@ -34,20 +34,4 @@ Arrays are batch-major, `(B, T, ...)` at every API boundary. Shape letters, one 
     k    steps ahead of an open-loop prediction (`pred_error_k{k}`)
     I    systems in a batch of fractals (perception/data.py)
 A count used in one function only is written as a word (`chains`, `cells`, `heads`).
-
-Some modules still use a letter in an older second meaning (to be renamed in their docstrings and shape comments):
-    H    horizon in dynamics/world_model.py, dynamics/metrics.py and dream/rollout.py: now U
-    S    open-loop start points in dynamics/world_model.py and dynamics/metrics.py: now O;
-         the side of a square image in perception/data.py and dynamics/decoder.py: now H = W
-    N    patch tokens in perception/vit.py: now Np
-    K    the kept (context) patches in perception/vit.py: now Nc;
-         the maps of a fractal system in perception/data.py: a word (`maps`)
-    D    the ViT token width in perception/vit.py and perception/ijepa.py: now V;
-         the features in perception/probe.py: now F
-    F    what a controller sees in dream/gym_env.py and agents/controllers.py: now X
-    M    start states in dream/gym_env.py and dream/rollout.py: now Q; test rows in perception/probe.py: N;
-         the random directions in dynamics/sigreg.py: a word (`directions`)
-    P    fractal points in perception/data.py and the grid of t in dynamics/sigreg.py: words (`points`, `grid`)
-    k    the cells along a side of a pooling grid in perception/vit.py: a word (`cells`)
-    h    attention heads in perception/vit.py's shape comments: a word (`heads`); h is the recurrent state
 """

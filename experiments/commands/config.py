@@ -18,8 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--config", action="append", default=[], metavar="NAME|YAML", help="a preset to apply (repeatable, in order)"
     )
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override one config value (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one config value (repeatable)",
+    )
     args = parser.parse_args(argv)
     print("\n".join(describe(load_config(args.config, args.overrides))))
     return 0

@@ -35,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     player = open_player(args)
     if player.parameters is None:
-        raise RunError(f"--run {args.run}: no controller yet (no checkpoints/best.pt); a `wm evolve` run has one when "
-                       "it finishes, a `wm cycle` run after its first evaluation")  # fmt: skip
+        raise RunError(
+            f"--run {args.run}: no controller yet (no checkpoints/best.pt); a `wm evolve` run has one when "
+            "it finishes, a `wm cycle` run after its first evaluation"
+        )
     ecfg = player.cfg.evolve
     episodes, envs_count = args.episodes or ecfg.eval_episodes, args.envs or ecfg.eval_envs
     print(f"evaluating {player.source} on {player.cfg.env.id} over {episodes} episodes", file=sys.stderr)

@@ -29,8 +29,9 @@ from experiments.rundir import RunError, add_run_arguments, execute, open_run
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wm evolve", description="Evolve a controller in a world model's dream.")
     add_run_arguments(parser)
-    parser.add_argument("--world-model", required=True, metavar="RUN",
-                        help="a `wm train` run directory (or its checkpoint file)")  # fmt: skip
+    parser.add_argument(
+        "--world-model", required=True, metavar="RUN", help="a `wm train` run directory (or its checkpoint file)"
+    )
     parser.add_argument(
         "--in",
         dest="mode",

@@ -32,8 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wm export", description="Export a run's policy to ONNX and torch.export.")
     parser.add_argument("--run", required=True, type=Path, help="a `wm evolve` or `wm cycle` run directory")
     parser.add_argument("--out", type=Path, help="where the files go (default: <run>/export)")
-    parser.add_argument("--steps", type=positive, default=DEFAULT_STEPS,
-                        help=f"real env steps to check the files on (default {DEFAULT_STEPS})")  # fmt: skip
+    parser.add_argument(
+        "--steps",
+        type=positive,
+        default=DEFAULT_STEPS,
+        help=f"real env steps to check the files on (default {DEFAULT_STEPS})",
+    )
     parser.add_argument("--seed", type=int, help="seed of the checked episodes (default: the run's run.seed)")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
@@ -43,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(str(error)) from None
     player = open_player(args)
     if player.parameters is None:
-        raise RunError(f"--run {args.run}: no controller yet (no checkpoints/best.pt) to export; a `wm evolve` run has "
-                       "one when it finishes, a `wm cycle` run after its first evaluation")  # fmt: skip
+        raise RunError(
+            f"--run {args.run}: no controller yet (no checkpoints/best.pt) to export; a `wm evolve` run has "
+            "one when it finishes, a `wm cycle` run after its first evaluation"
+        )
     out = args.out or args.run / "export"
     seed = player.cfg.run.seed if args.seed is None else args.seed
     print(f"exporting {player.source} ({player.cfg.env.id})", file=sys.stderr)
@@ -54,11 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     difference = ", ".join(f"{name} {actions[name]:.2g} (state {states[name]:.2g})" for name in actions)
     if not report["agreement"]:
         wrong = [name for name, agree in report["env_actions_agree"].items() if not agree]
-        print(f"wm export: {' and '.join(wrong)} chose other env actions than PyTorch on {report['steps_checked']} "
-              f"real steps (largest action difference: {difference}); see {out / REPORT_NAME}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"wm export: {' and '.join(wrong)} chose other env actions than PyTorch on {report['steps_checked']} "
+            f"real steps (largest action difference: {difference}); see {out / REPORT_NAME}",
+            file=sys.stderr,
+        )
         return 1
-    print(f"onnxruntime and torch.export chose PyTorch's env action on all {report['steps_checked']} real steps "
-          f"({report['episodes']} episodes; largest action difference: {difference}); written to {out}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"onnxruntime and torch.export chose PyTorch's env action on all {report['steps_checked']} real steps "
+        f"({report['episodes']} episodes; largest action difference: {difference}); written to {out}",
+        file=sys.stderr,
+    )
     return 0

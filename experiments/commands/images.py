@@ -18,8 +18,12 @@ from worldmodel.perception.glyphs import GLYPHS, GlyphDataset, write_image_folde
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wm images", description=__doc__.splitlines()[0])
-    parser.add_argument("--source", choices=("glyphs", "synthetic"), required=True,
-                        help="glyphs: rendered characters; synthetic: fractals (as pretrain.data.source)")  # fmt: skip
+    parser.add_argument(
+        "--source",
+        choices=("glyphs", "synthetic"),
+        required=True,
+        help="glyphs: rendered characters; synthetic: fractals (as pretrain.data.source)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
     parser.add_argument("--num-images", type=int, default=3000, help="images in all (default 3000)")
     parser.add_argument("--num-classes", type=int, default=10, help="classes (default 10)")
@@ -27,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
     args = parser.parse_args(argv)
     if args.num_images < args.num_classes or args.seed < 0:
-        parser.error(f"need --num-images >= --num-classes and --seed >= 0, got {args.num_images}, "
-                     f"{args.num_classes} and {args.seed}")  # fmt: skip
+        parser.error(
+            f"need --num-images >= --num-classes and --seed >= 0, got {args.num_images}, "
+            f"{args.num_classes} and {args.seed}"
+        )
     per_class = math.ceil(args.num_images / args.num_classes)
     try:
         if args.source == "glyphs":
@@ -41,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError) as error:
         print(f"wm images: {error}", file=sys.stderr)
         return 2
-    print(f"{written} images in {len(names)} classes written to {args.out} (use: --set pretrain.data.source=folder:"
-          f"{args.out})")  # fmt: skip
+    print(
+        f"{written} images in {len(names)} classes written to {args.out} (use: --set pretrain.data.source=folder:"
+        f"{args.out})"
+    )
     return 0

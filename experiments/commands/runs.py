@@ -14,8 +14,11 @@ from experiments.runs import format_table, json_line, read_runs, sort_rows
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wm runs", description="A table of runs.")
     parser.add_argument("--runs", default="runs", help="the directory holding runs (default: runs)")
-    parser.add_argument("--sort", metavar="KEY", help="order by a column or summary field, e.g. best_return or "
-                        "wall_seconds (rows without it last)")  # fmt: skip
+    parser.add_argument(
+        "--sort",
+        metavar="KEY",
+        help="order by a column or summary field, e.g. best_return or wall_seconds (rows without it last)",
+    )
     parser.add_argument("--reverse", action="store_true", help="with --sort: largest first")
     parser.add_argument("--json", action="store_true", help="one JSON object per run (every summary field) per line")
     args = parser.parse_args(argv)

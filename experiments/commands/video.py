@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         frames = single_panel(np.stack(rendered))
     write_mp4(out, frames, fps=VIDEO_FPS)
-    print(f"return {total:.1f} over {len(recording.obs) - 1} steps; {len(frames)} frames written to {out}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"return {total:.1f} over {len(recording.obs) - 1} steps; {len(frames)} frames written to {out}",
+        file=sys.stderr,
+    )
     return 0

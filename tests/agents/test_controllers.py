@@ -24,8 +24,14 @@ def test_num_params():
     assert Controller(F, spaces.Box(-1, 1, (2,)), "mlp", hidden=7).num_params == F * 7 + 7 + 7 * 2 + 2
     assert Controller(F, spaces.Discrete(3), "linear", hidden=99).num_params == F * 3 + 3  # linear ignores hidden
     described = Controller(F, spaces.Discrete(3), "mlp", hidden=4).describe()
-    assert described == {"kind": "mlp", "in_dim": F, "hidden": 4, "action_dim": 3, "discrete": True,
-                         "num_params": F * 4 + 4 + 4 * 3 + 3}  # fmt: skip
+    assert described == {
+        "kind": "mlp",
+        "in_dim": F,
+        "hidden": 4,
+        "action_dim": 3,
+        "discrete": True,
+        "num_params": F * 4 + 4 + 4 * 3 + 3,
+    }
 
 
 def test_linear_discrete_act_by_hand():

@@ -248,10 +248,22 @@ def test_agent_collects_in_a_real_vector_env(env_id, space, tmp_path):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("method", "ilqr"), ("horizon", 0), ("candidates", 0), ("elites", 0), ("elites", 300), ("iterations", 0),
-     ("temperature", 0.0), ("initial_std", 0.0), ("min_std", 2.0), ("momentum", 1.0), ("discount", 0.0),
-     ("cont_mode", "sample"), ("seed", -1)],
-)  # fmt: skip
+    [
+        ("method", "ilqr"),
+        ("horizon", 0),
+        ("candidates", 0),
+        ("elites", 0),
+        ("elites", 300),
+        ("iterations", 0),
+        ("temperature", 0.0),
+        ("initial_std", 0.0),
+        ("min_std", 2.0),
+        ("momentum", 1.0),
+        ("discount", 0.0),
+        ("cont_mode", "sample"),
+        ("seed", -1),
+    ],
+)
 def test_bad_settings_are_refused_in_one_line(field, value):
     with pytest.raises(ValueError, match=f"^{field} must") as error:
         PlannerSettings(**{field: value})

@@ -56,8 +56,12 @@ def test_a_long_pretrain_over_a_few_bad_files_finishes_counting_each_once(tmp_pa
     folder = mixed_folder(tmp_path / "images")
     run = tmp_path / "run"
     # 24 steps of batches of 8 from 16 images: 12 epochs, each drawing both bad files (with 2 decoding workers).
-    settings = [f"pretrain.data.source=folder:{folder}", f"pretrain.data.max_bad_images={LIMIT}",
-                "pretrain.optim.steps=24", "pretrain.data.workers=2"]  # fmt: skip
+    settings = [
+        f"pretrain.data.source=folder:{folder}",
+        f"pretrain.data.max_bad_images={LIMIT}",
+        "pretrain.optim.steps=24",
+        "pretrain.data.workers=2",
+    ]
     result = wm("pretrain", *DEBUG, "--run-dir", str(run), *(arg for s in settings for arg in ("--set", s)))
     assert result.returncode == 0, result.stderr
     assert summary(run)["results"]["bad_images"] == BAD

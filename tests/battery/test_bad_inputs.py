@@ -63,9 +63,13 @@ def test_an_all_corrupt_labelled_folder_is_refused_before_the_run_directory(tmp_
 @pytest.mark.parametrize("case", ["missing", "empty", "only text files", "one readable image", "less than a batch"])
 def test_a_folder_that_cannot_feed_training_is_refused_naming_it(tmp_path, case):
     folder = tmp_path / "images"
-    words = {"missing": "does not exist", "empty": "contains no images", "only text files": "contains no images",
-             "one readable image": "only 1 of the 10 images",
-             "less than a batch": "7 images, fewer than a batch (pretrain.optim.batch_size=8)"}[case]  # fmt: skip
+    words = {
+        "missing": "does not exist",
+        "empty": "contains no images",
+        "only text files": "contains no images",
+        "one readable image": "only 1 of the 10 images",
+        "less than a batch": "7 images, fewer than a batch (pretrain.optim.batch_size=8)",
+    }[case]
     if case == "empty":
         folder.mkdir()
     elif case == "only text files":
@@ -138,9 +142,13 @@ def test_an_env_whose_package_is_missing_names_it():
 @not_installed("mujoco")
 @pytest.mark.parametrize(
     ("command", "env_id", "package"),
-    [("train", "phys2d/CartPole-v1", "jax"), ("train", "HalfCheetah-v5", "mujoco"),
-     ("cycle", "HalfCheetah-v5", "mujoco"), ("pretrain", "HalfCheetah-v5", "mujoco")],
-)  # fmt: skip
+    [
+        ("train", "phys2d/CartPole-v1", "jax"),
+        ("train", "HalfCheetah-v5", "mujoco"),
+        ("cycle", "HalfCheetah-v5", "mujoco"),
+        ("pretrain", "HalfCheetah-v5", "mujoco"),
+    ],
+)
 def test_an_env_that_cannot_be_made_is_refused_before_the_run_directory(tmp_path, command, env_id, package):
     key = "pretrain.data.source" if command == "pretrain" else "env.id"
     value = f"env:{env_id}" if command == "pretrain" else env_id
@@ -180,8 +188,14 @@ def read_only_runs(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     if shutil.which("unshare") is None:
         pytest.skip("running as root without unshare: no way to make a read-only directory")
     script = f'mount -t tmpfs -o ro,size=64k none "{runs}" && exec "$@"'
-    result = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *command], cwd=REPO, capture_output=True,
-                            text=True, timeout=120, env=ENV)  # fmt: skip
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", *command],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
     if "mount:" in result.stderr or "unshare:" in result.stderr:
         pytest.skip(f"no private read-only mount here: {result.stderr.strip()}")
     return result

@@ -23,8 +23,9 @@ def test_every_command_s_checkpoints_name_only_torch_storage(tmp_path):
         "train": wm("train", *DEBUG, *short, "--run-dir", str(tmp_path / "train")),
         "cycle": wm("cycle", *DEBUG, *short, "--set", "cycle.iterations=2", "--run-dir", str(tmp_path / "cycle")),
     }
-    runs["evolve"] = wm("evolve", *DEBUG, *short, "--world-model", str(tmp_path / "train"),
-                        "--run-dir", str(tmp_path / "evolve"))  # fmt: skip
+    runs["evolve"] = wm(
+        "evolve", *DEBUG, *short, "--world-model", str(tmp_path / "train"), "--run-dir", str(tmp_path / "evolve")
+    )
     for name, result in runs.items():
         assert result.returncode == 0, (name, result.stderr[-2000:])
     checkpoints = sorted(tmp_path.glob("*/checkpoints/*.pt"))

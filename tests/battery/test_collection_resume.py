@@ -62,11 +62,13 @@ def test_sigterm_during_the_first_collection_says_one_thing_and_resumes(tmp_path
 
 
 def test_a_collection_continues_a_store_that_holds_part_of_it(tmp_path):
-    cfg = load_config([REPO / "configs/debug.yaml"], ["env.obs=state", "world_model.collect_steps=300",
-                                                      "run.progress=false"])  # fmt: skip
+    cfg = load_config(
+        [REPO / "configs/debug.yaml"], ["env.obs=state", "world_model.collect_steps=300", "run.progress=false"]
+    )
     _, spec = make_env("CartPole-v1", obs="state")
-    part = load_config([REPO / "configs/debug.yaml"], ["env.obs=state", "world_model.collect_steps=120",
-                                                       "run.progress=false"])  # fmt: skip
+    part = load_config(
+        [REPO / "configs/debug.yaml"], ["env.obs=state", "world_model.collect_steps=120", "run.progress=false"]
+    )
     store = EpisodeStore(tmp_path / "episodes", spec)
     collect_episodes(part, store, GracefulStop())
     first = [episode.obs.copy() for episode in store]

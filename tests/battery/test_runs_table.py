@@ -8,8 +8,16 @@ from battery_helpers import wm
 
 from experiments.runs import format_table, read_runs
 
-GOOD = {"command": "evolve", "status": "done", "env": {"env_id": "CartPole-v1"}, "generations": 30,
-        "real_env_steps": 10547, "eval_return_mean": 85.8, "eval_return_std": 51.6, "wall_seconds": 115}  # fmt: skip
+GOOD = {
+    "command": "evolve",
+    "status": "done",
+    "env": {"env_id": "CartPole-v1"},
+    "generations": 30,
+    "real_env_steps": 10547,
+    "eval_return_mean": 85.8,
+    "eval_return_std": 51.6,
+    "wall_seconds": 115,
+}
 
 # (summary.json text, what the row must name)
 MALFORMED = {

@@ -14,8 +14,9 @@ from envs import Episode, EpisodeStore, StoreWarning
 def episode(seed: int, length: int = 6) -> Episode:
     rng = np.random.default_rng(seed)
     obs = rng.normal(size=(length + 1, 3)).astype(np.float32)
-    return Episode.from_transitions(obs, np.eye(2, dtype=np.float32)[rng.integers(0, 2, length)],
-                                    rng.normal(size=length), terminated=False)  # fmt: skip
+    return Episode.from_transitions(
+        obs, np.eye(2, dtype=np.float32)[rng.integers(0, 2, length)], rng.normal(size=length), terminated=False
+    )
 
 
 def flip_a_byte(path: Path) -> None:
@@ -61,8 +62,10 @@ def test_a_shard_set_aside_without_a_record_is_still_said(tmp_path):
     shard.rename(shard.with_name(shard.name + ".corrupt"))
     (tmp_path / "index.jsonl").write_text("")
     _, messages = open_warnings(tmp_path)
-    assert any("1 damaged shard(s) set aside, holding 0 episodes (and those of 1 shard(s) of unrecorded size)" in m
-               for m in messages), messages  # fmt: skip
+    assert any(
+        "1 damaged shard(s) set aside, holding 0 episodes (and those of 1 shard(s) of unrecorded size)" in m
+        for m in messages
+    ), messages
 
 
 def test_deleting_the_set_aside_shards_silences_the_warning(tmp_path):

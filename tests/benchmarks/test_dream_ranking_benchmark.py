@@ -106,9 +106,11 @@ def test_quick_run_ranks_the_same_controllers_under_every_variant(world_model):
     controllers = [r for r in records if r["metric"] == "controller"]
     # --quick: dream means at generations 1 and 2, the dream's best candidate, the real search's mean after 1
     assert [r["source"] for r in controllers] == [
-        "dream search, generation 1", "dream search, generation 2", "dream search, best candidate",
+        "dream search, generation 1",
+        "dream search, generation 2",
+        "dream search, best candidate",
         "real search, generation 1",
-    ]  # fmt: skip
+    ]
     variants = ["the run's dream", "dream.cont_mode=expected", "dream.reset_starts=1"]
     assert all(list(r["dream"]) == variants for r in controllers)
     real = np.array([r["value"] for r in controllers])
@@ -127,8 +129,10 @@ def test_quick_run_ranks_the_same_controllers_under_every_variant(world_model):
         assert 0 <= pairs <= 6 and (agreement is None if pairs == 0 else 0 <= agreement <= 1)
     expected_settings = {r["variant"]: r["dream_settings"]["cont_mode"] for r in records if "dream_settings" in r}
     assert expected_settings == {
-        "the run's dream": "sample", "dream.cont_mode=expected": "expected", "dream.reset_starts=1": "sample"
-    }  # fmt: skip
+        "the run's dream": "sample",
+        "dream.cont_mode=expected": "expected",
+        "dream.reset_starts=1": "sample",
+    }
 
 
 @pytest.mark.slow
@@ -152,8 +156,11 @@ def test_a_saved_set_ranks_again_without_the_real_env(world_model, saved_set):
     assert "real search" not in again.stderr and "real returns" not in again.stderr  # no search, no real episodes
     before, after = ([json.loads(line) for line in run.stdout.splitlines()] for run in (first, again))
     baseline = [r for r in before if r.get("variant") == "the run's dream" or r["metric"] == "controller"]
-    assert [{**r, "dream": {"the run's dream": r["dream"]["the run's dream"]}} if "dream" in r else r
-            for r in after if r.get("variant") != "dream.horizon=5"] == baseline  # fmt: skip
+    assert [
+        {**r, "dream": {"the run's dream": r["dream"]["the run's dream"]}} if "dream" in r else r
+        for r in after
+        if r.get("variant") != "dream.horizon=5"
+    ] == baseline
 
 
 @pytest.mark.slow
@@ -183,8 +190,11 @@ def test_a_saved_set_is_refused_on_another_world_model_or_controller(world_model
 def test_bad_sizes_are_refused_naming_the_flag(world_model, flag, value, message):
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "dream_ranking.py"), "--world-model", str(world_model), flag, value],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and message in result.stderr and result.stdout == ""
 
 
@@ -232,14 +242,16 @@ def test_an_added_controller_is_refused_from_another_model_a_cycle_or_into_an_ol
     assert result.returncode != 0 and "was evolved on another world model" in result.stderr and result.stdout == ""
     np.savez(tmp_path / "old.npz", **old)
     mine = evolve_checkpoint(world_model, parameters, tmp_path / "mine.pt")
-    result = ranking("--world-model", str(world_model), "--controllers", str(tmp_path / "old.npz"),
-                     "--add-controller", str(mine))  # fmt: skip
+    result = ranking(
+        "--world-model", str(world_model), "--controllers", str(tmp_path / "old.npz"), "--add-controller", str(mine)
+    )
     assert result.returncode != 0 and "does not record the seed of its real episodes" in result.stderr
     cycled = evolve_checkpoint(world_model, parameters, tmp_path / "cycle.pt", command="cycle")
     result = ranking("--world-model", str(world_model), "--controllers", str(kept), "--add-controller", str(cycled))
     assert result.returncode != 0 and "is a `wm cycle` controller" in result.stderr and result.stdout == ""
-    result = ranking("--world-model", str(world_model), "--controllers", str(kept), "--add-controller",
-                     str(world_model))  # a `wm train` run: no controller  # fmt: skip
+    result = ranking(
+        "--world-model", str(world_model), "--controllers", str(kept), "--add-controller", str(world_model)
+    )  # a `wm train` run: no controller
     assert result.returncode != 0 and result.stdout == ""
     assert (
         f"--add-controller {world_model}: checkpoint {world_model}/checkpoints/best.pt does not exist" in result.stderr

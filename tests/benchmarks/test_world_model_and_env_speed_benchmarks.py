@@ -20,7 +20,7 @@ PROMISED = {
         ),
         "cache_encode_frames_per_s",
         "frozen_cached_speedup",
-    ],  # fmt: skip
+    ],
     "env_speed.py": [
         "steps_per_s.Parking-v0.raw",
         *(
@@ -30,7 +30,7 @@ PROMISED = {
         ),
         "sample.windows_per_s",
         "sample.frames_per_s",
-    ],  # fmt: skip
+    ],
 }
 
 

@@ -66,8 +66,16 @@ def _join(rank: int, worker, world: int, directory: Path) -> None:
 
 def world_model(collapse_guard: str) -> WorldModel:
     torch.manual_seed(0)
-    return JEPAWorldModel((OBS,), ACTIONS, latent_dim=8, hidden_dim=16, mlp_dim=16, collapse_guard=collapse_guard,
-                      ensemble_size=2, sigreg_directions=8)  # fmt: skip
+    return JEPAWorldModel(
+        (OBS,),
+        ACTIONS,
+        latent_dim=8,
+        hidden_dim=16,
+        mlp_dim=16,
+        collapse_guard=collapse_guard,
+        ensemble_size=2,
+        sigreg_directions=8,
+    )
 
 
 def world_model_batch() -> WorldModelBatch:
@@ -78,9 +86,12 @@ def world_model_batch() -> WorldModelBatch:
     cont = torch.ones(B, T)
     cont[3, 4] = 0.0
     return WorldModelBatch(
-        obs=torch.randn(B, T, OBS, generator=g), action=torch.randn(B, T, ACTIONS, generator=g),
-        reward=torch.randn(B, T, generator=g), cont=cont, is_first=is_first,
-    )  # fmt: skip
+        obs=torch.randn(B, T, OBS, generator=g),
+        action=torch.randn(B, T, ACTIONS, generator=g),
+        reward=torch.randn(B, T, generator=g),
+        cont=cont,
+        is_first=is_first,
+    )
 
 
 def world_model_step(collapse_guard: str) -> dict:

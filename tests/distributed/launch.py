@@ -30,14 +30,14 @@ def command(args: tuple[str, ...], processes: int) -> list[str]:
 
 def wm(*args: str, processes: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `wm <args>` to completion."""
-    return subprocess.run(command(args, processes), cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=ENV)  # fmt: skip
+    return subprocess.run(command(args, processes), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
 def start(*args: str, processes: int = 2) -> subprocess.Popen:
     """Start `wm <args>` in the background (stderr captured, for `communicate`)."""
-    return subprocess.Popen(command(args, processes), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=ENV)  # fmt: skip
+    return subprocess.Popen(
+        command(args, processes), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV
+    )
 
 
 def worker_pid(launcher: subprocess.Popen, rank: int) -> int:

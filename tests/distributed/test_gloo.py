@@ -36,8 +36,9 @@ def test_ddp_losses_and_gradients_equal_one_process_on_the_whole_batch(answers, 
     one, shared = answers
     for rank in shared:
         assert rank[guard]["losses"].keys() == one[guard]["losses"].keys()
-        np.testing.assert_allclose(list(rank[guard]["losses"].values()), list(one[guard]["losses"].values()),
-                                   **TOLERANCE)  # fmt: skip
+        np.testing.assert_allclose(
+            list(rank[guard]["losses"].values()), list(one[guard]["losses"].values()), **TOLERANCE
+        )
         assert_close(rank[guard]["grads"], one[guard]["grads"])
     if guard == "sigreg":
         assert "sigreg" in one[guard]["losses"]
@@ -59,8 +60,7 @@ def test_an_es_generation_proposes_and_scores_exactly_the_candidates_of_one_proc
         np.testing.assert_allclose(rank["es"]["fitness"], one["es"]["fitness"], rtol=1e-6)
         np.testing.assert_allclose(rank["es"]["mean"], one["es"]["mean"], rtol=1e-9)  # the same search after tell
         assert rank["es"]["figures"].keys() == one["es"]["figures"].keys()
-        np.testing.assert_allclose(list(rank["es"]["figures"].values()), list(one["es"]["figures"].values()),
-                                   rtol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(list(rank["es"]["figures"].values()), list(one["es"]["figures"].values()), rtol=1e-6)
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused_naming_it_and_the_world_size(answers):

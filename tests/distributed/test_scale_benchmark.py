@@ -14,8 +14,14 @@ RATES = ("pretrain_images_per_s", "es_candidates_per_s")
 
 
 def test_quick_run_prints_each_rate_for_one_and_two_processes_and_their_ratios():
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks/scale.py"), "--quick"], cwd=REPO,
-                            capture_output=True, text=True, timeout=300, env=ENV)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/scale.py"), "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert all(r["bench"] == "scale" and isinstance(r["value"], float) for r in records)

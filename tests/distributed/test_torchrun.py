@@ -67,8 +67,9 @@ def test_pretraining_on_two_processes_stops_together_on_a_signal_to_one_and_resu
     assert stopped["status"] == "interrupted" and 3 <= stopped["step"] < 16
     assert latest(shared)["step"] == stopped["step"]
 
-    resumed = wm("pretrain", "--resume", "--set", "run.threads=1", "--set", "run.progress=false",
-                 "--run-dir", str(shared))  # fmt: skip
+    resumed = wm(
+        "pretrain", "--resume", "--set", "run.threads=1", "--set", "run.progress=false", "--run-dir", str(shared)
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {shared / 'checkpoints/latest.pt'} at step {stopped['step']}" in resumed.stderr
     result = wm("pretrain", *DEBUG, *PRETRAIN, "--run-dir", str(alone))
@@ -82,8 +83,7 @@ def test_pretraining_on_two_processes_stops_together_on_a_signal_to_one_and_resu
 
 def test_world_model_training_on_two_processes_equals_one_process(trained, tmp_path):
     shared = tmp_path / "shared"
-    result = wm("train", *DEBUG, *TRAIN, "--episodes", str(trained / "episodes"), "--run-dir", str(shared),
-                processes=2)  # fmt: skip
+    result = wm("train", *DEBUG, *TRAIN, "--episodes", str(trained / "episodes"), "--run-dir", str(shared), processes=2)
     assert result.returncode == 0, result.stderr
     ours, theirs = latest(shared), latest(trained)
     assert ours["step"] == theirs["step"] == 6 and ours["decoder_step"] == 2

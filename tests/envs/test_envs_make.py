@@ -77,8 +77,11 @@ class PastBoundsEnv(NanAtStepEnv):
         return np.full(2, 5.0 if self.t >= 2 else 0.0, np.float32), 0.0, False, False, {}
 
 
-for _id, _cls in (("EnvsTest/NoImage-v0", NoImageEnv), ("EnvsTest/NanAtStep-v0", NanAtStepEnv),
-                  ("EnvsTest/PastBounds-v0", PastBoundsEnv)):  # fmt: skip
+for _id, _cls in (
+    ("EnvsTest/NoImage-v0", NoImageEnv),
+    ("EnvsTest/NanAtStep-v0", NanAtStepEnv),
+    ("EnvsTest/PastBounds-v0", PastBoundsEnv),
+):
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_cls)
 
@@ -300,8 +303,17 @@ def test_sigterm_still_ends_a_process_that_renders() -> None:
 
 
 def test_spec_validates_its_fields() -> None:
-    good = dict(env_id="X-v0", obs_mode="pixels", obs_shape=(8, 8, 3), obs_dtype="uint8", discrete=False,
-                action_dim=2, action_low=(-1.0, -1.0), action_high=(1.0, 1.0), max_episode_steps=None)  # fmt: skip
+    good = dict(
+        env_id="X-v0",
+        obs_mode="pixels",
+        obs_shape=(8, 8, 3),
+        obs_dtype="uint8",
+        discrete=False,
+        action_dim=2,
+        action_low=(-1.0, -1.0),
+        action_high=(1.0, 1.0),
+        max_episode_steps=None,
+    )
     assert EnvSpec(**good).action_shape == (2,)
     with pytest.raises(ValueError, match="obs_mode must be"):
         EnvSpec(**{**good, "obs_mode": "rgb"})

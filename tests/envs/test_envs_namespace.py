@@ -13,8 +13,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120, env={**os.environ, **env}
+    )
 
 
 def test_gymnasium_makes_the_toolkit_s_env_by_namespace(tmp_path):
@@ -54,8 +55,14 @@ def test_wm_cycle_on_a_user_s_env_from_outside_the_clone(tmp_path):
     """The README's main command with the debug preset by name, on an env the toolkit has never heard of."""
     command = [sys.executable, "-m", "experiments", "cycle", "--config", "debug", "--set", "run.threads=1", "--set",
                "env.id=custom_env:ShortPole-v0", "--runs", str(tmp_path / "runs"), "--name", "mine"]  # fmt: skip
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)})  # fmt: skip
+    result = subprocess.run(
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "mine" / "summary.json").read_text())
     assert summary["status"] == "done" and summary["env"]["env_id"] == "custom_env:ShortPole-v0"

@@ -163,11 +163,14 @@ def test_observation_spaces_and_true_state() -> None:
     # Oracle: the space's pose relative to the car, from the env's world-frame attributes.
     heading = math.atan2(state[3], state[2])
     offset = env.space_center - state[:2]
-    local = [math.cos(heading) * offset[0] + math.sin(heading) * offset[1],
-             -math.sin(heading) * offset[0] + math.cos(heading) * offset[1]]  # fmt: skip
+    local = [
+        math.cos(heading) * offset[0] + math.sin(heading) * offset[1],
+        -math.sin(heading) * offset[0] + math.cos(heading) * offset[1],
+    ]
     np.testing.assert_allclose(state[6:8], local, atol=1e-4)
-    np.testing.assert_allclose(math.atan2(state[9], state[8]) % (2 * math.pi),
-                               (env.space_heading - heading) % (2 * math.pi), atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        math.atan2(state[9], state[8]) % (2 * math.pi), (env.space_heading - heading) % (2 * math.pi), atol=1e-5
+    )
     top = env.render()
     assert top.shape == (400, 400, 3) and top.dtype == np.uint8
     # The cameras move with the car: driving changes what they see.

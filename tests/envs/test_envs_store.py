@@ -284,8 +284,9 @@ def test_cache_stays_bounded(tmp_path: Path) -> None:
     for seed in range(5):
         store.sample(32, 16, np.random.default_rng(seed))
     assert store._cache.bytes <= store._cache.max_bytes
-    assert store._shard_cache.bytes <= max(store._shard_cache.max_bytes, max(p.stat().st_size for p in
-                                           (tmp_path / "shards").iterdir()))  # fmt: skip
+    assert store._shard_cache.bytes <= max(
+        store._shard_cache.max_bytes, max(p.stat().st_size for p in (tmp_path / "shards").iterdir())
+    )
 
 
 def test_latent_cache(tmp_path: Path) -> None:

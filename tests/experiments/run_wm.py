@@ -18,14 +18,21 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the machine has 2 cores; tests m
 
 def wm(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     """Run `wm <args>` to completion."""
-    return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=ENV)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "experiments", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=ENV
+    )
 
 
 def start(*args: str) -> subprocess.Popen:
     """Start `wm <args>` in the background (its stderr is captured, for `communicate`)."""
-    return subprocess.Popen([sys.executable, "-m", "experiments", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
 
 
 def summary(run: Path) -> dict:

@@ -53,8 +53,9 @@ def test_every_section_has_its_example():
 def test_the_example_runs_and_prints_what_it_says(workdir, title):
     code = examples()[title]
     env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), ENV.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300,
-                            env=env)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300, env=env
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert any(re.fullmatch(PRINTS[title], line) for line in lines), (PRINTS[title], result.stdout)

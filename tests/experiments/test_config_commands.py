@@ -21,13 +21,16 @@ from experiments.config import (
 
 
 def wm_in(cwd, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env=ENV)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "experiments", *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=ENV
+    )
 
 
 def leaf_fields(cfg) -> int:
-    return sum(leaf_fields(getattr(cfg, f.name)) if dataclasses.is_dataclass(getattr(cfg, f.name)) else 1
-               for f in dataclasses.fields(cfg))  # fmt: skip
+    return sum(
+        leaf_fields(getattr(cfg, f.name)) if dataclasses.is_dataclass(getattr(cfg, f.name)) else 1
+        for f in dataclasses.fields(cfg)
+    )
 
 
 def test_every_shipped_preset_is_found_by_name():
@@ -101,8 +104,11 @@ def switches(cls: type, prefix: str = "") -> dict[str, tuple]:
 def test_a_preset_sets_only_what_differs_from_the_defaults_or_the_preset_it_is_stacked_on():
     for name, path in shipped_presets().items():
         base = leaves(to_dict(load_config([STACKED[name]] if name in STACKED else [])))
-        restated = {key: value for key, value in leaves(yaml.safe_load(path.read_text())).items()
-                    if base[key] == (list(value) if isinstance(value, tuple) else value)}  # fmt: skip
+        restated = {
+            key: value
+            for key, value in leaves(yaml.safe_load(path.read_text())).items()
+            if base[key] == (list(value) if isinstance(value, tuple) else value)
+        }
         assert not restated, f"configs/{name}.yaml restates {restated}"
 
 

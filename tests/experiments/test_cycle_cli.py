@@ -280,8 +280,14 @@ def test_iteration_zero_is_wm_train_then_wm_evolve(first_iteration_only, tmp_pat
 @pytest.mark.slow
 def test_the_cycle_stops_before_it_would_exceed_its_env_step_budget(tmp_path):
     run = tmp_path / "budget"
-    quick = ["world_model.steps=4", "world_model.warmup_steps=1", "world_model.decoder_steps=0",
-             "world_model.eval_every=0", "evolve.generations=1", "cycle.max_env_steps=450"]  # fmt: skip
+    quick = [
+        "world_model.steps=4",
+        "world_model.warmup_steps=1",
+        "world_model.decoder_steps=0",
+        "world_model.eval_every=0",
+        "evolve.generations=1",
+        "cycle.max_env_steps=450",
+    ]
     result = cycle(run, *[part for setting in quick for part in ("--set", setting)])
     assert result.returncode == 0, result.stderr
     done = summary(run)
@@ -295,9 +301,16 @@ def test_with_an_action_repeat_the_budget_counts_env_steps_not_agent_steps(tmp_p
     run = tmp_path / "repeat"
     # 200 random-policy transitions of 2 env steps each (about 400), then 100 more transitions would take the count
     # past 500: one iteration. Counted as agent steps, a second one (about 300) would have fitted.
-    quick = ["env.action_repeat=2", "world_model.collect_steps=200", "world_model.steps=4",
-             "world_model.warmup_steps=1", "world_model.decoder_steps=0", "world_model.eval_every=0",
-             "evolve.generations=1", "cycle.max_env_steps=500"]  # fmt: skip
+    quick = [
+        "env.action_repeat=2",
+        "world_model.collect_steps=200",
+        "world_model.steps=4",
+        "world_model.warmup_steps=1",
+        "world_model.decoder_steps=0",
+        "world_model.eval_every=0",
+        "evolve.generations=1",
+        "cycle.max_env_steps=500",
+    ]
     result = cycle(run, *[part for setting in quick for part in ("--set", setting)])
     assert result.returncode == 0, result.stderr
     done = summary(run)
@@ -377,9 +390,18 @@ def test_any_gymnasium_id_runs_the_cycle_from_pixels_or_state(tmp_path, env_id, 
     action of iteration 0 for 3 steps (world_model.collect_hold)."""
     run = tmp_path / "any"
     hold = 3 if obs == "state" else 1
-    quick = ["world_model.steps=4", "world_model.warmup_steps=1", "world_model.decoder_steps=0",
-             "world_model.eval_every=0", "evolve.generations=1", "evolve.eval_episodes=1", "cycle.iterations=1",
-             f"env.id={env_id}", f"env.obs={obs}", f"world_model.collect_hold={hold}"]  # fmt: skip
+    quick = [
+        "world_model.steps=4",
+        "world_model.warmup_steps=1",
+        "world_model.decoder_steps=0",
+        "world_model.eval_every=0",
+        "evolve.generations=1",
+        "evolve.eval_episodes=1",
+        "cycle.iterations=1",
+        f"env.id={env_id}",
+        f"env.obs={obs}",
+        f"world_model.collect_hold={hold}",
+    ]
     result = cycle(run, *[part for setting in quick for part in ("--set", setting)])
     assert result.returncode == 0, result.stderr
     done = summary(run)
@@ -411,9 +433,17 @@ def test_without_a_config_the_cycle_runs_the_default_task(tmp_path, capsys):
 
 
 def test_iteration_metrics_carry_a_success_rate_only_where_the_env_reports_one():
-    record = {"iteration": 1, "env_steps": 9000, "eval_return_mean": 3.5, "eval_return_std": 1.0,
-              "eval_length_mean": 120.0, "dream_return": 7.0, "dream_real_gap": 3.5, "collect_steps": 3000,
-              "eval_env_steps": 2400}  # fmt: skip
+    record = {
+        "iteration": 1,
+        "env_steps": 9000,
+        "eval_return_mean": 3.5,
+        "eval_return_std": 1.0,
+        "eval_length_mean": 120.0,
+        "dream_return": 7.0,
+        "dream_real_gap": 3.5,
+        "collect_steps": 3000,
+        "eval_env_steps": 2400,
+    }
     plain = iteration_metrics(record, best_return=4.0)
     assert "cycle/success_rate" not in plain and plain["cycle/best_return"] == 4.0
     parking = iteration_metrics({**record, "eval_success_rate": 0.25}, best_return=4.0)

@@ -40,8 +40,9 @@ def test_eval_replays_the_runs_own_evaluation_exactly(runs):
 
 
 def test_eval_with_another_seed_and_count_plays_those_episodes(runs):
-    result = wm("eval", "--run", str(runs["evolve"]), "--episodes", "3", "--envs", "1", "--seed", "5",
-                "--set", "run.threads=1")  # fmt: skip
+    result = wm(
+        "eval", "--run", str(runs["evolve"]), "--episodes", "3", "--envs", "1", "--seed", "5", "--set", "run.threads=1"
+    )
     assert result.returncode == 0, result.stderr
     ours = json.loads((runs["evolve"] / "eval.json").read_text())
     assert ours["eval_episodes"] == len(ours["eval_returns"]) == 3 and ours["seed"] == 5

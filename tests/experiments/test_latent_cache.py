@@ -25,9 +25,19 @@ def recorded(tmp_path_factory):
     envs.close()
     torch.manual_seed(0)
     model = JEPAWorldModel(
-        spec.obs_shape, spec.action_dim, latent_dim=8, hidden_dim=16, mlp_dim=16, ensemble_size=2, vit_size="micro",
-        image_size=SIZE, patch_size=4, freeze_encoder=True, input_blur=2.0, pooling="mean_std",
-    ).eval()  # fmt: skip
+        spec.obs_shape,
+        spec.action_dim,
+        latent_dim=8,
+        hidden_dim=16,
+        mlp_dim=16,
+        ensemble_size=2,
+        vit_size="micro",
+        image_size=SIZE,
+        patch_size=4,
+        freeze_encoder=True,
+        input_blur=2.0,
+        pooling="mean_std",
+    ).eval()
     key = encoder_fingerprint(model)
     assert fill_latent_cache(model, store, key, torch.device("cpu"), GracefulStop(), show_progress=False) == len(store)
     features = torch.as_tensor(np.concatenate([store.latents(key).get(i) for i in range(len(store))]))

@@ -27,8 +27,9 @@ def pretrained(tmp_path):
         for parameter in model.target_encoder.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))
     path = tmp_path / "checkpoints" / "latest.pt"
-    save_checkpoint(path, {"command": "pretrain", "step": 10, "config": config_lib.to_dict(cfg),
-                           "model": model.state_dict()})  # fmt: skip
+    save_checkpoint(
+        path, {"command": "pretrain", "step": 10, "config": config_lib.to_dict(cfg), "model": model.state_dict()}
+    )
     return tmp_path, model
 
 

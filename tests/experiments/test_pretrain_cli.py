@@ -37,6 +37,12 @@ def test_debug_run_leaves_a_complete_run_directory(tmp_path):
     assert (run / "config.yaml").read_text().startswith("run:")
     with Image.open(run / "masks.png") as picture:
         assert picture.size[0] > 3 * 32 and picture.size[1] > 2 * 32  # 2 rows of 3 tiles
+    # The collapse watch beside the random-init twin, and the probes against the step as a picture.
+    assert 1.0 <= done["probe"]["feature_rank"] <= 64 and 1.0 <= done["probe"]["feature_rank_random"] <= 64
+    assert 0 < done["probe"]["feature_std_min"] <= done["probe"]["feature_std_mean"]
+    assert "probe feature_rank:" in result.stderr
+    with Image.open(run / "probe_curve.png") as picture:
+        assert picture.size == (720, 440)
 
 
 def test_config_error_stops_before_any_work(tmp_path):
@@ -61,7 +67,7 @@ def test_existing_run_and_missing_run_are_refused(tmp_path):
 
 
 def test_sigkill_then_resume_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path):
-    args = [*DEBUG, "--set", "pretrain.optim.steps=60", "--set", "pretrain.eval.every=0"]
+    args = [*DEBUG, "--set", "pretrain.optim.steps=60", "--set", "pretrain.eval.every=20"]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert wm("pretrain", *args, "--run-dir", str(whole)).returncode == 0
 
@@ -77,6 +83,10 @@ def test_sigkill_then_resume_ends_with_the_parameters_of_an_uninterrupted_run(tm
     assert "resumed from" in resumed.stderr
     assert summary(broken)["status"] == "done"
     assert same_parameters(whole, broken)
+    # Evaluations before the kill are kept in the checkpoint: the curve has every one of them.
+    history = read_checkpoint(broken / "checkpoints/latest.pt")["probe_history"]
+    assert [record["step"] for record in history] == [20, 40, 60]
+    assert history == read_checkpoint(whole / "checkpoints/latest.pt")["probe_history"]
 
 
 def test_sigterm_saves_marks_interrupted_and_resumes(tmp_path):

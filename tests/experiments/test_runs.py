@@ -74,8 +74,17 @@ def test_cycle_evolve_and_train_runs_fill_their_columns(tmp_path):
     assert rows["broken"]["status"].startswith("unreadable summary")
 
     table = format_table(list(rows.values())).splitlines()
-    assert table[0].split() == ["name", "command", "env", "status", "iterations", "env_steps", "best_return", "wall",
-                                "result"]  # fmt: skip
+    assert table[0].split() == [
+        "name",
+        "command",
+        "env",
+        "status",
+        "iterations",
+        "env_steps",
+        "best_return",
+        "wall",
+        "result",
+    ]
     assert len(table) == 5 and all("CartPole-v1" in line for line in table[2:])  # broken, cycle, evolve, train
 
 
@@ -89,8 +98,15 @@ def test_an_interrupted_cycle_shows_the_iterations_it_evaluated_and_their_best(t
 
 
 def test_an_env_that_reports_success_shows_its_success_rate(tmp_path):
-    summary = {"command": "cycle", "status": "done", "env": {"env_id": "Parking-v0"}, "eval_return_mean": 3.5,
-               "eval_return_std": 1.25, "eval_success_rate": 0.84, "dream_return": 7.0}  # fmt: skip
+    summary = {
+        "command": "cycle",
+        "status": "done",
+        "env": {"env_id": "Parking-v0"},
+        "eval_return_mean": 3.5,
+        "eval_return_std": 1.25,
+        "eval_success_rate": 0.84,
+        "dream_return": 7.0,
+    }
     write_summary(tmp_path, "parking", summary)
     (row,) = read_runs(tmp_path)
     assert row["result"] == "real 3.5 ± 1.2 (84% successful), dream 7.0"
@@ -108,8 +124,9 @@ def test_sort_orders_numbers_as_numbers_either_way_and_puts_runs_without_the_fie
     from experiments.cli import main  # `wm runs ...`
 
     for name, best, seconds in (("a", 90.5, 300), ("b", 480.0, 60), ("c", 100.25, 9000)):
-        write_summary(tmp_path, name, {"command": "cycle", "status": "done", "best_eval_return": best,
-                                       "wall_seconds": seconds})  # fmt: skip
+        write_summary(
+            tmp_path, name, {"command": "cycle", "status": "done", "best_eval_return": best, "wall_seconds": seconds}
+        )
     write_summary(tmp_path, "d", {"command": "train", "status": "done"})  # no return at all
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "summary.json").write_text("[1, 2]")  # malformed: a row that says so, sorted last

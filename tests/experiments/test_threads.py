@@ -26,8 +26,9 @@ def test_others_busy_by_hand(busy, own, others):
     assert threads.others_busy(before, after) == pytest.approx(others)
 
 
-@pytest.mark.parametrize(("others", "cores", "expected"), [(0.0, 2, 2), (1.0, 2, 1), (3.0, 2, 1), (0.4, 2, 2),
-                                                           (0.6, 2, 1), (2.2, 8, 6)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("others", "cores", "expected"), [(0.0, 2, 2), (1.0, 2, 1), (3.0, 2, 1), (0.4, 2, 2), (0.6, 2, 1), (2.2, 8, 6)]
+)
 def test_threads_for_the_cores_left_free(others, cores, expected):
     threads, _ = share(cores)
     assert threads.choose(others) == expected

@@ -14,8 +14,17 @@ from worldmodel.dynamics.world_model import WorldModel
 
 def tiny_model_and_decoder() -> tuple[WorldModel, Decoder]:
     torch.manual_seed(0)
-    model = JEPAWorldModel((16, 16, 3), 2, latent_dim=8, hidden_dim=8, mlp_dim=8, ensemble_size=2, vit_size="micro",
-                       image_size=16, patch_size=4)  # fmt: skip
+    model = JEPAWorldModel(
+        (16, 16, 3),
+        2,
+        latent_dim=8,
+        hidden_dim=8,
+        mlp_dim=8,
+        ensemble_size=2,
+        vit_size="micro",
+        image_size=16,
+        patch_size=4,
+    )
     return model, Decoder(latent_dim=8, image_size=16, width=4)
 
 

@@ -16,9 +16,9 @@ carries real history, and runs the dream as `worldmodel.dream.rollout.rollout` d
 Every random number (start rows, latent noise, continue draws) comes from the env's own torch Generator, so the
 same seed and the same actions give the same trajectory.
 
-Shapes: N sub-envs, M start states in the pool, D latent, F = D + hidden_dim observation features, A action dims
+Shapes: N sub-envs, Q start states in the pool, D latent, X = D + hidden_dim observation features, A action dims
 (the model's action vector; one-hot of length n for Discrete(n)).
-    observations (N, F) float32, rewards (N,) float64, terminated / truncated (N,) bool,
+    observations (N, X) float32, rewards (N,) float64, terminated / truncated (N,) bool,
     actions (N,) integers for Discrete(n) or (N, A) floats for a 1-D Box.
 """
 
@@ -42,7 +42,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def observation_space(features: int) -> spaces.Box:
-    """The space of one dream observation [z, h]: (F,) finite float32."""
+    """The space of one dream observation [z, h]: (X,) finite float32."""
     return spaces.Box(-FLOAT32_MAX, FLOAT32_MAX, shape=(features,), dtype=np.float32)
 
 
@@ -60,7 +60,7 @@ class DreamVectorEnv(VectorEnv):
 
     Args:
         model: the world model (its mode and device are the caller's; the env only runs it under no_grad).
-        starts: the pool of M >= 1 start states (e.g. `dream_starts` rows).
+        starts: the pool of Q >= 1 start states (e.g. `dream_starts` rows).
         settings: how an episode runs and ends (horizon, continuation, noise, disagreement).
         num_envs: N >= 1.
         action_space: one sub-env's action space: Discrete(n) with model.action_dim == n (the model takes a
@@ -83,8 +83,10 @@ class DreamVectorEnv(VectorEnv):
         if not isinstance(settings, DreamSettings):
             raise TypeError(f"settings must be a DreamSettings, got {type(settings).__name__}")
         if settings.cont_mode == "expected":
-            raise ValueError("cont_mode 'expected' weights rewards instead of ending episodes; a gymnasium env needs "
-                             "episodes that end: use 'threshold' or 'sample'")  # fmt: skip
+            raise ValueError(
+                "cont_mode 'expected' weights rewards instead of ending episodes; a gymnasium env needs "
+                "episodes that end: use 'threshold' or 'sample'"
+            )
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         self.discrete = _check_action_space(action_space, model.action_dim)
@@ -114,7 +116,7 @@ class DreamVectorEnv(VectorEnv):
         """Fresh start states for all N sub-envs; `seed` reseeds the generator first.
 
         Returns:
-            observations (N, F) float32 and infos {"start_index": (N,) int64, "_start_index": (N,) bool}.
+            observations (N, X) float32 and infos {"start_index": (N,) int64, "_start_index": (N,) bool}.
         """
         if options:
             raise ValueError(f"DreamVectorEnv.reset takes no options, got {sorted(options)}")
@@ -137,7 +139,7 @@ class DreamVectorEnv(VectorEnv):
         Args:
             actions: (N,) integers for Discrete(n) or (N, A) floats for a Box.
         Returns:
-            observations (N, F) float32, rewards (N,) float64, terminated (N,) bool, truncated (N,) bool, infos.
+            observations (N, X) float32, rewards (N,) float64, terminated (N,) bool, truncated (N,) bool, infos.
         """
         if self.state is None:
             raise RuntimeError("DreamVectorEnv: call reset() before step()")
@@ -219,8 +221,8 @@ class DreamVectorEnv(VectorEnv):
         return torch.randint(self.starts.latent.shape[0], (count,), generator=self.generator)
 
     def _observations(self, state: DreamState) -> np.ndarray:
-        """(N, F) float32 [z, h], checked finite (a diverging model must not reach an agent silently)."""
-        observations = state.observation().float().cpu().numpy()  # (N, F)
+        """(N, X) float32 [z, h], checked finite (a diverging model must not reach an agent silently)."""
+        observations = state.observation().float().cpu().numpy()  # (N, X)
         finite = np.isfinite(observations).all(axis=1)  # (N,)
         if not finite.all():
             env = int(np.flatnonzero(~finite)[0])
@@ -277,7 +279,7 @@ class DreamVectorEnv(VectorEnv):
 class DreamEnv(gymnasium.Env):
     """One dream episode at a time as a `gymnasium.Env`: a `DreamVectorEnv` with one sub-env, unbatched.
 
-    Observations (F,) float32, rewards float, flags bool. Episodes end as usual: after terminated or truncated the
+    Observations (X,) float32, rewards float, flags bool. Episodes end as usual: after terminated or truncated the
     caller resets; stepping an ended episode raises `RuntimeError`. (The inner vector env would autoreset on the
     next step; instead every episode starts with the inner env's explicit `reset`, which clears its autoreset flag,
     and a step after the end is refused before it reaches the inner env. So the inner env never autoresets and
@@ -304,7 +306,7 @@ class DreamEnv(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """A fresh start state; `seed` reseeds the dream's generator, so the same seed gives the same episode
-        under the same actions. Returns obs (F,) float32 and info {"start_index": int}."""
+        under the same actions. Returns obs (X,) float32 and info {"start_index": int}."""
         super().reset(seed=seed)  # gymnasium's np_random (check_env inspects it); the dream draws from its own
         observations, infos = self.vector_env.reset(seed=seed, options=options)
         self._episode_over = False
@@ -314,7 +316,7 @@ class DreamEnv(gymnasium.Env):
         """One dream step under `action` (an integer for Discrete, (A,) for a Box).
 
         Returns:
-            obs (F,) float32, reward float, terminated bool, truncated bool, info {"cont", "disagreement"} floats.
+            obs (X,) float32, reward float, terminated bool, truncated bool, info {"cont", "disagreement"} floats.
         """
         if self._episode_over:
             raise RuntimeError("DreamEnv: the episode is over (or never began); call reset() before step()")
@@ -369,7 +371,7 @@ def _check_starts(starts: DreamState, model: WorldModel, reference: torch.Tensor
     hidden, latent = starts.hidden, starts.latent
     if hidden.ndim != 2 or latent.ndim != 2 or hidden.shape[0] != latent.shape[0] or hidden.shape[0] < 1:
         raise ValueError(
-            f"starts must be M >= 1 rows of hidden (M, hidden_dim) and latent (M, D), "
+            f"starts must be Q >= 1 rows of hidden (Q, hidden_dim) and latent (Q, D), "
             f"got {tuple(hidden.shape)} and {tuple(latent.shape)}"
         )
     if hidden.shape[1] != model.hidden_dim or latent.shape[1] != model.latent_dim:

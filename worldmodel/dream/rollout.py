@@ -24,7 +24,9 @@ its figures only, every DISAGREEMENT_EVERY-th step.
 All randomness of a rollout is drawn up front per rollout row (`draw_noise`), so a batch of rollouts gives each
 row exactly what it would get alone: the batched rollout equals a loop over candidates.
 
-Letters: N rollouts (P candidates x E episodes, flattened), H horizon, D latent, A action dims.
+Letters (declared in `worldmodel`): N rollouts (P candidates x E episodes, flattened), R rollouts still going,
+U dream steps (the horizon), Q start states in a pool, D latent, X = D + hidden_dim what a controller sees,
+A action dims.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ DISAGREEMENT_EVERY = 10
 only) at steps t = 0, 10, 20, ... rather than at every step."""
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
-"""Observations [z, h] (N, D + hidden_dim) -> model action vectors (N, A) (one-hot when discrete)."""
+"""Observations [z, h] (N, X) -> model action vectors (N, A) (one-hot when discrete)."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class DreamSettings:
     """How a dream rollout runs and ends (plain numbers; `experiments.config.DreamConfig` fills them)."""
 
     horizon: int = 200
-    """Dream steps H at most per rollout."""
+    """Dream steps U at most per rollout."""
     cont_mode: str = "threshold"
     """'threshold': the rollout ends when the continue probability falls below `cont_threshold`; 'sample': it
     ends with probability 1 - continue probability at each step; 'expected': rewards are weighted by the
@@ -94,11 +96,11 @@ class DreamState(NamedTuple):
     """(N, D) z_t (real at a start, predicted after)."""
 
     def observation(self) -> torch.Tensor:
-        """What a controller sees: [z, h] (N, D + hidden_dim)."""
+        """What a controller sees: [z, h] (N, X), X = D + hidden_dim."""
         return torch.cat([self.latent, self.hidden], dim=-1)
 
     def select(self, index: torch.Tensor) -> DreamState:
-        """Rows `index` (M,) of every field."""
+        """Rows `index` (N,) of every field."""
         return DreamState(self.hidden[index], self.latent[index])
 
 
@@ -106,11 +108,11 @@ class DreamNoise(NamedTuple):
     """Every random number a batch of rollouts uses, drawn up front per row (see `draw_noise`)."""
 
     latent: torch.Tensor | None
-    """(N, H, D) standard normal noise for the predicted latents, or None without latent noise."""
+    """(N, U, D) standard normal noise for the predicted latents, or None without latent noise."""
     uniform: torch.Tensor | None
-    """(N, H) uniforms in [0, 1) for sampled continuation, or None when continuation is thresholded."""
+    """(N, U) uniforms in [0, 1) for sampled continuation, or None when continuation is thresholded."""
     prior: torch.Tensor | None = None
-    """(N, H, D) standard normal noise of a model's prior samples (`WorldModel.samples_prior`), or None."""
+    """(N, U, D) standard normal noise of a model's prior samples (`WorldModel.samples_prior`), or None."""
 
     def rows(self, index: slice | torch.Tensor) -> DreamNoise:
         """The noise of rows `index`."""
@@ -136,7 +138,7 @@ class Rollout(NamedTuple):
     returns: torch.Tensor
     """(N,) sum of the predicted rewards minus the disagreement penalty, up to and including the last step."""
     lengths: torch.Tensor
-    """(N,) int64 steps taken before the rollout ended (at most H; 'expected' mode: steps until its weight fell
+    """(N,) int64 steps taken before the rollout ended (at most U; 'expected' mode: steps until its weight fell
     below EXPECTED_MIN_WEIGHT)."""
     disagreement: torch.Tensor
     """(N,) mean ensemble disagreement over the steps taken (settings without a penalty or limit: over the steps
@@ -155,7 +157,7 @@ def dream_starts(model: WorldModel, batch: WorldModelBatch) -> DreamState:
     Args:
         batch: B windows of T >= 1 steps (obs or cached features).
     Returns:
-        DreamState of M <= B rows.
+        DreamState of Q <= B rows.
     """
     hidden, latents, _ = model.real_states(batch)  # (B, T, hidden_dim), (B, T, D)
     alive = batch.cont[:, -1] > 0.5  # (B,)
@@ -175,7 +177,7 @@ def draw_noise(
     `prior`: also the noise of a model's prior samples (`WorldModel.samples_prior`)."""
     latent = None
     if settings.latent_noise > 0:
-        latent = torch.randn(rows, settings.horizon, latent_dim, generator=generator)  # (N, H, D)
+        latent = torch.randn(rows, settings.horizon, latent_dim, generator=generator)  # (N, U, D)
     uniform = torch.rand(rows, settings.horizon, generator=generator) if settings.cont_mode == "sample" else None
     prior_noise = torch.randn(rows, settings.horizon, latent_dim, generator=generator) if prior else None
     return DreamNoise(latent, uniform, prior_noise)
@@ -264,8 +266,8 @@ def rollout(
     expected = settings.cont_mode == "expected"
     state = start
     for t in range(settings.horizon):
-        observation = state.observation()  # (R, F)
-        if len(going) < rows:  # the policy sees every row in its place: (R, F) -> (N, F) -> actions (N, A) -> (R, A)
+        observation = state.observation()  # (R, X)
+        if len(going) < rows:  # the policy sees every row in its place: (R, X) -> (N, X) -> actions (N, A) -> (R, A)
             action = policy(observation.new_zeros(rows, observation.shape[1]).index_copy_(0, going, observation))[going]
         else:
             action = policy(observation)  # (N, A)

@@ -3,7 +3,7 @@
 It is trained on detached latents only (`Decoder.loss` detaches its input), with its own optimizer and a loss
 that is not one of the world model's: the JEPA world model never reconstructs pixels, and the decoder cannot
 change what the encoder learns. Layout: latent (N, D) -> Linear -> (N, C0, 4, 4) -> stride-2 transposed
-convolutions, each doubling the side and halving the channels -> (N, C, S, S) in [0, 1].
+convolutions, each doubling the side and halving the channels -> (N, C, H, W) in [0, 1], H = W = image_size.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ MAX_CHANNELS = 256
 
 
 class Decoder(nn.Module):
-    """Latent z -> frame. `forward` gives floats (N, C, S, S) in [0, 1]; `frames` gives uint8 (..., S, S, C).
+    """Latent z -> frame. `forward` gives floats (N, C, H, W) in [0, 1]; `frames` gives uint8 (..., H, W, C).
 
     Args:
         latent_dim: D.
-        image_size: S, the side of the frames it draws (any S >= 4; sides that are not 4 * 2^n are reached by
+        image_size: H = W, the side of the frames it draws (any side >= 4; sides that are not 4 * 2^n are reached by
             a final bilinear resize).
         channels: C of the frames (3 for RGB).
         width: channels of the last, full-resolution layer; each halving of resolution doubles them (to 256).
@@ -50,7 +50,7 @@ class Decoder(nn.Module):
         self.head = nn.Conv2d(widths[-1], channels, kernel_size=3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (N, D) -> frames (N, C, S, S), floats in [0, 1]."""
+        """Latents (N, D) -> frames (N, C, H, W), floats in [0, 1]."""
         x = self.stem(z).view(len(z), -1, BASE_SIDE, BASE_SIDE)  # (N, C0 * 16) -> (N, C0, 4, 4)
         x = self.head(self.upsample(x))  # (N, C, 4 * 2^n, 4 * 2^n)
         if x.shape[-1] != self.image_size:
@@ -62,17 +62,18 @@ class Decoder(nn.Module):
 
         Args:
             z: (N, D) latents (any graph they belong to is cut).
-            frames: (N, H, W, C) uint8, the frames they encode (resized to S when H or W differ).
+            frames: (N, H, W, C) uint8 of any size, the frames they encode (resized to image_size when it differs).
         Returns:
             scalar, in units of [0, 1] pixel values.
         """
-        target = resize(frames.permute(0, 3, 1, 2).contiguous(), self.image_size)  # (N, H, W, C) -> (N, C, S, S)
+        # (N, H, W, C) at any size -> (N, C, image_size, image_size)
+        target = resize(frames.permute(0, 3, 1, 2).contiguous(), self.image_size)
         return F.mse_loss(self(z.detach().float()), target.to(z.device))
 
     @torch.no_grad()
     def frames(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (..., D) -> uint8 frames (..., S, S, C), channels-last like the env's observations."""
+        """Latents (..., D) -> uint8 frames (..., H, W, C), channels-last like the env's observations."""
         lead = z.shape[:-1]
-        images = self(z.reshape(-1, z.shape[-1]).float())  # (..., D) -> (N, D) -> (N, C, S, S)
-        pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1)  # (N, S, S, C)
+        images = self(z.reshape(-1, z.shape[-1]).float())  # (..., D) -> (N, D) -> (N, C, H, W)
+        pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1)  # (N, H, W, C)
         return pixels.reshape(*lead, self.image_size, self.image_size, self.channels)

@@ -71,10 +71,19 @@ class JEPAWorldModel(WorldModel):
     ):
         self.check_options(**{key: value for key, value in locals().items() if key in self.keywords()})
         super().__init__(
-            obs_shape, action_dim, latent_dim=latent_dim, hidden_dim=hidden_dim, mlp_dim=mlp_dim,
-            ensemble_size=ensemble_size, vit_size=vit_size, image_size=image_size, patch_size=patch_size,
-            freeze_encoder=freeze_encoder, input_blur=input_blur, pooling=pooling,
-        )  # fmt: skip
+            obs_shape,
+            action_dim,
+            latent_dim=latent_dim,
+            hidden_dim=hidden_dim,
+            mlp_dim=mlp_dim,
+            ensemble_size=ensemble_size,
+            vit_size=vit_size,
+            image_size=image_size,
+            patch_size=patch_size,
+            freeze_encoder=freeze_encoder,
+            input_blur=input_blur,
+            pooling=pooling,
+        )
         self.collapse_guard = collapse_guard
         self.sigreg_directions = sigreg_directions
         self.sigreg_points = sigreg_points
@@ -182,7 +191,7 @@ class JEPAWorldModel(WorldModel):
         """
         B, T, _ = latents.shape
         start = self.initial_state(B)
-        h, z_prev = (start, torch.zeros_like(latents[:, 0])) if initial is None else initial  # (B, hd), (B, D)
+        h, z_prev = (start, torch.zeros_like(latents[:, 0])) if initial is None else initial  # (B, hidden_dim), (B, D)
         hidden, predicted = [], []
         for t in range(T):
             h, z_prev, a = restart_at_first(is_first[:, t, None], start, h, z_prev, action[:, t])
@@ -233,7 +242,7 @@ class JEPAWorldModel(WorldModel):
         z, z_target = self.latents(batch)  # (B, T, D) each
         hidden, _ = self.observe(z, batch.action, batch.is_first)  # (B, T, hidden_dim)
         warm = warm_mask(batch.is_first, burn_in)  # (B, T)
-        starts = torch.arange(T - 1, device=z.device)  # (S,) every step with a successor
+        starts = torch.arange(T - 1, device=z.device)  # (O,) every step with a successor
         roll = self.open_loop(hidden, z, batch.action, batch.is_first, starts, horizon, from_start=warm[:, starts])
         target = roll.at_targets(z_target)  # (N, D), N the pairs unrolled
         losses = {"latent": masked_mean((roll.latent - target).pow(2).mean(dim=-1), None, shard)}
@@ -253,7 +262,7 @@ class JEPAWorldModel(WorldModel):
         losses["reward"] = masked_mean(torch.cat([e.flatten() for e in reward_error]), mask, shard)
         losses["cont"] = masked_mean(torch.cat([e.flatten() for e in cont_error]), mask, shard)
 
-        members = self.ensemble(roll.hidden.detach())  # (N, hd) -> (K, N, D)
+        members = self.ensemble(roll.hidden.detach())  # (N, hidden_dim) -> (K, N, D)
         ensemble_error = (members - target).pow(2).mean(dim=(0, 2))  # (K, N, D) -> (N,)
         losses["ensemble"] = masked_mean(ensemble_error, None, shard)
 

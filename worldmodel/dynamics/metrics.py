@@ -61,10 +61,10 @@ def prediction_error_metrics(
     with targets[:, s + k]; the baseline's compares targets[:, s] (the latent does not change) with it.
 
     Args:
-        predicted: (B, S, H) + (D,) open-loop predictions, [:, i, k - 1] for step starts[i] + k (H >= max(ks)).
+        predicted: (B, O, U) + (D,) open-loop predictions, [:, i, k - 1] for step starts[i] + k (U >= max(ks)).
         targets: (B, T, D) target latents.
-        starts: (S,) int64 start steps.
-        valid: (B, S, H) bool, e.g. `open_loop_valid`.
+        starts: (O,) int64 start steps.
+        valid: (B, O, U) bool, e.g. `open_loop_valid`.
         scale: divisor of the MSE; default `total_variance(targets)`.
     Returns:
         {"pred_error_k{k}": float, "pred_error_k{k}_baseline": float} for each k (NaN when no pair is valid).
@@ -75,9 +75,9 @@ def prediction_error_metrics(
     scale = total_variance(targets) if scale is None else scale
     out = {}
     for k in ks:
-        target_index = (starts + k).clamp(max=T - 1)  # (S,)
-        pairs = valid[:, :, k - 1]  # (B, S)
-        target = targets[:, target_index][pairs]  # (B, S, D) -> (P, D)
+        target_index = (starts + k).clamp(max=T - 1)  # (O,)
+        pairs = valid[:, :, k - 1]  # (B, O)
+        target = targets[:, target_index][pairs]  # (B, O, D) -> (N, D)
         out[f"pred_error_k{k}"] = normalized_mse(predicted[:, :, k - 1][pairs], target, scale)
         out[f"pred_error_k{k}_baseline"] = normalized_mse(targets[:, starts][pairs], target, scale)
     return out
@@ -92,8 +92,8 @@ def no_change_error(targets: torch.Tensor, is_first: torch.Tensor, k: int) -> fl
         float, MSE / `total_variance(targets)`; NaN when the windows are shorter than k + 1 steps.
     """
     T = targets.shape[1]
-    starts = torch.arange(max(T - k, 0), device=targets.device)  # (S,)
-    pairs = open_loop_valid(is_first, starts, k)[:, :, k - 1]  # (B, S)
+    starts = torch.arange(max(T - k, 0), device=targets.device)  # (O,)
+    pairs = open_loop_valid(is_first, starts, k)[:, :, k - 1]  # (B, O)
     return normalized_mse(targets[:, starts][pairs], targets[:, starts + k][pairs], total_variance(targets))
 
 
@@ -122,8 +122,8 @@ def reward_metrics(
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Area under the ROC curve via the rank statistic (Mann-Whitney U), ties counted as one half.
 
-    AUC = (sum of the positives' ranks - P (P + 1) / 2) / (P N), with average ranks for tied scores: the
-    probability that a random positive scores above a random negative.
+    AUC = (sum of the positives' ranks - num_pos (num_pos + 1) / 2) / (num_pos num_neg), with average ranks for tied
+    scores: the probability that a random positive scores above a random negative.
 
     Args:
         scores: (N,) float, higher means "positive".
@@ -137,8 +137,8 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     if num_pos == 0 or num_neg == 0:
         return float("nan")
     _, inverse, counts = torch.unique(scores, sorted=True, return_inverse=True, return_counts=True)
-    last_rank = counts.cumsum(dim=0).double()  # (U,) 1-based rank of each distinct score's last occurrence
-    average_rank = last_rank - (counts.double() - 1) / 2  # (U,) mean of the ranks a group of ties spans
+    last_rank = counts.cumsum(dim=0).double()  # (distinct,) 1-based rank of each distinct score's last occurrence
+    average_rank = last_rank - (counts.double() - 1) / 2  # (distinct,) mean of the ranks a group of ties spans
     rank_sum = average_rank[inverse][positive].sum().item()
     return (rank_sum - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg)
 
@@ -274,7 +274,7 @@ def evaluate_world_model(
     hidden, z, z_target = model.real_states(batch)  # (B, T, hidden_dim), (B, T, D), (B, T, D)
     warm = warm_mask(batch.is_first, burn_in)  # (B, T)
     T = z.shape[1]
-    starts = torch.arange(T - 1, device=z.device)  # (S,)
+    starts = torch.arange(T - 1, device=z.device)  # (O,)
     roll = model.open_loop(hidden, z, batch.action, batch.is_first, starts, max(ks), from_start=warm[:, :-1])
     metrics = prediction_error_metrics(roll.dense(roll.latent), z_target, starts, roll.unrolled, ks)
     metrics.update(reward_metrics(model.reward(hidden, z)[warm], batch.reward[warm], reward_baseline))

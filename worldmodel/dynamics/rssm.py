@@ -92,10 +92,19 @@ class RSSMWorldModel(WorldModel):
     ):
         self.check_options(**{key: value for key, value in locals().items() if key in self.keywords()})
         super().__init__(
-            obs_shape, action_dim, latent_dim=latent_dim, hidden_dim=hidden_dim, mlp_dim=mlp_dim,
-            ensemble_size=ensemble_size, vit_size=vit_size, image_size=image_size, patch_size=patch_size,
-            freeze_encoder=freeze_encoder, input_blur=input_blur, pooling=pooling,
-        )  # fmt: skip
+            obs_shape,
+            action_dim,
+            latent_dim=latent_dim,
+            hidden_dim=hidden_dim,
+            mlp_dim=mlp_dim,
+            ensemble_size=ensemble_size,
+            vit_size=vit_size,
+            image_size=image_size,
+            patch_size=patch_size,
+            freeze_encoder=freeze_encoder,
+            input_blur=input_blur,
+            pooling=pooling,
+        )
         self.free_nats, self.kl_balance = float(free_nats), float(kl_balance)
         self.projection = mlp(self.feature_dim, mlp_dim, mlp_dim)  # the frame's embedding e_t
         self._add_dynamics(2 * latent_dim)  # the prior's mean and raw std

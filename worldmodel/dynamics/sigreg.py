@@ -3,7 +3,7 @@
 Sketched Isotropic Gaussian Regularisation from LeJEPA (Balestriero & LeCun 2025,
 https://arxiv.org/abs/2511.08544, Algorithm 1); LeWorldModel uses it as the only anti-collapse term of a
 JEPA world model trained end-to-end from pixels. By the Cramér-Wold theorem a distribution is N(0, I) when
-every 1-D projection of it is N(0, 1), so: project the latents on M random unit directions (fresh each call,
+every 1-D projection of it is N(0, 1), so: project the latents on many random unit directions (fresh each call,
 so over training every direction gets tested) and score each projection with the Epps-Pulley statistic
 
     EP = integral over t of |ecf(t) - exp(-t^2 / 2)|^2 w(t) dt,    w(t) = exp(-t^2 / 2),
@@ -30,34 +30,34 @@ def epps_pulley(projections: torch.Tensor, num_points: int = 17, t_max: float = 
     over [-t_max, t_max] is twice the integral over [0, t_max], taken on `num_points` evenly spaced points.
 
     Args:
-        projections: (N, M) samples, one 1-D sample of size N per column.
+        projections: (N, directions) samples, one 1-D sample of size N per column.
         num_points: grid points on [0, t_max], >= 2.
         t_max: end of the grid; the Gaussian weight makes |t| > 5 contribute less than 1e-5.
     Returns:
-        (M,) float32 statistics, >= 0.
+        (directions,) float32 statistics, >= 0.
     """
     if projections.ndim != 2 or len(projections) < 1:
-        raise ValueError(f"projections must be (N, M) with N >= 1, got shape {tuple(projections.shape)}")
+        raise ValueError(f"projections must be (N, directions) with N >= 1, got shape {tuple(projections.shape)}")
     if num_points < 2 or t_max <= 0:
         raise ValueError(f"need num_points >= 2 and t_max > 0, got {num_points} and {t_max}")
     x = projections.float()
-    t = torch.linspace(0.0, t_max, num_points, device=x.device)  # (P,)
-    gaussian_cf = torch.exp(-0.5 * t**2)  # (P,) characteristic function of N(0, 1), also the weight
-    angles = x.unsqueeze(-1) * t  # (N, M) -> (N, M, P)
+    t = torch.linspace(0.0, t_max, num_points, device=x.device)  # (grid,)
+    gaussian_cf = torch.exp(-0.5 * t**2)  # (grid,) characteristic function of N(0, 1), also the weight
+    angles = x.unsqueeze(-1) * t  # (N, directions) -> (N, directions, grid)
     # Real and imaginary parts of the empirical characteristic function, kept real for portability.
-    real = angles.cos().mean(dim=0)  # (M, P)
-    imag = angles.sin().mean(dim=0)  # (M, P)
-    error = ((real - gaussian_cf) ** 2 + imag**2) * gaussian_cf  # (M, P)
-    return 2.0 * torch.trapezoid(error, t, dim=-1)  # (M,)
+    real = angles.cos().mean(dim=0)  # (directions, grid)
+    imag = angles.sin().mean(dim=0)  # (directions, grid)
+    error = ((real - gaussian_cf) ** 2 + imag**2) * gaussian_cf  # (directions, grid)
+    return 2.0 * torch.trapezoid(error, t, dim=-1)  # (directions,)
 
 
 def random_directions(dim: int, num_directions: int, generator: torch.Generator) -> torch.Tensor:
     """`num_directions` unit vectors uniform on the sphere in R^dim, drawn on the CPU from `generator`.
 
     Returns:
-        (dim, M) float32, each column of norm 1.
+        (dim, num_directions) float32, each column of norm 1.
     """
-    directions = torch.randn(dim, num_directions, generator=generator)  # (D, M)
+    directions = torch.randn(dim, num_directions, generator=generator)  # (D, directions)
     return directions / directions.norm(dim=0, keepdim=True)
 
 
@@ -74,7 +74,7 @@ def sigreg(
         latents: (N, D) a batch of latents, any device; differentiable.
         generator: a CPU generator; the directions are drawn from it afresh on every call (then moved to the
             latents' device), so the same generator state gives the same value.
-        num_directions: M, random directions per call.
+        num_directions: random directions per call.
         num_points: grid points of the Epps-Pulley integral on [0, t_max].
         t_max: end of the integration grid.
     Returns:
@@ -85,6 +85,6 @@ def sigreg(
         raise ValueError(f"latents must be (N, D), got shape {tuple(latents.shape)}")
     if num_directions < 1:
         raise ValueError(f"num_directions must be >= 1, got {num_directions}")
-    directions = random_directions(latents.shape[1], num_directions, generator).to(latents.device)  # (D, M)
-    projections = latents.float() @ directions  # (N, D) @ (D, M) -> (N, M)
+    directions = random_directions(latents.shape[1], num_directions, generator).to(latents.device)  # (D, directions)
+    projections = latents.float() @ directions  # (N, D) @ (D, directions) -> (N, directions)
     return epps_pulley(projections, num_points, t_max).mean()

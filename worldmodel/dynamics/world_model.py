@@ -21,8 +21,8 @@ is_last but cont = 1). The dynamics follow it:
     r̂_t = reward(h_t, z_t), ĉ_t = cont(h_t, z_t)
 
 so h_t holds the history up to z_{t-1} and the action that led to obs[t], and [z_t, h_t] is what a
-controller sees. Letters: B batch, T time, S open-loop start points, H horizon, K ensemble members,
-D latent, F encoder features, A action dims.
+controller sees. Letters (declared in `worldmodel`): B batch, T time, O open-loop start points, U unrolled steps,
+K ensemble members, D latent, F encoder features, A action dims, S true state, N rows.
 """
 
 from __future__ import annotations
@@ -94,15 +94,15 @@ class Imagination(NamedTuple):
     """An open-loop rollout from `WorldModel.imagine`; step i is the state after actions[:, i]."""
 
     latent: torch.Tensor
-    """(B, H, D) predicted latents ẑ."""
+    """(B, U, D) predicted latents ẑ."""
     hidden: torch.Tensor
-    """(B, H, hidden_dim) recurrent states h."""
+    """(B, U, hidden_dim) recurrent states h."""
     reward: torch.Tensor
-    """(B, H) predicted rewards."""
+    """(B, U) predicted rewards."""
     cont: torch.Tensor
-    """(B, H) predicted probabilities of not having terminated."""
+    """(B, U) predicted probabilities of not having terminated."""
     disagreement: torch.Tensor
-    """(B, H) variance across ensemble members, averaged over D."""
+    """(B, U) variance across ensemble members, averaged over D."""
 
 
 class OpenLoop(NamedTuple):
@@ -114,21 +114,21 @@ class OpenLoop(NamedTuple):
     hidden: torch.Tensor
     """(N, hidden_dim) recurrent states at the same steps."""
     pair: torch.Tensor
-    """(N,) int64 flat index of each pair into (B, S, H)."""
+    """(N,) int64 flat index of each pair into (B, O, U)."""
     target_index: torch.Tensor
-    """(S, H) int64 time index each prediction is compared with, clamped to T - 1."""
+    """(O, U) int64 time index each prediction is compared with, clamped to T - 1."""
     unrolled: torch.Tensor
-    """(B, S, H) bool: the pairs unrolled (`pair` holds their flat indices, ordered by k, then by row)."""
+    """(B, O, U) bool: the pairs unrolled (`pair` holds their flat indices, ordered by k, then by row)."""
 
     def at_targets(self, values: torch.Tensor) -> torch.Tensor:
         """Each pair's value at its target step: values (B, T, ...) -> (N, ...)."""
-        B, S, H = self.unrolled.shape
-        window = torch.div(self.pair, S * H, rounding_mode="floor")  # (N,) b of each pair
-        return values[window, self.target_index.flatten()[self.pair % (S * H)]]
+        _, num_starts, horizon = self.unrolled.shape  # (B, O, U)
+        window = torch.div(self.pair, num_starts * horizon, rounding_mode="floor")  # (N,) b of each pair
+        return values[window, self.target_index.flatten()[self.pair % (num_starts * horizon)]]
 
     def dense(self, values: torch.Tensor) -> torch.Tensor:
-        """Per-pair values (N, ...) laid out as (B, S, H, ...), zeros at the pairs not unrolled."""
-        full = values.new_zeros(self.unrolled.numel(), *values.shape[1:])  # (B*S*H, ...)
+        """Per-pair values (N, ...) laid out as (B, O, U, ...), zeros at the pairs not unrolled."""
+        full = values.new_zeros(self.unrolled.numel(), *values.shape[1:])  # (B*O*U, ...)
         return full.index_copy(0, self.pair, values).reshape(*self.unrolled.shape, *values.shape[1:])
 
 
@@ -139,15 +139,15 @@ def open_loop_valid(is_first: torch.Tensor, starts: torch.Tensor, horizon: int) 
 
     Args:
         is_first: (B, T) bool.
-        starts: (S,) int64 start steps in [0, T).
-        horizon: H >= 1.
+        starts: (O,) int64 start steps in [0, T).
+        horizon: U >= 1.
     Returns:
-        (B, S, H) bool.
+        (B, O, U) bool.
     """
     T = is_first.shape[1]
-    target = starts[:, None] + torch.arange(1, horizon + 1, device=starts.device)  # (S, H)
+    target = starts[:, None] + torch.arange(1, horizon + 1, device=starts.device)  # (O, U)
     episode = is_first.long().cumsum(dim=1)  # (B, T) episode number within the window
-    same_episode = episode[:, target.clamp(max=T - 1)] == episode[:, starts, None]  # (B, S, H)
+    same_episode = episode[:, target.clamp(max=T - 1)] == episode[:, starts, None]  # (B, O, U)
     return same_episode & (target <= T - 1)
 
 
@@ -198,14 +198,14 @@ class BatchShard(Protocol):
     """How many processes share the batch (and average their gradients)."""
 
     rank: int
-    """This share's place among them: it holds rows [rank * n, (rank + 1) * n) of the whole batch."""
+    """This share's place among them: it holds rows [rank * N, (rank + 1) * N) of the whole batch."""
 
     def total(self, value: torch.Tensor) -> torch.Tensor:
         """The sum over every share of a tensor that needs no gradient (a count)."""
         ...
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """Every share's rows, (n, ...) -> (world_size * n, ...) in order; differentiable."""
+        """Every share's rows, (N, ...) -> (world_size * N, ...) in order; differentiable."""
         ...
 
 
@@ -602,20 +602,20 @@ class WorldModel(nn.Module, ABC):
 
         Args:
             hidden: (B, T, hidden_dim) from `observe`; latents: (B, T, D) real latents; action: (B, T, A);
-            is_first: (B, T) bool; starts: (S,) int64 in [0, T); horizon: H >= 1.
-            from_start: (B, S) bool, the start points to unroll from (e.g. the warm ones); default all.
+            is_first: (B, T) bool; starts: (O,) int64 in [0, T); horizon: U >= 1.
+            from_start: (B, O) bool, the start points to unroll from (e.g. the warm ones); default all.
         """
         B, T, _ = latents.shape
-        S = len(starts)
+        num_starts = len(starts)  # O
         target_index = (starts[:, None] + torch.arange(1, horizon + 1, device=starts.device)).clamp(max=T - 1)
-        unrolled = open_loop_valid(is_first, starts, horizon)  # (B, S, H), and once False stays False along H
+        unrolled = open_loop_valid(is_first, starts, horizon)  # (B, O, U), and once False stays False along U
         if from_start is not None:
             unrolled = unrolled & from_start[:, :, None]
-        keep = unrolled.reshape(B * S, horizon)
-        actions = action[:, target_index].reshape(B * S, horizon, -1)  # (B, S, H, A) -> (B*S, H, A)
-        rows = torch.arange(B * S, device=latents.device)  # the rows still unrolling, into B*S
-        h = hidden[:, starts].reshape(B * S, -1)  # (B, S, hidden_dim) -> (B*S, hidden_dim)
-        z = latents[:, starts].reshape(B * S, -1)  # (B, S, D) -> (B*S, D)
+        keep = unrolled.reshape(B * num_starts, horizon)
+        actions = action[:, target_index].reshape(B * num_starts, horizon, -1)  # (B, O, U, A) -> (B*O, U, A)
+        rows = torch.arange(B * num_starts, device=latents.device)  # the rows still unrolling, into B*O
+        h = hidden[:, starts].reshape(B * num_starts, -1)  # (B, O, hidden_dim) -> (B*O, hidden_dim)
+        z = latents[:, starts].reshape(B * num_starts, -1)  # (B, O, D) -> (B*O, D)
         hs, zs, pairs = [], [], []
         for k in range(horizon):
             stay = keep[rows, k]
@@ -637,9 +637,9 @@ class WorldModel(nn.Module, ABC):
 
         Args:
             h: (B, hidden_dim) and z: (B, D), the state to start from (e.g. the last step of `observe`).
-            actions: (B, H, A); actions[:, i] leads to imagined step i.
+            actions: (B, U, A); actions[:, i] leads to imagined step i.
         Returns:
-            Imagination with (B, H, ...) tensors.
+            Imagination with (B, U, ...) tensors.
         """
         latents, hidden, rewards, conts, disagreements = [], [], [], [], []
         for i in range(actions.shape[1]):
@@ -672,7 +672,7 @@ class WorldModel(nn.Module, ABC):
 
         Args:
             batch: windows of T >= 2 steps.
-            horizon: open-loop steps H >= 1 per start point (where the kind unrolls open loop).
+            horizon: open-loop steps U >= 1 per start point (where the kind unrolls open loop).
             burn_in: teacher-forced steps at the window's start whose h is too young to train on (the same).
             generator: CPU generator for the kind's random draws.
             shard: `batch` is this process's share of a batch split across processes: each loss averaged over the

@@ -213,7 +213,7 @@ def _scan_images(root: Path) -> list[str]:
 
 
 def load_image(path: str | os.PathLike, image_size: int) -> torch.Tensor:
-    """Decode an image file to (3, S, S) uint8: RGB, shorter side resized to S, centre crop S x S.
+    """Decode an image file to (3, H, W) uint8, H = W = image_size: RGB, shorter side resized, centre crop.
 
     Resizing uses Pillow's bicubic filter, which antialiases when shrinking. Raises whatever Pillow
     raises for an unreadable file (OSError, SyntaxError, ValueError, ...).
@@ -233,8 +233,8 @@ def load_image(path: str | os.PathLike, image_size: int) -> torch.Tensor:
         Image.Resampling.BICUBIC,
         reducing_gap=3.0,  # shrink in two passes for very large images: faster, same quality
     ).crop((left, top, left + image_size, top + image_size))
-    array = np.asarray(image, dtype=np.uint8)  # (S, S, 3)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (S, S, 3) -> (3, S, S)
+    array = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
 
 
 # Exceptions Pillow raises on corrupt, truncated or hostile files. Anything else is a bug and propagates.
@@ -242,7 +242,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """Images found recursively under a folder, decoded with Pillow to (3, S, S) uint8.
+    """Images found recursively under a folder, decoded with Pillow to (3, H, W) uint8, H = W = image_size.
 
     Files: every `.jpg .jpeg .png .webp` (any case) under `root`, at any depth, sorted by relative path
     for determinism; hidden files and folders (name starting with '.') are skipped.
@@ -260,7 +260,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     Args:
         root: folder to scan.
-        image_size: side S of the stored square images.
+        image_size: side H = W of the stored square images.
         max_images: keep a random subset of this many images (seeded by `seed`), or all when None.
         seed: seed of the subset.
     """
@@ -356,16 +356,16 @@ def _chaos_game(
     """Run the chaos game for many systems at once, `chains` independent chains per system.
 
     Args:
-        params: (I, K, 6) float32 affine maps (a, b, c, d, e, f): x' = a x + b y + e, y' = c x + d y + f.
-        probs: (I, K) probability of each map (0 for unused maps).
+        params: (I, maps, 6) float32 affine maps (a, b, c, d, e, f): x' = a x + b y + e, y' = c x + d y + f.
+        probs: (I, maps) probability of each map (0 for unused maps).
     Returns:
         x and y (I, steps * chains) float32 coordinates of points on the attractor, and the map that
         produced each point (I, steps * chains) uint8 (used for colouring).
     """
     num_systems, num_maps = probs.shape
-    cumulative = np.cumsum(probs, axis=1)[:, :, None].astype(np.float32)  # (I, K, 1)
-    # Parameters as (6, I*K) so one `take` with flat indices gathers all six for every chain.
-    table = np.ascontiguousarray(params.reshape(num_systems * num_maps, 6).T)  # (6, I*K)
+    cumulative = np.cumsum(probs, axis=1)[:, :, None].astype(np.float32)  # (I, maps, 1)
+    # Parameters as (6, I*maps) so one `take` with flat indices gathers all six for every chain.
+    table = np.ascontiguousarray(params.reshape(num_systems * num_maps, 6).T)  # (6, I*maps)
     base = (np.arange(num_systems) * num_maps)[:, None]  # (I, 1) offset of each system's maps
     # Start every chain at the fixed point of map 0, which lies on the attractor, so burn-in only
     # has to spread the chains, not pull them in from far away. Contractive maps make I - A invertible.
@@ -401,9 +401,9 @@ def _fit_to_pixels(
     scale in [0.6, 1], a random offset within the image and a horizontal flip with probability 1/2.
 
     Args:
-        x, y: (I, P) float32 point coordinates.
+        x, y: (I, points) float32 point coordinates.
     Returns:
-        column (I, P) and row (I, P) int64 pixel indices in [0, size).
+        column (I, points) and row (I, points) int64 pixel indices in [0, size).
     """
     num = x.shape[0]
     low_x, low_y = x.min(axis=1), y.min(axis=1)  # (I,)
@@ -436,7 +436,7 @@ def _spectral_norm(params: np.ndarray) -> np.ndarray:
 
 
 def _map_probabilities(params: np.ndarray, used: np.ndarray) -> np.ndarray:
-    """FractalDB's map probabilities, proportional to |det| of each used map; (I, K) float32."""
+    """FractalDB's map probabilities, proportional to |det| of each used map; (I, maps) float32."""
     det = np.abs(params[..., 0] * params[..., 3] - params[..., 1] * params[..., 2]) * used
     return (det / np.maximum(det.sum(axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
@@ -475,7 +475,7 @@ def sample_fractal_systems(
             continue
         x, y, _ = _chaos_game(rng, params, _map_probabilities(params, used), chains=128, steps=16, burn_in=12)
         column, row = _fit_to_pixels(x, y, check_size, rng=None)
-        flat = row * check_size + column + np.arange(len(params))[:, None] * check_size**2  # (I, P)
+        flat = row * check_size + column + np.arange(len(params))[:, None] * check_size**2  # (I, points)
         hits = np.bincount(flat.ravel(), minlength=len(params) * check_size**2).reshape(len(params), -1)
         filling = (hits > 0).mean(axis=1)
         good = filling >= min_filling
@@ -538,7 +538,7 @@ def render_fractals(
     # Every hit pixel is clearly visible (>= 0.35); dense parts brighter.
     brightness = np.where(total > 0, 0.35 + 0.65 * brightness, 0.0)
     image = np.clip(mean_colour * brightness[..., None] * 255.0 + 0.5, 0, 255).astype(np.uint8)  # (I, pixels, 3)
-    return image.reshape(num, image_size, image_size, 3).transpose(0, 3, 1, 2)  # -> (I, 3, S, S)
+    return image.reshape(num, image_size, image_size, 3).transpose(0, 3, 1, 2)  # -> (I, 3, H, W)
 
 
 class FractalDataset(torch.utils.data.Dataset):
@@ -550,7 +550,7 @@ class FractalDataset(torch.utils.data.Dataset):
     Args:
         num_classes: number of random systems (classes).
         per_class: instances drawn per class.
-        image_size: side S of the (3, S, S) images.
+        image_size: side H = W of the (3, H, W) images.
         seed: seed of everything (systems and instances).
     """
 
@@ -573,7 +573,7 @@ class FractalDataset(torch.utils.data.Dataset):
             render_fractals(params[labels[start : start + chunk]], used[labels[start : start + chunk]], image_size, rng)
             for start in range(0, len(labels), chunk)
         ]
-        self.images = torch.from_numpy(np.concatenate(images))  # (N, 3, S, S) uint8
+        self.images = torch.from_numpy(np.concatenate(images))  # (N, 3, H, W) uint8
         self.labels = torch.from_numpy(labels).to(torch.int64)
         self.num_classes = num_classes
         self.per_class = per_class
@@ -710,9 +710,15 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
     """
 
     def __init__(
-        self, num_items: int, batch_size: int, seed: int, start_step: int = 0, total_steps: int | None = None,
-        rows: slice = slice(None), skip: Collection[int] = (),
-    ) -> None:  # fmt: skip
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int,
+        start_step: int = 0,
+        total_steps: int | None = None,
+        rows: slice = slice(None),
+        skip: Collection[int] = (),
+    ) -> None:
         if batch_size < 1 or num_items < batch_size:
             raise ValueError(f"batch_size must be in [1, num_items={num_items}], got {batch_size}")
         if seed < 0:

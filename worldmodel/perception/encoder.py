@@ -56,7 +56,7 @@ class Encoder(nn.Module):
         weight = self.backbone.patch_embed.weight
         frames = images.to(weight.device).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
         x = normalize(gaussian_blur(resize(frames, self.image_size), self.input_blur), self.mean, self.std)
-        return pool_tokens(self.backbone(x.to(weight.dtype)), self.pooling).float()  # (B, N, D) -> (B, F)
+        return pool_tokens(self.backbone(x.to(weight.dtype)), self.pooling).float()  # (B, Np, V) -> (B, F)
 
     def forward(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """`embed`."""

@@ -44,8 +44,9 @@ def render_glyph(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     canvas = Image.new("RGB", (2 * size, 2 * size), background)  # room to rotate without empty corners
     centre = size + rng.uniform(-0.1, 0.1, 2) * size
     stroke = int(round(rng.integers(0, 3) * scale))
-    ImageDraw.Draw(canvas).text(tuple(centre), GLYPHS[label], fill=colour, font=font, anchor="mm",
-                                stroke_width=stroke, stroke_fill=colour)  # fmt: skip
+    ImageDraw.Draw(canvas).text(
+        tuple(centre), GLYPHS[label], fill=colour, font=font, anchor="mm", stroke_width=stroke, stroke_fill=colour
+    )
     canvas = canvas.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR, fillcolor=background)
     half = size // 2
     return np.asarray(canvas.crop((half, half, half + size, half + size)))
@@ -64,8 +65,8 @@ class GlyphDataset(torch.utils.data.Dataset):
             raise ValueError(f"image_size must be >= 16 pixels for a glyph to be legible, got {image_size}")
         rng = np.random.default_rng(seed)
         labels = np.repeat(np.arange(num_classes), per_class)  # (N,)
-        images = np.stack([render_glyph(int(label), image_size, rng) for label in labels])  # (N, S, S, 3)
-        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S) uint8
+        images = np.stack([render_glyph(int(label), image_size, rng) for label in labels])  # (N, H, W, 3)
+        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
         self.labels = torch.from_numpy(labels).to(torch.int64)
         self.num_classes, self.per_class = num_classes, per_class
         self.states = None
@@ -91,8 +92,10 @@ def write_image_folder(images: torch.Tensor, labels: torch.Tensor, class_names: 
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not empty; name a new folder")
     if len(images) != len(labels) or images.ndim != 4 or images.dtype != torch.uint8:
-        raise ValueError(f"expected (N, 3, H, W) uint8 images and N labels, got {tuple(images.shape)} "
-                         f"{images.dtype} and {len(labels)} labels")  # fmt: skip
+        raise ValueError(
+            f"expected (N, 3, H, W) uint8 images and N labels, got {tuple(images.shape)} "
+            f"{images.dtype} and {len(labels)} labels"
+        )
     for name in class_names:
         (root / name).mkdir(parents=True, exist_ok=True)
     for index, (image, label) in enumerate(zip(images, labels.tolist(), strict=True)):

@@ -43,16 +43,16 @@ class IJEPA(nn.Module):
         B = images.shape[0]
         M, Nt = masks.targets.shape[1:]
         with torch.no_grad():
-            target = self.target_encoder(images)  # (B, N, D)
+            target = self.target_encoder(images)  # (B, Np, V)
             # Targets are LayerNorm-ed without affine parameters, as in the paper's code.
             target = F.layer_norm(target, target.shape[-1:])
-            target = gather_tokens(target, masks.targets.flatten(1))  # (B, M*Nt, D)
-        context = self.encoder(images, masks.context)  # (B, Nc, D)
+            target = gather_tokens(target, masks.targets.flatten(1))  # (B, M*Nt, V)
+        context = self.encoder(images, masks.context)  # (B, Nc, V)
         # Each target block gets its own predictor pass over the same context (the batch grows M-fold).
-        context = context.repeat_interleave(M, dim=0)  # (B, Nc, D) -> (B*M, Nc, D)
+        context = context.repeat_interleave(M, dim=0)  # (B, Nc, V) -> (B*M, Nc, V)
         context_index = masks.context.repeat_interleave(M, dim=0)  # (B*M, Nc)
-        prediction = self.predictor(context, context_index, masks.targets.reshape(B * M, Nt))  # (B*M, Nt, D)
-        prediction = prediction.reshape(B, M * Nt, -1)  # (B*M, Nt, D) -> (B, M*Nt, D)
+        prediction = self.predictor(context, context_index, masks.targets.reshape(B * M, Nt))  # (B*M, Nt, V)
+        prediction = prediction.reshape(B, M * Nt, -1)  # (B*M, Nt, V) -> (B, M*Nt, V)
         return {"jepa": F.smooth_l1_loss(prediction.float(), target.float())}
 
     @torch.no_grad()
@@ -65,5 +65,5 @@ class IJEPA(nn.Module):
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Mean-pooled target-encoder features of full images: (B, C, H, W) -> (B, D)."""
+        """Mean-pooled target-encoder features of full images: (B, C, H, W) -> (B, V)."""
         return self.target_encoder.pooled(images)

@@ -1,7 +1,8 @@
 """Evaluation of an encoder on frozen features: k-NN, linear classification and linear-probe R^2.
 
 Pure, deterministic functions of feature tensors (same inputs on the same device and thread count
-give the same result). Features are float `(N, D)`; labels `(N,)` int64; states `(N, S)` float.
+give the same result). Features are float `(N, F)`; labels `(N,)` int64; states `(N, S)` float; train and
+test sets each have their own N.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 def _check_features(name: str, x: torch.Tensor) -> None:
     if x.ndim != 2 or not x.is_floating_point():
-        raise ValueError(f"{name} must be a float tensor (N, D), got dtype {x.dtype} and shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must be a float tensor (N, F), got dtype {x.dtype} and shape {tuple(x.shape)}")
     if len(x) == 0:
         raise ValueError(f"{name} is empty; a probe needs at least one row")
     if not torch.isfinite(x).all():
@@ -69,24 +70,24 @@ def knn_predict(
     See https://github.com/facebookresearch/dino/blob/main/eval_knn.py.
 
     Args:
-        train_x: (N, D), train_y: (N,) int64 in [0, num_classes), test_x: (M, D).
-        k: neighbours, clamped to N.
-        chunk: test points per similarity block, bounding memory at chunk x N.
+        train_x: (N, F), train_y: (N,) int64 in [0, num_classes), test_x: (N, F) with the test set's N.
+        k: neighbours, clamped to the training rows.
+        chunk: test points per similarity block, bounding memory at chunk x training rows.
     Returns:
-        (M,) int64 predicted classes.
+        (N,) int64 predicted classes, one per test row.
     """
     if k < 1 or temperature <= 0:
         raise ValueError(f"k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}")
     k = min(k, len(train_x))
-    train_unit = F.normalize(train_x.float(), dim=1)  # (N, D)
-    test_unit = F.normalize(test_x.float().to(train_x.device), dim=1)  # (M, D)
+    train_unit = F.normalize(train_x.float(), dim=1)  # (N, F) train
+    test_unit = F.normalize(test_x.float().to(train_x.device), dim=1)  # (N, F) test
     train_y = train_y.to(train_x.device)
     predictions = []
     for start in range(0, len(test_unit), chunk):
-        similarity = test_unit[start : start + chunk] @ train_unit.T  # (m, N)
-        top_similarity, top_index = similarity.topk(k, dim=1)  # (m, k)
-        weights = (top_similarity / temperature).exp()  # (m, k)
-        votes = torch.zeros(len(similarity), num_classes, device=similarity.device)  # (m, classes)
+        similarity = test_unit[start : start + chunk] @ train_unit.T  # (chunk, N train)
+        top_similarity, top_index = similarity.topk(k, dim=1)  # (chunk, k neighbours)
+        weights = (top_similarity / temperature).exp()  # (chunk, k neighbours)
+        votes = torch.zeros(len(similarity), num_classes, device=similarity.device)  # (chunk, classes)
         votes.scatter_add_(1, train_y[top_index], weights)
         predictions.append(votes.argmax(dim=1))
     return torch.cat(predictions)
@@ -103,7 +104,7 @@ def knn_top1(
     """Top-1 accuracy of weighted cosine k-NN (see `knn_predict`).
 
     Args:
-        train_x: (N, D), train_y: (N,), test_x: (M, D), test_y: (M,) int64 class ids >= 0.
+        train_x: (N, F), train_y: (N,); test_x: (N, F), test_y: (N,) with the test set's N; int64 class ids >= 0.
     Returns:
         accuracy in [0, 1].
     """
@@ -138,7 +139,7 @@ def linear_probe_accuracy(
     search from zero weights, which is deterministic (no minibatch sampling, no random init).
 
     Args:
-        train_x: (N, D), train_y: (N,), test_x: (M, D), test_y: (M,) int64 in [0, num_classes).
+        train_x: (N, F), train_y: (N,); test_x: (N, F), test_y: (N,) with the test set's N; int64 in [0, num_classes).
         weight_decay: L2 coefficient on the weights, >= 0.
         steps: maximum L-BFGS iterations.
     Returns:
@@ -155,9 +156,9 @@ def linear_probe_accuracy(
     if weight_decay < 0 or steps < 1:
         raise ValueError(f"need weight_decay >= 0 and steps >= 1, got {weight_decay} and {steps}")
     device = train_x.device
-    train_z, test_z = _standardize(train_x.float(), test_x.float().to(device))  # (N, D), (M, D)
+    train_z, test_z = _standardize(train_x.float(), test_x.float().to(device))  # (N, F) train, (N, F) test
     train_y = train_y.to(device)
-    weight = torch.zeros(train_z.shape[1], num_classes, device=device, requires_grad=True)  # (D, classes)
+    weight = torch.zeros(train_z.shape[1], num_classes, device=device, requires_grad=True)  # (F, classes)
     bias = torch.zeros(num_classes, device=device, requires_grad=True)
     optimizer = torch.optim.LBFGS(
         [weight, bias],
@@ -179,7 +180,7 @@ def linear_probe_accuracy(
     with torch.enable_grad():
         optimizer.step(closure)  # one step runs up to `steps` L-BFGS iterations
     with torch.no_grad():
-        predictions = (test_z @ weight + bias).argmax(dim=1)  # (M,)
+        predictions = (test_z @ weight + bias).argmax(dim=1)  # (N,) test
     return (predictions.cpu() == test_y.cpu()).float().mean().item()
 
 
@@ -198,7 +199,7 @@ def _r2_per_dim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - SSE / SST per column, SST about the target's own mean; NaN for constant columns.
 
     Args:
-        prediction, target: (M, S) float64.
+        prediction, target: (N, S) float64.
     Returns:
         (S,) float64.
     """
@@ -215,19 +216,19 @@ class _Ridge:
     """Ridge regression with intercept on standardised features, solved for many alphas via one SVD."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        # x: (N, D) float64 standardised; y: (N, S) float64.
+        # x: (N, F) float64 standardised; y: (N, S) float64.
         self.y_mean = y.mean(dim=0)  # (S,) the intercept: features are centred, so it is the target mean
-        self.u, self.s, self.vh = torch.linalg.svd(x, full_matrices=False)  # (N, r), (r,), (r, D)
-        self.uty = self.u.T @ (y - self.y_mean)  # (r, S)
+        self.u, self.s, self.vh = torch.linalg.svd(x, full_matrices=False)  # (N, rank), (rank,), (rank, F)
+        self.uty = self.u.T @ (y - self.y_mean)  # (rank, S)
         self.n = len(x)
 
     def coefficients(self, alpha: float) -> torch.Tensor:
-        """(D, S) minimiser of ||X W - Y||^2 / N + alpha ||W||^2."""
-        shrink = self.s / (self.s.pow(2) + alpha * self.n)  # (r,)
-        return self.vh.T @ (shrink[:, None] * self.uty)  # (D, r) @ (r, S) -> (D, S)
+        """(F, S) minimiser of ||X W - Y||^2 / N + alpha ||W||^2."""
+        shrink = self.s / (self.s.pow(2) + alpha * self.n)  # (rank,)
+        return self.vh.T @ (shrink[:, None] * self.uty)  # (F, rank) @ (rank, S) -> (F, S)
 
     def predict(self, x: torch.Tensor, alpha: float) -> torch.Tensor:
-        return x @ self.coefficients(alpha) + self.y_mean  # (M, S)
+        return x @ self.coefficients(alpha) + self.y_mean  # (N, S)
 
 
 def linear_probe_r2(
@@ -249,7 +250,7 @@ def linear_probe_r2(
     left out of `mean` (likewise for alpha selection). Computed in float64.
 
     Args:
-        train_x: (N, D), train_y: (N, S) or (N,), test_x: (M, D), test_y: (M, S) or (M,).
+        train_x: (N, F), train_y: (N, S) or (N,); test_x: (N, F), test_y: (N, S) or (N,) with the test set's N.
         alphas: candidate penalties, > 0.
     Returns:
         ProbeR2(mean, per_dim, alpha).

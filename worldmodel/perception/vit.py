@@ -1,6 +1,6 @@
 """Vision Transformer for I-JEPA: patch embedding, fixed 2-D sin-cos positions, pre-norm blocks.
 
-Shapes: images (B, C, H, W); patch tokens (B, N, D) with N = (H / patch)^2; a `keep` index tensor (B, K)
+Shapes: images (B, C, H, W); patch tokens (B, Np, V) with Np = (H / patch)^2; a `keep` index tensor (B, Nc)
 selects the patches an encoder sees (the context), after positions are added, as in I-JEPA.
 Attention runs through `F.scaled_dot_product_attention`, which picks a fused kernel where one exists.
 """
@@ -28,27 +28,28 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
     if dim % 4:
         raise ValueError(f"sin-cos positions need a width divisible by 4, got {dim}")
     quarter = dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (D/4,)
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
     rows, cols = torch.meshgrid(
         torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
     )
     out = []
-    for coord in (cols.flatten(), rows.flatten()):  # (N,) each
-        angles = coord[:, None] * omega[None, :]  # (N, D/4)
+    for coord in (cols.flatten(), rows.flatten()):  # (Np,) each
+        angles = coord[:, None] * omega[None, :]  # (Np, dim/4)
         out += [angles.sin(), angles.cos()]
-    return torch.cat(out, dim=1).float()  # (N, D)
+    return torch.cat(out, dim=1).float()  # (Np, dim)
 
 
 GRIDS: dict[str, int] = {"grid2": 2, "grid4": 4}
-"""The grid poolings, each with the cells k along a side of its k x k grid."""
+"""The grid poolings, each with its number of cells along a side of the square grid."""
 POOLINGS: dict[str, int] = {"mean": 1, "mean_std": 2, **{name: cells * cells for name, cells in GRIDS.items()}}
 """The ways `pool_tokens` pools patch features, each with its output width in units of the token width."""
 
 
 def pool_tokens(tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """One feature vector per image from its patch features: tokens (B, N, D) -> (B, D) for "mean", (B, 2D) for
-    "mean_std" (the mean, then the standard deviation over the patches), (B, k * k * D) for "gridk" (the mean of each
-    cell of a k x k grid over the square patch grid, cells row-major, each cell's D features together).
+    """One feature vector per image from its patch features: tokens (B, Np, V) -> (B, V) for "mean", (B, 2V) for
+    "mean_std" (the mean, then the standard deviation over the patches), (B, cells * cells * V) for a grid pooling (the
+    mean of each cell of a cells x cells grid over the square patch grid, cells row-major, each cell's V features
+    together).
 
     A small object changes few patches, so it moves the mean little, diluted by the background; the spread of the
     patch features over the image keeps more of it, and a grid keeps where in the image it is (measured:
@@ -66,14 +67,15 @@ def pool_tokens(tokens: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
             raise ValueError(
                 f"pooling {pooling!r} needs a square patch grid whose side {cells} divides, got {count} patches"
             )
-        # (B, N, D) -> (B, cell row, row in cell, cell column, column in cell, D)
+        # (B, Np, V) -> (B, cell row, row in cell, cell column, column in cell, V)
         grid = tokens.reshape(batch, cells, side // cells, cells, side // cells, width)
-        return grid.mean(dim=(2, 4)).reshape(batch, cells * cells * width)  # (B, k, k, D) -> (B, k * k * D)
+        # (B, cells, cells, V) -> (B, cells * cells * V)
+        return grid.mean(dim=(2, 4)).reshape(batch, cells * cells * width)
     raise ValueError(f"pooling must be one of {tuple(POOLINGS)}, got {pooling!r}")
 
 
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Pick tokens by patch index: tokens (B, N, D), index (B, K) -> (B, K, D)."""
+    """Pick tokens by patch index: tokens (B, Np, V), index (B, Nc) -> (B, Nc, V); likewise a target index (B, Nt)."""
     return torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
@@ -85,10 +87,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, D = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, h, N, D/h)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, h, N, D/h)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        B, tokens, width = x.shape
+        # (B, tokens, 3 * width) -> (3, B, heads, tokens, width/heads)
+        qkv = self.qkv(x).view(B, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, tokens, width/heads)
+        return self.proj(out.transpose(1, 2).reshape(B, tokens, width))
 
 
 class Block(nn.Module):
@@ -122,7 +125,7 @@ def init_transformer_weights(module: nn.Module, blocks: nn.ModuleList) -> None:
 
 
 class VisionTransformer(nn.Module):
-    """ViT encoder. `forward(images, keep)` -> patch features (B, K, D), K = N when `keep` is None."""
+    """ViT encoder. `forward(images, keep)` -> patch features (B, Nc, V), Nc = Np when `keep` is None."""
 
     def __init__(self, image_size: int, patch_size: int, in_channels: int = 3, size: str = "mini"):
         super().__init__()
@@ -144,22 +147,22 @@ class VisionTransformer(nn.Module):
         nn.init.xavier_uniform_(self.patch_embed.weight.view(self.width, -1))
 
     def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, D, g, g) -> (B, N, D)
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, V, grid, grid) -> (B, Np, V)
         x = x + self.pos_embed.to(x.dtype)
         if keep is not None:
-            x = gather_tokens(x, keep)  # (B, N, D) -> (B, K, D)
+            x = gather_tokens(x, keep)  # (B, Np, V) -> (B, Nc, V)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
 
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
-        """Mean of all patch features: images (B, C, H, W) -> (B, D), the frozen-feature probes' input."""
+        """Mean of all patch features: images (B, C, H, W) -> (B, V), the frozen-feature probes' input."""
         return pool_tokens(self.forward(images))
 
 
 class Predictor(nn.Module):
     """I-JEPA predictor: a narrow ViT that reads context tokens and fills mask tokens placed at the target
-    positions. `forward(context (B, Nc, D), context_index (B, Nc), target_index (B, Nt))` -> (B, Nt, D)."""
+    positions. `forward(context (B, Nc, V), context_index (B, Nc), target_index (B, Nt))` -> (B, Nt, V)."""
 
     def __init__(self, grid: int, encoder_width: int, width: int, depth: int, heads: int):
         super().__init__()
@@ -174,10 +177,10 @@ class Predictor(nn.Module):
 
     def forward(self, context: torch.Tensor, context_index: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
         B, Nc, _ = context.shape
-        pos = self.pos_embed.to(context.dtype).expand(B, -1, -1)  # (B, N, W)
-        x = self.embed(context) + gather_tokens(pos, context_index)  # (B, Nc, W)
-        queries = self.mask_token.to(x.dtype) + gather_tokens(pos, target_index)  # (B, Nt, W)
-        x = torch.cat([x, queries], dim=1)  # (B, Nc + Nt, W)
+        pos = self.pos_embed.to(context.dtype).expand(B, -1, -1)  # (B, Np, width)
+        x = self.embed(context) + gather_tokens(pos, context_index)  # (B, Nc, width)
+        queries = self.mask_token.to(x.dtype) + gather_tokens(pos, target_index)  # (B, Nt, width)
+        x = torch.cat([x, queries], dim=1)  # (B, Nc + Nt, width)
         for block in self.blocks:
             x = block(x)
-        return self.proj(self.norm(x[:, Nc:]))  # (B, Nt, D)
+        return self.proj(self.norm(x[:, Nc:]))  # (B, Nt, V)

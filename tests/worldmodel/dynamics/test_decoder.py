@@ -46,8 +46,17 @@ def test_a_small_decoder_learns_to_draw_a_few_frames():
 def test_decoder_training_never_changes_the_encoder():
     """Even fed latents still attached to a trainable encoder's graph, the decoder sends no gradient back."""
     torch.manual_seed(0)
-    model = JEPAWorldModel((16, 16, 3), 2, latent_dim=8, hidden_dim=8, mlp_dim=8, ensemble_size=2, vit_size="micro",
-                       image_size=16, patch_size=4)  # fmt: skip
+    model = JEPAWorldModel(
+        (16, 16, 3),
+        2,
+        latent_dim=8,
+        hidden_dim=8,
+        mlp_dim=8,
+        ensemble_size=2,
+        vit_size="micro",
+        image_size=16,
+        patch_size=4,
+    )
     decoder = Decoder(latent_dim=8, image_size=16, width=4)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     assert any(p.requires_grad for p in model.backbone.parameters())  # a fine-tuned encoder, not a frozen one

@@ -23,9 +23,11 @@ def build(case: dict) -> WorldModel:
     model_class = world_model_class(options.pop("latent", "deterministic"))
     torch.manual_seed(0)
     return build_world_model(
-        tuple(case["obs_shape"]), ACTIONS, latent=model_class.latent,
+        tuple(case["obs_shape"]),
+        ACTIONS,
+        latent=model_class.latent,
         **{key: value for key, value in options.items() if key in model_class.keywords()},
-    )  # fmt: skip
+    )
 
 
 def windows(obs_shape: tuple[int, ...], batch: int = 2, time: int = 6, seed: int = 1) -> WorldModelBatch:
@@ -68,20 +70,28 @@ def test_losses_and_a_dream_step_equal_the_single_class_s(name):
         noise = torch.randn(2, model.latent_dim, generator=torch.Generator().manual_seed(4))
         h, latent = model.step(hidden[:, -1], z[:, -1], action, noise)
         step = {
-            "hidden": h, "latent": latent, "reward": model.reward(h, latent), "cont": model.cont(h, latent),
-            "disagreement": model.disagreement(h), "targets": targets[:, -1],
-        }  # fmt: skip
+            "hidden": h,
+            "latent": latent,
+            "reward": model.reward(h, latent),
+            "cont": model.cont(h, latent),
+            "disagreement": model.disagreement(h),
+            "targets": targets[:, -1],
+        }
     for key, values in case["step"].items():
         torch.testing.assert_close(step[key].flatten(), torch.tensor(values), rtol=1e-5, atol=1e-5)
 
 
 def test_the_interface_answers_what_callers_asked_of_the_kind():
     assert (JEPAWorldModel.latent, JEPAWorldModel.frame_latents, JEPAWorldModel.samples_prior) == (
-        "deterministic", True, False,
-    )  # fmt: skip
+        "deterministic",
+        True,
+        False,
+    )
     assert (RSSMWorldModel.latent, RSSMWorldModel.frame_latents, RSSMWorldModel.samples_prior) == (
-        "stochastic", False, True,
-    )  # fmt: skip
+        "stochastic",
+        False,
+        True,
+    )
     with pytest.raises(TypeError):
         WorldModel((4,), 2)  # the interface alone is abstract
 

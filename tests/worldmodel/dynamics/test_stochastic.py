@@ -108,8 +108,9 @@ def test_agent_acting_step_by_step_follows_the_filter(model):
         latent.append(agent.latent.clone())
     one_hot = torch.nn.functional.one_hot(torch.as_tensor(np.stack(actions)), ACTIONS).float()  # (T, N, A)
     led_to = torch.cat([torch.zeros(1, N, ACTIONS), one_hot[:-1]]).transpose(0, 1)  # (N, T, A)
-    batch = WorldModelBatch(torch.as_tensor(obs).transpose(0, 1), led_to, torch.zeros(N, T), torch.ones(N, T),
-                            torch.as_tensor(is_first).T)  # fmt: skip
+    batch = WorldModelBatch(
+        torch.as_tensor(obs).transpose(0, 1), led_to, torch.zeros(N, T), torch.ones(N, T), torch.as_tensor(is_first).T
+    )
     expected_hidden, expected_latent, targets = model.real_states(batch)
     for t in range(T):
         torch.testing.assert_close(hidden[t], expected_hidden[:, t], rtol=1e-5, atol=1e-6)
@@ -156,8 +157,13 @@ def test_a_rollout_of_a_stochastic_model_needs_its_prior_noise(model, starts):
     params = torch.zeros(1, controller.num_params)
     settings = DreamSettings(horizon=HORIZON)
     with pytest.raises(ValueError, match="noise.prior"):
-        rollout(model, controller.policy(params, 2), starts.select(torch.arange(2)), settings,
-                draw_noise(2, settings, LATENT))  # fmt: skip
+        rollout(
+            model,
+            controller.policy(params, 2),
+            starts.select(torch.arange(2)),
+            settings,
+            draw_noise(2, settings, LATENT),
+        )
 
 
 # ---------------------------------------------------------------------------------------------- property
@@ -187,8 +193,13 @@ def test_the_loss_draws_its_posterior_noise_from_the_generator():
 def test_a_restart_inside_a_window_forgets_the_history(model):
     windows = make_windows()
     hidden, latent, _ = model.real_states(windows)
-    tail = WorldModelBatch(windows.obs[1:2, 3:], windows.action[1:2, 3:], windows.reward[1:2, 3:],
-                           windows.cont[1:2, 3:], windows.is_first[1:2, 3:])  # fmt: skip
+    tail = WorldModelBatch(
+        windows.obs[1:2, 3:],
+        windows.action[1:2, 3:],
+        windows.reward[1:2, 3:],
+        windows.cont[1:2, 3:],
+        windows.is_first[1:2, 3:],
+    )
     tail_hidden, tail_latent, _ = model.real_states(tail)
     torch.testing.assert_close(hidden[1:2, 3:], tail_hidden)
     torch.testing.assert_close(latent[1:2, 3:], tail_latent)

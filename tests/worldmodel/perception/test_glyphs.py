@@ -26,8 +26,9 @@ def test_a_glyph_is_drawn_where_it_is_told_whatever_the_colours():
     assert (image != background).any(axis=-1).mean() > 0.02  # the glyph covers some of the image, not none
 
 
-@pytest.mark.parametrize("bad", [dict(num_classes=1), dict(num_classes=len(GLYPHS) + 1), dict(per_class=0),
-                                 dict(image_size=8)])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad", [dict(num_classes=1), dict(num_classes=len(GLYPHS) + 1), dict(per_class=0), dict(image_size=8)]
+)
 def test_impossible_glyph_sets_are_refused(bad):
     kwargs = dict(num_classes=3, per_class=2, image_size=32, seed=0) | bad
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -54,6 +55,10 @@ def test_wm_images_writes_fractals_and_glyphs_and_refuses_a_full_folder(tmp_path
     assert cli.main(["images", "--source", "glyphs", "--out", str(tmp_path / "g"), "--num-images", "6",
                      "--num-classes", "3", "--size", "16"]) == 0  # fmt: skip
     assert "6 images in 3 classes written to" in capsys.readouterr().out
-    assert cli.main(["images", "--source", "glyphs", "--out", str(tmp_path / "g"), "--num-images", "6",
-                     "--num-classes", "3"]) == 2  # fmt: skip
+    assert (
+        cli.main(
+            ["images", "--source", "glyphs", "--out", str(tmp_path / "g"), "--num-images", "6", "--num-classes", "3"]
+        )
+        == 2
+    )
     assert "exists and is not empty" in capsys.readouterr().err
