@@ -73,6 +73,7 @@ MAX_LATERAL_ACCEL = 0.9 * FRICTION * GRAVITY  # m/s^2 the tyres can hold in a co
 CORNER_SCRUB = 0.08  # share of the lateral acceleration lost as longitudinal drag while cornering
 STOP_SPEED = 0.05  # m/s below which the car counts as stopped
 SUCCESS_STEPS = 3  # consecutive stopped-inside steps that end the episode with success
+SUCCESS_BONUS = 5.0  # the reward of parking (and the penalty of leaving the lot)
 
 LOT_SIZE = 40.0  # m
 SPACE_WIDTH = 3.0  # m, across the space
@@ -245,9 +246,9 @@ class ParkingEnv(gym.Env):
         reward = potential - self._last_potential
         self._last_potential = potential
         if success:
-            reward += 5.0
+            reward += SUCCESS_BONUS
         if left_lot:
-            reward -= 5.0
+            reward -= SUCCESS_BONUS
         terminated = bool(success or left_lot)
         info = {"state": self.state_vector(), "success": bool(success), "inside": bool(inside)}
         return self._observation(), float(reward), terminated, False, info
