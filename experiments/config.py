@@ -176,15 +176,11 @@ class OptimConfig:
     """EMA momentum at the last step (linear rise)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 turns clipping off."""
-    sigreg: float = 0.0
-    """Weight of SIGReg (LeJEPA) on the context encoder's mean-pooled features, beside the I-JEPA loss: it keeps the
-    image embeddings from collapsing onto a few directions; 0 turns it off."""
     max_nonfinite: int = 5
     """Stop the run after this many non-finite losses in a row (each one skips its step)."""
 
     def __post_init__(self):
         _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
-        _require(self.sigreg >= 0, "sigreg", f"must be >= 0, got {self.sigreg}")
         _require(self.batch_size >= 2, "batch_size", f"must be >= 2, got {self.batch_size}")
         for key in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay", "grad_clip"):
             _require(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")

@@ -58,7 +58,7 @@ from worldmodel.perception.masks import MultiBlockMaskSampler
 from worldmodel.perception.vit import VisionTransformer
 
 # Streams of per-step randomness (see runtime.step_seed): one each, so that adding one never shifts another.
-STREAM_CROPS, STREAM_MASKS, STREAM_PROBE, STREAM_SIGREG = 1, 2, 3, 4
+STREAM_CROPS, STREAM_MASKS, STREAM_PROBE = 1, 2, 3
 RANDOM_INIT_SEED_OFFSET = 10_007
 
 
@@ -149,8 +149,6 @@ class StepResult(NamedTuple):
     loss: float
     grad_norm: float
     skipped: bool
-    sigreg: float | None = None
-    """The step's SIGReg value (pretrain.optim.sigreg > 0 only)."""
 
 
 def apply_schedules(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, step: int) -> dict[str, float]:
@@ -176,31 +174,21 @@ def train_step(
     precision: str,
     loss_fn: Callable[..., dict[str, torch.Tensor]] | None = None,
     weight: float = 1.0,
-    sigreg_generator: torch.Generator | None = None,
 ) -> StepResult:
     """One optimizer step and one EMA update, both skipped when the loss or gradient is not finite.
 
     Under torchrun `images` are this process's share of the batch, `loss_fn` the model's loss through DDP and
     `weight` this share of the batch's images times the world size (1 when the shares are equal): DDP averages the
-    gradients, so the processes' losses averaged are the whole batch's mean, which is the loss reported. With
-    pretrain.optim.sigreg > 0, SIGReg (directions from `sigreg_generator`) is taken over the whole batch's features,
-    gathered from every process, so every process computes the same value.
+    gradients, so the processes' losses averaged are the whole batch's mean, which is the loss reported.
     """
     optimizer.zero_grad(set_to_none=True)
-    regularised = cfg.optim.sigreg > 0
-    gather = distributed.Shard().gather if regularised and distributed.active() else None
     with autocast(device, precision):
-        losses = (loss_fn or model.loss)(images, masks, sigreg_generator if regularised else None, gather)
-    loss = losses["jepa"] * weight
+        loss = (loss_fn or model.loss)(images, masks)["jepa"] * weight
     value = distributed.average_over_processes({"jepa": loss})["jepa"]
-    sigreg = float(losses["sigreg"]) if regularised else None
-    if regularised:
-        loss = loss + cfg.optim.sigreg * losses["sigreg"]
-    finite = math.isfinite(value) and (sigreg is None or math.isfinite(sigreg))
-    update = optimizer_step(loss, optimizer, scaler, cfg.optim.grad_clip, finite=finite)
+    update = optimizer_step(loss, optimizer, scaler, cfg.optim.grad_clip, finite=math.isfinite(value))
     if not update.skipped:
         model.update_target(momentum)
-    return StepResult(value, update.grad_norm, update.skipped, sigreg)
+    return StepResult(value, update.grad_norm, update.skipped)
 
 
 class Placement(NamedTuple):
@@ -419,7 +407,6 @@ class Pretrainer:
                 self.precision,
                 loss_fn,
                 len(images) * distributed.world_size() / place.total,
-                step_generator(seed, step, STREAM_SIGREG),
             )
             self.nonfinite.record(result.skipped, step, result.loss)
             self.step = step + 1
@@ -431,7 +418,6 @@ class Pretrainer:
                     self.step,
                     {
                         "loss/jepa": result.loss,
-                        **({} if result.sigreg is None else {"loss/sigreg": result.sigreg}),
                         "train/grad_norm": result.grad_norm,
                         "train/lr": scheduled["lr"],
                         "train/weight_decay": scheduled["weight_decay"],

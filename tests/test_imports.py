@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 WORLDMODEL = ("worldmodel", "worldmodel.perception", "worldmodel.dynamics", "worldmodel.dream")
 
 # A room is a package or subpackage of ours; a module belongs to the longest room its dotted name starts with
-# ("worldmodel" alone is what sits at its top: schedules.py and sigreg.py, shared by both trainers). Each room may
-# import itself and the rooms in its row; every other room of ours (benchmarks/ included) is refused.
+# ("worldmodel" alone is what sits at its top: schedules.py, shared by both trainers). Each room may import itself
+# and the rooms in its row; every other room of ours (benchmarks/ included) is refused.
 MAY_IMPORT = {
     "envs":                  (),
     "worldmodel":            (),

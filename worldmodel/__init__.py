@@ -6,7 +6,6 @@
                   the decoder for pictures, the metrics beside their baselines
     dream/        the world model as a batched latent environment, and its gymnasium (vector) env view
     schedules.py  schedules as pure functions of the step (learning rate, EMA momentum), shared by both trainers
-    sigreg.py     SIGReg, the anti-collapse loss of LeJEPA, shared by the JEPA world model and I-JEPA pretraining
 
 Arrays are batch-major, `(B, T, ...)` at every API boundary. Shape letters, one meaning each across the code:
 

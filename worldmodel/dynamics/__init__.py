@@ -4,7 +4,7 @@
 perception encoder) into a latent z, carries history in a recurrent h and predicts the next latent, the reward and the
 continue flag, with an ensemble for disagreement. The kinds are two classes: the deterministic JEPA predictor
 (`jepa.JEPAWorldModel`) and the stochastic state-space model (`rssm.RSSMWorldModel`, an RSSM);
-`build.build_world_model` picks one by name. SIGReg (`worldmodel.sigreg`) is one of the JEPA model's collapse
+`build.build_world_model` picks one by name. SIGReg (`sigreg`) is one of the JEPA model's collapse
 guards; the decoder (`decoder`) turns detached latents into pictures only; `metrics` scores a model beside trivial
 baselines. It may import perception, never the dream.
 """

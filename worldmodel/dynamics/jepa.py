@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worldmodel.dynamics.sigreg import sigreg
 from worldmodel.dynamics.world_model import (
     BatchShard,
     WorldModel,
@@ -29,7 +30,6 @@ from worldmodel.dynamics.world_model import (
     restart_at_first,
     warm_mask,
 )
-from worldmodel.sigreg import sigreg
 
 COLLAPSE_GUARDS: tuple[str, ...] = ("ema", "sigreg")
 

@@ -8,7 +8,6 @@ target encoder is an exponential moving average of the context encoder and recei
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +15,6 @@ from torch import nn
 
 from worldmodel.perception.masks import MaskBatch
 from worldmodel.perception.vit import Predictor, VisionTransformer, gather_tokens
-from worldmodel.sigreg import sigreg
 
 
 class IJEPA(nn.Module):
@@ -40,15 +38,8 @@ class IJEPA(nn.Module):
             self.encoder.grid, self.encoder.width, predictor_width, predictor_depth, predictor_heads
         )
 
-    def loss(
-        self, images: torch.Tensor, masks: MaskBatch, sigreg_generator: torch.Generator | None = None,
-        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> dict[str, torch.Tensor]:  # fmt: skip
-        """images (B, C, H, W) normalised; masks for that batch. Returns {'jepa': scalar}, and with a
-        `sigreg_generator` also {'sigreg': scalar}: SIGReg (LeJEPA) of the context encoder's mean-pooled features,
-        which pulls the batch's image embeddings towards an isotropic Gaussian, so that they cannot collapse onto a
-        few directions. `gather` (a process's rows -> every process's, differentiable) makes it the whole batch's
-        under torchrun."""
+    def loss(self, images: torch.Tensor, masks: MaskBatch) -> dict[str, torch.Tensor]:
+        """images (B, C, H, W) normalised; masks for that batch. Returns {'jepa': scalar}."""
         B = images.shape[0]
         M, Nt = masks.targets.shape[1:]
         with torch.no_grad():
@@ -57,16 +48,12 @@ class IJEPA(nn.Module):
             target = F.layer_norm(target, target.shape[-1:])
             target = gather_tokens(target, masks.targets.flatten(1))  # (B, M*Nt, V)
         context = self.encoder(images, masks.context)  # (B, Nc, V)
-        losses = {}
-        if sigreg_generator is not None:
-            pooled = context.mean(dim=1).float()  # (B, Nc, V) -> (B, V)
-            losses["sigreg"] = sigreg(gather(pooled) if gather is not None else pooled, sigreg_generator)
         # Each target block gets its own predictor pass over the same context (the batch grows M-fold).
         context = context.repeat_interleave(M, dim=0)  # (B, Nc, V) -> (B*M, Nc, V)
         context_index = masks.context.repeat_interleave(M, dim=0)  # (B*M, Nc)
         prediction = self.predictor(context, context_index, masks.targets.reshape(B * M, Nt))  # (B*M, Nt, V)
         prediction = prediction.reshape(B, M * Nt, -1)  # (B*M, Nt, V) -> (B, M*Nt, V)
-        return {"jepa": F.smooth_l1_loss(prediction.float(), target.float()), **losses}
+        return {"jepa": F.smooth_l1_loss(prediction.float(), target.float())}
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

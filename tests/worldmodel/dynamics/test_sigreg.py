@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from worldmodel.sigreg import epps_pulley, random_directions, sigreg
+from worldmodel.dynamics.sigreg import epps_pulley, random_directions, sigreg
 
 
 def test_point_mass_at_origin_matches_the_closed_form():
