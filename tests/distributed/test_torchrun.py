@@ -94,10 +94,24 @@ def test_world_model_training_on_two_processes_equals_one_process(trained, tmp_p
     assert len(metrics(shared)) == len(metrics(trained))  # one writer: no line twice
 
 
-def test_evolution_on_two_processes_proposes_and_scores_what_one_process_does(trained, tmp_path):
+# The debug world model whose dream gives the candidates distinct returns: the deterministic latent over a fine-tuned
+# encoder, its dreams ended at a threshold of the continue head (the debug preset's settings until 2026-12-07).
+DETERMINISTIC = ["--set", "world_model.latent=deterministic", "--set", "world_model.freeze_encoder=false",
+                 "--set", "world_model.loss_weights.cont=1", "--set", "dream.cont_mode=threshold"]  # fmt: skip
+
+
+def test_evolution_on_two_processes_proposes_and_scores_what_one_process_does(tmp_path):
+    """Not on the debug preset's own model: 6 training steps leave its continue head unsure, so its sampled dreams
+    end within a step or two and candidates that take the same first actions tie exactly in one process; a share's
+    smaller batch rounds their returns apart in the last bits (1e-7), CMA-ES, which ranks them, orders the tied
+    candidates otherwise, and the searches part from the second generation on."""
+    trained = tmp_path / "deterministic"
+    result = wm("train", *DEBUG, *TRAIN, *DETERMINISTIC, "--run-dir", str(trained))
+    assert result.returncode == 0, result.stderr
     runs = {processes: tmp_path / f"evolve{processes}" for processes in (1, 2)}
     for processes, run in runs.items():
-        result = wm("evolve", *DEBUG, "--world-model", str(trained), "--run-dir", str(run), processes=processes)
+        result = wm("evolve", *DEBUG, *DETERMINISTIC, "--world-model", str(trained), "--run-dir", str(run),
+                    processes=processes)  # fmt: skip
         assert result.returncode == 0, result.stderr
     alone, shared = (CMAES.from_state_dict(latest(run)["es"]) for run in runs.values())
     assert shared.generation == alone.generation == 3
