@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,31 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
+def draw_axes(
+    draw: ImageDraw.ImageDraw, x_high: float, y_low: float, y_high: float, title: str, x_label: str
+) -> Callable[[float, float], tuple[float, float]]:
+    """The frame, grid, ticks, title and x label of a CURVE_SIZE picture whose axes run over [0, x_high] and
+    [y_low, y_high]; returns the map from (x, y) values to pixels."""
+    left, top, right, bottom = CURVE_MARGIN
+    width, height = CURVE_SIZE[0] - left - right, CURVE_SIZE[1] - top - bottom
+
+    def point(x: float, y: float) -> tuple[float, float]:
+        return left + width * x / x_high, top + height * (y_high - y) / (y_high - y_low)
+
+    for tick in nice_ticks(y_low, y_high):
+        _, y = point(0, tick)
+        draw.line([(left, y), (left + width, y)], fill=(235, 235, 235))
+        draw.text((left - 8, y), f"{tick:g}", fill=AXIS_COLOUR, anchor="rm")
+    for tick in nice_ticks(0, x_high):
+        px, _ = point(tick, y_low)
+        draw.line([(px, top + height), (px, top + height + 4)], fill=AXIS_COLOUR)
+        draw.text((px, top + height + 8), f"{tick:g}", fill=AXIS_COLOUR, anchor="mt")
+    draw.rectangle([left, top, left + width, top + height], outline=AXIS_COLOUR)
+    draw.text((left + width / 2, CURVE_SIZE[1] - 14), x_label, fill=AXIS_COLOUR, anchor="mm")
+    draw.text((left + width / 2, 16), title, fill=(0, 0, 0), anchor="mm")
+    return point
+
+
 def learning_curve(history: list[dict], title: str, target: float | None = None) -> Image.Image:
     """Real return (mean ± std over the evaluation episodes) and dream return against the env steps used, one
     point per iteration."""
@@ -99,20 +125,7 @@ def learning_curve(history: list[dict], title: str, target: float | None = None)
     y_low, y_high = y_low - y_pad, y_high + y_pad
     x_high = max(x) * 1.05 if x else 1.0
 
-    def point(steps: float, value: float) -> tuple[float, float]:
-        return left + width * steps / x_high, top + height * (y_high - value) / (y_high - y_low)
-
-    for tick in nice_ticks(y_low, y_high):
-        _, y = point(0, tick)
-        draw.line([(left, y), (left + width, y)], fill=(235, 235, 235))
-        draw.text((left - 8, y), f"{tick:g}", fill=AXIS_COLOUR, anchor="rm")
-    for tick in nice_ticks(0, x_high):
-        px, _ = point(tick, y_low)
-        draw.line([(px, top + height), (px, top + height + 4)], fill=AXIS_COLOUR)
-        draw.text((px, top + height + 8), f"{tick:g}", fill=AXIS_COLOUR, anchor="mt")
-    draw.rectangle([left, top, left + width, top + height], outline=AXIS_COLOUR)
-    draw.text((left + width / 2, CURVE_SIZE[1] - 14), "real env steps", fill=AXIS_COLOUR, anchor="mm")
-    draw.text((left + width / 2, 16), title, fill=(0, 0, 0), anchor="mm")
+    point = draw_axes(draw, x_high, y_low, y_high, title, "real env steps")
     draw.text((12, top + height / 2), "return", fill=AXIS_COLOUR, anchor="lm")
     if target is not None:
         _, y = point(0, target)
@@ -157,8 +170,7 @@ def probe_curve(history: list[dict], title: str) -> Image.Image:
     random-init twin's (dashed), from `eval/<probe>` and `eval/<probe>_random` of each evaluation."""
     image = Image.new("RGB", CURVE_SIZE, (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    left, top, right, bottom = CURVE_MARGIN
-    width, height = CURVE_SIZE[0] - left - right, CURVE_SIZE[1] - top - bottom
+    left, top = CURVE_MARGIN[:2]
     probes = [key for key in PROBE_COLOURS if any(f"eval/{key}" in record for record in history)]
     steps = [record["step"] for record in history]
     values = [record[f"eval/{key}{tail}"] for record in history for key in probes for tail in ("", "_random")
@@ -166,20 +178,7 @@ def probe_curve(history: list[dict], title: str) -> Image.Image:
     y_low, y_high = min(values + [0.0]), max(values + [1.0])
     x_high = max(steps + [1]) * 1.05
 
-    def point(step: float, value: float) -> tuple[float, float]:
-        return left + width * step / x_high, top + height * (y_high - value) / (y_high - y_low)
-
-    for tick in nice_ticks(y_low, y_high):
-        _, y = point(0, tick)
-        draw.line([(left, y), (left + width, y)], fill=(235, 235, 235))
-        draw.text((left - 8, y), f"{tick:g}", fill=AXIS_COLOUR, anchor="rm")
-    for tick in nice_ticks(0, x_high):
-        px, _ = point(tick, y_low)
-        draw.line([(px, top + height), (px, top + height + 4)], fill=AXIS_COLOUR)
-        draw.text((px, top + height + 8), f"{tick:g}", fill=AXIS_COLOUR, anchor="mt")
-    draw.rectangle([left, top, left + width, top + height], outline=AXIS_COLOUR)
-    draw.text((left + width / 2, CURVE_SIZE[1] - 14), "pretraining step", fill=AXIS_COLOUR, anchor="mm")
-    draw.text((left + width / 2, 16), title, fill=(0, 0, 0), anchor="mm")
+    point = draw_axes(draw, x_high, y_low, y_high, title, "pretraining step")
     for row, key in enumerate(probes):
         colour = PROBE_COLOURS[key]
         trained = [point(r["step"], r[f"eval/{key}"]) for r in history if f"eval/{key}" in r]
