@@ -1,17 +1,5 @@
-"""Exporting a run's policy as one ONNX graph and a torch.export program, checked on real steps (`export_and_check`:
-what `wm export` runs).
-
-    wm export --run runs/cartpole                  # <run>/export/policy.onnx, policy.pt2 and export.json
-    wm export --run runs/cartpole --steps 500 --out exported/
-
-The policy is the controller `wm eval` plays (a `wm evolve` run's chosen one, a `wm cycle` run's best) with the world
-model it was evolved in: encoder, filter and controller in one graph (agents/policy.py says what goes in and comes
-out). The PyTorch agent plays `--steps` real env steps (the run's env, seeded by --seed, across as many episodes as
-they take), the policy is exported, and the recorded observations go through onnxruntime and through the program,
-each carrying its own state: every env action they choose must equal the agent's. export.json says how close they
-came (the largest difference of their action vectors and of their states h and z from PyTorch's); a disagreement is
-reported in one line with exit code 1. Needs the export extra (`pip install 'worldmodel-toolkit[export]'`).
-"""
+"""Exporting a run's policy as one ONNX graph and a torch.export program, checked on real steps: `export_and_check`,
+what `wm export` runs (experiments/commands/export.py says what the files hold and how the check is made)."""
 
 from __future__ import annotations
 
