@@ -572,12 +572,14 @@ class PlannerConfig:
     """Weight discount**t of the reward t steps ahead."""
 
     def __post_init__(self):
-        for key in ("horizon", "candidates", "iterations"):
-            _require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        _require(1 <= self.elites <= self.candidates, "elites", f"must be in [1, candidates], got {self.elites}")
-        _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
-        _require(0 <= self.min_std <= self.initial_std, "min_std", "expected 0 <= min_std <= initial_std")
-        _require(0 < self.discount <= 1, "discount", f"must be in (0, 1], got {self.discount}")
+        # The planner checks its own settings (it is usable without a config), here at parse time.
+        from agents.planner import PlannerSettings
+
+        try:
+            PlannerSettings(**dataclasses.asdict(self))
+        except ValueError as error:  # "<field> must ...": the field's name first
+            key, _, reason = str(error).partition(" ")
+            _require(False, key, reason)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,10 @@ def test_unknown_key_names_path_and_close_match():
         ("pretrain.optim.lr=.inf", ["pretrain.optim.lr", "a finite number"]),
         ("world_model.decoder_lr=nan", ["world_model.decoder_lr", "a finite number"]),
         ("evolve.sigma=-.inf", ["evolve.sigma", "a finite number"]),
+        # The planner's own checks (agents/planner.py), named by the config's key.
+        ("planner.elites=300", ["planner.elites: must be in [1, candidates=256], got 300"]),
+        ("planner.discount=0", ["planner.discount: must be in (0, 1]"]),
+        ("planner.method=random", ["planner.method", "'cem', 'mppi'"]),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(override, words):
