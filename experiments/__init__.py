@@ -3,7 +3,7 @@ imports from here:
 
     from experiments import Config, dream_env, load_config, load_encoder, load_policy, load_world_model, run_cycle
 
-The names load on first use (PEP 562), so `wm runs` and `wm config` do not pay for torch and gymnasium.
+The names load on first use (PEP 562), so `wm runs` and `wm presets` do not pay for torch and gymnasium.
 """
 
 import importlib
