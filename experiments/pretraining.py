@@ -32,6 +32,7 @@ from experiments.pictures import PROBE_CURVE_PATH, save_mask_picture, write_prob
 from experiments.progress import Progress
 from experiments.rundir import GracefulStop, Interrupted, NonFiniteGuard, Run, RunFailure, checkpoint_differences
 from experiments.runtime import (
+    adamw,
     autocast,
     optimizer_step,
     prepare_runtime,
@@ -142,7 +143,7 @@ def build_optimizer(model: IJEPA) -> torch.optim.AdamW:
     for module in (model.encoder, model.predictor):
         for name, param in module.named_parameters():
             (no_decay if param.ndim <= 1 or name == "mask_token" else decay).append(param)
-    return torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+    return adamw([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
 
 
 class StepResult(NamedTuple):

@@ -68,6 +68,21 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
+"""Device types where torch's AdamW has a fused kernel that this toolkit uses."""
+
+
+def adamw(groups: list[dict], **defaults) -> torch.optim.AdamW:
+    """AdamW, with torch's fused kernel where every parameter lives on a device that has one.
+
+    The fused kernel updates each tensor in one pass over memory where the default takes several; on a 2-core CPU it
+    saves 2 to 3% of an I-JEPA step (`python benchmarks/pretrain.py`).
+    """
+    params = [p for group in groups for p in group["params"]]
+    fused = bool(params) and all(p.device.type in FUSED_OPTIMIZER_DEVICES for p in params)
+    return torch.optim.AdamW(groups, fused=fused or None, **defaults)
+
+
 class NonFiniteParametersError(RunFailure):
     """An optimizer step left NaN or infinite parameters."""
 

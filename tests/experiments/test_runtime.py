@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from experiments.runtime import NonFiniteParametersError, optimizer_step, resolve_precision
+from experiments.runtime import NonFiniteParametersError, adamw, optimizer_step, resolve_precision
 
 
 def setup(value: float = 1.0):
@@ -54,3 +54,23 @@ def test_auto_precision_is_float32_on_every_cpu():
     assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("float32", cpu) == "float32"
     with pytest.raises(RuntimeError, match="fp16"):
         resolve_precision("fp16", cpu)
+
+
+def test_adamw_is_fused_on_a_cpu_and_steps_as_the_unfused_one_does():
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(6, 4, generator=generator), torch.randn(4, generator=generator)]
+    gradients = [[torch.randn(p.shape, generator=generator) for p in start] for _ in range(5)]
+    trained = []
+    for make in (adamw, torch.optim.AdamW):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        optimizer = make([{"params": params[:1], "weight_decay": 0.1}, {"params": params[1:], "weight_decay": 0.0}])
+        for step in gradients:
+            for param, grad in zip(params, step, strict=True):
+                param.grad = grad.clone()
+            optimizer.step()
+        trained.append(params)
+        if make is adamw:
+            assert optimizer.defaults["fused"]
+    for fused, unfused in zip(*trained, strict=True):
+        torch.testing.assert_close(fused.detach(), unfused.detach(), rtol=1e-6, atol=1e-6)
+        assert not torch.equal(fused.detach(), start[0] if fused.ndim == 2 else start[1])

@@ -60,8 +60,7 @@ class IJEPA(nn.Module):
         """target <- momentum * target + (1 - momentum) * context encoder, parameter by parameter."""
         target = list(self.target_encoder.parameters())
         online = [p.detach() for p in self.encoder.parameters()]
-        torch._foreach_mul_(target, momentum)
-        torch._foreach_add_(target, online, alpha=1.0 - momentum)
+        torch._foreach_lerp_(target, online, 1.0 - momentum)  # one pass over memory, where mul then add take two
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:

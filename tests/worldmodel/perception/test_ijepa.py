@@ -4,7 +4,14 @@ import torch
 
 from worldmodel.perception.ijepa import IJEPA
 from worldmodel.perception.masks import MultiBlockMaskSampler
-from worldmodel.perception.vit import VIT_SIZES, VisionTransformer, pool_tokens, sincos_pos_embed_2d
+from worldmodel.perception.vit import (
+    VIT_SIZES,
+    VisionTransformer,
+    attention,
+    explicit_attention,
+    pool_tokens,
+    sincos_pos_embed_2d,
+)
 
 
 def test_ema_update_matches_hand_computation():
@@ -105,3 +112,30 @@ def test_tiny_model_overfits_one_batch():
         optimizer.step()
         first = first if first is not None else loss.item()
     assert loss.item() < 0.1 * first
+
+
+def test_explicit_attention_matches_the_formula_in_float64():
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=generator, dtype=torch.float64) for _ in range(3))
+    weights = torch.exp(q @ k.transpose(-2, -1) / 2.0)  # d = 4: scale 1/2
+    expected = (weights / weights.sum(-1, keepdim=True)) @ v
+    torch.testing.assert_close(explicit_attention(q, k, v), expected.to(torch.float64), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_paths_agree_forward_and_backward(dtype):
+    """`attention` picks the explicit products in bf16 on a CPU and the fused kernel in float32: each must give what
+    the other gives, values and gradients, to the dtype's rounding."""
+    generator = torch.Generator().manual_seed(1)
+    inputs = [torch.randn(4, 2, 23, 24, generator=generator).to(dtype) for _ in range(3)]
+    results = []
+    for path in (attention, explicit_attention, torch.nn.functional.scaled_dot_product_attention):
+        q, k, v = (x.clone().requires_grad_() for x in inputs)
+        out = path(q, k, v)
+        (out.float() * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        results.append([out.float(), q.grad.float(), k.grad.float(), v.grad.float()])
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0.02, "atol": 0.02}
+    for chosen, other in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(chosen, other, **tolerance)
+    for chosen, other in zip(results[0], results[2], strict=True):
+        torch.testing.assert_close(chosen, other, **tolerance)
