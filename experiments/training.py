@@ -58,7 +58,6 @@ from experiments.rundir import (
 )
 from experiments.runtime import (
     NonFiniteParametersError,
-    adamw,
     autocast,
     optimizer_step,
     prepare_runtime,
@@ -111,7 +110,7 @@ def build_optimizer(model: WorldModel, cfg: WorldModelConfig) -> torch.optim.Ada
         if param.requires_grad:
             is_matrix = param.ndim >= 2 and name.rsplit(".", 1)[-1].startswith("w")
             (decay if is_matrix else no_decay).append(param)
-    return adamw(
+    return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
     )
 
