@@ -11,9 +11,12 @@ world model of the defaults (or of --config) and times, for --seconds each:
     train    `experiments.training.train_step` on a batch of cached features (what `wm cycle` trains on)
     encode   the frozen encoder over one batch of B x T frames (the preset's training batch)
     fill     `experiments.features.fill_latent_cache` over 40 episodes of 23 random frames (CartPole's random play)
+    cma      CMA-ES generations (ask, then tell random fitness) over the default controller's parameters, whose
+             covariance numpy's BLAS decomposes
 Neighbours are single-thread busy loops started before and stopped after it. Settings:
     torch      torch's defaults: one thread per core
-    toolkit    what every `wm` command does (`experiments.runtime.set_threads`: the cores other processes leave free)
+    toolkit    what every `wm` command does (`experiments.runtime.set_threads`: the cores other processes leave free,
+               numpy's BLAS one thread)
 Metrics: <phase>_per_s for each setting and neighbour count; <phase>_ratio, the rate beside N neighbours over the
 rate alone under torch's defaults (the machine's best alone), measured in the same run; cache_fill_share_of_batched,
 the fill's frames/s over the one-batch encode's.
@@ -48,12 +51,15 @@ def emit(metric: str, value: float, unit: str, **extra) -> None:
 
 def worker(preset: str, setting: str, seconds: float) -> dict[str, float]:
     """Rates of the training step and the cache fill in this process (torch not yet loaded)."""
+    import numpy as np
     import torch
 
+    from agents.evolution import CMAES
     from benchmarks.world_model_speed import random_batch
     from experiments.config import load_config
     from experiments.features import encoder_fingerprint, fill_latent_cache
     from experiments.inputs import env_spec
+    from experiments.load import build_controller
     from experiments.rundir import GracefulStop
     from experiments.runtime import set_threads
     from experiments.training import apply_schedules, build_model, build_optimizer, train_step
@@ -87,12 +93,20 @@ def worker(preset: str, setting: str, seconds: float) -> dict[str, float]:
     def fill(i: int) -> None:
         fill_latent_cache(model, store, f"{key}-{i}", device, stop, show_progress=False)  # a new cache: all missing
 
-    rates = {"threads": torch.get_num_threads()}
+    controller = build_controller(model, spec, cfg.evolve)
+    es = CMAES(np.zeros(controller.num_params), cfg.evolve.sigma, cfg.evolve.population, seed=0)
+    fitness = np.random.default_rng(0)
+
+    def cma(i: int) -> None:
+        es.tell(es.ask(), fitness.standard_normal(cfg.evolve.population))
+
+    rates = {"threads": torch.get_num_threads(), "cma_parameters": controller.num_params}
     fill_frames = int(store.episode_steps.sum()) + len(store)
     phases = (
         ("train_steps", train, 1),
         ("encode_frames", encode, len(frames)),
         ("cache_fill_frames", fill, fill_frames),
+        ("cma_generations", cma, 1),
     )
     for name, work, per_call in phases:
         work(0)  # warm-up
@@ -179,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
                 ("train_steps", "steps/s"),
                 ("encode_frames", "frames/s"),
                 ("cache_fill_frames", "frames/s"),
+                ("cma_generations", "generations/s"),
             ):
                 emit(f"{phase}_per_s", rates[phase], unit, **common)
                 if neighbours or setting != "torch":

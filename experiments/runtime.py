@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import threadpoolctl
 import torch
 
 from experiments import distributed
@@ -179,12 +180,28 @@ def set_rng_state(state: dict) -> None:
 _thread_share: ThreadShare | None = None
 
 
+def limit_numpy_blas() -> None:
+    """One thread for numpy's BLAS (the OpenBLAS in numpy's wheels; torch's own BLAS is left alone).
+
+    numpy's linear algebra here is CMA-ES's: the covariance of a few hundred parameters, decomposed every generation.
+    One thread does that fastest, and OpenBLAS's threads spin-wait for each other whenever another process holds a
+    core: beside other jobs on 2 cores one 200 x 200 `eigh` took 0.7 s on OpenBLAS's 2 threads and 3 ms on one, and the
+    default task's evolve phase spent 34 s in it (docs/performance.md).
+    """
+    torch_folder = Path(torch.__file__).resolve().parent
+    for library in threadpoolctl.ThreadpoolController().lib_controllers:
+        if library.user_api == "blas" and torch_folder not in Path(library.filepath).resolve().parents:
+            library.set_num_threads(1)
+
+
 def set_threads(cfg: RunConfig, device: torch.device) -> None:
-    """run.threads torch threads. Without it: a CPU process under torchrun takes its share of the machine's cores
-    (torchrun itself would leave it one thread); a CPU process alone takes the cores other processes leave free,
-    counted again whenever a loop calls `rebalance_threads` (experiments/threads.py says why)."""
+    """run.threads torch threads, and numpy's BLAS one (`limit_numpy_blas`). Without run.threads: a CPU process
+    under torchrun takes its share of the machine's cores (torchrun itself would leave it one thread); a CPU process
+    alone takes the cores other processes leave free, counted again whenever a loop calls `rebalance_threads`
+    (experiments/threads.py says why)."""
     global _thread_share
     _thread_share = None
+    limit_numpy_blas()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     elif distributed.active() and device.type == "cpu":

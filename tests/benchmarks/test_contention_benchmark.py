@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 def test_quick_run_prints_each_phase_alone_and_beside_a_neighbour():
     records = [record for record in quick_run("contention.py", "--settings", "toolkit").values()]
     metrics = {record["metric"] for record in records}
-    for phase in ("train_steps", "encode_frames", "cache_fill_frames"):
+    for phase in ("train_steps", "encode_frames", "cache_fill_frames", "cma_generations"):
         assert {f"{phase}_per_s", f"{phase}_ratio"} <= metrics, metrics
     assert "cache_fill_share_of_batched" in metrics
     assert all(math.isfinite(r["value"]) and r["value"] > 0 for r in records)

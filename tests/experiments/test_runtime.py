@@ -1,9 +1,11 @@
 import math
 
 import pytest
+import threadpoolctl
 import torch
 
-from experiments.runtime import NonFiniteParametersError, adamw, optimizer_step, resolve_precision
+from experiments.config import RunConfig
+from experiments.runtime import NonFiniteParametersError, adamw, optimizer_step, resolve_precision, set_threads
 
 
 def setup(value: float = 1.0):
@@ -74,3 +76,16 @@ def test_adamw_is_fused_on_a_cpu_and_steps_as_the_unfused_one_does():
     for fused, unfused in zip(*trained, strict=True):
         torch.testing.assert_close(fused.detach(), unfused.detach(), rtol=1e-6, atol=1e-6)
         assert not torch.equal(fused.detach(), start[0] if fused.ndim == 2 else start[1])
+
+
+def test_set_threads_holds_numpy_blas_to_one_thread_and_leaves_torch_its_count():
+    before = torch.get_num_threads()
+    try:
+        set_threads(RunConfig(threads=2), torch.device("cpu"))
+        blas = [lib for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+        numpy_blas = [lib for lib in blas if "numpy" in lib["filepath"]]
+        assert numpy_blas, f"numpy's BLAS not found among {blas}"
+        assert all(lib["num_threads"] == 1 for lib in numpy_blas)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
