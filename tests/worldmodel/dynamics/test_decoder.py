@@ -1,5 +1,7 @@
 """The latent-to-frame decoder: shapes, that it learns, and that it never changes the encoder."""
 
+import copy
+
 import pytest
 import torch
 
@@ -71,3 +73,22 @@ def test_decoder_training_never_changes_the_encoder():
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
     assert any(p.grad is not None for p in decoder.parameters())
+
+
+def test_channels_last_layout_draws_and_learns_as_the_default_layout_does():
+    torch.manual_seed(0)
+    decoder = Decoder(8, 32, 3, 4)
+    reference = copy.deepcopy(decoder).to(memory_format=torch.contiguous_format)
+    assert decoder.head.weight.is_contiguous(memory_format=torch.channels_last)
+    assert reference.head.weight.is_contiguous()
+    z = torch.randn(5, 8)
+    frames = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
+    drawn = decoder(z)
+    # The same modules on default-layout tensors, written out: stem, upsampling, head, sigmoid.
+    expected = torch.sigmoid(reference.head(reference.upsample(reference.stem(z).view(5, -1, 4, 4))))
+    torch.testing.assert_close(drawn, expected, rtol=1e-5, atol=1e-6)
+    decoder.loss(z, frames).backward()
+    target = frames.permute(0, 3, 1, 2).float() / 255
+    torch.nn.functional.mse_loss(expected, target).backward()
+    for ours, theirs in zip(decoder.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-6)
