@@ -192,14 +192,14 @@ class JEPAWorldModel(WorldModel):
         B, T, _ = latents.shape
         start = self.initial_state(B)
         h, z_prev = (start, torch.zeros_like(latents[:, 0])) if initial is None else initial  # (B, hidden_dim), (B, D)
-        hidden, predicted = [], []
+        hidden = []
         for t in range(T):
             h, z_prev, a = restart_at_first(is_first[:, t, None], start, h, z_prev, action[:, t])
-            h, z_pred = self.step(h, z_prev, a)
-            hidden.append(h)
-            predicted.append(z_pred)
-            z_prev = latents[:, t]
-        return torch.stack(hidden, dim=1), torch.stack(predicted, dim=1)  # (B, T, hidden_dim), (B, T, D)
+            hidden.append(self.recur(h, z_prev, a))
+            h, z_prev = hidden[-1], latents[:, t]
+        hidden = torch.stack(hidden, dim=1)  # (B, T, hidden_dim)
+        # Teacher forcing feeds the real z back, not ẑ: every step's prediction in one pass of the head, not T.
+        return hidden, self.latent_head(hidden)  # (B, T, hidden_dim), (B, T, D)
 
     def real_states(self, batch: WorldModelBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The states a controller sees along real windows: z the online latents, h from `observe`, and the

@@ -198,21 +198,19 @@ class RSSMWorldModel(WorldModel):
         B, T, _ = embeddings.shape
         start = self.initial_state(B)
         h, z = start, embeddings.new_zeros(B, self.latent_dim)
-        hidden, latents, priors, posteriors = [], [], [], []
+        hidden, latents, posteriors = [], [], []
         for t in range(T):
             h, z, a = restart_at_first(is_first[:, t, None], start, h, z, action[:, t])
-            h, prior = self.transition(h, z, a)
+            h = self.recur(h, z, a)
             posterior = self.posterior(h, embeddings[:, t])
             z = posterior.mean if noise is None else posterior.sample(noise[:, t])
             hidden.append(h)
             latents.append(z)
-            priors.append(prior)
             posteriors.append(posterior)
-
-        def stacked(gaussians: list[Gaussian]) -> Gaussian:
-            return Gaussian(torch.stack([g.mean for g in gaussians], 1), torch.stack([g.std for g in gaussians], 1))
-
-        return torch.stack(hidden, dim=1), torch.stack(latents, dim=1), stacked(priors), stacked(posteriors)
+        hidden = torch.stack(hidden, dim=1)  # (B, T, hidden_dim)
+        # Nothing in the loop reads the prior, so it is taken for every step at once: one pass of its head, not T.
+        posterior = Gaussian(torch.stack([g.mean for g in posteriors], 1), torch.stack([g.std for g in posteriors], 1))
+        return hidden, torch.stack(latents, dim=1), self.prior(hidden), posterior
 
     def real_states(self, batch: WorldModelBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The states a controller sees along real windows: z the posterior's means (`filter`), and the latents to

@@ -119,6 +119,28 @@ def test_agent_acting_step_by_step_follows_the_filter(model):
     assert len(np.unique(actions)) == 2, "a constant controller would test little"
 
 
+def test_filter_gives_every_step_the_prior_and_posterior_that_stepping_by_hand_gives(model):
+    """The filter takes the priors after its loop, all steps at once: they must be the transition's, step by step."""
+    batch = make_windows()
+    embeddings = model.encode(batch.obs)
+    noise = torch.randn(*batch.is_first.shape, LATENT, generator=torch.Generator().manual_seed(3))
+    hidden, z, prior, posterior = model.filter(embeddings, batch.action, batch.is_first, noise)
+    B, T = batch.is_first.shape
+    h, z_prev = model.initial_state(B), torch.zeros(B, LATENT)
+    for t in range(T):
+        first = batch.is_first[:, t, None]
+        h = torch.where(first, model.initial_state(B), h)
+        z_prev = torch.where(first, 0.0, z_prev)
+        h, step_prior = model.transition(h, z_prev, batch.action[:, t])
+        step_posterior = model.posterior(h, embeddings[:, t])
+        for ours, theirs in ((hidden[:, t], h), (prior.mean[:, t], step_prior.mean), (prior.std[:, t], step_prior.std)):
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(posterior.mean[:, t], step_posterior.mean, rtol=1e-5, atol=1e-6)
+        z_prev = step_posterior.sample(noise[:, t])
+        torch.testing.assert_close(z[:, t], z_prev, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(prior.mean, posterior.mean), "a prior equal to the posterior would test little"
+
+
 @pytest.mark.parametrize("mode", ["threshold", "sample", "expected"])
 def test_batched_dream_equals_loop_over_candidates(model, starts, mode):
     controller = Controller(FEATURES, spaces.Discrete(ACTIONS), "linear")
