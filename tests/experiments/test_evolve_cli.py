@@ -8,6 +8,7 @@ import json
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,30 @@ def test_the_planner_acts_in_the_real_env_on_the_episodes_a_controller_is_scored
     assert not (run / "checkpoints/best.pt").exists()  # no controller to replay
     again = evolve(world_model, tmp_path / "again", *PLANNER)  # seeded episodes and samples: the same figures
     assert again.returncode == 0 and summary(tmp_path / "again")["eval_returns"] == done["eval_returns"]
+
+
+def test_a_killed_planner_run_resumes_to_the_figures_of_an_uninterrupted_one(world_model, tmp_path):
+    """The planner keeps nothing worth a checkpoint: `--resume` after SIGKILL evaluates again from the start, and its
+    seeded episodes and samples give what the run would have given."""
+    longer = [*PLANNER, "--set", "evolve.eval_episodes=6", "--set", "planner.iterations=12"]  # seconds of planning
+    whole = evolve(world_model, tmp_path / "whole", *longer)
+    assert whole.returncode == 0, whole.stderr
+    broken = tmp_path / "broken"
+    process = start("evolve", *DEBUG, "--world-model", str(world_model), *longer, "--run-dir", str(broken))
+    deadline = time.monotonic() + 120
+    while not (broken / "summary.json").exists() or "agent" not in summary(broken):  # it has begun to plan
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the planner never started"
+        time.sleep(0.02)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert summary(broken)["status"] == "running"  # it really died mid-run
+    resumed = resume(world_model, broken)
+    assert resumed.returncode == 0, resumed.stderr
+    done = summary(broken)
+    assert done["status"] == "done" and done["agent"] == "planner"
+    assert done["eval_returns"] == summary(tmp_path / "whole")["eval_returns"]
 
 
 def test_the_planner_takes_no_warm_start_and_no_real_env_search(world_model, evolved, tmp_path, capsys):
