@@ -45,17 +45,21 @@ def _range(value: tuple[float, float], key: str, low: float, high: float) -> Non
 # Every setting of a switch (a choice between ways of doing a thing) is the default (the recommended setting), one a
 # shipped preset makes, or one of these alternatives, kept for the reason given (docs/README.md); any other was
 # deleted (tests/experiments/test_config_commands.py checks). A numeric switch is named with a value that turns it on.
-KEPT_ALTERNATIVES: dict[str, tuple[Any, str]] = {
-    "evolve.agent": ("planner", "the planner, to tell a weak controller search from a wrong model"),
-    "planner.method": ("mppi", "MPPI beside CEM, the two planners of the field (TD-MPC2, LeWorldModel)"),
-    "env.obs": ("state", "the env's true low-dimensional state instead of pixels, to tell a perception failure apart"),
-    "world_model.collapse_guard": ("sigreg", "SIGReg, not EMA targets (LeJEPA, LeWorldModel); deterministic latent"),
-    "world_model.freeze_encoder": (False, "the encoder trained end to end, not frozen; deterministic latent"),
-    "world_model.pooling": ("grid2", "the grid pooling of grid4 (one code path) on a coarser grid"),
-    "dream.cont_mode": ("expected", "the dream's termination by the continue head: sampled, expected or thresholded"),
-    "dream.latent_noise": (0.1, "dream latent noise, which keeps a controller off the model's exact predictions"),
-    "dream.disagreement_penalty": (1.0, "the ensemble-disagreement penalty on the dream's reward"),
-    "dream.disagreement_limit": (1.0, "the ensemble-disagreement limit that ends a dream rollout"),
+# Each key maps its kept values to their reasons.
+KEPT_ALTERNATIVES: dict[str, dict[Any, str]] = {
+    "evolve.agent": {
+        "planner": "the planner, to tell a weak controller search from a wrong model",
+        "actor_critic": "an actor-critic trained in the dream (Dreamer's), the field's other way to act",
+    },
+    "planner.method": {"mppi": "MPPI beside CEM, the two planners of the field (TD-MPC2, LeWorldModel)"},
+    "env.obs": {"state": "the env's true low-dimensional state instead of pixels, to tell a perception failure apart"},
+    "world_model.collapse_guard": {"sigreg": "SIGReg, not EMA targets (LeJEPA, LeWorldModel); deterministic latent"},
+    "world_model.freeze_encoder": {False: "the encoder trained end to end, not frozen; deterministic latent"},
+    "world_model.pooling": {"grid2": "the grid pooling of grid4 (one code path) on a coarser grid"},
+    "dream.cont_mode": {"expected": "the dream's termination by the continue head: sampled, expected or thresholded"},
+    "dream.latent_noise": {0.1: "dream latent noise, which keeps a controller off the model's exact predictions"},
+    "dream.disagreement_penalty": {1.0: "the ensemble-disagreement penalty on the dream's reward"},
+    "dream.disagreement_limit": {1.0: "the ensemble-disagreement limit that ends a dream rollout"},
 }
 
 # --------------------------------------------------------------------------------------------------
@@ -436,7 +440,8 @@ class WorldModelConfig:
     """Frames the decoder trains on per step."""
     decoder_every: int = 4
     """The decoder trains beside the world model at every this-many-th training step (it is for pictures only, and
-    a step of it costs about a third of a world-model step on the CartPole preset); then `decoder_steps` more."""
+    a step of it, with the stochastic latent's filter pass for its latents, costs about 0.6 of a world-model step on
+    the default task); then `decoder_steps` more."""
     decoder_steps: int = 100
     """Decoder-only steps after the world model has finished, on its final latents."""
     video_steps: int = 200
@@ -584,9 +589,10 @@ class PlannerConfig:
 
 @dataclass(frozen=True)
 class EvolveConfig:
-    agent: Literal["es", "planner"] = "es"
+    agent: Literal["es", "planner", "actor_critic"] = "es"
     """What acts on the world model: 'es', a controller evolved with CMA-ES in the dream (evolve.*); 'planner', no
-    search beforehand: at every real step a planner searches action sequences in the dream (planner.*)."""
+    search beforehand: at every real step a planner searches action sequences in the dream (planner.*);
+    'actor_critic', an actor and a critic trained on imagined trajectories of the dream (actor_critic.*)."""
     controller: Literal["linear", "mlp"] = "linear"
     """Controller over [z, h]: 'linear' (as in World Models) or 'mlp' (one tanh hidden layer)."""
     controller_hidden: int = 32
@@ -625,6 +631,50 @@ class EvolveConfig:
             "max_nonfinite_fraction",
             f"must be in [0, 1), got {self.max_nonfinite_fraction}",
         )
+
+
+@dataclass(frozen=True)
+class ActorCriticConfig:
+    steps: int = 3000
+    """Training steps, each on `starts` imagined trajectories (checkpointed every run.checkpoint_every steps); 1000
+    ended lower on the default task's model (docs/dream-and-evolution.md)."""
+    horizon: int = 15
+    """Imagined steps from each start state (the lambda-returns bootstrap from the critic after them)."""
+    starts: int = 256
+    """Start states drawn from the pool (dream.start_windows) per training step."""
+    discount: float = 0.99
+    """Discount of the reward one step ahead, times the predicted continue probability."""
+    return_lambda: float = 0.95
+    """lambda of the lambda-returns: 0 bootstraps from the next value, 1 sums the imagined rewards to the horizon."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critic."""
+    width: int = 128
+    """Hidden width of the actor's and the critic's MLPs over [z, h]."""
+    layers: int = 2
+    """Hidden layers of each MLP."""
+    entropy: float = 3e-3
+    """Weight of the actor's entropy bonus, in units of normalised return."""
+    target_rate: float = 0.02
+    """EMA rate of the slow target critic (which the lambda-returns bootstrap from) towards the critic, per step."""
+    grad_clip: float = 100.0
+    """Gradient norm clip of each network (0: none)."""
+    min_std: float = 0.1
+    """Floor of a continuous actor's std before the tanh squash."""
+    return_decay: float = 0.99
+    """Decay of the EMA of the returns' 5th-95th percentile range, the scale returns are divided by (at least 1)."""
+
+    def __post_init__(self):
+        _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        # The learner checks its own settings (it is usable without a config), here at parse time.
+        from agents.actor_critic import ActorCriticSettings
+
+        try:
+            ActorCriticSettings(**{k: v for k, v in dataclasses.asdict(self).items() if k != "steps"})
+        except ValueError as error:  # "<field> must ...": the field's name first
+            key, _, reason = str(error).partition(" ")
+            _require(False, key, reason)
 
 
 @dataclass(frozen=True)
@@ -683,9 +733,11 @@ class Config:
     dream: DreamConfig = field(default_factory=DreamConfig)
     """`wm evolve`: how rollouts in the learned model start, run and end."""
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
-    """`wm evolve`: the agent (a controller and CMA-ES, or the planner) and the real-env evaluation."""
+    """`wm evolve`: the agent (a controller and CMA-ES, the planner or the actor-critic) and the real-env evaluation."""
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     """`wm evolve --set evolve.agent=planner`: the planner's search in the dream at every real step."""
+    actor_critic: ActorCriticConfig = field(default_factory=ActorCriticConfig)
+    """`wm evolve --set evolve.agent=actor_critic`: an actor-critic trained in imagination (Dreamer's recipe)."""
     cycle: CycleConfig = field(default_factory=CycleConfig)
     """`wm cycle`: collect -> train -> evolve -> evaluate, iterated; what changes after the first iteration."""
 

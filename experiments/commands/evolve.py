@@ -4,6 +4,10 @@
     wm evolve --config configs/cartpole.yaml --world-model runs/<wm train run> --in real     # model-free baseline
     wm evolve --config configs/cartpole.yaml --world-model runs/<run> --controller runs/<evolve run>  # warm start
 
+With `--set evolve.agent=planner` a planner searches in the dream at every real step instead
+(experiments/planning.py); with `--set evolve.agent=actor_critic` an actor-critic is trained in the dream's
+imagination (experiments/imagination.py).
+
 The loop lives in experiments/evolution.py. The life of a run: load the world model (its checkpoint must fit this
 config's env and model shape) -> encode `dream.start_windows` real windows of its episode store into a pool of start
 states -> for each generation: ask CMA-ES for `evolve.population` candidates, score each by its mean return over
@@ -21,6 +25,7 @@ from pathlib import Path
 
 from experiments import config as config_lib
 from experiments.evolution import SCORING_MODES, evolve, read_warm_start
+from experiments.imagination import train_actor_critic
 from experiments.load import build_controller, load_world_model, run_checkpoint
 from experiments.planning import plan
 from experiments.rundir import RunError, add_run_arguments, execute, open_run
@@ -53,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         # directory exists.
         cfg = config_lib.load_config(args.config, args.overrides)
         world = load_world_model(world_model, cfg)
+        if cfg.evolve.agent == "actor_critic" and (args.mode != "dream" or warm_start is not None):
+            raise RunError(
+                "evolve.agent=actor_critic learns in the dream from scratch: drop --in real and --controller"
+            )
         if warm_start is not None:
             read_warm_start(warm_start, build_controller(world.model, world.spec, cfg.evolve))
         if cfg.evolve.agent == "planner" and (args.mode != "dream" or warm_start is not None):
@@ -60,5 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     run = open_run(args, "evolve")
     if run.cfg.evolve.agent == "planner":
         return execute(run, functools.partial(plan, world_model=world_model, world=world))
+    if run.cfg.evolve.agent == "actor_critic":
+        return execute(run, functools.partial(train_actor_critic, world_model=world_model, world=world))
     body = functools.partial(evolve, world_model=world_model, mode=args.mode, warm_start=warm_start, world=world)
     return execute(run, body)
