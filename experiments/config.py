@@ -704,6 +704,11 @@ class CycleConfig:
     """Real env steps the agent may learn from (every collected transition, iteration 0's random ones included);
     the cycle stops before an iteration whose collection would exceed them. Evaluation episodes are not counted
     (they never enter the store); summary.json reports them as eval_env_steps_total."""
+    perception: str = "random"
+    """The frozen ViT the world model reads: 'random' (its random initialisation, the control), 'pretrain' (I-JEPA,
+    as pretrain.* says, on the frames of iteration 0's training episodes, once, after its collection: a `wm pretrain`
+    run in <run>/perception whose EMA target encoder every iteration's world model keeps) or the path of a `wm
+    pretrain` checkpoint or run directory (its EMA target encoder)."""
 
     def __post_init__(self):
         for key in ("iterations", "collect_steps", "train_steps", "generations", "max_env_steps"):
@@ -717,6 +722,9 @@ class CycleConfig:
             self.target_return is None or math.isfinite(self.target_return),
             "target_return",
             f"must be a finite number or null, got {self.target_return}",
+        )
+        _require(
+            bool(self.perception.strip()), "perception", "must be 'random', 'pretrain' or a `wm pretrain` checkpoint"
         )
 
 

@@ -3,6 +3,7 @@
 
     wm cycle --config configs/cartpole.yaml --name cartpole
     wm cycle --config configs/cartpole.yaml --encoder runs/<pretrain run>/checkpoints/latest.pt
+    wm cycle --config configs/cartpole.yaml --set cycle.perception=pretrain
     wm cycle --resume --name cartpole
 
 Iteration 0 is `wm train` followed by `wm evolve`, bit for bit under the same seed: world_model.collect_steps
@@ -18,6 +19,14 @@ episodes. Each later iteration:
               its dream starts drawn from every episode so far, so they include the states the controller visits;
     evaluate  the chosen controller in the real env; the best real return so far names the controller to beat
               (a controller evaluated before keeps its first score).
+
+Perception (cycle.perception): the world model's frozen ViT keeps its random initialisation ('random', the control),
+or is the EMA target encoder of an I-JEPA run. With 'pretrain', iteration 0 runs a phase of its own between its
+collection and its training: `wm pretrain` (pretrain.*) on every frame of iteration 0's training episodes (the held-out
+ones stay unseen), as a run of its own in <run>/perception (its checkpoints, metrics, tensorboard events, probe
+curve), probed beside a random-init twin when the env gives its true state; summary.json's `perception` holds its
+figures. Later iterations keep that encoder: their features must keep their meaning, as the standardisation's. A
+path names the checkpoint (or run) of an earlier `wm pretrain` instead.
 
 The feature standardisation of iteration 0 is never changed: the controller's inputs must keep their meaning. The
 cycle stops when an evaluation reaches cycle.target_return (by default the env's registered reward_threshold, as
@@ -71,7 +80,9 @@ from experiments.features import (
 )
 from experiments.inputs import env_spec
 from experiments.load import build_controller, dream_settings, encode_start_pool
-from experiments.pictures import write_learning_curve
+from experiments.pictures import save_mask_picture, write_learning_curve
+from experiments.pretraining import Pretrainer, print_probe
+from experiments.pretraining import build_model as build_ijepa
 from experiments.progress import Progress
 from experiments.rundir import GracefulStop, Interrupted, Run, RunError, RunFailure, execute, path_in_run, start_run
 from experiments.runtime import prepare_runtime, rng_state, set_rng_state, step_seed
@@ -80,9 +91,12 @@ from experiments.video import VIDEO_FPS, recorded_clip, write_mp4
 from experiments.windows import EpisodeSplit, StoreWindows, split_episodes
 from worldmodel.dynamics.decoder import Decoder
 from worldmodel.dynamics.world_model import WorldModel
+from worldmodel.perception.data import TensorImageDataset
 
 STREAM_ITERATION = 11  # seeds of iterations >= 1 (see `iteration_seed`)
+STREAM_PERCEPTION = 12  # the initial weights of the I-JEPA model the perception phase trains
 CURVE_PATH = "learning_curve.png"
+PERCEPTION_DIR = "perception"  # the perception phase's `wm pretrain` run, inside the cycle's run
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
@@ -147,7 +161,7 @@ class Cycle:
         self.env_steps = 0  # env steps of the collected transitions (the budget)
         self.eval_env_steps = 0  # steps of the evaluation episodes (reported, not budgeted)
         # Wall seconds spent in each phase, over every session, up to the last checkpoint (a profile of the run).
-        self.phase_seconds = dict.fromkeys(PHASES, 0.0)
+        self.phase_seconds = dict.fromkeys(phases(self.cfg), 0.0)
         self.running, self.running_since = "collect", time.monotonic()  # the phase being timed
         self.episodes_at_start = 0  # episodes in the store when this iteration's collection began
         self.episodes = 0  # episodes this iteration trains and evolves on (all, once it has collected)
@@ -161,6 +175,7 @@ class Cycle:
         self.history: list[dict] = []  # one record per evaluated iteration
         self.generations_done = 0  # generations of the searches finished so far
         self.stopped: str | None = None  # why the cycle ended: "target", "budget" or "iterations"
+        self.perception: dict | None = None  # the perception phase's figures (cycle.perception=pretrain)
         self.resuming = False  # the next phase continues a checkpoint (and says how)
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -197,6 +212,7 @@ class Cycle:
             "history": self.history,
             "generations_done": self.generations_done,
             "stopped": self.stopped,
+            "perception": self.perception,
             "rng": rng_state(),
         }
 
@@ -236,6 +252,7 @@ class Cycle:
         self.best_return, self.best_iteration = state["best_return"], state["best_iteration"]
         self.record, self.history = state["record"], state["history"]
         self.generations_done, self.stopped = state["generations_done"], state["stopped"]
+        self.perception = state.get("perception")  # absent in checkpoints from before the perception phase
         set_rng_state(state["rng"])
         self.resuming = True
         print(f"resumed from {path} in iteration {self.iteration}, phase {self.phase}", file=sys.stderr)
@@ -277,11 +294,17 @@ class Cycle:
         """Run (or continue) iterations until a stopping rule holds; the figures of summary.json."""
         ccfg = self.cfg.cycle
         bar = Progress(ccfg.iterations, "cycle", initial=len(self.history), unit="iter", enabled=self.cfg.run.progress)
-        phases = {"collect": self.collect, "train": self.train, "evolve": self.evolve, "evaluate": self.evaluate}
+        steps = {
+            "collect": self.collect,
+            "pretrain": self.pretrain,
+            "train": self.train,
+            "evolve": self.evolve,
+            "evaluate": self.evaluate,
+        }
         while self.stopped is None:
             phase = self.phase
             self.running, self.running_since = phase, time.monotonic()
-            phases[phase](stop)
+            steps[phase](stop)
             self.resuming = False
             if phase == "evaluate":
                 last = self.history[-1]
@@ -353,10 +376,13 @@ class Cycle:
         self.env_steps += transitions * cfg.env.action_repeat
         self.episodes = len(self.store)
         self.record = {"iteration": k, "collect_steps": transitions, "collect_episodes": len(new)}
+        self.phase = "train"
         if k == 0:
             self.split = split_episodes(self.store.episode_steps, cfg.world_model.eval_fraction)
-            self.trainer = self.build_trainer()
-        self.phase = "train"
+            if cfg.cycle.perception == "pretrain":
+                self.phase = "pretrain"  # the trainer is built once the encoder it freezes is
+            else:
+                self.trainer = self.build_trainer()
         self.save()
 
     def random_policy(self, num_envs: int, seed: int) -> RandomPolicy:
@@ -367,6 +393,68 @@ class Cycle:
     def controller_policy(self, num_envs: int, seed: int) -> LatentAgent:
         """Later iterations' collection policy: the best controller so far, with exploration noise."""
         return LatentAgent(self.model, self.controller, self.best, num_envs, self.cfg.cycle.exploration, seed)
+
+    def pretrain(self, stop: GracefulStop) -> None:
+        """Iteration 0 with cycle.perception=pretrain: I-JEPA (pretrain.*) on every frame of iteration 0's training
+        episodes, a `wm pretrain` run in <run>/perception that continues from its own checkpoint after a stop; its EMA
+        target encoder becomes the world model's frozen encoder, and the latent cache is keyed by it."""
+        cfg, path = self.cfg, self.run.path / PERCEPTION_DIR
+        if self.spec.obs_shape[-1] != 3:
+            raise RunFailure(f"cycle.perception=pretrain pretrains on RGB frames; this env's are {self.spec.obs_shape}")
+        episodes = self.split.first_held_out
+        frames = episode_frames(self.store, range(episodes))
+        resumed = any((path / "checkpoints" / name).exists() for name in ("latest.pt", "previous.pt"))
+        run = Run(path, "pretrain", cfg, resumed=resumed)
+        saved = rng_state()  # the phase leaves the cycle's random streams where it found them
+        try:
+            torch.manual_seed(step_seed(cfg.run.seed, 0, STREAM_PERCEPTION))  # the I-JEPA model's initial weights
+            model = build_ijepa(cfg.pretrain).to(self.device)
+            trainer = Pretrainer(model, frames, cfg, run, self.device, self.precision)
+            if resumed:
+                trainer.resume()
+            elif run.writes:
+                save_mask_picture(path / "masks.png", frames, trainer.masks, cfg.pretrain, cfg.run.seed)
+            run.write_summary(
+                device=str(self.device),
+                precision=self.precision,
+                dataset={"source": self.data_summary()["episodes"], "episodes": episodes, "images": len(frames)},
+            )
+            self.announce(
+                f"pretrain the encoder {cfg.pretrain.optim.steps} steps on the {len(frames)} frames of {episodes} "
+                f"training episodes ({path})"
+            )
+            results = trainer.train(stop)
+            run.write_summary(status="done", **results)
+        except Interrupted:
+            run.write_summary(status="interrupted")
+            set_rng_state(saved)
+            self.save()  # the phase's time so far; its progress is in <run>/perception's checkpoint
+            raise
+        finally:
+            run.close()
+            set_rng_state(saved)
+        print_probe(results["probe"])
+        checkpoint = path / "checkpoints" / "latest.pt"
+        load_pretrained_encoder(self.model, trainer.model.target_encoder.state_dict(), str(checkpoint))
+        self.encoder_path = path_in_run(checkpoint, self.run.path)
+        self.latent_key = encoder_fingerprint(self.model) if cfg.world_model.freeze_encoder else None
+        self.perception = {
+            "encoder": self.encoder_path,
+            "steps": results["step"],
+            "episodes": episodes,
+            "frames": len(frames),
+            **results["results"],
+            "probe": results["probe"],
+        }
+        self.run.write_summary(data=self.data_summary(), perception=self.perception)
+        self.trainer = self.build_trainer()
+        self.phase = "train"
+        self.save()
+
+    def data_summary(self) -> dict:
+        """summary.json's `data`: the episode store, the encoder's source and its latent cache."""
+        episodes = path_in_run(self.store.path, self.run.path)
+        return {"episodes": episodes, "encoder": self.encoder_path, "latent_key": self.latent_key}
 
     def train(self, stop: GracefulStop) -> None:
         """Iteration 0: train the world model as `wm train` does. Later: fine-tune the same model and optimizer
@@ -553,6 +641,7 @@ class Cycle:
             "best_iteration": self.best_iteration,
             "history": self.history,
             "phase_seconds": rounded(self.phase_seconds),
+            **({"perception": self.perception} if self.perception is not None else {}),
             "model": last["model"],
             "learning_curve": CURVE_PATH,
             "phase": "done",
@@ -562,6 +651,20 @@ class Cycle:
 
 PHASES = ("collect", "train", "evolve", "evaluate")
 """An iteration's phases; train includes filling the latent cache, evaluate the video."""
+
+
+def phases(cfg: Config) -> tuple[str, ...]:
+    """The phases a run goes through: PHASES, and pretrain (iteration 0 alone) with cycle.perception=pretrain."""
+    return ("collect", "pretrain", *PHASES[1:]) if cfg.cycle.perception == "pretrain" else PHASES
+
+
+def episode_frames(store: EpisodeStore, episodes: range) -> TensorImageDataset:
+    """Every frame of these episodes of the store, uint8 (N, H, W, C), with the true states (N, S) where the env
+    gives them: the perception phase's images, and the probes' labels."""
+    chosen = [store.episode(index) for index in episodes]
+    frames = np.concatenate([episode.obs for episode in chosen])  # E x (L+1, H, W, C) -> (N, H, W, C)
+    states = None if chosen[0].state is None else np.concatenate([episode.state for episode in chosen])  # (N, S)
+    return TensorImageDataset(frames, states=states, name=f"{store.path} episodes 0-{len(chosen) - 1}")
 
 
 def rounded(seconds: dict[str, float]) -> dict[str, float]:
@@ -640,6 +743,40 @@ def check_budget(cfg: Config) -> None:
         )
 
 
+def perception_checkpoint(text: str) -> Path:
+    """The `wm pretrain` checkpoint that cycle.perception names: a file, or a run directory's checkpoints/latest.pt."""
+    path = Path(text)
+    return path / "checkpoints" / "latest.pt" if path.is_dir() else path
+
+
+def check_perception(cfg: Config, encoder: str | None = None) -> None:
+    """The encoder cycle.perception asks for must fit the world model's ViT (and `--encoder`, given as `encoder`,
+    may not name another); refused before any work."""
+    perception = cfg.cycle.perception
+    if perception == "random":
+        return
+    if encoder is not None:
+        raise ConfigError(f"--encoder {encoder} and cycle.perception={perception} both name the encoder; keep one")
+    if cfg.env.obs != "pixels":
+        raise ConfigError(f"cycle.perception: env.obs is {cfg.env.obs!r}, but a pretrained encoder reads pixels")
+    if perception != "pretrain":
+        load_encoder_weights(perception_checkpoint(perception), cfg, "target_encoder", "cycle.perception")
+        return
+    theirs, ours = cfg.pretrain.encoder, cfg.world_model
+    if (theirs.size, theirs.image_size, theirs.patch_size) != (ours.vit_size, ours.image_size, ours.patch_size):
+        raise ConfigError(
+            f"cycle.perception=pretrain: pretrain.encoder (size {theirs.size}, image_size {theirs.image_size}, "
+            f"patch_size {theirs.patch_size}) does not match the world model's ViT (world_model.vit_size "
+            f"{ours.vit_size}, image_size {ours.image_size}, patch_size {ours.patch_size})"
+        )
+
+
+def check_config(cfg: Config, encoder: str | None = None) -> None:
+    """What a cycle checks before its run directory exists: the budget and the encoder (`check_perception`)."""
+    check_budget(cfg)
+    check_perception(cfg, encoder)
+
+
 def cycle(
     run: Run, stop: GracefulStop, encoder: dict[str, torch.Tensor] | None = None, encoder_path: str | None = None
 ) -> dict:
@@ -655,18 +792,18 @@ def cycle(
     if resume is not None:
         latent_key, encoder_path = resume[0]["latent_key"], resume[0]["encoder"]
     else:
+        if cfg.cycle.perception not in ("random", "pretrain"):  # an earlier `wm pretrain`'s EMA target encoder
+            encoder_path = str(perception_checkpoint(cfg.cycle.perception))
+            encoder = load_encoder_weights(Path(encoder_path), cfg, "target_encoder", "cycle.perception")
         if encoder is not None:
             load_pretrained_encoder(model, encoder, str(encoder_path))
             encoder_path = path_in_run(encoder_path, run.path)  # as `wm train` records it
-        latent_key = encoder_fingerprint(model) if cfg.world_model.freeze_encoder else None
+        # With cycle.perception=pretrain the encoder (and so its cache) is known once the perception phase ends.
+        frozen = cfg.world_model.freeze_encoder and cfg.cycle.perception != "pretrain"
+        latent_key = encoder_fingerprint(model) if frozen else None
     store = open_store(run.path / "episodes", spec)
     loop = Cycle(run, spec, store, model, decoder, device, precision, latent_key, encoder_path)
-    run.write_summary(
-        device=str(device),
-        precision=precision,
-        env=spec.to_dict(),
-        data={"episodes": path_in_run(store.path, run.path), "encoder": encoder_path, "latent_key": latent_key},
-    )
+    run.write_summary(device=str(device), precision=precision, env=spec.to_dict(), data=loop.data_summary())
     if resume is not None:
         loop.load_state(*resume)
     else:
@@ -686,7 +823,7 @@ def run_cycle(cfg: Config, path: str | Path, encoder: str | Path | None = None) 
     What cannot run (a config, an encoder or an env that does not serve, a directory that holds a run) raises a
     ConfigError, CheckpointError, InputError or RunError before the directory is made.
     """
-    check_budget(cfg)
+    check_config(cfg, None if encoder is None else str(encoder))
     weights = None if encoder is None else load_encoder_weights(Path(encoder), cfg)
     run = start_run(Path(path), "cycle", cfg)
     execute(run, functools.partial(cycle, encoder=weights, encoder_path=None if encoder is None else str(encoder)))

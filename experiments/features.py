@@ -31,15 +31,18 @@ ENCODE_BATCH = 256  # frames per encoder call when filling the latent cache
 FEATURE_STATISTICS_WINDOWS = 64  # training windows whose features set the model's feature standardisation
 
 
-def load_encoder_weights(path: Path, cfg: Config) -> dict[str, torch.Tensor]:
-    """The context encoder (`encoder.*`) of a `wm pretrain` checkpoint, checked to fit this run's world model.
+def load_encoder_weights(
+    path: Path, cfg: Config, part: str = "encoder", option: str = "--encoder"
+) -> dict[str, torch.Tensor]:
+    """The context encoder (`encoder.*`, or `part`: "target_encoder" for the EMA target) of a `wm pretrain`
+    checkpoint, checked to fit this run's world model; `option` names where the path came from in errors.
 
     Raises:
         CheckpointError naming every setting that differs.
     """
     state = read_checkpoint(path)
     if state.get("command") != "pretrain":
-        raise CheckpointError(f"--encoder {path} is a checkpoint of '{state.get('command')}', not of 'pretrain'")
+        raise CheckpointError(f"{option} {path} is a checkpoint of '{state.get('command')}', not of 'pretrain'")
     differences = []
     if cfg.env.obs != "pixels":
         differences.append(f"env.obs is {cfg.env.obs!r} here, but a pretrained encoder reads pixels")
@@ -51,10 +54,11 @@ def load_encoder_weights(path: Path, cfg: Config) -> dict[str, torch.Tensor]:
                 f"(pretrain.encoder.{key})"
             )
     if differences:
-        raise CheckpointError(f"--encoder {path} does not fit this world model: " + "; ".join(differences))
-    weights = {key[len("encoder.") :]: value for key, value in state["model"].items() if key.startswith("encoder.")}
+        raise CheckpointError(f"{option} {path} does not fit this world model: " + "; ".join(differences))
+    prefix = f"{part}."
+    weights = {key[len(prefix) :]: value for key, value in state["model"].items() if key.startswith(prefix)}
     if not weights:
-        raise CheckpointError(f"--encoder {path} holds no encoder.* weights")
+        raise CheckpointError(f"{option} {path} holds no {prefix}* weights")
     return weights
 
 

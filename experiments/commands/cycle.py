@@ -14,7 +14,7 @@ import functools
 from pathlib import Path
 
 from experiments import config as config_lib
-from experiments.cycle import check_budget, cycle
+from experiments.cycle import check_config, cycle
 from experiments.features import load_encoder_weights
 from experiments.rundir import RunError, add_run_arguments, execute, open_run
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         # A bad config or an encoder that does not fit fails before a run directory exists.
         cfg = config_lib.load_config(args.config, args.overrides)
-        check_budget(cfg)
+        check_config(cfg, args.encoder)
         if args.encoder:
             encoder = load_encoder_weights(Path(args.encoder), cfg)
     run = open_run(args, "cycle")
