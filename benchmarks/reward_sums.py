@@ -62,7 +62,7 @@ from worldmodel.dynamics.world_model import WorldModel  # noqa: E402
 
 QUICK_EPISODES = 4  # --quick: at most this many held-out episodes
 ENCODE_BATCH = 256  # frames encoded per call
-SUCCESS_BONUSES = {"Parking-v0": ("envs.parking", "SUCCESS_BONUS")}
+SUCCESS_BONUSES = {name: ("envs.parking", "SUCCESS_BONUS") for name in ("Parking-v0", "ParkingLot-v0")}
 """Env id (without its namespace) -> the module and constant holding its success bonus, read only where it exists."""
 
 

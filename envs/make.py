@@ -36,18 +36,24 @@ NAMESPACE = "wm"
 """The toolkit's own envs live in this gymnasium namespace: `gymnasium.make("wm/Parking-v0")` after `import envs`,
 or `gymnasium.make("envs:wm/Parking-v0")` with no import at all (gymnasium imports the module first)."""
 PARKING_ID = f"{NAMESPACE}/Parking-v0"
+"""The parking task whose car starts with the space in its front camera's view (envs/parking.py)."""
+PARKING_LOT_ID = f"{NAMESPACE}/ParkingLot-v0"
+"""The same task with the car starting anywhere in the lot (Parking-v0's start until 2026-12-07)."""
 LEGACY_IDS = {"Parking-v0": PARKING_ID}
 """Ids the toolkit's envs had before the namespace, kept so that the runs and presets that name them still work."""
+PARKING_NAMES = ("Parking", "ParkingLot")
+"""gymnasium's names (ids without namespace and version) of the envs made by `envs.parking.ParkingEnv`."""
 
 
 def register_envs() -> None:
     """Register the toolkit's envs with gymnasium (importing `envs` does it, as gymnasium 1.x packages do).
-    Idempotent."""
+    Idempotent. No reward_threshold: a Parking task is solved by its success rate, not a return."""
     from envs.parking import MAX_STEPS
 
-    for env_id in (PARKING_ID, *LEGACY_IDS):
+    lot_start = {"start_distance": None, "start_heading_spread": math.pi}
+    for env_id, kwargs in ((PARKING_ID, {}), (PARKING_LOT_ID, lot_start), *((legacy, {}) for legacy in LEGACY_IDS)):
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="envs.parking:ParkingEnv", max_episode_steps=MAX_STEPS)
+            gym.register(id=env_id, entry_point="envs.parking:ParkingEnv", max_episode_steps=MAX_STEPS, kwargs=kwargs)
 
 
 # ---------------------------------------------------------------------------- per-env knowledge
@@ -144,7 +150,7 @@ _ADAPTERS: dict[str, _Adapter] = {
     "LunarLander": _Adapter(_observation_state, 8),
     "LunarLanderContinuous": _Adapter(_observation_state, 8),
     "CarRacing": _Adapter(_car_racing_state, 8, state_is_observation=False),
-    "Parking": _Adapter(_parking_state, 10),
+    **{name: _Adapter(_parking_state, 10) for name in PARKING_NAMES},
 }
 
 
@@ -247,7 +253,7 @@ def make_env(
     gym_spec = _check_env_id(env_id)
     _check_args(obs, size, action_repeat, seed)
     adapter = _ADAPTERS.get(gym_spec.name, _Adapter())
-    is_parking = gym_spec.name == "Parking"
+    is_parking = gym_spec.name in PARKING_NAMES
 
     make_kwargs: dict[str, Any] = {}
     if is_parking and obs == "state":

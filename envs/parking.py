@@ -1,4 +1,17 @@
-"""Parking-v0: park a car in a marked space of a bounded lot, seen through four egocentric cameras.
+"""Parking-v0 and ParkingLot-v0: park a car in a marked space of a bounded lot, seen through four egocentric cameras.
+
+The two tasks differ only in where the car starts (`ParkingEnv`'s `start_distance` and `start_heading_spread`):
+
+- Parking-v0 (the default): 6 to 12.5 m from the space's centre, the nose within 26 degrees of the direction to
+  it, so that the space's centre lies at least 1.5 m inside the front camera's patch in the first frame
+  (`NEAR_START_DISTANCE`, `NEAR_HEADING_SPREAD`, computed from the camera geometry below).
+- ParkingLot-v0: anywhere in the lot at least 10 m from the space, any heading (`start_distance=None`,
+  `start_heading_spread=pi`), so the space is out of every camera's view in about half the first frames.
+
+Between the two, `start_distance=(low, high)` draws the distance uniformly from that range and the direction from
+the space uniformly, redrawn until the car lies in the lot; `start_heading_spread=s` turns the car's nose up to s
+radians away from the direction to the space (s = pi: any heading). `set_start` changes them between episodes, which
+is how `envs.curriculum.StartCurriculum` widens the start from the near one to the whole lot.
 
 World frame: metres, x east, y north, headings counter-clockwise from +x; the lot is the square
 [-half, half]^2 (default 40 m wide). Car frame: x forward, y left, origin at the car's centre.
@@ -89,6 +102,24 @@ TEXTURE_RESOLUTION = 0.1  # m per texture pixel
 # camera's far corner reaches sqrt(14^2 + 7^2) ~ 15.7 m from the car's centre.
 TEXTURE_PADDING = 20.0
 
+# Start distribution. The car's centre starts this far inside the lot's edge (as in the whole-lot start).
+START_MARGIN = 6.0  # m
+# Closer than the car's and the space's half-diagonals (2.3 + 3.4 m) the car could start on the space.
+MIN_START_DISTANCE = 6.0  # m
+# The farthest apart two starts in the lot can be; and the farthest a range's low end may lie: a circle of up to this
+# radius (the starts' square's inscribed one) about any space's centre, which lies inside that square, keeps an arc
+# of starts in the square, not just a few points.
+MAX_START_DISTANCE = 2 * math.sqrt(2) * (LOT_SIZE / 2 - START_MARGIN)  # 39.6 m
+MAX_START_DISTANCE_LOW = LOT_SIZE / 2 - START_MARGIN  # 14 m
+LOT_START_DISTANCE = 10.0  # m, the whole-lot start's least distance from the space
+# The near start (Parking-v0): the space's centre at least VIEW_MARGIN inside the front camera's patch, which reaches
+# CAMERA_SPAN ahead of the car's centre and CAMERA_SPAN / 2 to either side. At distance d and bearing b from the nose
+# the centre lies d cos(b) ahead and d sin(b) aside: d <= CAMERA_SPAN - VIEW_MARGIN keeps it below the top edge, and
+# |b| <= asin((CAMERA_SPAN / 2 - VIEW_MARGIN) / d_max) inside the side edges at every d up to d_max.
+VIEW_MARGIN = 1.5  # m
+NEAR_START_DISTANCE = (MIN_START_DISTANCE, CAMERA_SPAN - VIEW_MARGIN)  # (6, 12.5) m
+NEAR_HEADING_SPREAD = math.asin((CAMERA_SPAN / 2 - VIEW_MARGIN) / NEAR_START_DISTANCE[1])  # 0.455 rad, 26 degrees
+
 ASPHALT = (92, 92, 96)
 GRASS = (52, 110, 48)
 LINE_WHITE = (235, 235, 235)
@@ -151,12 +182,76 @@ def space_in_view(states: np.ndarray) -> np.ndarray:
     return ((along <= span) & (across <= half)) | ((along <= half) & (across <= span))
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_start(start_distance: Any, start_heading_spread: Any) -> tuple[tuple[float, float] | None, float]:
+    """Validate a start distribution (see the module docstring); returns it as plain floats.
+
+    Args:
+        start_distance: None (anywhere in the lot, at least 10 m from the space) or a pair (low, high) of metres with
+            MIN_START_DISTANCE <= low <= high <= MAX_START_DISTANCE and low <= MAX_START_DISTANCE_LOW.
+        start_heading_spread: radians in [0, pi], how far the car's nose may point away from the space.
+
+    Raises:
+        ValueError: in one line, naming the setting, its bounds and the value given.
+    """
+    if start_distance is not None:
+        pair = tuple(start_distance) if isinstance(start_distance, (tuple, list, np.ndarray)) else None
+        if pair is None or len(pair) != 2 or not all(_is_number(v) and math.isfinite(v) for v in pair):
+            raise ValueError(
+                f"ParkingEnv: start_distance must be None (anywhere in the lot) or a pair (low, high) of metres, "
+                f"got {start_distance!r}"
+            )
+        low, high = float(pair[0]), float(pair[1])
+        if low < MIN_START_DISTANCE:
+            raise ValueError(
+                f"ParkingEnv: start_distance's low end must be >= {MIN_START_DISTANCE:g} m (closer, the car could "
+                f"start on the space), got {low:g}"
+            )
+        if high < low:
+            raise ValueError(f"ParkingEnv: start_distance must be (low, high), low <= high, got ({low:g}, {high:g})")
+        if low > MAX_START_DISTANCE_LOW:
+            raise ValueError(
+                f"ParkingEnv: start_distance's low end must be <= {MAX_START_DISTANCE_LOW:.1f} m (farther, some spaces "
+                f"have no start that far in the lot), got {low:g}"
+            )
+        if high > MAX_START_DISTANCE:
+            raise ValueError(
+                f"ParkingEnv: start_distance's high end must be <= {MAX_START_DISTANCE:.1f} m (no two starts in the "
+                f"lot lie farther apart), got {high:g}"
+            )
+        start_distance = (low, high)
+    if not (_is_number(start_heading_spread) and 0.0 <= start_heading_spread <= math.pi):
+        raise ValueError(
+            f"ParkingEnv: start_heading_spread must be a number of radians in [0, pi], got {start_heading_spread!r}"
+        )
+    return start_distance, float(start_heading_spread)
+
+
 class ParkingEnv(gym.Env):
-    """Top-down car parking with egocentric cameras; see the module docstring for the full definition."""
+    """Top-down car parking with egocentric cameras; see the module docstring for the full definition.
+
+    Args:
+        render_mode: None or "rgb_array" (`render()` draws the lot from above).
+        observation: "cameras" (the default) or "state" (the true state, no cameras drawn).
+        start_distance: None, anywhere in the lot at least 10 m from the space (ParkingLot-v0); or (low, high), the
+            car's centre drawn that many metres from the space's centre (default: the near start of Parking-v0).
+        start_heading_spread: radians in [0, pi]: the car's nose points within this angle of the direction to the
+            space; pi, any heading (default: the near start's, which keeps the space on the front camera).
+    """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": int(round(1 / DT))}
 
-    def __init__(self, render_mode: str | None = None, observation: str = "cameras") -> None:
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        observation: str = "cameras",
+        start_distance: tuple[float, float] | None = NEAR_START_DISTANCE,
+        start_heading_spread: float = NEAR_HEADING_SPREAD,
+    ) -> None:
+        self.start_distance, self.start_heading_spread = check_start(start_distance, start_heading_spread)
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"Parking-v0: render_mode must be None or 'rgb_array', got {render_mode!r}")
         if observation not in ("cameras", "state"):
@@ -196,6 +291,12 @@ class ParkingEnv(gym.Env):
         self._stopped_inside = 0
         self._last_potential = 0.0
         self._layout_ready = False
+
+    def set_start(self, *, start_distance: tuple[float, float] | None, start_heading_spread: float) -> None:
+        """Change the start distribution from the next reset on (the constructor's arguments of the same names).
+
+        A vector env reaches every sub-env's copy by `envs.call("set_start", start_distance=..., ...)`."""
+        self.start_distance, self.start_heading_spread = check_start(start_distance, start_heading_spread)
 
     # ---------------------------------------------------------------- spaces
 
@@ -382,12 +483,28 @@ class ParkingEnv(gym.Env):
         self.space_heading = heading
 
     def _place_car(self, rng: np.random.Generator) -> None:
-        while True:
-            position = rng.uniform(-self.half + 6.0, self.half - 6.0, size=2)
-            if np.hypot(*(position - self.space_center)) >= 10.0:
-                break
+        """Draw the car's pose from the start distribution (see the module docstring)."""
+        limit = self.half - START_MARGIN
+        if self.start_distance is None:  # anywhere in the lot, away from the space
+            while True:
+                position = rng.uniform(-limit, limit, size=2)
+                if np.hypot(*(position - self.space_center)) >= LOT_START_DISTANCE:
+                    break
+        else:  # at a drawn distance in a drawn direction from the space; check_start keeps some of it in the lot
+            low, high = self.start_distance
+            while True:
+                distance = rng.uniform(low, high)
+                direction = rng.uniform(-math.pi, math.pi)  # from the space's centre to the car's
+                position = self.space_center + distance * np.array([math.cos(direction), math.sin(direction)])
+                if np.all(np.abs(position) <= limit):
+                    break
         self.x, self.y = float(position[0]), float(position[1])
-        self.heading = float(rng.uniform(-math.pi, math.pi))
+        if self.start_heading_spread >= math.pi:
+            self.heading = float(rng.uniform(-math.pi, math.pi))
+        else:
+            towards_space = math.atan2(self.space_center[1] - self.y, self.space_center[0] - self.x)
+            heading = towards_space + rng.uniform(-self.start_heading_spread, self.start_heading_spread)
+            self.heading = (heading + math.pi) % (2 * math.pi) - math.pi
 
     def _draw_base_texture(self) -> np.ndarray:
         """Grass, the asphalt lot with a fixed grain (so motion shows in the cameras) and its white edge."""

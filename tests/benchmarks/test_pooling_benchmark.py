@@ -23,13 +23,13 @@ def test_quick_run_prints_a_probe_r2_per_state_dimension_for_every_pooling():
 
 
 def test_in_view_probes_parking_frames_that_show_the_space_and_refuses_other_states():
-    result = run_script("pooling.py", "--quick", "--env", "Parking-v0", "--steps", "1200", "--in-view")
+    result = run_script("pooling.py", "--quick", "--env", "wm/ParkingLot-v0", "--steps", "1200", "--in-view")
     records = records_of(result)
     assert sorted(records) == sorted(["probe_r2_mean"] + [f"probe_r2_dim{i}" for i in range(10)])
     assert all(record["frames"] == "in_view" for record in records.values())
     said = re.search(r"--in-view: (\d+) frames show the space \((\d+) to fit", result.stderr)
     shown, fitted = int(said[1]), int(said[2])
-    assert 0 < fitted < shown < 1200  # some frames show the space, not all; some are held out
+    assert 0 < fitted < shown < 1200  # the whole lot: some frames show the space, not all; some are held out
 
     refused = run_script("pooling.py", "--quick", "--in-view")  # CartPole's state
     assert refused.returncode != 0 and "--in-view is for Parking-v0" in refused.stderr

@@ -272,7 +272,7 @@ def test_import_registers_the_namespace_and_nothing_else_and_register_envs_is_id
         "print(sorted(set(gymnasium.registry) - before))"
     )
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert fresh.stdout.strip() == "['Parking-v0', 'wm/Parking-v0']"
+    assert fresh.stdout.strip() == "['Parking-v0', 'wm/Parking-v0', 'wm/ParkingLot-v0']"
     before = dict(gym.registry)
     register_envs()
     register_envs()

@@ -73,5 +73,6 @@ def test_reward_threshold_is_the_registered_one_or_none():
 
     assert reward_threshold("CartPole-v1") == 475.0 and reward_threshold("CarRacing-v3") == 900.0
     assert reward_threshold("Pendulum-v1") is None and reward_threshold("wm/Parking-v0") is None
+    assert reward_threshold("wm/ParkingLot-v0") is None  # the Parking tasks are judged by their success rate
     with pytest.raises(EnvUnavailableError, match="unknown env id"):
         reward_threshold("CartPol-v1")

@@ -1,4 +1,5 @@
-"""Parking-v0: API conformance, solvability by a scripted controller, random failure, cameras and gauges."""
+"""Parking-v0 and ParkingLot-v0: API conformance, solvability by a scripted controller, random failure, cameras and
+gauges, the start distributions (the near start shows the space; the whole lot's is the old one) and their options."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from gymnasium.utils.env_checker import check_env
 
 from envs import EpisodeStore, collect, make_env, make_vector_env, register_envs
 from envs.parking import (
+    CAMERA_PIXELS,
+    CAMERA_SPAN,
     MAX_FORWARD_SPEED,
+    NEAR_HEADING_SPREAD,
+    NEAR_START_DISTANCE,
+    SPACE_LENGTH,
+    SPACE_WIDTH,
+    START_MARGIN,
+    TARGET_FILL,
     ParkingEnv,
     ScriptedParker,
     ScriptedParkers,
@@ -43,8 +52,9 @@ def test_check_env_passes_with_warnings_as_errors() -> None:
         env.close()
 
 
-def test_scripted_controller_parks_at_least_90_percent() -> None:
-    env, _ = make_env("Parking-v0", obs="state", seed=2024)
+@pytest.mark.parametrize("env_id", ["Parking-v0", "wm/ParkingLot-v0"])
+def test_scripted_controller_parks_at_least_90_percent(env_id: str) -> None:
+    env, _ = make_env(env_id, obs="state", seed=2024)
     parker = ScriptedParker()
 
     def policy(state: np.ndarray) -> int:
@@ -254,3 +264,150 @@ def test_parking_rejects_bad_actions(bad) -> None:
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"Parking-v0: action must be an integer in \[0, 9\)"):
         env.step(bad)
+
+
+# ---------------------------------------------------------------------------- start distributions
+
+LOT = {"start_distance": None, "start_heading_spread": math.pi}
+
+
+def target_pixels(cameras: np.ndarray) -> int:
+    """How many camera pixels show the target space's fill: the colour is painted there only (the env's texture)."""
+    return int((cameras == TARGET_FILL).all(axis=-1).sum())
+
+
+def test_near_start_shows_the_space_in_every_first_frame() -> None:
+    """Property over 300 seeds: the first frame of Parking-v0 shows at least half of the space's fill on its cameras
+    (the space's centre on a camera's patch too); the whole lot's first frame shows none of it about half the time."""
+    pixel = CAMERA_SPAN / CAMERA_PIXELS
+    whole_space = (SPACE_LENGTH - 0.4) * (SPACE_WIDTH - 0.4) / pixel**2  # ~475 pixels of fill when all of it is seen
+    near, lot = ParkingEnv(), ParkingEnv(**LOT)
+    near_counts, lot_counts = [], []
+    for seed in range(300):
+        observation, info = near.reset(seed=seed)
+        near_counts.append(target_pixels(observation["cameras"]))
+        assert space_in_view(info["state"]), seed
+        observation, _ = lot.reset(seed=seed)
+        lot_counts.append(target_pixels(observation["cameras"]))
+    assert min(near_counts) >= 0.5 * whole_space, min(near_counts)
+    assert 0.3 < np.mean(np.array(lot_counts) == 0) < 0.7
+
+
+def test_near_start_geometry_over_many_resets() -> None:
+    """Property: distance in range, the space within the heading spread of the nose, the car in the lot, at rest."""
+    for kwargs, (low, high), spread in (
+        ({}, NEAR_START_DISTANCE, NEAR_HEADING_SPREAD),
+        ({"start_distance": (8.0, 30.0), "start_heading_spread": 2.0}, (8.0, 30.0), 2.0),
+        ({"start_distance": [14, 14], "start_heading_spread": 0}, (14.0, 14.0), 0.0),
+    ):
+        env = ParkingEnv(observation="state", **kwargs)
+        distances = []
+        for seed in range(400):
+            state, _ = env.reset(seed=seed)
+            distance, bearing = math.hypot(state[6], state[7]), math.atan2(state[7], state[6])
+            distances.append(distance)
+            assert low - 1e-4 <= distance <= high + 1e-4 and abs(bearing) <= spread + 1e-5, (kwargs, seed)
+            assert np.all(np.abs(state[:2]) <= 20.0 - START_MARGIN) and state[4] == 0.0
+        assert max(distances) - min(distances) >= 0.8 * (high - low)  # the range is used, not one end of it
+
+
+# Parking-v0 until the near start, recorded from its code before the change: per seed, the first reset's state, the
+# sum of its camera pixels and its count of target pixels, then 120 fixed actions (or fewer: the episode ended), the
+# return and last state, and a second reset (the env's RNG continues). ParkingLot-v0 must give the same.
+OLD_PARKING = [
+    (0, [-13.537227, 8.771566, -0.853478, 0.521129, 0.0, 0.0, -22.283319, 3.684494, 0.692666, 0.721258], 6447806, 0,
+     -5.004674749, 68, [-17.766407, 7.772226, -0.897793, -0.440418, 1.028684, 0.6, -13.088424, 21.744606, 0.98034,
+     -0.197317], [-10.520068, 4.777483, 0.601979, 0.798512, 0.0, 0.0, -0.621386, -21.120754, 0.212072, 0.977254],
+     6580214),
+    (2, [6.399695, -8.73877, -0.940568, -0.339605, 0.0, 0.0, 10.660612, -7.56982, 0.057015, -0.998373], 6762178, 188,
+     -0.038728948, 120, [6.4421, -16.370008, 0.650505, -0.759502, 0.384878, 0.6, -16.676352, -2.359617, -0.953935,
+     0.300014], [7.71579, -5.091895, -0.888762, 0.458369, 0.0, 0.0, 12.882859, 0.591265, 0.978571, -0.205909],
+     6827188),
+    (4, [-11.736591, 3.005963, 0.713681, -0.700471, 0.0, 0.0, 18.496681, 14.355089, -0.809913, -0.58655], 6537710, 0,
+     0.02737125, 120, [-4.849039, -2.04687, 0.849432, -0.527698, 0.430596, 0.0, 12.66838, 10.626474, -0.918462,
+     -0.39551], [-9.024608, 3.047845, 0.279807, 0.960056, 0.0, 0.0, 10.356554, -2.853626, 0.161635, 0.986851],
+     6838086),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("make", ["registered", "kwargs"])
+def test_parking_lot_is_the_old_parking(make: str) -> None:
+    """Equivalence with recorded values: same seed, same starts, observations and rewards as the old Parking-v0."""
+    for seed, start, pixel_sum, fill, total, length, end, second, second_sum in OLD_PARKING:
+        env = gym.make("wm/ParkingLot-v0") if make == "registered" else ParkingEnv(**LOT)
+        observation, info = env.reset(seed=seed)
+        np.testing.assert_allclose(info["state"], start, atol=1e-5)
+        # The cameras' float32 gather may move a point across a texel edge on other hardware: sums within 0.1%.
+        assert observation["cameras"].astype(np.int64).sum() == pytest.approx(pixel_sum, rel=1e-3)
+        assert abs(target_pixels(observation["cameras"]) - fill) <= 3
+        rewards = []
+        for t in range(120):
+            _, reward, terminated, truncated, info = env.step((seed + 7 * t) % 9 if t % 3 else 4)
+            rewards.append(reward)
+            if terminated:
+                break
+        assert len(rewards) == length and sum(rewards) == pytest.approx(total, abs=1e-8)
+        np.testing.assert_allclose(info["state"], end, atol=1e-5)
+        observation, info = env.reset()
+        np.testing.assert_allclose(info["state"], second, atol=1e-5)
+        assert observation["cameras"].astype(np.int64).sum() == pytest.approx(second_sum, rel=1e-3)
+        env.close()
+
+
+def test_registered_ids_and_their_starts() -> None:
+    """Parking-v0 (both ids) is the near start and ParkingLot-v0 the whole lot; make_env serves both as the same
+    env (spaces, true state, step limit); gym.make passes the start options."""
+    register_envs()
+    for env_id in ("Parking-v0", "wm/Parking-v0"):
+        env = gym.make(env_id).unwrapped
+        assert (env.start_distance, env.start_heading_spread) == (NEAR_START_DISTANCE, NEAR_HEADING_SPREAD)
+    lot = gym.make("wm/ParkingLot-v0").unwrapped
+    assert (lot.start_distance, lot.start_heading_spread) == (None, math.pi)
+    custom = gym.make("wm/Parking-v0", start_distance=(7, 9), start_heading_spread=0.5).unwrapped
+    assert (custom.start_distance, custom.start_heading_spread) == ((7.0, 9.0), 0.5)
+    for obs in ("state", "pixels"):
+        near_env, near_spec = make_env("wm/Parking-v0", obs=obs, size=32, seed=0)
+        lot_env, lot_spec = make_env("wm/ParkingLot-v0", obs=obs, size=32, seed=0)
+        assert near_spec.to_dict() == {**lot_spec.to_dict(), "env_id": "wm/Parking-v0"}
+        assert near_spec.state_dim == 10 and near_spec.max_episode_steps == 300
+        _, info = lot_env.reset()
+        assert info["state"].shape == (10,)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"start_distance": 10.0}, r"start_distance must be None \(anywhere in the lot\) or a pair \(low, high\)"),
+        ({"start_distance": (6, 8, 10)}, "start_distance must be None"),
+        ({"start_distance": (6, float("nan"))}, "start_distance must be None"),
+        ({"start_distance": ("6", 8)}, "start_distance must be None"),
+        ({"start_distance": (3, 8)}, r"start_distance's low end must be >= 6 m .*, got 3"),
+        ({"start_distance": (9, 8)}, r"start_distance must be \(low, high\), low <= high, got \(9, 8\)"),
+        ({"start_distance": (15, 20)}, r"start_distance's low end must be <= 14.0 m .*, got 15"),
+        ({"start_distance": (6, 45)}, r"start_distance's high end must be <= 39.6 m .*, got 45"),
+        ({"start_heading_spread": 4.0}, r"start_heading_spread must be a number of radians in \[0, pi\], got 4.0"),
+        ({"start_heading_spread": -0.1}, "start_heading_spread must be a number of radians"),
+        ({"start_heading_spread": None}, "start_heading_spread must be a number of radians"),
+        ({"start_heading_spread": True}, "start_heading_spread must be a number of radians"),
+    ],
+)
+def test_start_options_are_checked_in_one_line(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^ParkingEnv: {message}") as raised:
+        ParkingEnv(observation="state", **kwargs)
+    assert "\n" not in str(raised.value)
+    env = ParkingEnv(observation="state")
+    with pytest.raises(ValueError, match=message):
+        env.set_start(**{"start_distance": NEAR_START_DISTANCE, "start_heading_spread": NEAR_HEADING_SPREAD, **kwargs})
+    assert env.start_distance == NEAR_START_DISTANCE  # a refused change leaves the start as it was
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_set_start_applies_from_the_next_reset_through_a_vector_env(asynchronous: bool) -> None:
+    """Oracle: a fixed distance of 10 m with the nose on the space puts the space 10 m straight ahead."""
+    envs, _ = make_vector_env("wm/Parking-v0", 2, obs="state", seed=0, asynchronous=asynchronous)
+    first, _ = envs.reset()
+    envs.call("set_start", start_distance=(10.0, 10.0), start_heading_spread=0.0)
+    states, _ = envs.reset()
+    envs.close()
+    np.testing.assert_allclose(states[:, 6:8], [[10.0, 0.0], [10.0, 0.0]], atol=1e-4)
+    assert not np.allclose(first[:, 6], 10.0, atol=1e-3)
