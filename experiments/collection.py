@@ -93,17 +93,32 @@ def collect_into(
     show_progress: bool = True,
     stopped: str = "stopped while collecting",
     all_at_once: bool = False,
+    start: dict | None = None,
 ) -> CollectStats:
     """Run a policy for `steps` transitions in `num_envs` envs (sub-env i seeded `seed + i`), into `store`.
 
     `policy(num_envs, seed)` builds the policy (seeded by `seed`). On SIGINT/SIGTERM prints `stopped` and raises
     Interrupted. With `all_at_once` every episode is buffered and written by one `store.add_episodes` call at the end
-    (one shard, one index line: all or nothing after a crash). Under torchrun see `collect_shared`.
+    (one shard, one index line: all or nothing after a crash). `start`: keyword arguments of the sub-envs'
+    `set_start` (a Parking env's start distribution, `envs.curriculum`), applied before the first reset. Under
+    torchrun see `collect_shared`.
     """
     if distributed.active():
-        return collect_shared(store, cfg, policy, steps, num_envs, seed, stop, show_progress, stopped, all_at_once)
+        return collect_shared(
+            store, cfg, policy, steps, num_envs, seed, stop, show_progress, stopped, all_at_once, start
+        )
     return collect_share(
-        store, cfg, policy(num_envs, seed), steps, range(num_envs), seed, stop, show_progress, stopped, all_at_once
+        store,
+        cfg,
+        policy(num_envs, seed),
+        steps,
+        range(num_envs),
+        seed,
+        stop,
+        show_progress,
+        stopped,
+        all_at_once,
+        start,
     )
 
 
@@ -118,11 +133,14 @@ def collect_share(
     show_progress: bool,
     stopped: str,
     all_at_once: bool,
+    start: dict | None = None,
 ) -> CollectStats:
     """`steps` transitions of sub-envs `envs` of a collection (sub-env i seeded `seed + i`) into `target`."""
     vector, _ = make_vector_env(
         cfg.id, len(envs), obs=cfg.obs, size=cfg.size, action_repeat=cfg.action_repeat, seed=seed + envs.start
     )
+    if start is not None:
+        vector.call("set_start", **start)
     bar = Progress(steps, f"collect {cfg.id}", unit="step", enabled=show_progress)
 
     def on_step(new: int) -> None:
@@ -156,6 +174,7 @@ def collect_shared(
     show_progress: bool,
     stopped: str,
     all_at_once: bool,
+    start: dict | None = None,
 ) -> CollectStats:
     """`collect_into` under torchrun: the sub-envs are split across the processes (each keeps the seeds its sub-envs
     have alone), the steps in proportion, and each process's policy draws from its own seed (`rank_seed`).
@@ -181,6 +200,7 @@ def collect_shared(
                 show_progress and distributed.is_main(),
                 stopped,
                 all_at_once,
+                start,
             )
         except Interrupted:
             pass  # this process was signalled: the others hear of it just below

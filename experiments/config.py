@@ -60,6 +60,7 @@ KEPT_ALTERNATIVES: dict[str, dict[Any, str]] = {
     "dream.latent_noise": {0.1: "dream latent noise, which keeps a controller off the model's exact predictions"},
     "dream.disagreement_penalty": {1.0: "the ensemble-disagreement penalty on the dream's reward"},
     "dream.disagreement_limit": {1.0: "the ensemble-disagreement limit that ends a dream rollout"},
+    "cycle.start_curriculum": {True: "Parking's start widened from the space in view to the whole lot as it parks"},
 }
 
 # --------------------------------------------------------------------------------------------------
@@ -709,6 +710,15 @@ class CycleConfig:
     as pretrain.* says, on the frames of iteration 0's training episodes, once, after its collection: a `wm pretrain`
     run in <run>/perception whose EMA target encoder every iteration's world model keeps) or the path of a `wm
     pretrain` checkpoint or run directory (its EMA target encoder)."""
+    start_curriculum: bool = False
+    """Parking envs only: start the car where Parking-v0 starts it (the space in its front camera's view) and widen the
+    start towards the whole lot (ParkingLot-v0) stage by stage, once the mean success rate of the last
+    `curriculum_window` evaluations on a stage reaches `curriculum_threshold` (envs/curriculum.py). Each iteration
+    records its stage; the target return stops the cycle only on the last stage."""
+    curriculum_threshold: float = 0.8
+    """Success rate in (0, 1] over the last `curriculum_window` evaluations that widens the start."""
+    curriculum_window: int = 2
+    """Evaluations on a stage whose success rates are averaged."""
 
     def __post_init__(self):
         for key in ("iterations", "collect_steps", "train_steps", "generations", "max_env_steps"):
@@ -726,6 +736,12 @@ class CycleConfig:
         _require(
             bool(self.perception.strip()), "perception", "must be 'random', 'pretrain' or a `wm pretrain` checkpoint"
         )
+        _require(
+            0 < self.curriculum_threshold <= 1,
+            "curriculum_threshold",
+            f"must be a success rate in (0, 1], got {self.curriculum_threshold}",
+        )
+        _require(self.curriculum_window >= 1, "curriculum_window", f"must be >= 1, got {self.curriculum_window}")
 
 
 @dataclass(frozen=True)

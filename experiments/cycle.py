@@ -60,11 +60,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gymnasium.envs.registration import parse_env_id
 
 from agents.agent import LatentAgent, Recording
 from agents.evolution import CMAES
 from envs import EnvSpec, EpisodeStore, RandomPolicy, make_vector_env
-from envs.make import reward_threshold
+from envs.curriculum import StartCurriculum
+from envs.make import PARKING_NAMES, reward_threshold
 from experiments import config as config_lib
 from experiments.board import add_gif, write_hparams
 from experiments.checkpoint import save_checkpoint
@@ -176,6 +178,12 @@ class Cycle:
         self.generations_done = 0  # generations of the searches finished so far
         self.stopped: str | None = None  # why the cycle ended: "target", "budget" or "iterations"
         self.perception: dict | None = None  # the perception phase's figures (cycle.perception=pretrain)
+        ccfg = self.cfg.cycle
+        self.curriculum = (  # where the car starts (cycle.start_curriculum), widened as it parks
+            StartCurriculum(threshold=ccfg.curriculum_threshold, window=ccfg.curriculum_window)
+            if ccfg.start_curriculum
+            else None
+        )
         self.resuming = False  # the next phase continues a checkpoint (and says how)
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -213,6 +221,7 @@ class Cycle:
             "generations_done": self.generations_done,
             "stopped": self.stopped,
             "perception": self.perception,
+            "curriculum": None if self.curriculum is None else self.curriculum.state_dict(),
             "rng": rng_state(),
         }
 
@@ -253,6 +262,8 @@ class Cycle:
         self.record, self.history = state["record"], state["history"]
         self.generations_done, self.stopped = state["generations_done"], state["stopped"]
         self.perception = state.get("perception")  # absent in checkpoints from before the perception phase
+        if self.curriculum is not None:
+            self.curriculum.load_state_dict(state["curriculum"])
         set_rng_state(state["rng"])
         self.resuming = True
         print(f"resumed from {path} in iteration {self.iteration}, phase {self.phase}", file=sys.stderr)
@@ -358,6 +369,7 @@ class Cycle:
                 cfg.run.progress,
                 stopped="stopped while collecting: nothing of this collection was stored; --resume collects it again",
                 all_at_once=True,
+                start=self.start(),
             )
         new = self.store.episode_steps[self.episodes_at_start :]  # (E_new,) steps of each new episode
         transitions = int(new.sum() - len(new))
@@ -537,7 +549,13 @@ class Cycle:
             action_repeat=cfg.env.action_repeat,
             seed=seed,
         )
+        if self.curriculum is not None:
+            envs.call("set_start", **self.start())
         return envs
+
+    def start(self) -> dict | None:
+        """The curriculum's start distribution as the Parking envs' `set_start` arguments; None without one."""
+        return None if self.curriculum is None else self.curriculum.stage.env_kwargs()
 
     def evaluate(self, stop: GracefulStop) -> None:
         """Score the chosen controller in the real env, keep it if it is the best so far, log the iteration, draw
@@ -561,6 +579,17 @@ class Cycle:
             "eval_env_steps_total": self.eval_env_steps,
             "best": improved,
         }
+        if self.curriculum is not None:  # the stage it was evaluated on; the next iteration's may be wider
+            record["start_stage"] = self.curriculum.index
+            if self.curriculum.update(real.get("eval_success_rate", 0.0)):
+                stage = self.curriculum.stage
+                where = "anywhere in the lot"
+                if stage.distance is not None:
+                    where = "{:.1f} to {:.1f} m away".format(*stage.distance)
+                self.announce(
+                    f"the start widens to stage {self.curriculum.index}: {where}, the nose within "
+                    f"{math.degrees(stage.heading_spread):.0f} degrees of the space"
+                )
         if recording is not None:
             record["video"] = self.write_video(recording)
         if improved:
@@ -614,7 +643,8 @@ class Cycle:
     def stop_reason(self) -> str | None:
         """Why the cycle ends after the iteration just evaluated, or None to go on."""
         ccfg, last = self.cfg.cycle, self.history[-1]
-        if self.target is not None and last["eval_return_mean"] >= self.target:
+        on_last_stage = self.curriculum is None or last["start_stage"] == len(self.curriculum.stages) - 1
+        if self.target is not None and last["eval_return_mean"] >= self.target and on_last_stage:
             return "target"
         if len(self.history) >= ccfg.iterations:
             return "iterations"
@@ -680,9 +710,11 @@ def improves(chosen: np.ndarray, best: np.ndarray | None, real_return: float, be
 
 def iteration_metrics(record: dict, best_return: float) -> dict[str, float]:
     """The log line of an evaluated iteration: cycle/ figures, and the real evaluation as eval/ (as `wm evolve`)."""
-    success = {}
+    extra = {}  # where the env reports success, and where the start follows a curriculum
     if "eval_success_rate" in record:
-        success = {"cycle/success_rate": record["eval_success_rate"], "eval/success_rate": record["eval_success_rate"]}
+        extra = {"cycle/success_rate": record["eval_success_rate"], "eval/success_rate": record["eval_success_rate"]}
+    if "start_stage" in record:
+        extra["cycle/start_stage"] = record["start_stage"]
     return {
         "cycle/iteration": record["iteration"],
         "cycle/env_steps": record["env_steps"],
@@ -696,7 +728,7 @@ def iteration_metrics(record: dict, best_return: float) -> dict[str, float]:
         "cycle/eval_env_steps": record["eval_env_steps"],
         "eval/return_mean": record["eval_return_mean"],
         "eval/return_std": record["eval_return_std"],
-        **success,
+        **extra,
     }
 
 
@@ -775,6 +807,12 @@ def check_config(cfg: Config, encoder: str | None = None) -> None:
     """What a cycle checks before its run directory exists: the budget and the encoder (`check_perception`)."""
     check_budget(cfg)
     check_perception(cfg, encoder)
+    name = parse_env_id(cfg.env.id.rsplit(":", 1)[-1])[1]
+    if cfg.cycle.start_curriculum and name not in PARKING_NAMES:
+        raise ConfigError(
+            f"cycle.start_curriculum widens a Parking env's start; env.id is {cfg.env.id!r} "
+            f"(allowed: {', '.join(PARKING_NAMES)})"
+        )
 
 
 def cycle(

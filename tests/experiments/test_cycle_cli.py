@@ -423,6 +423,46 @@ def test_any_gymnasium_id_runs_the_cycle_from_pixels_or_state(tmp_path, env_id, 
         assert done["eval_success_rate"] == done["history"][-1]["eval_success_rate"]
 
 
+@pytest.mark.slow
+def test_a_start_curriculum_sets_where_the_parking_car_starts_and_is_checkpointed(tmp_path):
+    """With cycle.start_curriculum on the whole lot's id, every collected episode still starts at the curriculum's
+    first stage (the space within 12.5 m, in front of the car): the stage reaches the envs, not the id's own start."""
+    run = tmp_path / "curriculum"
+    quick = [
+        "env.id=wm/ParkingLot-v0",
+        "cycle.start_curriculum=true",
+        "cycle.iterations=2",
+        "world_model.steps=4",
+        "world_model.warmup_steps=1",
+        "world_model.decoder_steps=0",
+        "world_model.eval_every=0",
+        "evolve.generations=1",
+        "evolve.eval_episodes=2",
+        "cycle.generations=1",
+        "cycle.train_steps=2",
+    ]
+    result = cycle(run, *[part for setting in quick for part in ("--set", setting)])
+    assert result.returncode == 0, result.stderr
+    done = summary(run)
+    assert [record["start_stage"] for record in done["history"]] == [0, 0]  # no success on the near start yet
+    starts = [episode.state[0] for episode in EpisodeStore(run / "episodes")]
+    assert len(starts) >= 4
+    for state in starts:  # state[6], state[7]: the space's centre in the car's frame
+        assert 6.0 - 1e-4 <= np.hypot(state[6], state[7]) <= 12.5 + 1e-4, state
+        assert abs(np.arctan2(state[7], state[6])) <= np.radians(26.5), state
+    curriculum = read_checkpoint(run / "checkpoints/latest.pt")["curriculum"]
+    assert curriculum["index"] == 0 and len(curriculum["recent"]) == 2
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["cycle/start_stage"] for r in records if "cycle/start_stage" in r] == [0, 0]
+
+
+def test_a_start_curriculum_is_for_parking_envs_alone(tmp_path, capsys):
+    code = cli.main(["cycle", *DEBUG, "--set", "cycle.start_curriculum=true", "--run-dir", str(tmp_path / "r")])
+    stderr = capsys.readouterr().err
+    assert code == 2 and "cycle.start_curriculum widens a Parking env's start; env.id is 'CartPole-v1'" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
 def test_without_a_config_the_cycle_runs_the_default_task(tmp_path, capsys):
     """The defaults are the default task (its budget of 30k env steps), here refused before any work."""
     run = tmp_path / "default"
