@@ -55,7 +55,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from agents.agent import Recording, filter_observation
+from agents.agent import Recording, action_kind, filter_observation
 from worldmodel.dream.rollout import DreamSettings, DreamState, draw_noise, dream_step, penalty
 from worldmodel.dynamics.world_model import WorldModel, symlog
 
@@ -196,16 +196,7 @@ class ActorCritic:
         dream: DreamSettings | None = None,
         device: torch.device | str = "cpu",
     ):
-        if isinstance(action_space, spaces.Discrete):
-            self.discrete, self.action_dim, self.start = True, int(action_space.n), int(action_space.start)
-        elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
-            if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
-                raise ValueError(f"a continuous action space needs finite bounds, got {action_space}")
-            self.discrete, self.action_dim, self.start = False, int(action_space.shape[0]), 0
-        else:
-            raise ValueError(f"the actor-critic acts in Discrete or 1-D Box action spaces, got {action_space}")
-        if self.action_dim != model.action_dim:
-            raise ValueError(f"the action space has {self.action_dim} dims but the model takes {model.action_dim}")
+        self.discrete, self.action_dim, self.start = action_kind(action_space, model, "the actor-critic")
         if isinstance(model, nn.Module):
             model.requires_grad_(False)
         self.model, self.settings, self.device = model, settings, torch.device(device)

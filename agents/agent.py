@@ -13,8 +13,11 @@ action vectors of sub-env 0's next episode, for videos of the controller at work
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
+from gymnasium import spaces
 
 from agents.controllers import Controller
 from worldmodel.dynamics.world_model import WorldModel, restart_at_first
@@ -59,6 +62,32 @@ def decide(
     hidden, latent = filter_observation(model, hidden, latent, action, first, obs)
     features = torch.cat([latent, hidden], dim=-1)[:, None]  # (N, 1, X): N candidates, 1 episode each
     return controller.act(parameters, features)[:, 0], hidden, latent  # (N, 1, A) -> (N, A)
+
+
+class ActionKind(NamedTuple):
+    """How an agent that outputs action vectors acts in an action space."""
+
+    discrete: bool
+    dim: int
+    """A: n logits for a Discrete space, the Box's length otherwise."""
+    start: int
+    """The Discrete space's first action (0 for a Box)."""
+
+
+def action_kind(action_space: spaces.Space, model: WorldModel, agent: str) -> ActionKind:
+    """The kind of a Discrete or 1-D finite Box action space, checked against the model's action width; `agent` names
+    who asks, in the ValueError for any other space."""
+    if isinstance(action_space, spaces.Discrete):
+        kind = ActionKind(True, int(action_space.n), int(action_space.start))
+    elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
+        if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
+            raise ValueError(f"a continuous action space needs finite bounds, got {action_space}")
+        kind = ActionKind(False, int(action_space.shape[0]), 0)
+    else:
+        raise ValueError(f"{agent} acts in Discrete or 1-D Box action spaces, got {action_space}")
+    if kind.dim != model.action_dim:
+        raise ValueError(f"the action space has {kind.dim} dims but the model takes {model.action_dim}")
+    return kind
 
 
 class Recording:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from agents.agent import Recording, filter_observation
+from agents.agent import Recording, action_kind, filter_observation
 from worldmodel.dream.rollout import DreamState, dream_step
 from worldmodel.dynamics.world_model import WorldModel
 
@@ -121,16 +121,7 @@ class Planner:
     def __init__(self, model: WorldModel, action_space: spaces.Space, settings: PlannerSettings, num_envs: int):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if isinstance(action_space, spaces.Discrete):
-            self.discrete, self.action_dim, self.start = True, int(action_space.n), int(action_space.start)
-        elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
-            if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
-                raise ValueError(f"a continuous action space needs finite bounds, got {action_space}")
-            self.discrete, self.action_dim, self.start = False, int(action_space.shape[0]), 0
-        else:
-            raise ValueError(f"the planner acts in Discrete or 1-D Box action spaces, got {action_space}")
-        if self.action_dim != model.action_dim:
-            raise ValueError(f"the action space has {self.action_dim} dims but the model takes {model.action_dim}")
+        self.discrete, self.action_dim, self.start = action_kind(action_space, model, "the planner")
         self.model, self.settings, self.num_envs = model, settings, num_envs
         if not self.discrete:
             self.low = torch.as_tensor(action_space.low, dtype=torch.float32)
