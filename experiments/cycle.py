@@ -64,7 +64,7 @@ from gymnasium.envs.registration import parse_env_id
 
 from agents.agent import LatentAgent, Recording
 from agents.evolution import CMAES
-from envs import EnvSpec, EpisodeStore, RandomPolicy, make_vector_env
+from envs import EnvSpec, EpisodeStore, RandomPolicy
 from envs.curriculum import StartCurriculum
 from envs.make import PARKING_NAMES, reward_threshold
 from experiments import config as config_lib
@@ -72,7 +72,15 @@ from experiments.board import add_gif, write_hparams
 from experiments.checkpoint import save_checkpoint
 from experiments.collection import collect_into, open_store
 from experiments.config import Config, ConfigError
-from experiments.evolution import DreamScorer, Evolution, choose_controller, save_controller, score_in_env, success_text
+from experiments.evolution import (
+    DreamScorer,
+    Evolution,
+    choose_controller,
+    eval_envs,
+    save_controller,
+    score_in_env,
+    success_text,
+)
 from experiments.features import (
     encoder_fingerprint,
     fill_latent_cache,
@@ -539,16 +547,8 @@ class Cycle:
         self.save()
 
     def real_envs(self, seed: int):
-        """evolve.eval_envs real envs for scoring controllers, seeded by `seed`."""
-        cfg = self.cfg
-        envs, _ = make_vector_env(
-            cfg.env.id,
-            cfg.evolve.eval_envs,
-            obs=cfg.env.obs,
-            size=cfg.env.size,
-            action_repeat=cfg.env.action_repeat,
-            seed=seed,
-        )
+        """evolve.eval_envs real envs for scoring controllers, seeded by `seed`, at the curriculum's start."""
+        envs = eval_envs(self.cfg, seed)
         if self.curriculum is not None:
             envs.call("set_start", **self.start())
         return envs

@@ -388,14 +388,7 @@ def evolve(
     settings = dream_settings(cfg.dream)
     pool = start_pool(world, cfg, device)
     dream = DreamScorer(model, controller, pool, settings, cfg.run.seed)
-    envs, _ = make_vector_env(
-        cfg.env.id,
-        ecfg.eval_envs,
-        obs=cfg.env.obs,
-        size=cfg.env.size,
-        action_repeat=cfg.env.action_repeat,
-        seed=cfg.run.seed,
-    )
+    envs = eval_envs(cfg, cfg.run.seed)
     agent = LatentAgent(model, controller, x0, ecfg.eval_envs)
     scorer: Scorer = dream if mode == "dream" else RealScorer(envs, agent, cfg.run.seed, settings.horizon)
     provenance = {
@@ -471,6 +464,19 @@ def choose_controller(es: CMAES, dream: DreamScorer, episodes: int, warm: bool =
         "best_fitness": float(es.best_fitness),
         "generations": int(es.generation),
     }
+
+
+def eval_envs(cfg: Config, seed: int):
+    """The run's env as `evolve.eval_envs` real sub-envs, sub-env i seeded `seed + i`: where every agent is scored."""
+    envs, _ = make_vector_env(
+        cfg.env.id,
+        cfg.evolve.eval_envs,
+        obs=cfg.env.obs,
+        size=cfg.env.size,
+        action_repeat=cfg.env.action_repeat,
+        seed=seed,
+    )
+    return envs
 
 
 def score_in_env(

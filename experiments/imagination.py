@@ -31,11 +31,10 @@ import numpy as np
 import torch
 
 from agents.actor_critic import ActorCritic, ActorCriticAgent, ActorCriticSettings
-from envs import make_vector_env
 from experiments import config as config_lib
 from experiments.checkpoint import CheckpointError, load_latest, save_checkpoint
 from experiments.config import ActorCriticConfig, Config
-from experiments.evolution import STREAM_FINAL, STREAM_FINAL_NOISE, score_in_env, success_text
+from experiments.evolution import STREAM_FINAL, STREAM_FINAL_NOISE, eval_envs, score_in_env, success_text
 from experiments.load import LoadedWorldModel, action_space, dream_settings, load_world_model, start_pool
 from experiments.progress import Progress
 from experiments.rundir import GracefulStop, Interrupted, NonFiniteGuard, Run, RunFailure, checkpoint_differences
@@ -183,14 +182,7 @@ def train_actor_critic(run: Run, stop: GracefulStop, world_model: Path, world: L
     training.train(stop)
     figures = {"dream_return": dream_return(learner, pool, settings, cfg.run.seed, ecfg.final_episodes)}
     agent = ActorCriticAgent(learner, ecfg.eval_envs)
-    envs, _ = make_vector_env(
-        cfg.env.id,
-        ecfg.eval_envs,
-        obs=cfg.env.obs,
-        size=cfg.env.size,
-        action_repeat=cfg.env.action_repeat,
-        seed=cfg.run.seed,
-    )
+    envs = eval_envs(cfg, cfg.run.seed)
     try:
         figures |= score_in_env(envs, agent, np.zeros((0,)), ecfg.eval_episodes, cfg.run.seed, cfg.run.progress)
     finally:

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from agents.planner import Planner, PlannerSettings, PlanningAgent
-from envs import make_vector_env
 from experiments.config import PlannerConfig
-from experiments.evolution import score_in_env, success_text
+from experiments.evolution import eval_envs, score_in_env, success_text
 from experiments.load import LoadedWorldModel, action_space, load_world_model
 from experiments.rundir import GracefulStop, Run
 from experiments.runtime import resolve_device, seed_everything, set_threads
@@ -50,14 +49,7 @@ def plan(run: Run, stop: GracefulStop, world_model: Path, world: LoadedWorldMode
         agent="planner",
         planner=dataclasses.asdict(cfg.planner),
     )
-    envs, _ = make_vector_env(
-        cfg.env.id,
-        ecfg.eval_envs,
-        obs=cfg.env.obs,
-        size=cfg.env.size,
-        action_repeat=cfg.env.action_repeat,
-        seed=cfg.run.seed,
-    )
+    envs = eval_envs(cfg, cfg.run.seed)
     try:
         figures = score_in_env(envs, agent, np.zeros(0), ecfg.eval_episodes, cfg.run.seed, cfg.run.progress)
     finally:
