@@ -593,7 +593,8 @@ class EvolveConfig:
     agent: Literal["es", "planner", "actor_critic"] = "es"
     """What acts on the world model: 'es', a controller evolved with CMA-ES in the dream (evolve.*); 'planner', no
     search beforehand: at every real step a planner searches action sequences in the dream (planner.*);
-    'actor_critic', an actor and a critic trained on imagined trajectories of the dream (actor_critic.*)."""
+    'actor_critic', an actor and a critic trained on imagined trajectories of the dream (actor_critic.*). `wm cycle`
+    runs 'es' alone for now."""
     controller: Literal["linear", "mlp"] = "linear"
     """Controller over [z, h]: 'linear' (as in World Models) or 'mlp' (one tanh hidden layer)."""
     controller_hidden: int = 32

@@ -807,6 +807,11 @@ def check_config(cfg: Config, encoder: str | None = None) -> None:
     """What a cycle checks before its run directory exists: the budget and the encoder (`check_perception`)."""
     check_budget(cfg)
     check_perception(cfg, encoder)
+    if cfg.evolve.agent != "es":
+        raise ConfigError(
+            f"evolve.agent={cfg.evolve.agent}: wm cycle evolves controllers (evolve.agent=es) for now; run the "
+            f"{cfg.evolve.agent} with `wm evolve --world-model <a cycle or train run>` on the same model"
+        )
     name = parse_env_id(cfg.env.id.rsplit(":", 1)[-1])[1]
     if cfg.cycle.start_curriculum and name not in PARKING_NAMES:
         raise ConfigError(

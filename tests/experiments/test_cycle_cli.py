@@ -456,6 +456,14 @@ def test_a_start_curriculum_sets_where_the_parking_car_starts_and_is_checkpointe
     assert [r["cycle/start_stage"] for r in records if "cycle/start_stage" in r] == [0, 0]
 
 
+@pytest.mark.parametrize("agent", ["planner", "actor_critic"])
+def test_the_cycle_refuses_an_agent_it_does_not_run_yet(tmp_path, capsys, agent):
+    code = cli.main(["cycle", *DEBUG, "--set", f"evolve.agent={agent}", "--run-dir", str(tmp_path / "r")])
+    stderr = capsys.readouterr().err
+    assert code == 2 and f"evolve.agent={agent}: wm cycle evolves controllers (evolve.agent=es)" in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
 def test_a_start_curriculum_is_for_parking_envs_alone(tmp_path, capsys):
     code = cli.main(["cycle", *DEBUG, "--set", "cycle.start_curriculum=true", "--run-dir", str(tmp_path / "r")])
     stderr = capsys.readouterr().err
