@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -55,7 +54,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from agents.agent import Recording, action_kind, filter_observation
+from agents.agent import ModelAgent, action_kind
 from worldmodel.dream.rollout import DreamSettings, DreamState, draw_noise, dream_step, penalty
 from worldmodel.dynamics.world_model import WorldModel, symlog
 
@@ -405,10 +404,9 @@ class ActorCritic:
         self.generator.set_state(state["generator"].to("cpu", torch.uint8).clone())
 
 
-class ActorCriticAgent:
-    """The actor acting through its world model in N real sub-envs, with `LatentAgent`'s call shape:
-    `reset(is_first)` before each step, then `agent(obs)` for the actions. It filters each frame into [z, h] exactly as
-    `LatentAgent` does (`agents.agent.filter_observation`) and takes the actor's mode there.
+class ActorCriticAgent(ModelAgent):
+    """The actor acting through its world model in N real sub-envs (`ModelAgent`: `LatentAgent`'s call shape and
+    filter), taking the actor's mode at each step's state.
 
     Args:
         learner: the trained actor-critic (its world model is the one acted through).
@@ -416,40 +414,11 @@ class ActorCriticAgent:
     """
 
     def __init__(self, learner: ActorCritic, num_envs: int):
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.learner, self.model, self.num_envs = learner, learner.model, num_envs
-        weight = self.model.gru.weight_hh
-        self.device, self.dtype = weight.device, weight.dtype
-        self.hidden = self.model.initial_state(num_envs)  # (N, hidden_dim)
-        self.latent = torch.zeros(num_envs, self.model.latent_dim, device=self.device, dtype=self.dtype)  # (N, D)
-        self.action = torch.zeros(num_envs, self.model.action_dim, device=self.device, dtype=self.dtype)  # (N, A)
-        self.first = np.ones(num_envs, dtype=bool)
-        self.recording: Recording | None = None
-        self.decisions, self.seconds = 0, 0.0  # calls so far, and the wall seconds they took (encoding included)
+        super().__init__(learner.model, num_envs)
+        self.learner = learner
 
-    def record(self, limit: int) -> Recording:
-        """Keep sub-env 0's observations and action vectors of its next episode, up to `limit` steps."""
-        self.recording = Recording(limit)
-        return self.recording
+    def choose_actions(self, hidden: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        return self.learner.act(DreamState(hidden, latent).observation())  # (N, A)
 
-    def reset(self, is_first: np.ndarray | None = None) -> None:
-        """Mark the sub-envs (N,) bool whose next observation is the first of an episode (None: all of them)."""
-        self.first = np.ones(self.num_envs, dtype=bool) if is_first is None else np.asarray(is_first, dtype=bool).copy()
-        if self.recording is not None and self.first[0] and self.recording.obs:
-            self.recording.closed = True
-
-    @torch.no_grad()
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        """obs (N, *obs_shape) -> env actions (N,) ints or (N, A) floats."""
-        start = time.perf_counter()
-        first = torch.as_tensor(self.first, device=self.device)[:, None]  # (N, 1)
-        frames = torch.as_tensor(obs, device=self.device)
-        self.hidden, self.latent = filter_observation(self.model, self.hidden, self.latent, self.action, first, frames)
-        self.action = self.learner.act(DreamState(self.hidden, self.latent).observation()).to(self.dtype)  # (N, A)
-        if self.recording is not None:
-            self.recording.add(obs[0], self.action[0].float().cpu().numpy())
-        self.first[:] = False
-        actions = self.learner.env_actions(self.action)
-        self.decisions, self.seconds = self.decisions + 1, self.seconds + time.perf_counter() - start
-        return actions
+    def env_actions(self, action: torch.Tensor) -> np.ndarray:
+        return self.learner.env_actions(action)

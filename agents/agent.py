@@ -13,6 +13,7 @@ action vectors of sub-env 0's next episode, for videos of the controller at work
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -114,6 +115,62 @@ class Recording:
             raise ValueError("nothing was recorded")
         actions = np.stack(self.actions)
         return np.stack(self.obs), np.concatenate([np.zeros_like(actions[:1]), actions[:-1]])
+
+
+class ModelAgent:
+    """An agent that acts through its world model in N real sub-envs and decides each step from the state alone, with
+    `LatentAgent`'s call shape: `reset(is_first)` before each step, then `agent(obs)` for the env actions. It filters
+    each frame into (h, z) exactly as `LatentAgent` does (`filter_observation`), then a subclass's `choose_actions`
+    gives the action vectors there and its `env_actions` the env's actions (the planner searches, the actor-critic
+    reads its actor). `decisions` and `seconds` count the calls and their wall time, encoding included.
+    """
+
+    def __init__(self, model: WorldModel, num_envs: int):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.model, self.num_envs = model, num_envs
+        weight = model.gru.weight_hh
+        self.device, self.dtype = weight.device, weight.dtype
+        self.hidden = model.initial_state(num_envs)  # (N, hidden_dim)
+        self.latent = torch.zeros(num_envs, model.latent_dim, device=self.device, dtype=self.dtype)  # (N, D)
+        self.action = torch.zeros(num_envs, model.action_dim, device=self.device, dtype=self.dtype)  # (N, A)
+        self.first = np.ones(num_envs, dtype=bool)
+        self.recording: Recording | None = None
+        self.decisions, self.seconds = 0, 0.0
+
+    def choose_actions(self, hidden: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """Action vectors (N, A) from the filtered state h (N, hidden_dim), z (N, D)."""
+        raise NotImplementedError
+
+    def env_actions(self, action: torch.Tensor) -> np.ndarray:
+        """Action vectors (N, A) -> env actions (N,) ints or (N, A) floats."""
+        raise NotImplementedError
+
+    def record(self, limit: int) -> Recording:
+        """Keep sub-env 0's observations and action vectors of its next episode, up to `limit` steps."""
+        self.recording = Recording(limit)
+        return self.recording
+
+    def reset(self, is_first: np.ndarray | None = None) -> None:
+        """Mark the sub-envs (N,) bool whose next observation is the first of an episode (None: all of them)."""
+        self.first = np.ones(self.num_envs, dtype=bool) if is_first is None else np.asarray(is_first, dtype=bool).copy()
+        if self.recording is not None and self.first[0] and self.recording.obs:
+            self.recording.closed = True
+
+    @torch.no_grad()
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """obs (N, *obs_shape) -> env actions (N,) ints or (N, A) floats."""
+        start = time.perf_counter()
+        first = torch.as_tensor(self.first, device=self.device)[:, None]  # (N, 1)
+        frames = torch.as_tensor(obs, device=self.device)
+        self.hidden, self.latent = filter_observation(self.model, self.hidden, self.latent, self.action, first, frames)
+        self.action = self.choose_actions(self.hidden, self.latent).to(self.dtype)  # (N, A)
+        if self.recording is not None:
+            self.recording.add(obs[0], self.action[0].float().cpu().numpy())
+        self.first[:] = False
+        actions = self.env_actions(self.action)
+        self.decisions, self.seconds = self.decisions + 1, self.seconds + time.perf_counter() - start
+        return actions
 
 
 class LatentAgent:

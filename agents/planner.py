@@ -37,14 +37,13 @@ A action dims (n logits when discrete); the elites are written out.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from gymnasium import spaces
 
-from agents.agent import Recording, action_kind, filter_observation
+from agents.agent import ModelAgent, action_kind
 from worldmodel.dream.rollout import DreamState, dream_step
 from worldmodel.dynamics.world_model import WorldModel
 
@@ -236,53 +235,29 @@ class Planner:
         return mean, variance.sqrt()
 
 
-class PlanningAgent:
-    """The planner acting through its world model in N real sub-envs, with `LatentAgent`'s call shape: `reset(is_first)`
-    before each step, then `agent(obs)` for the actions. It filters each frame into [z, h] exactly as `LatentAgent`
-    does (`agents.agent.filter_observation`) and plans from there.
+class PlanningAgent(ModelAgent):
+    """The planner acting through its world model in N real sub-envs (`ModelAgent`: `LatentAgent`'s call shape and
+    filter), planning from each step's state.
 
     Args:
         planner: the planner, built for N = `planner.num_envs` envs and the world model to act through.
     """
 
     def __init__(self, planner: Planner):
-        self.planner, self.model, self.num_envs = planner, planner.model, planner.num_envs
-        weight = self.model.gru.weight_hh
-        self.device, self.dtype = weight.device, weight.dtype
-        self.hidden = self.model.initial_state(self.num_envs)  # (N, hidden_dim)
-        self.latent = torch.zeros(self.num_envs, self.model.latent_dim, device=self.device, dtype=self.dtype)  # (N, D)
-        self.action = torch.zeros(self.num_envs, self.model.action_dim, device=self.device, dtype=self.dtype)  # (N, A)
-        self.first = np.ones(self.num_envs, dtype=bool)
-        self.recording: Recording | None = None
-        self.decisions, self.seconds = 0, 0.0  # calls so far, and the wall seconds they took (encoding included)
-
-    def record(self, limit: int) -> Recording:
-        """Keep sub-env 0's observations and action vectors of its next episode, up to `limit` steps."""
-        self.recording = Recording(limit)
-        return self.recording
+        super().__init__(planner.model, planner.num_envs)
+        self.planner = planner
 
     def reset(self, is_first: np.ndarray | None = None) -> None:
         """Mark the sub-envs (N,) bool whose next observation is the first of an episode (None: all of them); their
         plans' warm starts are cleared."""
-        self.first = np.ones(self.num_envs, dtype=bool) if is_first is None else np.asarray(is_first, dtype=bool).copy()
+        super().reset(is_first)
         self.planner.reset(self.first)
-        if self.recording is not None and self.first[0] and self.recording.obs:
-            self.recording.closed = True
 
-    @torch.no_grad()
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        """obs (N, *obs_shape) -> env actions (N,) ints or (N, A) floats."""
-        start = time.perf_counter()
-        first = torch.as_tensor(self.first, device=self.device)[:, None]  # (N, 1)
-        frames = torch.as_tensor(obs, device=self.device)
-        self.hidden, self.latent = filter_observation(self.model, self.hidden, self.latent, self.action, first, frames)
-        self.action = self.planner.plan(DreamState(self.hidden, self.latent))  # (N, A)
-        if self.recording is not None:
-            self.recording.add(obs[0], self.action[0].float().cpu().numpy())
-        self.first[:] = False
-        actions = self.planner.env_actions(self.action)
-        self.decisions, self.seconds = self.decisions + 1, self.seconds + time.perf_counter() - start
-        return actions
+    def choose_actions(self, hidden: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        return self.planner.plan(DreamState(hidden, latent))  # (N, A)
+
+    def env_actions(self, action: torch.Tensor) -> np.ndarray:
+        return self.planner.env_actions(action)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The planner's state (`Planner.state_dict`) and the filter's: h, z, the last action vectors and the
