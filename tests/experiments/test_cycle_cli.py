@@ -31,6 +31,21 @@ def cycle(run: Path, *args: str) -> subprocess.CompletedProcess:
     return wm("cycle", *DEBUG, *args, "--run-dir", str(run))
 
 
+# The fewest training steps and generations that still run every phase: for tests of what the cycle does around them.
+SHORT = [
+    "world_model.steps=4",
+    "world_model.warmup_steps=1",
+    "world_model.decoder_steps=0",
+    "world_model.eval_every=0",
+    "evolve.generations=1",
+]
+
+
+def short_cycle(run: Path, *settings: str) -> subprocess.CompletedProcess:
+    """`cycle` with SHORT and then `settings` (KEY=VALUE each) as --set overrides."""
+    return cycle(run, *[part for setting in [*SHORT, *settings] for part in ("--set", setting)])
+
+
 def resume(run: Path) -> subprocess.Popen:
     return start("cycle", "--resume", "--set", "run.threads=1", "--run-dir", str(run))
 
@@ -280,15 +295,7 @@ def test_iteration_zero_is_wm_train_then_wm_evolve(first_iteration_only, tmp_pat
 @pytest.mark.slow
 def test_the_cycle_stops_before_it_would_exceed_its_env_step_budget(tmp_path):
     run = tmp_path / "budget"
-    quick = [
-        "world_model.steps=4",
-        "world_model.warmup_steps=1",
-        "world_model.decoder_steps=0",
-        "world_model.eval_every=0",
-        "evolve.generations=1",
-        "cycle.max_env_steps=450",
-    ]
-    result = cycle(run, *[part for setting in quick for part in ("--set", setting)])
+    result = short_cycle(run, "cycle.max_env_steps=450")
     assert result.returncode == 0, result.stderr
     done = summary(run)
     assert done["status"] == "done" and done["stopped"] == "budget" and done["iterations"] == 1
@@ -301,17 +308,12 @@ def test_with_an_action_repeat_the_budget_counts_env_steps_not_agent_steps(tmp_p
     run = tmp_path / "repeat"
     # 200 random-policy transitions of 2 env steps each (about 400), then 100 more transitions would take the count
     # past 500: one iteration. Counted as agent steps, a second one (about 300) would have fitted.
-    quick = [
+    settings = [
         "env.action_repeat=2",
         "world_model.collect_steps=200",
-        "world_model.steps=4",
-        "world_model.warmup_steps=1",
-        "world_model.decoder_steps=0",
-        "world_model.eval_every=0",
-        "evolve.generations=1",
         "cycle.max_env_steps=500",
     ]
-    result = cycle(run, *[part for setting in quick for part in ("--set", setting)])
+    result = short_cycle(run, *settings)
     assert result.returncode == 0, result.stderr
     done = summary(run)
     assert done["stopped"] == "budget" and done["iterations"] == 1
@@ -390,19 +392,14 @@ def test_any_gymnasium_id_runs_the_cycle_from_pixels_or_state(tmp_path, env_id, 
     action of iteration 0 for 3 steps (world_model.collect_hold)."""
     run = tmp_path / "any"
     hold = 3 if obs == "state" else 1
-    quick = [
-        "world_model.steps=4",
-        "world_model.warmup_steps=1",
-        "world_model.decoder_steps=0",
-        "world_model.eval_every=0",
-        "evolve.generations=1",
+    settings = [
         "evolve.eval_episodes=1",
         "cycle.iterations=1",
         f"env.id={env_id}",
         f"env.obs={obs}",
         f"world_model.collect_hold={hold}",
     ]
-    result = cycle(run, *[part for setting in quick for part in ("--set", setting)])
+    result = short_cycle(run, *settings)
     assert result.returncode == 0, result.stderr
     done = summary(run)
     assert done["status"] == "done" and done["env"]["env_id"] == env_id and done["env"]["obs_mode"] == obs
@@ -428,20 +425,15 @@ def test_a_start_curriculum_sets_where_the_parking_car_starts_and_is_checkpointe
     """With cycle.start_curriculum on the whole lot's id, every collected episode still starts at the curriculum's
     first stage (the space within 12.5 m, in front of the car): the stage reaches the envs, not the id's own start."""
     run = tmp_path / "curriculum"
-    quick = [
+    settings = [
         "env.id=wm/ParkingLot-v0",
         "cycle.start_curriculum=true",
         "cycle.iterations=2",
-        "world_model.steps=4",
-        "world_model.warmup_steps=1",
-        "world_model.decoder_steps=0",
-        "world_model.eval_every=0",
-        "evolve.generations=1",
         "evolve.eval_episodes=2",
         "cycle.generations=1",
         "cycle.train_steps=2",
     ]
-    result = cycle(run, *[part for setting in quick for part in ("--set", setting)])
+    result = short_cycle(run, *settings)
     assert result.returncode == 0, result.stderr
     done = summary(run)
     assert [record["start_stage"] for record in done["history"]] == [0, 0]  # no success on the near start yet
