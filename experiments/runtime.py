@@ -76,8 +76,9 @@ FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
 def adamw(groups: list[dict], **defaults) -> torch.optim.AdamW:
     """AdamW, with torch's fused kernel where every parameter lives on a device that has one.
 
-    The fused kernel updates each tensor in one pass over memory where the default takes several; on a 2-core CPU it
-    saves 2 to 3% of an I-JEPA step (`python benchmarks/pretrain.py`).
+    The fused kernel updates each tensor in one pass over memory where the default takes several. On a 2-core CPU it
+    saved 2 to 3% of an I-JEPA step when this was planned; measured again beside the default (float32, 2 threads,
+    interleaved) the two were within noise (2.74 to 2.92 s against 2.76 to 2.82 s a step).
     """
     params = [p for group in groups for p in group["params"]]
     fused = bool(params) and all(p.device.type in FUSED_OPTIMIZER_DEVICES for p in params)
@@ -185,8 +186,8 @@ def limit_numpy_blas() -> None:
 
     numpy's linear algebra here is CMA-ES's: the covariance of a few hundred parameters, decomposed every generation.
     One thread does that fastest, and OpenBLAS's threads spin-wait for each other whenever another process holds a
-    core: beside other jobs on 2 cores one 200 x 200 `eigh` took 0.7 s on OpenBLAS's 2 threads and 3 ms on one, and the
-    default task's evolve phase spent 34 s in it (docs/performance.md).
+    core: beside other jobs on 2 cores one 200 x 200 `eigh` took 0.7 s on OpenBLAS's 2 threads and 3 ms on one, and a
+    short `wm cycle` (600 training steps, one torch thread) spent 34 s of its evolve phase in it (docs/performance.md).
     """
     torch_folder = Path(torch.__file__).resolve().parent
     for library in threadpoolctl.ThreadpoolController().lib_controllers:
