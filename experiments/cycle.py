@@ -643,8 +643,8 @@ class Cycle:
     def stop_reason(self) -> str | None:
         """Why the cycle ends after the iteration just evaluated, or None to go on."""
         ccfg, last = self.cfg.cycle, self.history[-1]
-        on_last_stage = self.curriculum is None or last["start_stage"] == len(self.curriculum.stages) - 1
-        if self.target is not None and last["eval_return_mean"] >= self.target and on_last_stage:
+        last_stage = None if self.curriculum is None else len(self.curriculum.stages) - 1
+        if reaches_target(last, self.target, last_stage):
             return "target"
         if len(self.history) >= ccfg.iterations:
             return "iterations"
@@ -706,6 +706,13 @@ def improves(chosen: np.ndarray, best: np.ndarray | None, real_return: float, be
     warm-started search's start) keeps its first score: the best of its repeated evaluations would flatter it."""
     again = best is not None and np.array_equal(chosen, best)
     return not again and real_return > best_return
+
+
+def reaches_target(record: dict, target: float | None, last_stage: int | None = None) -> bool:
+    """Whether an evaluated iteration's real return reached the target; under a start curriculum (`last_stage`, the
+    index of its widest stage) only an evaluation on that stage counts."""
+    on_last_stage = last_stage is None or record["start_stage"] == last_stage
+    return target is not None and record["eval_return_mean"] >= target and on_last_stage
 
 
 def iteration_metrics(record: dict, best_return: float) -> dict[str, float]:
@@ -812,8 +819,7 @@ def check_config(cfg: Config, encoder: str | None = None) -> None:
             f"evolve.agent={cfg.evolve.agent}: wm cycle evolves controllers (evolve.agent=es) for now; run the "
             f"{cfg.evolve.agent} with `wm evolve --world-model <a cycle or train run>` on the same model"
         )
-    name = parse_env_id(cfg.env.id.rsplit(":", 1)[-1])[1]
-    if cfg.cycle.start_curriculum and name not in PARKING_NAMES:
+    if cfg.cycle.start_curriculum and parse_env_id(cfg.env.id.rsplit(":", 1)[-1])[1] not in PARKING_NAMES:
         raise ConfigError(
             f"cycle.start_curriculum widens a Parking env's start; env.id is {cfg.env.id!r} "
             f"(allowed: {', '.join(PARKING_NAMES)})"

@@ -17,7 +17,7 @@ from run_wm import DEBUG, mp4_frames, start, summary, tensorboard_events, tensor
 from envs import EnvSpec, Episode, EpisodeStore
 from experiments import cli
 from experiments.checkpoint import read_checkpoint, save_checkpoint
-from experiments.cycle import CycleWindows, improves, iteration_metrics
+from experiments.cycle import CycleWindows, improves, iteration_metrics, reaches_target
 from experiments.windows import StoreWindows, split_episodes
 
 # Two iterations with a frozen encoder (the latent cache grows with every collection); a later iteration's collection
@@ -470,6 +470,14 @@ def test_without_a_config_the_cycle_runs_the_default_task(tmp_path, capsys):
     stderr = capsys.readouterr().err
     assert code == 2 and "cycle.max_env_steps: 30000 is fewer than iteration 0's random-policy collection" in stderr
     assert not run.exists()
+
+
+def test_the_target_stops_a_curriculum_only_on_its_last_stage():
+    assert reaches_target({"eval_return_mean": 5.0}, 4.0) and not reaches_target({"eval_return_mean": 3.0}, 4.0)
+    assert not reaches_target({"eval_return_mean": 5.0}, None)
+    assert not reaches_target({"eval_return_mean": 5.0, "start_stage": 2}, 4.0, last_stage=4)
+    assert reaches_target({"eval_return_mean": 5.0, "start_stage": 4}, 4.0, last_stage=4)
+    assert not reaches_target({"eval_return_mean": 3.0, "start_stage": 4}, 4.0, last_stage=4)
 
 
 def test_iteration_metrics_carry_a_success_rate_only_where_the_env_reports_one():
