@@ -83,9 +83,9 @@ def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over (B, heads, tokens, d) tensors.
 
-    On a CPU in bf16 (or fp16) torch's fused kernel is 4 to 6 times slower, forward and backward, than the two
+    On a CPU in bf16 (or fp16) torch's fused kernel is 4.9 to 11.4 times slower, forward and backward, than the two
     matrix products with a softmax between them at this toolkit's sequence lengths (tens of tokens), and in float32
-    it is 1.1 to 1.6 times faster than them (measured on a CPU with bf16 units: `python benchmarks/pretrain.py
+    it is 1.6 to 3.6 times faster than them (2 threads, quiet, a CPU with bf16 units: `python benchmarks/pretrain.py
     --attention`). So the explicit products serve reduced precision on a CPU, the fused kernel everything else.
     """
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
