@@ -1,15 +1,20 @@
-"""How much of an env's true state a frozen random-initialised ViT's pooled frame features say, for each
-`world_model.pooling`: the linear-probe R² of every state dimension, on episodes held out from the probe's fit.
+"""How much of an env's true state a frozen ViT's pooled frame features say, for each `world_model.pooling`: the
+linear-probe R² of every state dimension, on episodes held out from the probe's fit; random-initialised ViTs, and a
+`wm pretrain` run's encoders beside them.
 
     python benchmarks/pooling.py --episodes runs/cartpole-ema/episodes   # a `wm train` run's store (docs/perception.md)
     python benchmarks/pooling.py --env CartPole-v1 --steps 20000          # collect random-policy episodes first
     python benchmarks/pooling.py --quick                                  # 800 steps, one ViT: a check that it runs
     python benchmarks/pooling.py --env Parking-v0 --steps 50000 --seeds 1 --in-view   # frames showing the space
+    python benchmarks/pooling.py --env CarRacing-v3 --steps 20000 --encoder runs/<a wm pretrain run>
 
-Prints JSON lines {"bench": "pooling", "metric", "value", "unit", "pooling", "seed", "frames"}: `probe_r2_dim<i>` for
-each state dimension i (CartPole: x, x_dot, theta, theta_dot) and `probe_r2_mean`. Every pooling reads the very same
-patch features of each ViT (seeds 0, 1, 2: three random initialisations of `--vit-size`), and the probe is the
-project's ridge probe (worldmodel.perception.probe.linear_probe_r2), fitted on the first 75% of the episodes.
+Prints JSON lines {"bench": "pooling", "metric", "value", "unit", "pooling", "encoder", "seed", "frames"}:
+`probe_r2_dim<i>` for each state dimension i (CartPole: x, x_dot, theta, theta_dot) and `probe_r2_mean`. Every pooling
+reads the very same patch features of each ViT: `encoder` "random" for seeds 0, 1, 2 (three random initialisations of
+`--vit-size`), then with `--encoder` "target" and "context" (seed null), the run's EMA target encoder (the one
+`cycle.perception` freezes) and its online context encoder. The probe is the project's ridge probe
+(worldmodel.perception.probe.linear_probe_r2), fitted on the first 75% of the episodes. Collected episodes come from
+4 envs seeded 0-3: pretrain on other seeds (`wm pretrain --set run.seed=...`) to keep the probe's frames unseen.
 `--in-view` (Parking-v0) fits and scores the probe on the frames whose target space's centre is on a camera only:
 what a frame cannot show, no pooling of it can say.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +39,7 @@ from envs.collect import EpisodeBuffer, RandomPolicy, collect  # noqa: E402
 from envs.make import make_vector_env  # noqa: E402
 from envs.parking import STATE_DIM, space_in_view  # noqa: E402
 from envs.store import Episode, EpisodeStore  # noqa: E402
+from experiments.load import PRETRAINED_ENCODERS, load_encoder  # noqa: E402
 from worldmodel.perception.augment import normalize, resize  # noqa: E402
 from worldmodel.perception.probe import linear_probe_r2  # noqa: E402
 from worldmodel.perception.vit import POOLINGS, VisionTransformer, pool_tokens  # noqa: E402
@@ -73,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, help="random-policy transitions to collect (default 20000)")
     parser.add_argument("--vit-size", default="mini")
     parser.add_argument("--seeds", type=int, default=3, help="random ViTs to measure (seeds 0, 1, ...)")
+    parser.add_argument(
+        "--encoder", type=Path, help="a `wm pretrain` run or checkpoint: probe its target and context encoders too"
+    )
     parser.add_argument("--in-view", action="store_true", help="Parking-v0: only frames that show the space")
     parser.add_argument("--quick", action="store_true", help="800 steps (unless --steps says) and one ViT")
     args = parser.parse_args(argv)
@@ -111,16 +121,33 @@ def main(argv: list[str] | None = None) -> None:
         print(f"--in-view: {len(frames)} frames show the space ({n_train} to fit the probe)", file=sys.stderr)
 
     subset = "in_view" if args.in_view else "all"
-    for seed in range(args.seeds):
-        torch.manual_seed(seed)
-        vit = VisionTransformer(IMAGE_SIZE, PATCH_SIZE, 3, args.vit_size).eval()
+    for name, seed, vit in encoders(args):
         tokens = patch_features(frames, vit)  # (N, Np, V)
         for pooling in POOLINGS:
             features = pool_tokens(tokens, pooling)
             probe = linear_probe_r2(features[:n_train], states[:n_train], features[n_train:], states[n_train:])
+            labels = {"pooling": pooling, "encoder": name, "seed": seed, "frames": subset}
             for i, value in enumerate(probe.per_dim):
-                emit(f"probe_r2_dim{i}", value, pooling=pooling, seed=seed, frames=subset)
-            emit("probe_r2_mean", float(probe.mean), pooling=pooling, seed=seed, frames=subset)
+                emit(f"probe_r2_dim{i}", value, **labels)
+            emit("probe_r2_mean", float(probe.mean), **labels)
+
+
+def encoders(args: argparse.Namespace) -> Iterator[tuple[str, int | None, VisionTransformer]]:
+    """(name, seed, ViT): the random-initialised ViTs of seeds 0, 1, ..., then a pretrain run's EMA target and
+    context encoders when --encoder names one (its seed None: one checkpoint)."""
+    for seed in range(args.seeds):
+        torch.manual_seed(seed)
+        yield "random", seed, VisionTransformer(IMAGE_SIZE, PATCH_SIZE, 3, args.vit_size).eval()
+    if args.encoder is not None:
+        for which in PRETRAINED_ENCODERS:
+            encoder = load_encoder(args.encoder, which=which)
+            grid = encoder.backbone.grid
+            if encoder.image_size != IMAGE_SIZE or grid != IMAGE_SIZE // PATCH_SIZE:
+                raise SystemExit(
+                    f"--encoder {args.encoder}: a ViT on {encoder.image_size} px in a {grid} x {grid} patch grid; "
+                    f"this benchmark probes the presets' {IMAGE_SIZE} px in {PATCH_SIZE} px patches"
+                )
+            yield which, None, encoder.backbone
 
 
 if __name__ == "__main__":

@@ -58,23 +58,28 @@ def run_checkpoint(path: str | os.PathLike) -> Path:
 # The encoder
 
 
-def load_encoder(path: str | os.PathLike, device: torch.device | str = "cpu") -> Encoder:
+PRETRAINED_ENCODERS = {"target": "target_encoder.", "context": "encoder."}
+"""The two encoders of a `wm pretrain` checkpoint, by the prefix of their weights: the EMA target and the online
+context encoder."""
+
+
+def load_encoder(path: str | os.PathLike, device: torch.device | str = "cpu", which: str = "target") -> Encoder:
     """The image encoder of a run, frozen, for `Encoder.embed(images)`: uint8 (B, H, W, C) -> (B, F).
 
-    From a `wm pretrain` run: its EMA target encoder (the one its probes scored), mean-pooled. From a `wm train` or
-    `wm cycle` run: its world model's ViT with its input blur and pooling; `embed` then gives the features
-    `WorldModel.encode_features` gives (before the model's own standardisation).
+    From a `wm pretrain` run: its EMA target encoder (the one its probes scored), or with `which="context"` its online
+    context encoder, mean-pooled. From a `wm train` or `wm cycle` run: its world model's ViT with its input blur and
+    pooling; `embed` then gives the features `WorldModel.encode_features` gives (before the model's own
+    standardisation).
     """
     checkpoint = run_checkpoint(path)
     state = read_checkpoint(checkpoint)
     command = state.get("command")
     if command == "pretrain":
+        if which not in PRETRAINED_ENCODERS:
+            raise ValueError(f"which must be one of {tuple(PRETRAINED_ENCODERS)}, got {which!r}")
         shape = config_lib.from_dict(state["config"]).pretrain.encoder
-        weights = {
-            key.removeprefix("target_encoder."): value
-            for key, value in state["model"].items()
-            if key.startswith("target_encoder.")
-        }
+        prefix = PRETRAINED_ENCODERS[which]
+        weights = {key.removeprefix(prefix): value for key, value in state["model"].items() if key.startswith(prefix)}
         channels = weights["patch_embed.weight"].shape[1]  # (width, C, patch, patch)
         backbone = VisionTransformer(shape.image_size, shape.patch_size, channels, shape.size)
         backbone.load_state_dict(weights)

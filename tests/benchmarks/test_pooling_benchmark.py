@@ -33,3 +33,49 @@ def test_in_view_probes_parking_frames_that_show_the_space_and_refuses_other_sta
 
     refused = run_script("pooling.py", "--quick", "--in-view")  # CartPole's state
     assert refused.returncode != 0 and "--in-view is for Parking-v0" in refused.stderr
+
+
+def test_a_pretrained_encoder_is_probed_as_target_and_context_beside_the_random_vit(tmp_path):
+    import json
+
+    import torch
+
+    from experiments import config as config_lib
+    from experiments.checkpoint import save_checkpoint
+    from experiments.pretraining import build_model
+
+    cfg = config_lib.load_config([])  # the default pretrain encoder: the presets' mini ViT, 64 px, 8 px patches
+    torch.manual_seed(0)
+    save_checkpoint(
+        tmp_path / "checkpoints" / "latest.pt",
+        {
+            "command": "pretrain",
+            "step": 0,
+            "config": config_lib.to_dict(cfg),
+            "model": build_model(cfg.pretrain).state_dict(),
+        },
+    )
+    result = run_script("pooling.py", "--quick", "--encoder", str(tmp_path))
+    records_of(result)  # it succeeded
+    means = [json.loads(line) for line in result.stdout.splitlines() if '"probe_r2_mean"' in line]
+    assert [(r["encoder"], r["seed"]) for r in means[:: len(means) // 3]] == [
+        ("random", 0),
+        ("target", None),
+        ("context", None),
+    ]
+    # An untrained I-JEPA's target encoder is a copy of its context encoder: the same features, the same probe.
+    third = len(means) // 3
+    assert [r["value"] for r in means[third : 2 * third]] == [r["value"] for r in means[2 * third :]]
+
+    tiny = config_lib.load_config(["debug"])  # a 32 px ViT: not the presets' input
+    save_checkpoint(
+        tmp_path / "small" / "checkpoints" / "latest.pt",
+        {
+            "command": "pretrain",
+            "step": 0,
+            "config": config_lib.to_dict(tiny),
+            "model": build_model(tiny.pretrain).state_dict(),
+        },
+    )
+    refused = run_script("pooling.py", "--quick", "--encoder", str(tmp_path / "small"))
+    assert refused.returncode != 0 and "this benchmark probes the presets' 64 px" in refused.stderr

@@ -52,6 +52,17 @@ def test_embedding_equals_the_target_encoder_on_resized_imagenet_normalised_imag
     assert not torch.allclose(features, model.encoder.pooled(normalize(resize(chw, 32))), atol=1e-4)
 
 
+def test_the_context_encoder_is_loaded_when_asked_and_a_wrong_choice_is_refused(pretrained):
+    run, model = pretrained
+    frames = images(4, 32, 32)
+    chw = torch.as_tensor(frames).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+    with torch.no_grad():
+        manual = model.encoder.pooled(normalize(resize(chw, 32), IMAGENET_MEAN, IMAGENET_STD))
+    torch.testing.assert_close(load_encoder(run, which="context").embed(frames), manual, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"which must be one of \('target', 'context'\), got 'online'"):
+        load_encoder(run, which="online")
+
+
 def test_embedding_equals_the_world_model_s_features_with_its_blur_and_pooling():
     torch.manual_seed(0)
     shape = {"latent_dim": 8, "hidden_dim": 8, "mlp_dim": 8, "ensemble_size": 2, "vit_size": "micro", "image_size": 32}
