@@ -270,6 +270,8 @@ def run_probes(features: torch.Tensor, probes: ProbeSet, cfg: PretrainConfig) ->
     if probes.labels is not None:
         y = probes.labels
         out["knn_top1"] = probe.knn_top1(features[tr], y[tr], features[te], y[te], k=cfg.eval.knn_k)
+        centred = features - features[tr].mean(dim=0)  # the fitting images' mean: a shared direction cosine sees
+        out["knn_top1_centred"] = probe.knn_top1(centred[tr], y[tr], centred[te], y[te], k=cfg.eval.knn_k)
         num_classes = int(y.max()) + 1
         out["linear_top1"] = probe.linear_probe_accuracy(features[tr], y[tr], features[te], y[te], num_classes)
     if probes.states is not None:
@@ -352,7 +354,8 @@ class Pretrainer:
 
     # -- evaluation ------------------------------------------------------------------------------------
     def evaluate(self) -> dict:
-        """Probe scores of the EMA target encoder beside a random-init encoder of the same shape."""
+        """Probe scores of the EMA target encoder beside a random-init encoder of the same shape (`*_random`) and the
+        online context encoder (`*_context`), which may read the images better than the target the run reports."""
         if self.probes is None:
             return {}
         pcfg = self.cfg.pretrain
@@ -363,6 +366,8 @@ class Pretrainer:
         features = encode_all(self.model.target_encoder, self.probes.images, pcfg, self.device, self.precision)
         scores = run_probes(features, self.probes, pcfg)
         scores.update({f"{key}_random": value for key, value in self.random_scores.items()})
+        features = encode_all(self.model.encoder, self.probes.images, pcfg, self.device, self.precision)
+        scores.update({f"{key}_context": value for key, value in run_probes(features, self.probes, pcfg).items()})
         scores["step"] = self.step
         numbers = {f"eval/{k}": v for k, v in scores.items() if isinstance(v, float)}
         self.run.log(self.step, numbers)

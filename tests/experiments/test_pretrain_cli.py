@@ -28,7 +28,14 @@ def test_debug_run_leaves_a_complete_run_directory(tmp_path):
     done = summary(run)
     assert done["status"] == "done" and done["command"] == "pretrain" and done["step"] == 10
     assert done["wall_seconds"] > 0
-    for key in ("knn_top1", "knn_top1_random", "linear_top1", "linear_top1_random"):
+    for key in (
+        "knn_top1",
+        "knn_top1_random",
+        "linear_top1",
+        "linear_top1_random",
+        "knn_top1_centred",
+        "knn_top1_context",
+    ):
         assert 0.0 <= done["probe"][key] <= 1.0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss/jepa" in r] == [2, 4, 6, 8, 10]
