@@ -32,7 +32,8 @@ Choices:
   critic, both optimisers and the return scale: a resumed training continues bit for bit.
 - Non-finite loss or gradient: the step takes no optimiser step and no EMA update (`StepResult.skipped`); parameters
   that an update made non-finite raise FloatingPointError before anything can save them.
-- The world model is frozen (`requires_grad_(False)`): gradients only reach it on their way to the actor's action.
+- The world model is frozen while a step trains (`frozen_parameters`): gradients only reach it on their way to the
+  actor's action, and its own flags come back after the step (`wm cycle` trains the same model between imaginations).
 
 Written by hand: Dreamer's actor-critic is a few tensor operations, and the libraries that ship it bind it to their
 own world models.
@@ -44,8 +45,10 @@ discrete).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -174,12 +177,28 @@ class StepResult(NamedTuple):
     """loss/actor, loss/critic and the imagination's figures (dream/...), for the log."""
 
 
+@contextlib.contextmanager
+def frozen_parameters(model: WorldModel) -> Iterator[None]:
+    """The model's parameters take no gradient inside the block and get their own flags back after it: gradients
+    reach the model only on their way to the actor's action, and a world model that `wm cycle` trains again between
+    two imaginations must still learn."""
+    parameters = list(model.parameters()) if isinstance(model, nn.Module) else []
+    flags = [parameter.requires_grad for parameter in parameters]
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(parameters, flags, strict=True):
+            parameter.requires_grad_(flag)
+
+
 class ActorCritic:
     """Dreamer's actor-critic on the world model's [z, h], trained on imagined trajectories of its dream.
 
     Args:
-        model: the world model to imagine in (frozen here); `step`, `reward`, `cont` and, with a disagreement
-            penalty, `disagreement` are used.
+        model: the world model to imagine in (frozen while a step trains); `step`, `reward`, `cont` and, with a
+            disagreement penalty, `disagreement` are used.
         action_space: the env's gymnasium action space: Discrete(n), or a 1-D Box with finite bounds.
         settings: how to learn.
         dream: the dream's settings: its latent noise and disagreement penalty apply to imagination too (its horizon
@@ -196,8 +215,6 @@ class ActorCritic:
         device: torch.device | str = "cpu",
     ):
         self.discrete, self.action_dim, self.start = action_kind(action_space, model, "the actor-critic")
-        if isinstance(model, nn.Module):
-            model.requires_grad_(False)
         self.model, self.settings, self.device = model, settings, torch.device(device)
         self.dream = dataclasses.replace(dream or DreamSettings(), horizon=settings.horizon, cont_mode="expected")
         self.in_dim = model.latent_dim + model.hidden_dim
@@ -299,7 +316,11 @@ class ActorCritic:
 
     def train_step(self, pool: DreamState) -> StepResult:
         """One step: draw `starts` states from `pool` (Q rows), imagine, update the critic, the actor, the return
-        scale and the target critic."""
+        scale and the target critic; the world model is frozen meanwhile (`frozen_parameters`)."""
+        with frozen_parameters(self.model):
+            return self._train_step(pool)
+
+    def _train_step(self, pool: DreamState) -> StepResult:
         settings = self.settings
         index = torch.randint(0, pool.latent.shape[0], (settings.starts,), generator=self.generator)  # (N,)
         imagined = self.imagine(pool.select(index.to(pool.latent.device)))
@@ -411,10 +432,13 @@ class ActorCriticAgent(ModelAgent):
     Args:
         learner: the trained actor-critic (its world model is the one acted through).
         num_envs: N.
+        exploration: noise on the actor's actions, as a cycle's collection adds it (`agents.agent.explore`).
+        seed: seed of the exploration noise.
     """
 
-    def __init__(self, learner: ActorCritic, num_envs: int):
-        super().__init__(learner.model, num_envs)
+    def __init__(self, learner: ActorCritic, num_envs: int, exploration: float = 0.0, seed: int = 0):
+        bounds = None if learner.discrete else (learner.low, learner.high)
+        super().__init__(learner.model, num_envs, bounds, exploration, seed)
         self.learner = learner
 
     def choose_actions(self, hidden: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:

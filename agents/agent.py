@@ -13,7 +13,9 @@ action vectors of sub-env 0's next episode, for videos of the controller at work
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -63,6 +65,44 @@ def decide(
     hidden, latent = filter_observation(model, hidden, latent, action, first, obs)
     features = torch.cat([latent, hidden], dim=-1)[:, None]  # (N, 1, X): N candidates, 1 episode each
     return controller.act(parameters, features)[:, 0], hidden, latent  # (N, 1, A) -> (N, A)
+
+
+def explore(
+    action: torch.Tensor, exploration: float, rng: np.random.Generator, bounds: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor:
+    """Exploration noise on action vectors (N, A) for a collection, from `rng`: with `bounds` None (a discrete space,
+    one-hot vectors) a uniformly random action with probability `exploration`; with a Box's (low, high) (A,) Gaussian
+    noise of std `exploration` times the range, clipped to the bounds. Every agent a cycle collects with explores so."""
+    if exploration == 0:
+        return action
+    n, dims = action.shape
+    if bounds is None:
+        swap = torch.as_tensor(rng.random(n) < exploration, device=action.device)
+        random = torch.as_tensor(rng.integers(0, dims, size=n), device=action.device)
+        one_hot = torch.nn.functional.one_hot(random, dims).to(action.dtype)
+        return torch.where(swap[:, None], one_hot, action)
+    low, high = bounds[0].to(action), bounds[1].to(action)
+    noise = torch.as_tensor(rng.standard_normal((n, dims)), device=action.device, dtype=action.dtype)
+    return torch.clamp(action + noise * exploration * (high - low), low, high)
+
+
+def timed(call: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """Count an agent's decisions and their wall time (its `decisions` and `seconds`, encoding included): a cycle
+    reports the milliseconds a real decision takes for every agent (the planner's search makes them count)."""
+
+    @functools.wraps(call)
+    def counted(agent, obs: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        actions = call(agent, obs)
+        agent.decisions, agent.seconds = agent.decisions + 1, agent.seconds + time.perf_counter() - start
+        return actions
+
+    return counted
+
+
+def decision_ms(agent) -> float:
+    """Milliseconds a `timed` agent's decisions took on average (one decision acts for every sub-env); 0 before any."""
+    return 1000 * agent.seconds / max(agent.decisions, 1)
 
 
 class ActionKind(NamedTuple):
@@ -123,12 +163,29 @@ class ModelAgent:
     each frame into (h, z) exactly as `LatentAgent` does (`filter_observation`), then a subclass's `choose_actions`
     gives the action vectors there and its `env_actions` the env's actions (the planner searches, the actor-critic
     reads its actor). `decisions` and `seconds` count the calls and their wall time, encoding included.
+
+    Args:
+        model: the world model acted through (eval mode).
+        num_envs: N.
+        bounds: the Box's (low, high) (A,) a continuous agent's action vectors lie in; None for a discrete one.
+        exploration: `LatentAgent`'s exploration noise, as `wm cycle` collects with it (`explore`); 0 to act as is.
+        seed: seed of the exploration noise.
     """
 
-    def __init__(self, model: WorldModel, num_envs: int):
+    def __init__(
+        self,
+        model: WorldModel,
+        num_envs: int,
+        bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+        exploration: float = 0.0,
+        seed: int = 0,
+    ):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.model, self.num_envs = model, num_envs
+        if not 0.0 <= exploration <= 1.0:
+            raise ValueError(f"exploration must be in [0, 1], got {exploration}")
+        self.model, self.num_envs, self.bounds, self.exploration = model, num_envs, bounds, exploration
+        self.rng = np.random.default_rng(seed)
         weight = model.gru.weight_hh
         self.device, self.dtype = weight.device, weight.dtype
         self.hidden = model.initial_state(num_envs)  # (N, hidden_dim)
@@ -158,19 +215,18 @@ class ModelAgent:
             self.recording.closed = True
 
     @torch.no_grad()
+    @timed
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """obs (N, *obs_shape) -> env actions (N,) ints or (N, A) floats."""
-        start = time.perf_counter()
         first = torch.as_tensor(self.first, device=self.device)[:, None]  # (N, 1)
         frames = torch.as_tensor(obs, device=self.device)
         self.hidden, self.latent = filter_observation(self.model, self.hidden, self.latent, self.action, first, frames)
-        self.action = self.choose_actions(self.hidden, self.latent).to(self.dtype)  # (N, A)
+        chosen = self.choose_actions(self.hidden, self.latent).to(self.dtype)  # (N, A)
+        self.action = explore(chosen, self.exploration, self.rng, self.bounds)
         if self.recording is not None:
             self.recording.add(obs[0], self.action[0].float().cpu().numpy())
         self.first[:] = False
-        actions = self.env_actions(self.action)
-        self.decisions, self.seconds = self.decisions + 1, self.seconds + time.perf_counter() - start
-        return actions
+        return self.env_actions(self.action)
 
 
 class LatentAgent:
@@ -208,6 +264,7 @@ class LatentAgent:
         self.action = torch.zeros(num_envs, model.action_dim, device=self.device, dtype=self.dtype)  # (N, A)
         self.first = np.ones(num_envs, dtype=bool)
         self.recording: Recording | None = None
+        self.decisions, self.seconds = 0, 0.0
 
     def record(self, limit: int) -> Recording:
         """Start keeping sub-env 0's observations and action vectors; the recording closes when its episode
@@ -229,6 +286,7 @@ class LatentAgent:
             self.recording.closed = True
 
     @torch.no_grad()
+    @timed
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """obs (N, *obs_shape) -> env actions (N,) ints or (N, A) floats."""
         first = torch.as_tensor(self.first, device=self.device)[:, None]  # (N, 1)
@@ -244,14 +302,5 @@ class LatentAgent:
 
     def _explore(self, action: torch.Tensor) -> torch.Tensor:
         """Exploration noise on the action vectors (N, A), from the agent's own generator."""
-        if self.exploration == 0:
-            return action
-        n, dims = action.shape
-        if self.controller.discrete:
-            swap = torch.as_tensor(self.rng.random(n) < self.exploration, device=self.device)
-            random = torch.as_tensor(self.rng.integers(0, dims, size=n), device=self.device)
-            one_hot = torch.nn.functional.one_hot(random, dims).to(action.dtype)
-            return torch.where(swap[:, None], one_hot, action)
-        low, high = self.controller.low.to(action), self.controller.high.to(action)
-        noise = torch.as_tensor(self.rng.standard_normal((n, dims)), device=self.device, dtype=action.dtype)
-        return torch.clamp(action + noise * self.exploration * (high - low), low, high)
+        bounds = None if self.controller.discrete else (self.controller.low, self.controller.high)
+        return explore(action, self.exploration, self.rng, bounds)

@@ -241,10 +241,13 @@ class PlanningAgent(ModelAgent):
 
     Args:
         planner: the planner, built for N = `planner.num_envs` envs and the world model to act through.
+        exploration: noise on the planned actions, as a cycle's collection adds it (`agents.agent.explore`).
+        seed: seed of the exploration noise.
     """
 
-    def __init__(self, planner: Planner):
-        super().__init__(planner.model, planner.num_envs)
+    def __init__(self, planner: Planner, exploration: float = 0.0, seed: int = 0):
+        bounds = None if planner.discrete else (planner.low, planner.high)
+        super().__init__(planner.model, planner.num_envs, bounds, exploration, seed)
         self.planner = planner
 
     def reset(self, is_first: np.ndarray | None = None) -> None:

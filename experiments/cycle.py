@@ -20,6 +20,12 @@ episodes. Each later iteration:
     evaluate  the chosen controller in the real env; the best real return so far names the controller to beat
               (a controller evaluated before keeps its first score).
 
+The agent (evolve.agent): 'es', the controller and CMA-ES above; 'planner', no evolve phase, the planner (planner.*)
+acting through each iteration's model in the evaluation and, with the same exploration noise, in later collections;
+'actor_critic', an evolve phase that trains the actor-critic (actor_critic.*) in the model's imagination, fresh in
+iteration 0 and continued from the last iteration's after it, whose actor is evaluated and (with the noise) collects.
+Neither keeps a best.pt; every record names its agent and the milliseconds a real decision took (docs/cycle.md).
+
 Perception (cycle.perception): the world model's frozen ViT keeps its random initialisation ('random', the control),
 or is the EMA target encoder of an I-JEPA run. With 'pretrain', iteration 0 runs a phase of its own between its
 collection and its training: `wm pretrain` (pretrain.*) on every frame of iteration 0's training episodes (the held-out
@@ -62,12 +68,14 @@ import numpy as np
 import torch
 from gymnasium.envs.registration import parse_env_id
 
-from agents.agent import LatentAgent, Recording
+from agents.actor_critic import ActorCritic, ActorCriticAgent
+from agents.agent import LatentAgent, ModelAgent, Recording, decision_ms
 from agents.evolution import CMAES
 from envs import EnvSpec, EpisodeStore, RandomPolicy
 from envs.curriculum import StartCurriculum
 from envs.make import PARKING_NAMES, reward_threshold
 from experiments import config as config_lib
+from experiments import distributed
 from experiments.board import add_gif, write_hparams
 from experiments.checkpoint import save_checkpoint
 from experiments.collection import collect_into, open_store
@@ -88,9 +96,11 @@ from experiments.features import (
     load_pretrained_encoder,
     standardize_features,
 )
+from experiments.imagination import ImaginationTraining, build_learner, dream_return
 from experiments.inputs import env_spec
 from experiments.load import build_controller, dream_settings, encode_start_pool
 from experiments.pictures import save_mask_picture, write_learning_curve
+from experiments.planning import planning_agent
 from experiments.pretraining import Pretrainer, print_probe
 from experiments.pretraining import build_model as build_ijepa
 from experiments.progress import Progress
@@ -99,6 +109,7 @@ from experiments.runtime import prepare_runtime, rng_state, set_rng_state, step_
 from experiments.training import WorldModelTrainer, build_decoder, build_model, print_model_metrics, read_resume_state
 from experiments.video import VIDEO_FPS, recorded_clip, write_mp4
 from experiments.windows import EpisodeSplit, StoreWindows, split_episodes
+from worldmodel.dream.rollout import DreamState
 from worldmodel.dynamics.decoder import Decoder
 from worldmodel.dynamics.world_model import WorldModel
 from worldmodel.perception.data import TensorImageDataset
@@ -142,7 +153,7 @@ class CycleWindows(StoreWindows):
 
 
 class Cycle:
-    """The cycle's state and its four phases, over one run directory; every phase boundary is a checkpoint.
+    """The cycle's state and its phases (`phases`), over one run directory; every phase boundary is a checkpoint.
 
     Parts are built by `cycle` and injected: the world model (and decoder) it trains throughout, the episode store,
     the run it logs to.
@@ -163,6 +174,7 @@ class Cycle:
         self.run, self.cfg, self.spec, self.store = run, run.cfg, spec, store
         self.model, self.decoder, self.device, self.precision = model, decoder, device, precision
         self.latent_key, self.encoder_path = latent_key, encoder_path  # the frozen encoder's cache key, its source
+        self.agent = self.cfg.evolve.agent  # what acts: 'es', 'planner' or 'actor_critic' (see `phases`)
         self.controller = build_controller(model, spec, self.cfg.evolve)
         target = self.cfg.cycle.target_return
         self.target = target if target is not None else reward_threshold(self.cfg.env.id)  # the return that stops it
@@ -181,9 +193,13 @@ class Cycle:
         self.chosen: np.ndarray | None = None  # the controller the search chose, to evaluate
         self.best: np.ndarray | None = None  # the controller with the best real return so far
         self.best_return, self.best_iteration = -math.inf, -1
+        # evolve.agent=actor_critic: the learner's state (`ImaginationTraining.learner_state`) after its last training,
+        # and the training under way during "evolve".
+        self.learner_state: dict | None = None
+        self.imagination: ImaginationTraining | None = None
         self.record: dict = {}  # this iteration's figures so far
         self.history: list[dict] = []  # one record per evaluated iteration
-        self.generations_done = 0  # generations of the searches finished so far
+        self.generations_done = 0  # generations of the searches (or actor-critic steps) finished so far
         self.stopped: str | None = None  # why the cycle ended: "target", "budget" or "iterations"
         self.perception: dict | None = None  # the perception phase's figures (cycle.perception=pretrain)
         ccfg = self.cfg.cycle
@@ -197,9 +213,16 @@ class Cycle:
     # -- checkpoints -----------------------------------------------------------------------------------
     def cycle_step(self) -> int:
         """The step of log lines and summary.json: training steps, generations and evaluations done so far."""
-        searching = self.es.generation if self.phase == "evolve" and self.es is not None else 0
         trained = self.trainer.step if self.trainer is not None else 0
-        return trained + self.generations_done + searching + len(self.history)
+        return trained + self.generations_done + self.searched() + len(self.history)
+
+    def searched(self) -> int:
+        """Generations (or actor-critic steps) of the search under way, if one is."""
+        if self.phase != "evolve":
+            return 0
+        if self.es is not None:
+            return self.es.generation
+        return 0 if self.imagination is None else self.imagination.learner.steps - self.generations_done
 
     def state_dict(self) -> dict:
         return {
@@ -224,6 +247,7 @@ class Cycle:
             "best": None if self.best is None else torch.as_tensor(self.best),
             "best_return": self.best_return,
             "best_iteration": self.best_iteration,
+            "actor_critic": self.learner_state if self.imagination is None else self.imagination.learner_state(),
             "record": self.record,
             "history": self.history,
             "generations_done": self.generations_done,
@@ -267,6 +291,7 @@ class Cycle:
         self.chosen = None if state["chosen"] is None else state["chosen"].numpy()
         self.best = None if state["best"] is None else state["best"].numpy()
         self.best_return, self.best_iteration = state["best_return"], state["best_iteration"]
+        self.learner_state = state.get("actor_critic")  # absent in checkpoints from before other agents cycled
         self.record, self.history = state["record"], state["history"]
         self.generations_done, self.stopped = state["generations_done"], state["stopped"]
         self.perception = state.get("perception")  # absent in checkpoints from before the perception phase
@@ -317,7 +342,7 @@ class Cycle:
             "collect": self.collect,
             "pretrain": self.pretrain,
             "train": self.train,
-            "evolve": self.evolve,
+            "evolve": self.imagine if self.agent == "actor_critic" else self.evolve,
             "evaluate": self.evaluate,
         }
         while self.stopped is None:
@@ -356,16 +381,8 @@ class Cycle:
                     f"again (the same seeds, the same episodes)",
                     file=sys.stderr,
                 )
-            policy = self.random_policy if k == 0 else self.controller_policy
-            if k == 0:
-                self.announce(f"collect {steps} steps with random actions")
-            else:
-                iteration = self.best_iteration
-                real = self.history[iteration]["eval_return_mean"]
-                self.announce(
-                    f"collect {steps} steps with the best controller (iteration {iteration}, real return "
-                    f"{real:.1f}) and exploration {cfg.cycle.exploration}"
-                )
+            policy = self.random_policy if k == 0 else self.behaviour_policy
+            self.announce(f"collect {steps} steps with {self.behaviour()}")
             collect_into(
                 self.store,
                 cfg.env,
@@ -395,7 +412,7 @@ class Cycle:
             )
         self.env_steps += transitions * cfg.env.action_repeat
         self.episodes = len(self.store)
-        self.record = {"iteration": k, "collect_steps": transitions, "collect_episodes": len(new)}
+        self.record = {"iteration": k, "agent": self.agent, "collect_steps": transitions, "collect_episodes": len(new)}
         self.phase = "train"
         if k == 0:
             self.split = split_episodes(self.store.episode_steps, cfg.world_model.eval_fraction)
@@ -410,9 +427,41 @@ class Cycle:
         builds it for its share of the sub-envs)."""
         return RandomPolicy(self.spec, seed=seed, hold=self.cfg.world_model.collect_hold)
 
-    def controller_policy(self, num_envs: int, seed: int) -> LatentAgent:
-        """Later iterations' collection policy: the best controller so far, with exploration noise."""
-        return LatentAgent(self.model, self.controller, self.best, num_envs, self.cfg.cycle.exploration, seed)
+    def behaviour_policy(self, num_envs: int, seed: int) -> LatentAgent | ModelAgent:
+        """Later iterations' collection policy (see `acting`): the best controller so far, the planner or the actor,
+        with cycle.exploration noise."""
+        return self.acting(num_envs, seed, self.best, self.cfg.cycle.exploration)
+
+    def behaviour(self) -> str:
+        """What this iteration's collection acts with, for its announcement."""
+        exploration = self.cfg.cycle.exploration
+        if self.iteration == 0:
+            return "random actions"
+        if self.agent == "planner":
+            return f"the planner on the current world model and exploration {exploration}"
+        iteration = self.best_iteration if self.agent == "es" else self.iteration - 1
+        real = self.history[iteration]["eval_return_mean"]
+        who = "the best controller" if self.agent == "es" else "the actor"
+        return f"{who} (iteration {iteration}, real return {real:.1f}) and exploration {exploration}"
+
+    def acting(
+        self, num_envs: int, seed: int, parameters: np.ndarray | None, exploration: float = 0.0
+    ) -> LatentAgent | ModelAgent:
+        """The agent acting in `num_envs` real sub-envs through the current world model, its randomness seeded by
+        `seed`: the controller `parameters` (n,) (es); the planner, searching afresh at every step; or the actor of the
+        last imagination (actor_critic: the latest, as Dreamer collects, not the best scored). `exploration` is a
+        collection's noise (`agents.agent.explore`), the same for every agent."""
+        if self.agent == "planner":
+            return planning_agent(self.model, self.spec, self.cfg.planner, seed, num_envs, exploration)
+        if self.agent == "actor_critic":
+            return ActorCriticAgent(self.trained_learner(), num_envs, exploration, seed)
+        return LatentAgent(self.model, self.controller, parameters, num_envs, exploration, seed)
+
+    def trained_learner(self) -> ActorCritic:
+        """The actor-critic as its last imagination left it (evolve.agent=actor_critic)."""
+        learner = build_learner(self.model, self.spec, self.cfg, self.cfg.run.seed, self.device)
+        learner.load_state_dict(self.learner_state["actor_critic"])
+        return learner
 
     def pretrain(self, stop: GracefulStop) -> None:
         """Iteration 0 with cycle.perception=pretrain: I-JEPA (pretrain.*) on every frame of iteration 0's training
@@ -506,6 +555,9 @@ class Cycle:
         print_model_metrics(results["model"])
         self.record.update(train_step=trainer.step, model=results["model"])
         self.phase = "evolve"
+        if self.agent == "planner":  # nothing to search before acting, and no dream return: the real one alone
+            self.record["dream_return"] = None
+            self.phase = "evaluate"
         self.save()
 
     def evolve(self, stop: GracefulStop) -> None:
@@ -514,9 +566,7 @@ class Cycle:
         cfg, k = self.cfg, self.iteration
         ecfg, seed = cfg.evolve, iteration_seed(cfg.run.seed, k)
         generations = ecfg.generations if k == 0 else cfg.cycle.generations
-        if self.latent_key is not None:
-            fill_latent_cache(self.model, self.store, self.latent_key, self.device, stop, False)
-        pool = encode_start_pool(self.model, self.store, self.latent_key, cfg.dream, self.device, seed, self.episodes)
+        pool = self.start_pool(seed, stop)
         dream = DreamScorer(self.model, self.controller, pool, dream_settings(cfg.dream), seed)
         warm = k > 0
         if self.es is None:
@@ -546,6 +596,42 @@ class Cycle:
         self.phase = "evaluate"
         self.save()
 
+    def start_pool(self, seed: int, stop: GracefulStop) -> DreamState:
+        """The dream's start states, drawn (by `seed`) from every episode so far: they include the states the agent
+        visits."""
+        if self.latent_key is not None:
+            fill_latent_cache(self.model, self.store, self.latent_key, self.device, stop, False)
+        cfg = self.cfg.dream
+        return encode_start_pool(self.model, self.store, self.latent_key, cfg, self.device, seed, self.episodes)
+
+    def imagine(self, stop: GracefulStop) -> None:
+        """evolve.agent=actor_critic: train the actor-critic actor_critic.steps steps in the current model's
+        imagination, its starts drawn from every episode so far, then its dream return. Iteration 0 starts it fresh
+        (as `wm evolve` does); later ones continue the last iteration's networks, optimisers, return scale and
+        generator, the model having kept its features' meaning (their standardisation is fixed): the state a
+        checkpoint holds, so a resumed phase takes the same path."""
+        cfg, k = self.cfg, self.iteration
+        seed = iteration_seed(cfg.run.seed, k)
+        pool = self.start_pool(seed, stop)
+        learner = build_learner(self.model, self.spec, cfg, seed, self.device)
+        offset = self.trainer.step + len(self.history)
+        training = ImaginationTraining(learner, pool, cfg, self.run, {}, checkpointer=self.save, log_offset=offset)
+        if self.learner_state is not None:
+            training.load_learner(self.learner_state, self.run.checkpoint_dir / "latest.pt")
+        start = "fresh" if k == 0 else f"warm-started from iteration {k - 1}'s"
+        self.announce(
+            f"train the actor-critic ({start}) {cfg.actor_critic.steps} steps in the dream of {len(pool.latent)} "
+            "start states"
+        )
+        self.imagination = training
+        training.train(stop, until=self.generations_done + cfg.actor_critic.steps)
+        dream = dream_return(learner, pool, dream_settings(cfg.dream), seed, cfg.evolve.final_episodes)
+        self.learner_state, self.imagination = training.learner_state(), None
+        self.record.update(dream_return=dream, imagination_steps=learner.steps, start_states=len(pool.latent))
+        self.generations_done = learner.steps
+        self.phase = "evaluate"
+        self.save()
+
     def real_envs(self, seed: int):
         """evolve.eval_envs real envs for scoring controllers, seeded by `seed`, at the curriculum's start."""
         envs = eval_envs(self.cfg, seed)
@@ -558,66 +644,40 @@ class Cycle:
         return None if self.curriculum is None else self.curriculum.stage.env_kwargs()
 
     def evaluate(self, stop: GracefulStop) -> None:
-        """Score the chosen controller in the real env, keep it if it is the best so far, log the iteration, draw
+        """Score this iteration's agent in the real env, keep it if it is the best so far, log the iteration, draw
         the learning curve and a video, and decide whether to go on."""
         cfg, k = self.cfg, self.iteration
-        ecfg, seed = cfg.evolve, iteration_seed(cfg.run.seed, k)
-        envs = self.real_envs(seed)
-        try:
-            agent = LatentAgent(self.model, self.controller, self.chosen, ecfg.eval_envs)
-            recording = agent.record(cfg.world_model.video_steps) if self.makes_videos else None
-            real = score_in_env(envs, agent, self.chosen, ecfg.eval_episodes, seed, cfg.run.progress)
-        finally:
-            envs.close()
+        real, recording = self.score(iteration_seed(cfg.run.seed, k))
         self.eval_env_steps += real["eval_env_steps"]
         improved = improves(self.chosen, self.best, real["eval_return_mean"], self.best_return)
+        dream = self.record["dream_return"]
         record = {
             **self.record,
             **real,
-            "dream_real_gap": self.record["dream_return"] - real["eval_return_mean"],
+            "dream_real_gap": None if dream is None else dream - real["eval_return_mean"],
             "env_steps": self.env_steps,
             "eval_env_steps_total": self.eval_env_steps,
             "best": improved,
         }
         if self.curriculum is not None:  # the stage it was evaluated on; the next iteration's may be wider
             record["start_stage"] = self.curriculum.index
-            if self.curriculum.update(real.get("eval_success_rate", 0.0)):
-                stage = self.curriculum.stage
-                where = "anywhere in the lot"
-                if stage.distance is not None:
-                    where = "{:.1f} to {:.1f} m away".format(*stage.distance)
-                self.announce(
-                    f"the start widens to stage {self.curriculum.index}: {where}, the nose within "
-                    f"{math.degrees(stage.heading_spread):.0f} degrees of the space"
-                )
+            self.widen_start(real.get("eval_success_rate", 0.0))
         if recording is not None:
             record["video"] = self.write_video(recording)
         if improved:
             self.best, self.best_return, self.best_iteration = self.chosen, real["eval_return_mean"], k
-            world_model = {
-                "model": self.model.state_dict(),
-                "env_spec": self.spec.to_dict(),
-                "decoder": None if self.decoder is None else self.decoder.state_dict(),
-            }
-            save_controller(
-                self.run.checkpoint_dir / "best.pt",
-                "cycle",
-                self.controller,
-                self.best,
-                cfg,
-                {"iteration": k},
-                record,
-                world_model,
-            )
+            if self.agent == "es":  # the others leave no controller to replay
+                self.save_best(record)
         self.history.append(record)
         # tensorboard's axis: the real env steps collected, the x of a sample-efficiency curve, comparable across runs
         self.run.log(self.cycle_step(), iteration_metrics(record, self.best_return), tb_step=self.env_steps)
         if self.run.writes:  # rank 0 alone under torchrun
             write_learning_curve(self.run.path / CURVE_PATH, self.history, cfg.env.id, self.target)
+        dream = "" if record["dream_return"] is None else f" (dream {record['dream_return']:.1f})"
         self.announce(
-            f"real return {record['eval_return_mean']:.1f} ± {record['eval_return_std']:.1f}{success_text(record)} "
-            f"(dream {record['dream_return']:.1f}); {self.env_steps} env steps collected so far; best "
-            f"{self.best_return:.1f} (iteration {self.best_iteration})"
+            f"real return {record['eval_return_mean']:.1f} ± {record['eval_return_std']:.1f}{success_text(record)}"
+            f"{dream}; {self.env_steps} env steps collected so far; best {self.best_return:.1f} (iteration "
+            f"{self.best_iteration})"
         )
         self.stopped = self.stop_reason()
         self.iteration += 1
@@ -625,6 +685,52 @@ class Cycle:
         self.episodes_at_start = len(self.store)
         self.chosen, self.record = None, {}
         self.save()
+
+    def score(self, seed: int) -> tuple[dict, Recording | None]:
+        """The agent of this iteration (the chosen controller, the planner or the actor) in evolve.eval_episodes real
+        episodes seeded by `seed`, without exploration: `score_in_env`'s figures with the milliseconds a decision took,
+        and the recording of the first episode where videos are made."""
+        ecfg = self.cfg.evolve
+        envs = self.real_envs(seed)
+        try:
+            agent = self.acting(ecfg.eval_envs, seed, self.chosen)
+            recording = agent.record(self.cfg.world_model.video_steps) if self.makes_videos else None
+            parameters = self.chosen if self.agent == "es" else np.zeros(0)  # the others act without parameters
+            real = score_in_env(envs, agent, parameters, ecfg.eval_episodes, seed, self.cfg.run.progress)
+        finally:
+            envs.close()
+        return {**real, "decision_ms": decision_ms(agent)}, recording
+
+    def widen_start(self, success_rate: float) -> None:
+        """Feed an evaluation's success rate to the start curriculum, and say so when its start widens."""
+        if not self.curriculum.update(success_rate):
+            return
+        stage = self.curriculum.stage
+        where = "anywhere in the lot"
+        if stage.distance is not None:
+            where = "{:.1f} to {:.1f} m away".format(*stage.distance)
+        self.announce(
+            f"the start widens to stage {self.curriculum.index}: {where}, the nose within "
+            f"{math.degrees(stage.heading_spread):.0f} degrees of the space"
+        )
+
+    def save_best(self, record: dict) -> None:
+        """checkpoints/best.pt: the best controller so far with this iteration's world model, for `wm eval --run`."""
+        world_model = {
+            "model": self.model.state_dict(),
+            "env_spec": self.spec.to_dict(),
+            "decoder": None if self.decoder is None else self.decoder.state_dict(),
+        }
+        save_controller(
+            self.run.checkpoint_dir / "best.pt",
+            "cycle",
+            self.controller,
+            self.best,
+            self.cfg,
+            {"iteration": self.iteration},
+            record,
+            world_model,
+        )
 
     @property
     def makes_videos(self) -> bool:
@@ -658,6 +764,7 @@ class Cycle:
         """summary.json's figures of the finished cycle."""
         last = self.history[-1]
         return {
+            "agent": self.agent,
             "stopped": self.stopped,
             "target_return": self.target,
             "iterations": len(self.history),
@@ -666,6 +773,7 @@ class Cycle:
             "eval_return_mean": last["eval_return_mean"],
             "eval_return_std": last["eval_return_std"],
             "dream_return": last["dream_return"],
+            "decision_ms": last["decision_ms"],
             **({"eval_success_rate": last["eval_success_rate"]} if "eval_success_rate" in last else {}),
             "best_eval_return": self.best_return,
             "best_iteration": self.best_iteration,
@@ -684,8 +792,10 @@ PHASES = ("collect", "train", "evolve", "evaluate")
 
 
 def phases(cfg: Config) -> tuple[str, ...]:
-    """The phases a run goes through: PHASES, and pretrain (iteration 0 alone) with cycle.perception=pretrain."""
-    return ("collect", "pretrain", *PHASES[1:]) if cfg.cycle.perception == "pretrain" else PHASES
+    """The phases a run goes through: PHASES, and pretrain (iteration 0 alone) with cycle.perception=pretrain; the
+    planner has no evolve (it searches at every real step), the actor-critic's evolve trains it in imagination."""
+    names = tuple(phase for phase in PHASES if phase != "evolve" or cfg.evolve.agent != "planner")
+    return ("collect", "pretrain", *names[1:]) if cfg.cycle.perception == "pretrain" else names
 
 
 def episode_frames(store: EpisodeStore, episodes: range) -> TensorImageDataset:
@@ -701,9 +811,10 @@ def rounded(seconds: dict[str, float]) -> dict[str, float]:
     return {phase: round(value, 2) for phase, value in seconds.items()}
 
 
-def improves(chosen: np.ndarray, best: np.ndarray | None, real_return: float, best_return: float) -> bool:
+def improves(chosen: np.ndarray | None, best: np.ndarray | None, real_return: float, best_return: float) -> bool:
     """Whether the chosen controller's real return makes it the best so far. The best controller chosen again (a
-    warm-started search's start) keeps its first score: the best of its repeated evaluations would flatter it."""
+    warm-started search's start) keeps its first score: the best of its repeated evaluations would flatter it. An
+    agent without parameters (None: the planner, the actor-critic) is a new one every iteration."""
     again = best is not None and np.array_equal(chosen, best)
     return not again and real_return > best_return
 
@@ -716,13 +827,14 @@ def reaches_target(record: dict, target: float | None, last_stage: int | None = 
 
 
 def iteration_metrics(record: dict, best_return: float) -> dict[str, float]:
-    """The log line of an evaluated iteration: cycle/ figures, and the real evaluation as eval/ (as `wm evolve`)."""
+    """The log line of an evaluated iteration: cycle/ figures, and the real evaluation as eval/ (as `wm evolve`);
+    no dream figures where the agent has no dream return."""
     extra = {}  # where the env reports success, and where the start follows a curriculum
     if "eval_success_rate" in record:
         extra = {"cycle/success_rate": record["eval_success_rate"], "eval/success_rate": record["eval_success_rate"]}
     if "start_stage" in record:
         extra["cycle/start_stage"] = record["start_stage"]
-    return {
+    metrics = {
         "cycle/iteration": record["iteration"],
         "cycle/env_steps": record["env_steps"],
         "cycle/return_mean": record["eval_return_mean"],
@@ -737,6 +849,7 @@ def iteration_metrics(record: dict, best_return: float) -> dict[str, float]:
         "eval/return_std": record["eval_return_std"],
         **extra,
     }
+    return {key: value for key, value in metrics.items() if value is not None}  # the planner has no dream return
 
 
 HPARAM_METRICS = ("cycle/return_mean", "cycle/best_return", "cycle/dream_return", "cycle/env_steps")
@@ -752,6 +865,7 @@ STOP_REASONS = {
 def report(run: Run, results: dict) -> None:
     """How the cycle ended and where to look, on stderr."""
     runs = run.path.parent
+    best = f"  best controller  {run.checkpoint_dir / 'best.pt'}\n" if results["agent"] == "es" else ""
     print(
         f"cycle done after {results['iterations']} iterations and {results['env_steps']} env steps collected: "
         f"{STOP_REASONS[results['stopped']].format(**results)}. Last real return {results['eval_return_mean']:.1f} ± "
@@ -761,7 +875,7 @@ def report(run: Run, results: dict) -> None:
         f"  summary          {run.path / 'summary.json'}\n"
         f"  learning curve   {run.path / CURVE_PATH}\n"
         f"  videos           {run.path / 'videos'}\n"
-        f"  best controller  {run.checkpoint_dir / 'best.pt'}\n"
+        f"{best}"
         f"  tensorboard      tensorboard --logdir {runs}",
         file=sys.stderr,
     )
@@ -811,13 +925,14 @@ def check_perception(cfg: Config, encoder: str | None = None) -> None:
 
 
 def check_config(cfg: Config, encoder: str | None = None) -> None:
-    """What a cycle checks before its run directory exists: the budget and the encoder (`check_perception`)."""
+    """What a cycle checks before its run directory exists: the budget, the encoder (`check_perception`), the agent
+    (the planner and the actor-critic run as one process) and the curriculum's env."""
     check_budget(cfg)
     check_perception(cfg, encoder)
-    if cfg.evolve.agent != "es":
+    if cfg.evolve.agent != "es" and distributed.launched():
         raise ConfigError(
-            f"evolve.agent={cfg.evolve.agent}: wm cycle evolves controllers (evolve.agent=es) for now; run the "
-            f"{cfg.evolve.agent} with `wm evolve --world-model <a cycle or train run>` on the same model"
+            f"evolve.agent={cfg.evolve.agent}: wm cycle runs on several processes (torchrun) with evolve.agent=es "
+            f"alone (each process would repeat the {cfg.evolve.agent}'s work); run it as one process"
         )
     if cfg.cycle.start_curriculum and parse_env_id(cfg.env.id.rsplit(":", 1)[-1])[1] not in PARKING_NAMES:
         raise ConfigError(

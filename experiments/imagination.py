@@ -16,6 +16,9 @@ run.checkpoint_every steps, at the end and on SIGINT/SIGTERM; `--resume` continu
 the same thread count), so a killed run ends with the parameters an uninterrupted one ends with. It writes no
 best.pt: there is no controller for `wm eval`, `wm video` or `wm export` to replay, as with the planner.
 
+`wm cycle --set evolve.agent=actor_critic` trains the same way (`ImaginationTraining`) once per iteration, inside its
+own checkpoints and on its own step axis.
+
 The loop lives in experiments/ rather than agents/ because it drives checkpoints and logging, which live in
 experiments/ and which agents/ may not import.
 """
@@ -25,12 +28,15 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from agents.actor_critic import ActorCritic, ActorCriticAgent, ActorCriticSettings
+from agents.agent import decision_ms
+from envs import EnvSpec
 from experiments import config as config_lib
 from experiments.checkpoint import CheckpointError, load_latest, save_checkpoint
 from experiments.config import ActorCriticConfig, Config
@@ -49,6 +55,7 @@ from experiments.runtime import (
     step_rng,
 )
 from worldmodel.dream.rollout import DreamSettings, DreamState, draw_noise, rollout
+from worldmodel.dynamics.world_model import WorldModel
 
 NONFINITE_LIMIT = 5  # training steps in a row with a non-finite loss or gradient before the run stops
 
@@ -59,12 +66,45 @@ def actor_critic_settings(cfg: ActorCriticConfig, seed: int) -> ActorCriticSetti
     return ActorCriticSettings(**fields, seed=seed)
 
 
-class ImaginationTraining:
-    """The actor-critic's training loop over a pool of start states, logged to `run`, checkpointed with its state."""
+def build_learner(model: WorldModel, spec: EnvSpec, cfg: Config, seed: int, device: torch.device) -> ActorCritic:
+    """A fresh actor-critic (actor_critic.*, seeded by `seed`) imagining in `model`'s dream (dream.*) of the env of
+    `spec`: `wm evolve`'s, and each of `wm cycle`'s before it loads its state."""
+    settings = actor_critic_settings(cfg.actor_critic, seed)
+    return ActorCritic(model, action_space(spec), settings, dream_settings(cfg.dream), device)
 
-    def __init__(self, learner: ActorCritic, pool: DreamState, cfg: Config, run: Run, provenance: dict):
+
+class ImaginationTraining:
+    """The actor-critic's training loop over a pool of start states, logged to `run`, checkpointed with its state.
+
+    `wm cycle` trains once per iteration: it passes its own checkpoint (`checkpointer`, in place of `save`'s, holding
+    `learner_state`) and shifts the step of every log line onto its own step axis (`log_offset`), as for `Evolution`.
+    """
+
+    def __init__(
+        self,
+        learner: ActorCritic,
+        pool: DreamState,
+        cfg: Config,
+        run: Run,
+        provenance: dict,
+        checkpointer: Callable[[], None] | None = None,
+        log_offset: int = 0,
+    ):
         self.learner, self.pool, self.cfg, self.run, self.provenance = learner, pool, cfg, run, provenance
+        self.checkpointer, self.log_offset = checkpointer, log_offset
         self.guard = NonFiniteGuard(NONFINITE_LIMIT, "lower actor_critic.actor_lr and actor_critic.critic_lr")
+
+    def learner_state(self) -> dict:
+        """The learner's state and the non-finite guard's: what continues the training exactly."""
+        return {"actor_critic": self.learner.state_dict(), "nonfinite": self.guard.state_dict()}
+
+    def load_learner(self, state: dict, path: Path | str) -> None:
+        """Continue from `learner_state()` (within a checkpoint at `path`, named in the error)."""
+        try:
+            self.learner.load_state_dict(state["actor_critic"])
+        except (KeyError, ValueError) as error:
+            raise CheckpointError(f"{path} holds no actor-critic of this shape: {error}") from None
+        self.guard.load_state_dict(state["nonfinite"])
 
     def state_dict(self) -> dict:
         return {
@@ -73,28 +113,27 @@ class ImaginationTraining:
             "step": self.learner.steps,
             "config": config_lib.to_dict(self.cfg),
             "data": self.provenance,
-            "actor_critic": self.learner.state_dict(),
-            "nonfinite": self.guard.state_dict(),
+            **self.learner_state(),
             "rng": rng_state(),
         }
 
     def save(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer()
+            return
         save_checkpoint(self.run.checkpoint_dir / "latest.pt", self.state_dict())
         self.run.write_summary(step=self.learner.steps)
 
     def load_state(self, state: dict, path: Path) -> None:
-        try:
-            self.learner.load_state_dict(state["actor_critic"])
-        except (KeyError, ValueError) as error:
-            raise CheckpointError(f"{path} holds no actor-critic of this shape: {error}") from None
-        self.guard.load_state_dict(state["nonfinite"])
+        self.load_learner(state, path)
         set_rng_state(state["rng"])
         print(f"resumed from {path} at step {self.learner.steps}", file=sys.stderr)
 
-    def train(self, stop: GracefulStop) -> None:
-        """Train up to actor_critic.steps, logging every run.log_every steps and saving every run.checkpoint_every."""
-        total, rcfg = self.cfg.actor_critic.steps, self.cfg.run
-        self.run.start_at(self.learner.steps)
+    def train(self, stop: GracefulStop, until: int | None = None) -> None:
+        """Train up to step `until` (default actor_critic.steps), logging every run.log_every steps and saving every
+        run.checkpoint_every."""
+        total, rcfg = self.cfg.actor_critic.steps if until is None else until, self.cfg.run
+        self.run.start_at(self.learner.steps + self.log_offset)
         bar = Progress(total, "imagine", initial=self.learner.steps, unit="step", enabled=rcfg.progress)
         while self.learner.steps < total:
             rebalance_threads()  # a neighbour that came or went since the last look
@@ -108,7 +147,7 @@ class ImaginationTraining:
                 continue  # the same step again, on the next draws of the learner's generator
             step = self.learner.steps
             if step % rcfg.log_every == 0 or step == total:
-                self.run.log(step, {**result.metrics, "perf/step_s": time.monotonic() - start})
+                self.run.log(step + self.log_offset, {**result.metrics, "perf/step_s": time.monotonic() - start})
             bar.update(1, ret=result.metrics["dream/return_mean"])
             done = step == total
             stopping = stop.check()
@@ -161,9 +200,7 @@ def train_actor_critic(run: Run, stop: GracefulStop, world_model: Path, world: L
             raise CheckpointError(f"{resume[1]} was written under another config:\n  " + "\n  ".join(differences))
     settings = dream_settings(cfg.dream)
     pool = start_pool(world, cfg, device)
-    learner = ActorCritic(
-        model, action_space(world.spec), actor_critic_settings(cfg.actor_critic, cfg.run.seed), settings, device
-    )
+    learner = build_learner(model, world.spec, cfg, cfg.run.seed, device)
     provenance = {
         "world_model": str(world.checkpoint.resolve()),
         "world_model_sha256": world.sha256,
@@ -188,7 +225,7 @@ def train_actor_critic(run: Run, stop: GracefulStop, world_model: Path, world: L
     finally:
         envs.close()
     figures["dream_real_gap"] = figures["dream_return"] - figures["eval_return_mean"]
-    figures["decision_ms"] = 1000 * agent.seconds / max(agent.decisions, 1)  # one call decides for every sub-env
+    figures["decision_ms"] = decision_ms(agent)
     figures["steps"] = learner.steps
     run.log(learner.steps, {f"eval/{key.removeprefix('eval_')}": v for key, v in figures.items() if _number(v)})
     print(

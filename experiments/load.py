@@ -313,11 +313,11 @@ def load_player(path: str | os.PathLike) -> Player:
     a run without a controller yet gets its latest world model and `parameters` None."""
     path = Path(path)
     cfg, command = read_run(path)
-    if command == "evolve" and cfg.evolve.agent != "es":
+    if command in ("evolve", "cycle") and cfg.evolve.agent != "es":
         raise RunError(
-            f"{path}: a `wm evolve` run of evolve.agent={cfg.evolve.agent} holds no evolved controller to play (its "
+            f"{path}: a `wm {command}` run of evolve.agent={cfg.evolve.agent} holds no evolved controller to play (its "
             "figures are in summary.json); wm eval, wm video and wm export play the controller of an evolve.agent=es "
-            "or `wm cycle` run"
+            "run"
         )
     best = path / "checkpoints" / "best.pt"
     if not best.is_file():

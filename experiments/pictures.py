@@ -109,7 +109,7 @@ def draw_axes(
 
 def learning_curve(history: list[dict], title: str, target: float | None = None) -> Image.Image:
     """Real return (mean ± std over the evaluation episodes) and dream return against the env steps used, one
-    point per iteration."""
+    point per iteration (no dream point where the agent has no dream return: the planner's)."""
     image = Image.new("RGB", CURVE_SIZE, (255, 255, 255))
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = CURVE_MARGIN
@@ -117,8 +117,8 @@ def learning_curve(history: list[dict], title: str, target: float | None = None)
     x = [r["env_steps"] for r in history]
     real = [r["eval_return_mean"] for r in history]
     spread = [r["eval_return_std"] for r in history]
-    dream = [r["dream_return"] for r in history]
-    values = [bound for m, s in zip(real, spread, strict=True) for bound in (m - s, m + s)] + dream
+    dreamt = [(r["env_steps"], r["dream_return"]) for r in history if r["dream_return"] is not None]
+    values = [bound for m, s in zip(real, spread, strict=True) for bound in (m - s, m + s)] + [v for _, v in dreamt]
     values += [target] if target is not None else []
     y_low, y_high = min(values + [0.0]), max(values + [1.0])
     y_pad = 0.05 * (y_high - y_low)
@@ -131,8 +131,8 @@ def learning_curve(history: list[dict], title: str, target: float | None = None)
         _, y = point(0, target)
         for start in range(left, left + width, 12):  # dashed
             draw.line([(start, y), (min(start + 6, left + width), y)], fill=TARGET_COLOUR, width=2)
-    for values_, colour in ((dream, DREAM_COLOUR), (real, REAL_COLOUR)):
-        points = [point(s, v) for s, v in zip(x, values_, strict=True)]
+    for pairs, colour in ((dreamt, DREAM_COLOUR), (list(zip(x, real, strict=True)), REAL_COLOUR)):
+        points = [point(s, v) for s, v in pairs]
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)
         for px, py in points:
@@ -142,7 +142,7 @@ def learning_curve(history: list[dict], title: str, target: float | None = None)
         draw.line([(px, y_top), (px, y_bottom)], fill=REAL_COLOUR, width=1)
         draw.line([(px - 5, y_top), (px + 5, y_top)], fill=REAL_COLOUR)
         draw.line([(px - 5, y_bottom), (px + 5, y_bottom)], fill=REAL_COLOUR)
-    legend = [("real return (mean ± std)", REAL_COLOUR), ("dream return", DREAM_COLOUR)]
+    legend = [("real return (mean ± std)", REAL_COLOUR)] + ([("dream return", DREAM_COLOUR)] if dreamt else [])
     legend += [("target", TARGET_COLOUR)] if target is not None else []
     for row, (label, colour) in enumerate(legend):
         y = top + 12 + 16 * row

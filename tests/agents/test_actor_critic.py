@@ -176,6 +176,18 @@ def test_imagination_and_actions_have_their_shapes_and_stay_in_the_space(kind, s
         assert action_space.contains(action.astype(action_space.dtype)), action
 
 
+def test_training_freezes_the_world_model_only_while_it_steps():
+    """`wm cycle` trains the same world model between two imaginations: a step must hand back its own flags."""
+    learner = make_learner("stochastic", "continuous")
+    model = learner.model
+    model.backbone.requires_grad_(False)  # a frozen encoder beside trained parts
+    flags = [parameter.requires_grad for parameter in model.parameters()]
+    assert any(flags) and not all(flags)
+    train(learner, real_pool(learner), 2)
+    assert [parameter.requires_grad for parameter in model.parameters()] == flags
+    assert all(parameter.grad is None for parameter in model.parameters())  # no gradient reached the model's weights
+
+
 @pytest.mark.parametrize("space", sorted(SPACES))
 def test_the_same_seed_trains_the_same_networks_and_another_seed_others(space):
     runs = {}

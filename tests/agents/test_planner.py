@@ -173,6 +173,24 @@ def test_same_seed_same_actions(kind, space):
 
 
 @pytest.mark.parametrize("space", sorted(SPACES))
+def test_exploration_noise_on_the_plans_is_seeded_and_stays_in_the_space(space):
+    """A cycle collects with the planner plus `wm cycle`'s exploration noise (agents.agent.explore)."""
+    obs = observations(6, num_envs=3)
+
+    def actions(exploration: float, seed: int) -> np.ndarray:
+        agent = make_agent("stochastic", space, num_envs=3)
+        agent = PlanningAgent(agent.planner, exploration, seed)
+        return drive(agent, obs)
+
+    greedy, noisy = actions(0.0, 0), actions(1.0, 0)
+    assert not np.array_equal(greedy, noisy) and np.array_equal(noisy, actions(1.0, 0))
+    flat = noisy.reshape(18) if space == "discrete" else noisy.reshape(18, 2)  # (T, N, ...) -> (T*N, ...)
+    assert all(SPACES[space].contains(action) for action in flat)
+    with pytest.raises(ValueError, match="exploration"):
+        PlanningAgent(make_agent("stochastic", space).planner, 1.5)
+
+
+@pytest.mark.parametrize("space", sorted(SPACES))
 def test_warm_start_changes_nothing_after_reset_of_all(space):
     # Both draw the same noise per decision, so after a reset of every env the warm-started one plans as the other.
     warm, cold = make_agent("stochastic", space), make_agent("stochastic", space, warm_start=False)

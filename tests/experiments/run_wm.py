@@ -68,3 +68,8 @@ def tensorboard_events(run: Path):
 
 def tensors_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def untimed(history: list[dict]) -> list[dict]:
+    """A cycle's per-iteration records without their timing (decision_ms), which no two runs share."""
+    return [{key: value for key, value in record.items() if key != "decision_ms"} for record in history]
