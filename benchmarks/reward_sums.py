@@ -3,13 +3,16 @@
     python benchmarks/reward_sums.py --world-model RUN
     python benchmarks/reward_sums.py --world-model RUN --episodes 50 --burn-in 5
     python benchmarks/reward_sums.py --world-model RUN --quick      # a few episodes: a check that it runs
+    python benchmarks/reward_sums.py --world-model RUN --store DIR  # every episode of another store of the same env
 
 A controller is chosen by the sum of the dream's predicted rewards over hundreds of steps, so per-step reward errors
 that look small in the training metrics (`reward_error`, one step, teacher-forced) can add up to more than what
 tells a good episode from a bad one (Parking's success bonus is 5). This measures the sums on one `wm train` (or
 `wm cycle`) run's world model, along the episodes of its store that it did not train on (the held-out episodes of its
-split; the store's last ones when no split is recorded). For each episode of L transitions (steps 0..L, rewards
-r_1..r_L, actions a_1..a_L; see `worldmodel.dynamics.world_model` for the time convention):
+split; the store's last ones when no split is recorded), or along every episode of another store of the same env
+(`--store`: e.g. a scripted policy's episodes that reach the success a random policy rarely does). For each episode
+of L transitions (steps 0..L, rewards r_1..r_L, actions a_1..a_L; see `worldmodel.dynamics.world_model` for the time
+convention):
 
     teacher-forced   every frame filtered (`WorldModel.filter_step`: the stochastic model's posterior mean, the
                      deterministic model's encoder latent), the reward head read at each state h_t, z_t; the sum over
@@ -26,10 +29,16 @@ Prints JSON lines {"bench": "reward_sums", "metric", "value", "unit", ...the set
     teacher_forced_error_median, teacher_forced_error_mean      |predicted sum - real sum| over the episodes
     open_loop_error_median, open_loop_error_mean                (each with `bias`: the mean signed error)
     open_loop_expected_error_median, open_loop_expected_error_mean
+    open_loop_zero_error_median, open_loop_zero_error_mean   the same of a head predicting 0 at every step (|real sum|):
+                                a head must beat it to tell episodes apart at all
     real_return_median          the median real return of the episodes
     episodes, mean_length       how many episodes, and their mean number of transitions L
     open_loop_error_of_bonus    open_loop_error_median / the env's success bonus (only where the env module names one,
                                 as a SUCCESS_BONUS constant)
+    bonus_episodes, penalty_episodes   (with a bonus only) how many episodes hold a step paid at least half the bonus
+                                (Parking: parked), or charged at least half of it (Parking: left the lot)
+    bonus_teacher_forced_error_median, bonus_open_loop_error_median, and the same for penalty_: the median errors
+                                over those episodes alone (null where there are none)
 
 The episodes are padded to the longest and run as one batch: one loop over time steps, every episode in each step.
 """
@@ -55,6 +64,7 @@ import torch  # noqa: E402
 
 from envs import Episode, EpisodeStore  # noqa: E402
 from experiments.checkpoint import read_checkpoint  # noqa: E402
+from experiments.collection import check_episode_store  # noqa: E402
 from experiments.load import load_world_model, run_checkpoint  # noqa: E402
 from experiments.runtime import resolve_device  # noqa: E402
 from experiments.windows import split_episodes  # noqa: E402
@@ -224,11 +234,13 @@ def reward_sums(model: WorldModel, batch: EpisodeBatch, burn_in: int) -> RewardS
 
 
 def error_figures(sums: RewardSums) -> dict[str, tuple[float, float, float]]:
-    """{name: (median, mean absolute error, mean signed error)} of each predicted sum; NaN over no episodes."""
+    """{name: (median, mean absolute error, mean signed error)} of each predicted sum, and of a head that predicts 0
+    at every step over the open loop's steps ("open_loop_zero": the floor a head must beat); NaN over no episodes."""
     pairs = {
         "teacher_forced": (sums.teacher_forced, sums.real, torch.ones_like(sums.imagined)),
         "open_loop": (sums.open_loop, sums.real_imagined, sums.imagined),
         "open_loop_expected": (sums.open_loop_expected, sums.real_imagined, sums.imagined),
+        "open_loop_zero": (torch.zeros_like(sums.real_imagined), sums.real_imagined, sums.imagined),
     }
     figures = {}
     for name, (predicted, real, counted) in pairs.items():
@@ -238,6 +250,24 @@ def error_figures(sums: RewardSums) -> dict[str, tuple[float, float, float]]:
         else:  # numpy's median: the mean of the two middle values of an even count (torch's takes the lower one)
             figures[name] = (float(np.median(np.abs(error))), float(np.abs(error).mean()), float(error.mean()))
     return figures
+
+
+def bonus_episode_figures(
+    sums: RewardSums, reward: torch.Tensor, bonus: float
+) -> dict[str, tuple[int, dict[str, tuple[float, float, float]]]]:
+    """The episodes a success bonus (or its penalty) was paid in, and `error_figures` over them alone: a random
+    policy rarely parks, so the figures over all episodes say little about the steps a controller is chosen for.
+
+    Args:
+        sums: B episodes' sums; reward: (B, T) their real rewards; bonus: the env's success bonus.
+    Returns:
+        {"bonus": (count, figures), "penalty": (count, figures)}: episodes with a reward >= bonus / 2, <= -bonus / 2.
+    """
+    kinds = {"bonus": reward.max(dim=1).values >= bonus / 2, "penalty": reward.min(dim=1).values <= -bonus / 2}
+    return {
+        kind: (int(paid.sum()), error_figures(RewardSums(*(field[paid] for field in sums))))
+        for kind, paid in kinds.items()
+    }
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -252,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help=f"at most {QUICK_EPISODES} episodes: a check that it runs")
+    parser.add_argument("--store", metavar="DIR", help="use every episode of this episode store of the run's env")
     args = parser.parse_args(argv)
     least = {"--episodes": (args.episodes, 1), "--burn-in": (args.burn_in, 0), "--threads": (args.threads, 1)}
     for flag, (value, minimum) in least.items():
@@ -264,11 +295,16 @@ def main(argv: list[str] | None = None) -> None:
     world = load_world_model(Path(args.world_model), device=device)
     cfg = world.config
     burn_in = cfg.dream.burn_in if args.burn_in is None else args.burn_in
-    indices, source = held_out_episodes(state, world.store, cfg.world_model.eval_fraction)
+    if args.store is None:
+        store = world.store
+        indices, source = held_out_episodes(state, store, cfg.world_model.eval_fraction)
+        cache = store.latents(world.latent_key) if world.latent_key is not None else None
+    else:  # its frames are encoded here: the store's own latent cache may hold another encoder's features
+        store = EpisodeStore(check_episode_store(Path(args.store), world.spec), world.spec)
+        indices, source, cache = list(range(len(store))), f"every episode of {args.store}", None
     count = args.episodes if args.episodes is not None else (QUICK_EPISODES if args.quick else len(indices))
     indices = indices[:count]
-    cache = world.store.latents(world.latent_key) if world.latent_key is not None else None
-    episodes = [world.store.episode(i) for i in indices]
+    episodes = [store.episode(i) for i in indices]
     features = [cache.get(i) if cache is not None and i in cache else None for i in indices]
 
     batch = episode_batch(world.model, episodes, features, device)
@@ -294,6 +330,10 @@ def main(argv: list[str] | None = None) -> None:
     bonus = success_bonus(cfg.env.id)
     if bonus is not None:
         emit("open_loop_error_of_bonus", figures["open_loop"][0] / bonus, "share of the bonus", bonus=bonus, **setting)
+        for kind, (count, paid) in bonus_episode_figures(sums, batch.reward, bonus).items():
+            emit(f"{kind}_episodes", count, "episodes", bonus=bonus, **setting)
+            for name in ("teacher_forced", "open_loop"):
+                emit(f"{kind}_{name}_error_median", paid[name][0], "return", episodes=count, **setting)
 
 
 if __name__ == "__main__":

@@ -339,6 +339,7 @@ WORLD_MODEL_KEYWORDS = (
     "latent",
     "free_nats",
     "kl_balance",
+    "reward_loss",
 )
 PREDICTION_DEPTHS = (1, 5, 15)  # open-loop depths k of the pred_error_k* metrics
 
@@ -383,6 +384,8 @@ class WorldModelConfig:
     """'stochastic': the KL term counts only above this many nats per step."""
     kl_balance: float = 0.8
     """'stochastic': share of the KL's gradient that moves the prior towards the posterior (the rest the reverse)."""
+    reward_loss: Literal["mse", "twohot"] = "mse"
+    """The reward head's loss: 'mse' (squared error of one output) or 'twohot' (DreamerV3's symlog two-hot bins)."""
     # -- collection
     collect_steps: int = 12000
     """Random-policy transitions to collect before training (summed over envs; ignored with --episodes)."""
@@ -594,7 +597,7 @@ class EvolveConfig:
     """What acts on the world model: 'es', a controller evolved with CMA-ES in the dream (evolve.*); 'planner', no
     search beforehand: at every real step a planner searches action sequences in the dream (planner.*);
     'actor_critic', an actor and a critic trained on imagined trajectories of the dream (actor_critic.*). `wm cycle`
-    runs 'es' alone for now."""
+    runs each (docs/cycle.md, "Other agents")."""
     controller: Literal["linear", "mlp"] = "linear"
     """Controller over [z, h]: 'linear' (as in World Models) or 'mlp' (one tanh hidden layer)."""
     controller_hidden: int = 32

@@ -75,6 +75,7 @@ def test_constant_heads_give_hand_computed_sums(latent):
     assert figures["teacher_forced"] == pytest.approx((3.75, 12.0 / 3, -12.0 / 3))
     assert figures["open_loop"] == pytest.approx((0.75 * 5, 0.75 * 5, -0.75 * 5))
     assert figures["open_loop_expected"][0] == pytest.approx(((3 - expected[0]) + (7 - expected[1])).item() / 2)
+    assert figures["open_loop_zero"] == pytest.approx((5.0, 5.0, -5.0))  # |3| and |7|
 
 
 @pytest.mark.parametrize("latent", LATENTS)
@@ -109,8 +110,24 @@ def test_teacher_forced_sums_read_the_states_real_states_gives(latent):
 
 def test_a_success_bonus_is_read_only_where_the_env_names_one():
     assert reward_sums.success_bonus("CartPole-v1") is None
-    bonus = reward_sums.success_bonus("wm/Parking-v0")
-    assert bonus is None or bonus == 5.0  # None until envs/parking.py names its +5 as SUCCESS_BONUS
+    assert reward_sums.success_bonus("wm/Parking-v0") == reward_sums.success_bonus("ParkingLot-v0") == 5.0
+
+
+@pytest.mark.parametrize("latent", LATENTS)
+def test_bonus_episodes_are_those_paid_or_charged_half_the_bonus_and_their_figures_theirs_alone(latent):
+    """Bonus 4: an episode with a step of +2 counts as paid, one with -2 as charged, one with 1.9 as neither."""
+    model = tiny_model(latent)
+    model.reward_head, model.cont_head = Constant(0.0), Constant(0.0)
+    episodes = [episode(6, seed, 1.0) for seed in range(3)]
+    for real, paid in zip(episodes, [2.0, -2.0, 1.9], strict=True):
+        real.reward[-1] = paid
+    batch = reward_sums.episode_batch(model, episodes)
+    sums = reward_sums.reward_sums(model, batch, burn_in=2)
+    figures = reward_sums.bonus_episode_figures(sums, batch.reward, bonus=4.0)
+    assert figures["bonus"][0] == figures["penalty"][0] == 1
+    # A head of 0: the errors are the real sums, 5 + 2 (paid) and 5 - 2 (charged); open loop over steps 3..6.
+    assert figures["bonus"][1]["teacher_forced"] == pytest.approx((7.0, 7.0, -7.0))
+    assert figures["penalty"][1]["open_loop"] == pytest.approx((1.0, 1.0, -1.0))
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +144,7 @@ def world_model(tmp_path_factory):
 
 METRICS = {
     f"{name}_error_{figure}"
-    for name in ("teacher_forced", "open_loop", "open_loop_expected")
+    for name in ("teacher_forced", "open_loop", "open_loop_expected", "open_loop_zero")
     for figure in ("median", "mean")
 } | {"real_return_median", "episodes", "mean_length"}
 
@@ -145,3 +162,26 @@ def test_a_debug_run_prints_every_metric_on_its_held_out_episodes(world_model):
     quick = records_of(run_script("reward_sums.py", "--world-model", str(world_model), "--quick", "--burn-in", "0"))
     assert set(quick) == METRICS and quick["episodes"]["value"] == reward_sums.QUICK_EPISODES
     assert quick["open_loop_error_median"]["burn_in"] == 0
+
+
+@pytest.mark.slow
+def test_an_env_with_a_success_bonus_gets_its_share_and_its_bonus_episodes(world_model, monkeypatch, capsys):
+    """CartPole named as if its module held Parking's SUCCESS_BONUS: the lines Parking's runs print."""
+    monkeypatch.setitem(reward_sums.SUCCESS_BONUSES, "CartPole-v1", ("envs.parking", "SUCCESS_BONUS"))
+    reward_sums.main(["--world-model", str(world_model), "--quick"])
+    records = {r["metric"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    share, median = records["open_loop_error_of_bonus"], records["open_loop_error_median"]["value"]
+    assert share["bonus"] == 5.0 and share["value"] == pytest.approx(median / 5, abs=1e-4)
+    assert records["bonus_episodes"]["value"] == 0  # CartPole pays 1 a step: no step is worth half the bonus
+    assert records["bonus_open_loop_error_median"]["value"] is None
+
+
+@pytest.mark.slow
+def test_another_store_is_read_whole(world_model):
+    """--store: every episode of the given store (here the run's own), its frames encoded afresh."""
+    records = records_of(
+        run_script("reward_sums.py", "--world-model", str(world_model), "--store", str(world_model / "episodes"))
+    )
+    summary = json.loads((world_model / "summary.json").read_text())
+    assert records["episodes"]["value"] == summary["data"]["num_episodes"]
+    assert records["episodes"]["episodes_from"] == f"every episode of {world_model / 'episodes'}"

@@ -65,6 +65,7 @@ class JEPAWorldModel(WorldModel):
         freeze_encoder: bool = False,
         input_blur: float = 0.0,
         pooling: str = "mean",
+        reward_loss: str = "mse",
         collapse_guard: str = "ema",
         sigreg_directions: int = 256,
         sigreg_points: int = 17,
@@ -83,6 +84,7 @@ class JEPAWorldModel(WorldModel):
             freeze_encoder=freeze_encoder,
             input_blur=input_blur,
             pooling=pooling,
+            reward_loss=reward_loss,
         )
         self.collapse_guard = collapse_guard
         self.sigreg_directions = sigreg_directions
@@ -226,8 +228,8 @@ class JEPAWorldModel(WorldModel):
         3. From every warm step s with a successor, unroll open-loop `horizon` steps (`open_loop`), feeding the
            model's own ẑ back in, and compare ẑ_{s+k} with the target latent of step s + k; pairs that would leave
            the window or cross an is_first are not unrolled. Every k counts equally.
-        4. Reward (MSE) and continue (BCE on batch.cont, so a truncated end trains towards 1) at the warm
-           teacher-forced states (h_t, real z_t) and at every open-loop state (h, ẑ).
+        4. Reward (`reward_error`: MSE or two-hot) and continue (BCE on batch.cont, so a truncated end trains
+           towards 1) at the warm teacher-forced states (h_t, real z_t) and at every open-loop state (h, ẑ).
         5. Ensemble: each member regresses the target latent from the detached open-loop h (so the ensemble does not
            shape the dynamics).
         6. Under "sigreg": SIGReg of all online latents of the batch (its random directions from `generator`,
@@ -249,8 +251,8 @@ class JEPAWorldModel(WorldModel):
 
         # Reward and continue: teacher-forced states and open-loop states pooled into one mean.
         reward_error = [
-            (self.reward(hidden, z) - batch.reward).pow(2),  # (B, T)
-            (self.reward(roll.hidden, roll.latent) - roll.at_targets(batch.reward)).pow(2),  # (N,)
+            self.reward_error(hidden, z, batch.reward),  # (B, T)
+            self.reward_error(roll.hidden, roll.latent, roll.at_targets(batch.reward)),  # (N,)
         ]
         cont_error = [
             F.binary_cross_entropy_with_logits(self.cont(hidden, z), batch.cont, reduction="none"),

@@ -87,6 +87,7 @@ class RSSMWorldModel(WorldModel):
         freeze_encoder: bool = True,
         input_blur: float = 0.0,
         pooling: str = "mean",
+        reward_loss: str = "mse",
         free_nats: float = 1.0,
         kl_balance: float = 0.8,
     ):
@@ -104,6 +105,7 @@ class RSSMWorldModel(WorldModel):
             freeze_encoder=freeze_encoder,
             input_blur=input_blur,
             pooling=pooling,
+            reward_loss=reward_loss,
         )
         self.free_nats, self.kl_balance = float(free_nats), float(kl_balance)
         self.projection = mlp(self.feature_dim, mlp_dim, mlp_dim)  # the frame's embedding e_t
@@ -235,7 +237,7 @@ class RSSMWorldModel(WorldModel):
         - "latent": predict the frame's standardised frozen features from [h_t, z_t] (half the squared error,
           summed over features: a unit-variance Gaussian's negative log-likelihood);
         - "kl": KL(posterior || prior) per step, each direction at least `free_nats`, balanced by `kl_balance`;
-        - "reward" (MSE) and "cont" (BCE) on [h_t, z_t];
+        - "reward" (`reward_error`: MSE or two-hot) and "cont" (BCE) on [h_t, z_t];
         - "ensemble": each member regresses the posterior's mean from the detached h_t (disagreement only).
 
         The posterior's noise is drawn from `generator` (the global generator when None) for the whole batch, and
@@ -258,7 +260,7 @@ class RSSMWorldModel(WorldModel):
         kl_prior = gaussian_kl(posterior.detach(), prior).clamp(min=self.free_nats)  # (B, T): moves the prior
         kl_posterior = gaussian_kl(posterior, prior.detach()).clamp(min=self.free_nats)  # moves the posterior
         losses["kl"] = masked_mean(self.kl_balance * kl_prior + (1 - self.kl_balance) * kl_posterior, None, shard)
-        losses["reward"] = masked_mean((self.reward(hidden, z) - batch.reward).pow(2), None, shard)
+        losses["reward"] = masked_mean(self.reward_error(hidden, z, batch.reward), None, shard)
         cont = F.binary_cross_entropy_with_logits(self.cont(hidden, z), batch.cont, reduction="none")
         losses["cont"] = masked_mean(cont, None, shard)
         members = self.ensemble(hidden.detach().reshape(B * T, -1))  # (K, B*T, D)

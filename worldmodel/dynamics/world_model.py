@@ -237,6 +237,37 @@ def symlog(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log1p(x.abs())
 
 
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) (exp(|x|) - 1), the inverse of `symlog`."""
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+REWARD_LOSSES: tuple[str, ...] = ("mse", "twohot")
+"""How the reward head learns (the `reward_loss` keyword): "mse", one output regressed on the reward; "twohot",
+DreamerV3's logits over `TWOHOT_BINS` bins in symlog space, cross-entropy against the reward's two-hot encoding."""
+TWOHOT_BINS = 255
+TWOHOT_LIMIT = 20.0
+"""The bins are evenly spaced on [-TWOHOT_LIMIT, TWOHOT_LIMIT] in symlog space (DreamerV3's), rewards up to ~5e8."""
+
+
+def twohot(values: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Two-hot encoding of values on ascending bins: weight on the two bins around each value, in proportion to its
+    closeness, so that the weights times the bins give the value back (clamped to the bins' range).
+
+    Args:
+        values: (...) any shape; bins: (N,) ascending, N >= 2.
+    Returns:
+        (..., N) non-negative weights summing to 1.
+    """
+    values = values.clamp(bins[0], bins[-1])
+    below = (torch.searchsorted(bins, values.contiguous(), right=True) - 1).clamp(0, len(bins) - 2)  # (...)
+    lower, upper = bins[below], bins[below + 1]
+    weight_upper = (values - lower) / (upper - lower)  # (...) in [0, 1]
+    encoding = values.new_zeros(*values.shape, len(bins))  # (..., N)
+    encoding.scatter_(-1, below[..., None], (1 - weight_upper)[..., None])
+    return encoding.scatter_add_(-1, below[..., None] + 1, weight_upper[..., None])
+
+
 class Ensemble(nn.Module):
     """K independent two-layer MLPs evaluated as batched matmuls: x (N, in) -> (K, N, out).
 
@@ -315,6 +346,8 @@ class WorldModel(nn.Module, ABC):
             dilutes a small object in the background: a linear probe reads CartPole's pole angle from it with R²
             0.88-0.90 (three random ViTs), from mean and standard deviation with 0.996 (docs/perception.md). A grid
             keeps where things are in the image.
+        reward_loss: how the reward head learns, one of `REWARD_LOSSES`: "mse" (one output) or "twohot" (DreamerV3's
+            symlog two-hot bins); `reward` gives the predicted reward either way.
     """
 
     latent: ClassVar[str]
@@ -339,6 +372,7 @@ class WorldModel(nn.Module, ABC):
         freeze_encoder: bool,
         input_blur: float,
         pooling: str,
+        reward_loss: str,
     ):
         super().__init__()
         obs_shape = tuple(int(v) for v in obs_shape)
@@ -353,6 +387,7 @@ class WorldModel(nn.Module, ABC):
         self.freeze_encoder = freeze_encoder
         self.input_blur = float(input_blur)
         self.pooling = pooling
+        self.reward_loss = reward_loss
         self.is_pixels = len(obs_shape) == 3
 
         self.backbone: nn.Module
@@ -393,7 +428,17 @@ class WorldModel(nn.Module, ABC):
 
     def _add_heads(self, ensemble_size: int) -> None:
         """The reward and continue heads on [h, z] and the ensemble on h, last."""
-        self.reward_head = mlp(self.hidden_dim + self.latent_dim, self.mlp_dim, 1)
+        outputs = 1
+        if self.reward_loss == "twohot":
+            bins = torch.linspace(-TWOHOT_LIMIT, TWOHOT_LIMIT, TWOHOT_BINS)
+            self.register_buffer("reward_bins", bins, persistent=False)  # fixed: rebuilt, not saved
+            outputs = TWOHOT_BINS
+        self.reward_head = mlp(self.hidden_dim + self.latent_dim, self.mlp_dim, outputs)
+        if self.reward_loss == "twohot":
+            # DreamerV3 zero-initialises the reward head's output: it starts predicting 0 (uniform logits, the mean
+            # bin) rather than a random reward that the dream would sum over hundreds of steps.
+            nn.init.zeros_(self.reward_head[-1].weight)
+            nn.init.zeros_(self.reward_head[-1].bias)
         self.cont_head = mlp(self.hidden_dim + self.latent_dim, self.mlp_dim, 1)
         self.ensemble_heads = Ensemble(ensemble_size, self.hidden_dim, self.mlp_dim, self.latent_dim)
 
@@ -430,6 +475,11 @@ class WorldModel(nn.Module, ABC):
         require(options["input_blur"] >= 0, "input_blur", f"must be >= 0, got {options['input_blur']}")
         require(
             options["pooling"] in POOLINGS, "pooling", f"must be one of {tuple(POOLINGS)}, got {options['pooling']!r}"
+        )
+        require(
+            options["reward_loss"] in REWARD_LOSSES,
+            "reward_loss",
+            f"must be one of {REWARD_LOSSES}, got {options['reward_loss']!r}",
         )
 
     # ------------------------------------------------------------------ encoder
@@ -564,8 +614,24 @@ class WorldModel(nn.Module, ABC):
         """Teacher-forced along real windows: hidden (B, T, hidden_dim), z (B, T, D), latents to predict (B, T, D)."""
 
     def reward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Predicted reward of arriving at the step with state h (..., hidden_dim) and latent z (..., D) -> (...)."""
-        return self.reward_head(torch.cat([h, z], dim=-1)).squeeze(-1)
+        """Predicted reward of arriving at the step with state h (..., hidden_dim) and latent z (..., D) -> (...);
+        under "twohot" the symexp of the bins' mean under the head's softmax (DreamerV3's)."""
+        output = self.reward_head(torch.cat([h, z], dim=-1))  # (..., 1) or (..., TWOHOT_BINS)
+        if self.reward_loss == "mse":
+            return output.squeeze(-1)
+        return symexp(torch.softmax(output, dim=-1) @ self.reward_bins.to(output.dtype))
+
+    def reward_error(self, h: torch.Tensor, z: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+        """The reward head's loss at each state against the real reward, what both kinds train it on: h
+        (..., hidden_dim), z (..., D), reward (...) -> (...). "mse": the squared error. "twohot": the cross-entropy
+        of the head's logits against the two-hot encoding of symlog(reward), in float32 (bf16 would move the bins);
+        its gradient does not grow with the reward's size, so a rare large reward (Parking's +5) does not swamp the
+        common small ones, nor they it (DreamerV3, https://arxiv.org/abs/2301.04104)."""
+        if self.reward_loss == "mse":
+            return (self.reward(h, z) - reward).pow(2)
+        logits = self.reward_head(torch.cat([h, z], dim=-1)).float()  # (..., TWOHOT_BINS)
+        target = twohot(symlog(reward.float()), self.reward_bins)  # (..., TWOHOT_BINS)
+        return -(target * torch.log_softmax(logits, dim=-1)).sum(-1)
 
     def cont(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Logit of "not terminal" at h (..., hidden_dim), z (..., D) -> (...)."""
