@@ -804,7 +804,9 @@ def episode_frames(store: EpisodeStore, episodes: range) -> TensorImageDataset:
     chosen = [store.episode(index) for index in episodes]
     frames = np.concatenate([episode.obs for episode in chosen])  # E x (L+1, H, W, C) -> (N, H, W, C)
     states = None if chosen[0].state is None else np.concatenate([episode.state for episode in chosen])  # (N, S)
-    return TensorImageDataset(frames, states=states, name=f"{store.path} episodes 0-{len(chosen) - 1}")
+    groups = np.concatenate([np.full(len(episode.obs), k) for k, episode in enumerate(chosen)])  # (N,) its episode
+    name = f"{store.path} episodes 0-{len(chosen) - 1}"
+    return TensorImageDataset(frames, states=states, name=name, groups=groups)
 
 
 def rounded(seconds: dict[str, float]) -> dict[str, float]:

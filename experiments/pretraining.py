@@ -78,8 +78,8 @@ def build_dataset(cfg: DataConfig, image_size: int, seed: int, show_progress: bo
         return ImageFolderDataset(cfg.target, cfg.stored_size, seed=seed)  # every image in the folder
     from experiments.frames import collect_env_frames  # only env sources need gymnasium
 
-    frames, states = collect_env_frames(cfg.target, cfg.num_images, image_size, seed, show_progress)
-    return TensorImageDataset(frames, states=states, name=cfg.target)
+    frames, states, episodes = collect_env_frames(cfg.target, cfg.num_images, image_size, seed, show_progress)
+    return TensorImageDataset(frames, states=states, name=cfg.target, groups=episodes)
 
 
 def make_loader(
@@ -235,9 +235,12 @@ class ProbeSet(NamedTuple):
     states: torch.Tensor | None  # (N, S)
     train: torch.Tensor  # indices into the subset
     test: torch.Tensor
+    groups: torch.Tensor | None = None  # (N,) each image's group (env frames: its episode), kept whole by the split
 
 
 def build_probe_set(dataset: Dataset, cfg: PretrainConfig, seed: int) -> ProbeSet | None:
+    """The probes' seeded subset of at most eval.max_images labelled images, split into fitting and held-out parts:
+    whole groups (env frames: episodes) held out where the dataset has them, single images elsewhere."""
     labels, states = getattr(dataset, "labels", None), getattr(dataset, "states", None)
     if labels is None and states is None:
         return None
@@ -250,13 +253,19 @@ def build_probe_set(dataset: Dataset, cfg: PretrainConfig, seed: int) -> ProbeSe
         return None
     images = torch.stack([items[k].image for k in kept])  # (N, C, h, w)
     index = index[kept]
-    train, test = probe.split_train_test(len(index), cfg.eval.test_fraction, seed)
+    groups = getattr(dataset, "groups", None)
+    groups = None if groups is None else groups[index]
+    if groups is not None and len(groups.unique()) >= 2:  # env frames: whole episodes held out
+        train, test = probe.split_by_groups(groups, cfg.eval.test_fraction, seed)
+    else:
+        train, test = probe.split_train_test(len(index), cfg.eval.test_fraction, seed)
     return ProbeSet(
         images,
         None if labels is None else labels[index],
         None if states is None else states[index],
         torch.as_tensor(train),
         torch.as_tensor(test),
+        groups,
     )
 
 

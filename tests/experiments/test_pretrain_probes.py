@@ -3,7 +3,7 @@
 import torch
 
 from experiments import config as config_lib
-from experiments.pretraining import ProbeSet, run_probes
+from experiments.pretraining import ProbeSet, build_dataset, build_probe_set, run_probes
 
 
 def probe_set(labels: torch.Tensor) -> ProbeSet:
@@ -27,3 +27,16 @@ def test_the_centred_knn_reads_classes_that_differ_along_the_shared_direction_wh
     assert scores["knn_top1"] < 0.75  # chance is 0.5
     # Centred on the fitting images' mean: a shift every feature shares changes nothing.
     assert run_probes(features + 5.0, probe_set(labels), pcfg)["knn_top1_centred"] == scores["knn_top1_centred"]
+
+
+def test_env_frames_are_probed_on_episodes_the_probe_was_not_fitted_on():
+    cfg = config_lib.load_config([], ["pretrain.data.source=env:CartPole-v1", "pretrain.data.num_images=400"]).pretrain
+    dataset = build_dataset(cfg.data, 32, seed=0, show_progress=False)  # random-policy CartPole: ~20 episodes
+    episodes = dataset.groups
+    assert episodes.shape == (400,) and episodes[0] == 0 and bool((episodes.diff() >= 0).all())
+    assert int(episodes[-1]) >= 5  # random play ends episodes within a few dozen steps
+    probes = build_probe_set(dataset, cfg, seed=0)
+    assert len(probes.train) + len(probes.test) == 400  # eval.max_images is above 400: every frame
+    fitted, held = set(probes.groups[probes.train].tolist()), set(probes.groups[probes.test].tolist())
+    assert held and fitted and not fitted & held  # no episode on both sides
+    assert sorted(fitted | held) == list(range(int(episodes[-1]) + 1))

@@ -610,6 +610,7 @@ class TensorImageDataset(torch.utils.data.Dataset):
         images: (N, H, W, C) or (N, C, H, W) uint8.
         labels: (N,) integer class ids, or None.
         states: (N, S) or (N,) true low-dimensional states, stored as float32, or None.
+        groups: (N,) integer group of each frame (its episode), or None: the probes hold out whole groups.
         name: name shown in logs.
         channels_last: the layout, or None to infer it as above.
     """
@@ -621,6 +622,7 @@ class TensorImageDataset(torch.utils.data.Dataset):
         states: np.ndarray | torch.Tensor | None = None,
         name: str = "tensor",
         channels_last: bool | None = None,
+        groups: np.ndarray | torch.Tensor | None = None,
     ) -> None:
         images = torch.as_tensor(images)
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -671,6 +673,12 @@ class TensorImageDataset(torch.utils.data.Dataset):
                 self.states = self.states[:, None]  # (N,) -> (N, 1)
             if self.states.ndim != 2 or len(self.states) != count:
                 raise ValueError(f"states must have shape ({count}, S) or ({count},), got {tuple(self.states.shape)}")
+        self.groups = None if groups is None else torch.as_tensor(groups)
+        if self.groups is not None and (self.groups.shape != (count,) or self.groups.is_floating_point()):
+            raise ValueError(
+                f"groups must be integers of shape ({count},), got dtype {self.groups.dtype} and shape "
+                f"{tuple(self.groups.shape)}"
+            )
         self.name = name
         self.image_shape = tuple(self.images.shape[1:])
 

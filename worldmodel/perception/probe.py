@@ -53,6 +53,35 @@ def split_train_test(n: int, test_fraction: float, seed: int) -> tuple[torch.Ten
     return train_idx, test_idx
 
 
+def split_by_groups(groups: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded split of range(n) that keeps each group whole (an episode's frames look alike: a probe scored on
+    frames of the episodes it was fitted on measures memory, not reading).
+
+    Args:
+        groups: (n,) integer group of each item (e.g. its episode), at least two distinct.
+        test_fraction: in (0, 1); whole groups, in a seeded random order, go to the test part until it holds at least
+            round(n * test_fraction) items, and at least one group stays in each part.
+        seed: seed of numpy's generator, >= 0.
+    Returns:
+        train_idx and test_idx as `split_train_test` gives them; no group in both.
+    """
+    groups = torch.as_tensor(groups)
+    if groups.ndim != 1 or groups.is_floating_point():
+        raise ValueError(
+            f"groups must be a 1-D integer tensor, got dtype {groups.dtype} and shape {tuple(groups.shape)}"
+        )
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    names, sizes = torch.unique(groups, return_counts=True)
+    if len(names) < 2:
+        raise ValueError(f"groups must hold at least 2 distinct groups to split into train and test, got {len(names)}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    wanted = max(round(len(groups) * test_fraction), 1)
+    held = np.searchsorted(np.cumsum(sizes.numpy()[order]), wanted) + 1  # groups until the test part is large enough
+    is_test = torch.isin(groups, names[order[: min(held, len(names) - 1)]])
+    return torch.nonzero(~is_test).flatten(), torch.nonzero(is_test).flatten()
+
+
 @torch.no_grad()
 def knn_predict(
     train_x: torch.Tensor,

@@ -280,3 +280,12 @@ def test_step_sampler_drives_a_dataloader_and_resumes_mid_run():
         len(infinite)
     with pytest.raises(ValueError, match="batch_size"):
         StepBatchSampler(3, 4, seed=0)
+
+
+def test_tensor_dataset_groups_are_kept_and_a_wrong_shape_or_type_is_refused():
+    frames = np.zeros((4, 8, 8, 3), np.uint8)
+    assert TensorImageDataset(frames, groups=np.array([0, 0, 1, 1])).groups.tolist() == [0, 0, 1, 1]
+    assert TensorImageDataset(frames).groups is None
+    for groups in (np.array([0, 1, 2]), np.array([0.0, 0.0, 1.0, 1.0])):
+        with pytest.raises(ValueError, match=r"groups must be integers of shape \(4,\)"):
+            TensorImageDataset(frames, groups=groups)

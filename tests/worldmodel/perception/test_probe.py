@@ -11,6 +11,7 @@ from worldmodel.perception.probe import (
     knn_top1,
     linear_probe_accuracy,
     linear_probe_r2,
+    split_by_groups,
     split_train_test,
 )
 
@@ -122,3 +123,29 @@ def test_probe_input_errors_name_the_problem():
         knn_top1(x, torch.zeros(10, dtype=torch.int64), x * float("nan"), torch.zeros(10, dtype=torch.int64))
     with pytest.raises(ValueError, match="train_y must have shape"):
         linear_probe_r2(x, torch.randn(9, 2), x, torch.randn(10, 2))
+
+
+def test_a_split_by_groups_keeps_every_group_whole_reaches_the_fraction_and_repeats_with_its_seed():
+    groups = torch.repeat_interleave(torch.arange(20), torch.arange(1, 21))  # 20 episodes of 1 to 20 frames
+    train, test = split_by_groups(groups, 0.25, seed=3)
+    assert torch.equal(torch.sort(torch.cat([train, test])).values, torch.arange(len(groups)))
+    assert not set(groups[train].tolist()) & set(groups[test].tolist())  # no episode on both sides
+    assert len(test) >= round(0.25 * len(groups)) and len(train) > 0
+    again = split_by_groups(groups, 0.25, seed=3)
+    assert torch.equal(again[0], train) and torch.equal(again[1], test)
+    assert not torch.equal(split_by_groups(groups, 0.25, seed=4)[1], test)
+    # However large the fraction, one group stays to fit on.
+    assert len(set(groups[split_by_groups(groups, 0.99, seed=0)[0]].tolist())) == 1
+
+
+@pytest.mark.parametrize(
+    ("groups", "fraction", "message"),
+    [
+        (torch.zeros(5, dtype=torch.int64), 0.25, "at least 2 distinct groups"),
+        (torch.arange(5.0), 0.25, "groups must be a 1-D integer tensor"),
+        (torch.arange(5), 1.0, "test_fraction must be in"),
+    ],
+)
+def test_a_split_by_groups_refuses_what_it_cannot_split(groups, fraction, message):
+    with pytest.raises(ValueError, match=message):
+        split_by_groups(groups, fraction, seed=0)
