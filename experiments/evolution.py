@@ -37,7 +37,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from agents.agent import LatentAgent
+from agents.agent import LatentAgent, decision_ms
 from agents.controllers import Controller
 from agents.evolution import CMAES, Generation, NonFiniteFitnessError
 from envs import make_vector_env
@@ -417,8 +417,10 @@ def finish(evolution: Evolution, dream: DreamScorer, envs, agent: LatentAgent, c
     ecfg, es = cfg.evolve, evolution.es
     warm = evolution.provenance.get("warm_start") is not None
     parameters, choice = choose_controller(es, dream, ecfg.final_episodes, warm)
+    agent.decisions, agent.seconds = 0, 0.0  # the evaluation's decisions alone (a search in the real env made more)
     real = score_in_env(envs, agent, parameters, ecfg.eval_episodes, cfg.run.seed, cfg.run.progress)
-    figures = {**choice, **real, "dream_real_gap": choice["dream_return"] - real["eval_return_mean"]}
+    gap = choice["dream_return"] - real["eval_return_mean"]
+    figures = {**choice, **real, "dream_real_gap": gap, "decision_ms": decision_ms(agent)}
     if evolution.mode == "real":
         figures["real_env_steps"] = int(evolution.scorer.env_steps)
     numbers = {f"eval/{key.removeprefix('eval_')}": v for key, v in figures.items() if isinstance(v, (int, float))}
@@ -429,7 +431,8 @@ def finish(evolution: Evolution, dream: DreamScorer, envs, agent: LatentAgent, c
     print(
         f"dream return {figures['dream_return']:.1f} ({figures['chosen']} candidate); real return "
         f"{figures['eval_return_mean']:.1f} ± {figures['eval_return_std']:.1f} over {ecfg.eval_episodes} episodes"
-        f"{success_text(figures)}; gap {figures['dream_real_gap']:.1f}",
+        f"{success_text(figures)}; gap {figures['dream_real_gap']:.1f}; {figures['decision_ms']:.1f} ms a decision for "
+        f"{ecfg.eval_envs} sub-envs",
         file=sys.stderr,
     )
     return figures

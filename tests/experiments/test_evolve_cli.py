@@ -23,7 +23,7 @@ from experiments.checkpoint import read_checkpoint, save_checkpoint
 pytestmark = pytest.mark.slow  # each test starts `wm` subprocesses
 
 LONG = ["--set", "evolve.generations=40"]  # long enough (a few seconds) to be stopped after a checkpoint
-SUMMARY_KEYS = {"dream_return", "eval_return_mean", "eval_return_std", "eval_episodes", "dream_real_gap"}
+SUMMARY_KEYS = {"dream_return", "eval_return_mean", "eval_return_std", "eval_episodes", "dream_real_gap", "decision_ms"}
 LINEAR_PARAMS = (16 + 32) * 2 + 2  # a linear controller over [z, h] of the debug world model, CartPole's 2 actions
 
 
