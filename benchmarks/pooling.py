@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps is None:
         args.steps = 800 if args.quick else 20000
 
+    pretrained = pretrained_encoders(args.encoder)
     if args.episodes is not None:
         if not (args.episodes / "store.json").is_file():
             raise SystemExit(f"--episodes {args.episodes}: not an episode store (no store.json there)")
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"--in-view: {len(frames)} frames show the space ({n_train} to fit the probe)", file=sys.stderr)
 
     subset = "in_view" if args.in_view else "all"
-    for name, seed, vit in encoders(args):
+    for name, seed, vit in encoders(args.seeds, args.vit_size, pretrained):
         tokens = patch_features(frames, vit)  # (N, Np, V)
         for pooling in POOLINGS:
             features = pool_tokens(tokens, pooling)
@@ -132,22 +133,31 @@ def main(argv: list[str] | None = None) -> None:
             emit("probe_r2_mean", float(probe.mean), **labels)
 
 
-def encoders(args: argparse.Namespace) -> Iterator[tuple[str, int | None, VisionTransformer]]:
-    """(name, seed, ViT): the random-initialised ViTs of seeds 0, 1, ..., then a pretrain run's EMA target and
-    context encoders when --encoder names one (its seed None: one checkpoint)."""
-    for seed in range(args.seeds):
+def pretrained_encoders(path: Path | None) -> list[tuple[str, VisionTransformer]]:
+    """A pretrain run's EMA target and context encoders by name, checked to take the presets' input (before any
+    episode is collected); none without --encoder."""
+    found = []
+    for which in PRETRAINED_ENCODERS if path is not None else ():
+        encoder = load_encoder(path, which=which)
+        grid = encoder.backbone.grid
+        if encoder.image_size != IMAGE_SIZE or grid != IMAGE_SIZE // PATCH_SIZE:
+            raise SystemExit(
+                f"--encoder {path}: a ViT on {encoder.image_size} px in a {grid} x {grid} patch grid; "
+                f"this benchmark probes the presets' {IMAGE_SIZE} px in {PATCH_SIZE} px patches"
+            )
+        found.append((which, encoder.backbone))
+    return found
+
+
+def encoders(
+    seeds: int, vit_size: str, pretrained: list[tuple[str, VisionTransformer]]
+) -> Iterator[tuple[str, int | None, VisionTransformer]]:
+    """(name, seed, ViT): the random-initialised ViTs of seeds 0, 1, ..., then the pretrained ones (seed None)."""
+    for seed in range(seeds):
         torch.manual_seed(seed)
-        yield "random", seed, VisionTransformer(IMAGE_SIZE, PATCH_SIZE, 3, args.vit_size).eval()
-    if args.encoder is not None:
-        for which in PRETRAINED_ENCODERS:
-            encoder = load_encoder(args.encoder, which=which)
-            grid = encoder.backbone.grid
-            if encoder.image_size != IMAGE_SIZE or grid != IMAGE_SIZE // PATCH_SIZE:
-                raise SystemExit(
-                    f"--encoder {args.encoder}: a ViT on {encoder.image_size} px in a {grid} x {grid} patch grid; "
-                    f"this benchmark probes the presets' {IMAGE_SIZE} px in {PATCH_SIZE} px patches"
-                )
-            yield which, None, encoder.backbone
+        yield "random", seed, VisionTransformer(IMAGE_SIZE, PATCH_SIZE, 3, vit_size).eval()
+    for which, vit in pretrained:
+        yield which, None, vit
 
 
 if __name__ == "__main__":
