@@ -59,12 +59,19 @@ def decide(
     """One decision for N envs: restart the state where an episode starts, filter the frame into it, act on [z, h].
 
     parameters (N, n), hidden (N, hidden_dim), latent (N, D), action (N, A) the previous decision's, first (N, 1) bool,
-    obs (N, *obs_shape) -> the action vector (N, A), hidden (N, hidden_dim), latent (N, D). `LatentAgent` and the
-    exported `agents.policy.PolicyStep` both act through it.
+    obs (N, *obs_shape) -> the action vector (N, A), hidden (N, hidden_dim), latent (N, D). The exported
+    `agents.policy.PolicyStep` acts through it, and `LatentAgent` through its two parts.
     """
     hidden, latent = filter_observation(model, hidden, latent, action, first, obs)
+    return controller_actions(controller, parameters, hidden, latent), hidden, latent
+
+
+def controller_actions(
+    controller: Controller, parameters: torch.Tensor, hidden: torch.Tensor, latent: torch.Tensor
+) -> torch.Tensor:
+    """The controllers' action vectors (N, A) on [z, h]: parameters (N, n), hidden (N, hidden_dim), latent (N, D)."""
     features = torch.cat([latent, hidden], dim=-1)[:, None]  # (N, 1, X): N candidates, 1 episode each
-    return controller.act(parameters, features)[:, 0], hidden, latent  # (N, 1, A) -> (N, A)
+    return controller.act(parameters, features)[:, 0]  # (N, 1, A) -> (N, A)
 
 
 def explore(
@@ -158,11 +165,11 @@ class Recording:
 
 
 class ModelAgent:
-    """An agent that acts through its world model in N real sub-envs and decides each step from the state alone, with
-    `LatentAgent`'s call shape: `reset(is_first)` before each step, then `agent(obs)` for the env actions. It filters
-    each frame into (h, z) exactly as `LatentAgent` does (`filter_observation`), then a subclass's `choose_actions`
-    gives the action vectors there and its `env_actions` the env's actions (the planner searches, the actor-critic
-    reads its actor). `decisions` and `seconds` count the calls and their wall time, encoding included.
+    """An agent that acts through its world model in N real sub-envs and decides each step from the state alone:
+    `reset(is_first)` before each step, then `agent(obs)` for the env actions. It filters each frame into (h, z)
+    (`filter_observation`), then a subclass's `choose_actions` gives the action vectors there and its `env_actions`
+    the env's actions (`LatentAgent` runs its controller, the planner searches, the actor-critic reads its actor).
+    `decisions` and `seconds` count the calls and their wall time, encoding included.
 
     Args:
         model: the world model acted through (eval mode).
@@ -229,8 +236,9 @@ class ModelAgent:
         return self.env_actions(self.action)
 
 
-class LatentAgent:
-    """A controller (one parameter vector per sub-env) acting through the world model in N real sub-envs.
+class LatentAgent(ModelAgent):
+    """A controller (one parameter vector per sub-env) acting through the world model in N real sub-envs: a
+    `ModelAgent` whose action vectors are the controller's on [z, h] (`decide`'s, as the exported policy's).
 
     Args:
         model: the world model whose latents the controller was evolved on (eval mode).
@@ -251,26 +259,11 @@ class LatentAgent:
         exploration: float = 0.0,
         seed: int = 0,
     ):
-        if not 0.0 <= exploration <= 1.0:
-            raise ValueError(f"exploration must be in [0, 1], got {exploration}")
-        self.model, self.controller, self.num_envs, self.exploration = model, controller, num_envs, exploration
-        weight = model.gru.weight_hh
-        self.device, self.dtype = weight.device, weight.dtype
+        bounds = None if controller.discrete else (controller.low, controller.high)
+        super().__init__(model, num_envs, bounds, exploration, seed)
+        self.controller = controller
         self.parameters = torch.zeros(num_envs, controller.num_params, device=self.device, dtype=self.dtype)
         self.set_parameters(np.arange(num_envs), parameters)
-        self.rng = np.random.default_rng(seed)
-        self.hidden = model.initial_state(num_envs)  # (N, hidden_dim)
-        self.latent = torch.zeros(num_envs, model.latent_dim, device=self.device, dtype=self.dtype)  # (N, D)
-        self.action = torch.zeros(num_envs, model.action_dim, device=self.device, dtype=self.dtype)  # (N, A)
-        self.first = np.ones(num_envs, dtype=bool)
-        self.recording: Recording | None = None
-        self.decisions, self.seconds = 0, 0.0
-
-    def record(self, limit: int) -> Recording:
-        """Start keeping sub-env 0's observations and action vectors; the recording closes when its episode
-        ends (the next `reset` that marks sub-env 0 first) or after `limit` steps."""
-        self.recording = Recording(limit)
-        return self.recording
 
     def set_parameters(self, envs: np.ndarray, parameters: np.ndarray | torch.Tensor) -> None:
         """Sub-envs `envs` (envs,) act with `parameters` (n,) or (envs, n) from their next step on."""
@@ -279,28 +272,8 @@ class LatentAgent:
             raise ValueError(f"controller parameters must end in {self.controller.num_params}, got {values.shape}")
         self.parameters[torch.as_tensor(envs, dtype=torch.long)] = values
 
-    def reset(self, is_first: np.ndarray | None = None) -> None:
-        """Mark the sub-envs (N,) bool whose next observation is the first of an episode (None: all of them)."""
-        self.first = np.ones(self.num_envs, dtype=bool) if is_first is None else np.asarray(is_first, dtype=bool).copy()
-        if self.recording is not None and self.first[0] and self.recording.obs:
-            self.recording.closed = True
+    def choose_actions(self, hidden: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        return controller_actions(self.controller, self.parameters, hidden, latent)
 
-    @torch.no_grad()
-    @timed
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        """obs (N, *obs_shape) -> env actions (N,) ints or (N, A) floats."""
-        first = torch.as_tensor(self.first, device=self.device)[:, None]  # (N, 1)
-        frames = torch.as_tensor(obs, device=self.device)
-        action, self.hidden, self.latent = decide(
-            self.model, self.controller, self.parameters, self.hidden, self.latent, self.action, first, frames
-        )
-        self.action = self._explore(action)
-        if self.recording is not None:
-            self.recording.add(obs[0], self.action[0].float().cpu().numpy())
-        self.first[:] = False
-        return self.controller.env_actions(self.action)
-
-    def _explore(self, action: torch.Tensor) -> torch.Tensor:
-        """Exploration noise on the action vectors (N, A), from the agent's own generator."""
-        bounds = None if self.controller.discrete else (self.controller.low, self.controller.high)
-        return explore(action, self.exploration, self.rng, bounds)
+    def env_actions(self, action: torch.Tensor) -> np.ndarray:
+        return self.controller.env_actions(action)
