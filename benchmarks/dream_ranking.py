@@ -56,11 +56,10 @@ import torch  # noqa: E402
 
 from agents.agent import LatentAgent  # noqa: E402
 from agents.evolution import CMAES  # noqa: E402
-from envs import make_vector_env  # noqa: E402
 from envs.atomic import atomic_write_bytes  # noqa: E402
 from experiments import config as config_lib  # noqa: E402
 from experiments.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
-from experiments.evolution import DreamScorer, RealScorer, read_controller  # noqa: E402
+from experiments.evolution import DreamScorer, RealScorer, eval_envs, read_controller  # noqa: E402
 from experiments.load import build_controller, dream_settings, load_world_model, run_checkpoint, start_pool  # noqa: E402
 from experiments.progress import Progress  # noqa: E402
 from experiments.runtime import resolve_device, seed_everything  # noqa: E402
@@ -175,15 +174,8 @@ class ControllerSet(NamedTuple):
 
 def real_env(cfg: config_lib.Config, world, controller, seed: int):
     """The vector env and agent that play controllers in the real env (the caller closes the env)."""
-    envs, _ = make_vector_env(
-        cfg.env.id,
-        cfg.evolve.eval_envs,
-        obs=cfg.env.obs,
-        size=cfg.env.size,
-        action_repeat=cfg.env.action_repeat,
-        seed=seed,
-    )
-    return envs, LatentAgent(world.model, controller, np.zeros(controller.num_params), cfg.evolve.eval_envs)
+    agent = LatentAgent(world.model, controller, np.zeros(controller.num_params), cfg.evolve.eval_envs)
+    return eval_envs(cfg, seed), agent
 
 
 def real_returns(envs, agent, parameters: np.ndarray, episodes: int, seed: int) -> np.ndarray:
